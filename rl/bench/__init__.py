@@ -1,0 +1,48 @@
+"""Benchmark suites: `fanout bench SUITE [--quick]`.
+
+Each suite is a module in this package exposing `run(quick: bool) -> dict` and registered in SUITES.
+It prints a human-readable table while it runs; `run_suite` prints, as the last line, one JSON object
+`{"suite": NAME, ...figures}` (the contract in docs/BENCHMARKS.md). `--quick` is a tiny setting used by
+the test suite to check that the suite runs and its figures are well formed; real figures come from a
+run without it. Benchmarks measure ratios side by side in one run, never absolute timings in tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+# suite name -> module (relative to rl.bench) with run(quick) -> dict
+SUITES: dict[str, str] = {}
+
+
+def register_suite(name: str, module: str) -> None:
+    if name in SUITES:
+        raise ValueError(f"benchmark suite {name!r} is already registered (by {SUITES[name]})")
+    SUITES[name] = module
+
+
+register_suite("tools", "rl.bench.tools")
+register_suite("rollouts", "rl.bench.rollouts")
+register_suite("async", "rl.bench.async_bench")
+register_suite("trainer", "rl.bench.trainer")
+register_suite("sync", "rl.bench.sync")
+register_suite("memory", "rl.bench.memory")
+register_suite("scaling", "rl.bench.scaling")
+
+
+def run_suite(name: str, quick: bool = False) -> dict:
+    if name not in SUITES:
+        from rl.config import ConfigError
+
+        raise ConfigError(f"unknown benchmark suite {name!r}; valid suites: {', '.join(sorted(SUITES))}")
+    try:
+        module = importlib.import_module(SUITES[name])
+    except ModuleNotFoundError as error:
+        from rl.config import ConfigError
+
+        raise ConfigError(f"benchmark suite {name!r} is not implemented yet ({error})") from None
+    figures = module.run(quick=quick)
+    result = {"suite": name, **figures}
+    print(json.dumps(result), flush=True)
+    return result

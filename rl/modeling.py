@@ -1,0 +1,147 @@
+"""The tiny causal LM of the embedded default, its locally trained tokenizer, and model loading.
+
+Nothing here touches a model hub: the tokenizer is a byte-level BPE trained with `tokenizers` on the
+generated corpus (so world words become single tokens while any text still round-trips losslessly),
+with the agent protocol's tags as single added tokens and a Qwen-style chat template; the model is a
+small Qwen2 initialised from a config. Both are saved with `save_pretrained`, so every other part of
+fanout-rl loads "a model path" the same way, whether it is this tiny model or a real HF checkpoint.
+
+    path = create_tiny_checkpoint("runs/tiny/base", texts, TinyModelConfig())
+    model, tokenizer = load_model_and_tokenizer(path)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from rl.config import ConfigError, TinyModelConfig
+
+# The agent protocols' tags. Each is one token, so stopping on a tag is stopping on a token id.
+PROTOCOL_TAGS = [
+    "<think>", "</think>",
+    "<search>", "</search>",
+    "<information>", "</information>",
+    "<answer>", "</answer>",
+    "<tool_call>", "</tool_call>",
+    "<tool_response>", "</tool_response>",
+]
+# The tag protocol separates parallel sub-queries inside one <search> with "##" (ParallelSearch's syntax).
+SUBQUERY_SEPARATOR = "##"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def set_offline_mode() -> None:
+    """The default path never reaches a hub; make any accidental attempt fail fast instead of hanging."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts`; protocol tags and chat markers are single, unsplittable tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    # Added (not special) tokens: matched before BPE, kept when decoding with skip_special_tokens.
+    tokenizer.add_tokens(PROTOCOL_TAGS + [SUBQUERY_SEPARATOR])
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=None,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def build_tiny_model(tokenizer: PreTrainedTokenizerFast, tiny: TinyModelConfig, seed: int = 0) -> Qwen2ForCausalLM:
+    """A small Qwen2 initialised from a config (deterministic for a seed)."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        num_key_value_heads=tiny.num_key_value_heads,
+        max_position_embeddings=tiny.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_sliding_window=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tiny: TinyModelConfig,
+                           seed: int = 0) -> Path:
+    """Train the tokenizer, build the model, save both with save_pretrained; returns the folder."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(texts, tiny.vocab_size)
+    model = build_tiny_model(tokenizer, tiny, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    set_offline_mode()
+    _require_local_model(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:  # real checkpoints often lack one; left padding for generation
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
+    """Load a saved model folder (tiny or real HF checkpoint) and its tokenizer, never from a hub."""
+    if dtype not in _DTYPES:
+        raise ConfigError(f"model.dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype])
+    return model.to(device), tokenizer
+
+
+def _require_local_model(path: str | os.PathLike) -> None:
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"model path '{folder}' is not a saved model folder (no config.json). fanout-rl never downloads "
+            "models: give a local folder written by save_pretrained, or leave model.path empty to build the "
+            "tiny model of the embedded default."
+        )

@@ -1,0 +1,73 @@
+import random
+
+import pytest
+import torch
+
+from rl.config import ConfigError, TinyModelConfig
+from rl.modeling import PROTOCOL_TAGS, SUBQUERY_SEPARATOR, build_tiny_model, build_tokenizer, load_model_and_tokenizer
+
+TEXTS = ["Varlo Tenmis was born in 1873 in Quenbridge.", "Which was founded earlier, Aldrin Works or Bemo Hall?"] * 30
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(TEXTS, vocab_size=400)
+
+
+def test_protocol_tags_are_single_tokens(tokenizer):
+    for tag in PROTOCOL_TAGS + [SUBQUERY_SEPARATOR, "<|im_start|>", "<|im_end|>"]:
+        assert len(tokenizer.encode(tag, add_special_tokens=False)) == 1, tag
+
+
+def test_tags_inside_text_stay_single_tokens(tokenizer):
+    text = "<think>x</think><search>a ## b</search>"
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode(text, add_special_tokens=False)]
+    for tag in ("<think>", "</think>", "<search>", "</search>", "##"):
+        assert tag in pieces
+
+
+def test_decoding_is_lossless_on_arbitrary_text(tokenizer):
+    rng = random.Random(0)
+    alphabet = "abcXYZ 019 \n\t.,!?#<>/ü日本é😀" + "".join(PROTOCOL_TAGS)
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_chat_template_ends_with_generation_prompt(tokenizer):
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Who?"}], add_generation_prompt=True,
+                                             tokenize=False)
+    assert rendered == "<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_tiny_model_round_trips_and_generates(tmp_path, tokenizer):
+    tiny = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=64, vocab_size=400)
+    model = build_tiny_model(tokenizer, tiny, seed=3)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = load_model_and_tokenizer(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert loaded_tokenizer.encode("Varlo ## <answer>") == tokenizer.encode("Varlo ## <answer>")
+    assert loaded_tokenizer.padding_side == "left"
+    prompt = torch.tensor([tokenizer.encode("Varlo Tenmis", add_special_tokens=False)])
+    first = loaded.generate(prompt, max_new_tokens=6, do_sample=False)
+    second = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert first.shape == (1, prompt.shape[1] + 6)
+    assert torch.equal(first, second)
+
+
+def test_same_seed_same_weights(tokenizer):
+    tiny = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=64)
+    first, second = build_tiny_model(tokenizer, tiny, seed=1), build_tiny_model(tokenizer, tiny, seed=1)
+    other = build_tiny_model(tokenizer, tiny, seed=2)
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(first.state_dict()[weight], second.state_dict()[weight])
+    assert not torch.equal(first.state_dict()[weight], other.state_dict()[weight])
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="never downloads"):
+        load_model_and_tokenizer(tmp_path / "nope")
