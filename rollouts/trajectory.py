@@ -54,6 +54,7 @@ class Trajectory:
     turns: list[Turn] = field(default_factory=list)
     response_text: str = ""  # decoded response (model text and observations), for rewards and logs
     final_answer: str | None = None
+    protocol: str = "tags"  # agent protocol that wrote the response (rollout.protocol); rewards parse with it
     truncated: bool = False  # hit max_context_tokens or max_turns without an answer
     policy_version: int = 0  # version of the weights that generated it
     group_id: str = ""  # trajectories of one question sampled together share a group id
