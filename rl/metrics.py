@@ -1,0 +1,153 @@
+"""Metrics sink: one JSON object per step in <run_dir>/metrics.jsonl, mirrored to wandb (offline by default).
+
+Every metric key is slash-namespaced (`reward/total`, `rollout/model_calls`, `async/staleness_mean`,
+`perf/samples_per_s`, `eval/<dataset>/em`, ...). The JSONL file is the source of truth: plots
+(rl/plots.py), the docs and the checks read it; wandb is a convenience view of the same numbers.
+
+Simplifications on purpose: values are converted to plain floats/ints/strings (tensors and numpy
+scalars included); non-finite floats are written as `null` so the file stays strict JSON; a wandb
+failure (e.g. `online` without credentials) is reported once and the run continues with JSONL only.
+Secrets never reach the files: the config given to wandb is scrubbed of secret-looking keys, and
+wandb's credentials come from its own environment variables, which are never copied anywhere.
+
+    logger = MetricsLogger(run_dir, config.logging, to_dict(config))
+    logger.log(step, {"reward/total": 0.41, "rollout/model_calls": 2.3})
+    logger.close()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import sys
+from pathlib import Path
+from typing import Any
+
+from rl.config import LoggingConfig
+
+METRICS_FILE_NAME = "metrics.jsonl"
+_SECRET_KEY_WORDS = ("api_key", "apikey", "token", "secret", "password", "credential")
+
+
+def to_json_value(value: Any) -> Any:
+    """A metric value as a plain JSON value: tensors/numpy scalars -> numbers, NaN/inf -> None."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, type(None))):
+        return value
+    raise TypeError(f"metric value {value!r} of type {type(value).__name__} is not a number or a string")
+
+
+def redact_secrets(node: Any) -> Any:
+    """A copy of a nested dict with the values of secret-looking keys (api_key, token, ...) replaced."""
+    if isinstance(node, dict):
+        return {
+            key: "<redacted>" if any(word in str(key).lower() for word in _SECRET_KEY_WORDS) else redact_secrets(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [redact_secrets(item) for item in node]
+    return node
+
+
+def read_metrics(metrics_jsonl: str | Path) -> list[dict]:
+    """All rows of a metrics.jsonl file, in order (a torn last line from a crash is ignored)."""
+    rows = []
+    with open(metrics_jsonl) as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+class MetricsLogger:
+    """Appends step metrics to <run_dir>/metrics.jsonl and, unless disabled, logs them to wandb.
+
+    resume_step: when resuming from a checkpoint taken at this step, rows logged after it by the
+    interrupted run are dropped first, so the file holds each step exactly once.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        logging_config: LoggingConfig,
+        config_dict: dict | None = None,
+        resume_step: int | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / METRICS_FILE_NAME
+        if resume_step is not None and self.path.exists():
+            kept = [row for row in read_metrics(self.path) if row.get("step", -1) <= resume_step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        self._file = open(self.path, "a")
+        self._wandb_run = None
+        if logging_config.wandb_mode != "disabled":
+            self._wandb_run = _init_wandb(self.run_dir, logging_config, redact_secrets(config_dict or {}))
+
+    @property
+    def wandb_enabled(self) -> bool:
+        return self._wandb_run is not None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": int(step)}
+        for key, value in metrics.items():
+            if key == "step":
+                continue
+            row[key] = to_json_value(value)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log({key: value for key, value in row.items() if key != "step" and value is not None},
+                                step=row["step"])
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _init_wandb(run_dir: Path, logging_config: LoggingConfig, config_dict: dict) -> Any:
+    try:
+        import wandb
+
+        return wandb.init(
+            mode=logging_config.wandb_mode,
+            dir=str(run_dir),
+            project=logging_config.wandb_project,
+            entity=logging_config.wandb_entity or None,
+            name=run_dir.name,
+            config=config_dict,
+            settings=wandb.Settings(console="off", silent=True),
+        )
+    except Exception as error:  # logging must never stop training
+        print(
+            f"fanout: wandb ({logging_config.wandb_mode}) could not start: {error}. Continuing with "
+            f"{run_dir / METRICS_FILE_NAME} only; set logging.wandb_mode=disabled to silence this.",
+            file=sys.stderr,
+        )
+        return None
+
+
+__all__ = ["MetricsLogger", "METRICS_FILE_NAME", "read_metrics", "redact_secrets", "to_json_value"]

@@ -1,0 +1,112 @@
+"""Training curves as PNG files, read from a run's metrics.jsonl (matplotlib, headless Agg backend).
+
+One PNG per metric key, named after the key with `/` turned into `__` (`reward__total.png`), showing
+the raw values per step and, when there are enough points, a moving average. By default the keys that
+tell the story of a fan-out run are drawn: rewards, model calls, tool calls, sub-queries per round,
+staleness, throughput, losses and evaluation figures. Non-numeric and missing values are skipped.
+
+    python -m rl.plots runs/quickstart/metrics.jsonl runs/quickstart/plots
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from pathlib import Path
+
+from rl.metrics import read_metrics
+
+DEFAULT_KEY_PATTERNS = (
+    "reward/*",
+    "rollout/model_calls",
+    "rollout/tool_calls",
+    "rollout/subqueries_per_round",
+    "rollout/format_valid",
+    "async/staleness_mean",
+    "perf/samples_per_s",
+    "loss/*",
+    "eval/*",
+)
+_MOVING_AVERAGE_MIN_POINTS = 10
+
+
+def metric_series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one key over the rows that carry a numeric value for it."""
+    steps, values = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "step" in row:
+            steps.append(int(row["step"]))
+            values.append(float(value))
+    return steps, values
+
+
+def select_keys(rows: list[dict], patterns: tuple[str, ...] | list[str]) -> list[str]:
+    """Keys present in the rows that match any of the glob patterns, in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key != "step" and any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns):
+                seen.setdefault(key, None)
+    return list(seen)
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` points (shorter at the start)."""
+    averaged, running_sum = [], 0.0
+    for index, value in enumerate(values):
+        running_sum += value
+        if index >= window:
+            running_sum -= values[index - window]
+        averaged.append(running_sum / min(index + 1, window))
+    return averaged
+
+
+def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str] | None = None) -> list[Path]:
+    """Write one PNG per metric key to out_dir; returns the written paths.
+
+    keys: exact keys or glob patterns (`reward/*`); None draws DEFAULT_KEY_PATTERNS.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_jsonl)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key in select_keys(rows, keys if keys is not None else DEFAULT_KEY_PATTERNS):
+        steps, values = metric_series(rows, key)
+        if not steps:
+            continue
+        figure, axes = plt.subplots(figsize=(5.0, 3.2), dpi=100)
+        axes.plot(steps, values, marker="o" if len(steps) < _MOVING_AVERAGE_MIN_POINTS else None,
+                  linewidth=1.0, alpha=0.6, label=key)
+        if len(values) >= _MOVING_AVERAGE_MIN_POINTS:
+            window = max(2, len(values) // 10)
+            axes.plot(steps, moving_average(values, window), linewidth=2.0, label=f"moving average ({window})")
+        axes.set_xlabel("step")
+        axes.set_title(key)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        path = out_dir / f"{key.replace('/', '__')}.png"
+        figure.savefig(path)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if len(arguments) < 2:
+        print("usage: python -m rl.plots METRICS_JSONL OUT_DIR [KEY_OR_PATTERN ...]", file=sys.stderr)
+        return 2
+    paths = plot_metrics(arguments[0], arguments[1], arguments[2:] or None)
+    print(f"wrote {len(paths)} plot(s) to {arguments[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

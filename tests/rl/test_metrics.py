@@ -1,0 +1,106 @@
+"""Metrics sink and plots: exact JSONL rows, resume truncation, secret hygiene, wandb offline, PNG files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rl.config import LoggingConfig
+from rl.metrics import MetricsLogger, read_metrics, redact_secrets, to_json_value
+from rl.plots import moving_average, plot_metrics, select_keys
+
+DISABLED = LoggingConfig(wandb_mode="disabled")
+
+
+def test_jsonl_rows_are_exact(tmp_path):
+    with MetricsLogger(tmp_path, DISABLED) as logger:
+        logger.log(0, {"reward/total": 0.5, "rollout/model_calls": np.float32(2.0), "loss/policy": torch.tensor(-1.25)})
+        logger.log(1, {"reward/total": 0.75, "async/staleness_mean": 1, "perf/samples_per_s": float("nan")})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"step": 0, "reward/total": 0.5, "rollout/model_calls": 2.0, "loss/policy": -1.25},
+        {"step": 1, "reward/total": 0.75, "async/staleness_mean": 1, "perf/samples_per_s": None},
+    ]
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_rows_are_flushed_before_close(tmp_path):
+    logger = MetricsLogger(tmp_path, DISABLED)
+    logger.log(3, {"reward/total": 1.0})
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 3, "reward/total": 1.0}]
+    logger.close()
+
+
+def test_resume_drops_rows_after_the_checkpoint_step(tmp_path):
+    with MetricsLogger(tmp_path, DISABLED) as logger:
+        for step in range(5):
+            logger.log(step, {"reward/total": float(step)})
+    with MetricsLogger(tmp_path, DISABLED, resume_step=2) as logger:
+        logger.log(3, {"reward/total": 30.0})
+    assert [(row["step"], row["reward/total"]) for row in read_metrics(tmp_path / "metrics.jsonl")] == [
+        (0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)
+    ]
+
+
+def test_to_json_value_rejects_non_scalars():
+    assert to_json_value(np.int64(7)) == 7 and isinstance(to_json_value(np.int64(7)), int)
+    assert to_json_value(float("inf")) is None
+    assert to_json_value("text") == "text"
+    with pytest.raises(TypeError, match="list"):
+        to_json_value([1, 2])
+
+
+def test_redact_secrets_replaces_secret_looking_keys_only():
+    config = {"logging": {"wandb_project": "p", "wandb_api_key": "abc"}, "auth": [{"token": "t", "n": 1}]}
+    assert redact_secrets(config) == {
+        "logging": {"wandb_project": "p", "wandb_api_key": "<redacted>"},
+        "auth": [{"token": "<redacted>", "n": 1}],
+    }
+
+
+def test_wandb_offline_writes_under_run_dir_and_never_the_api_key(tmp_path, monkeypatch):
+    secret = "fanoutsecret0123456789abcdef0123456789abcd"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+    logger = MetricsLogger(tmp_path, LoggingConfig(wandb_mode="offline", wandb_project="fanout-test"),
+                           {"grpo": {"learning_rate": 1e-5}, "logging": {"wandb_mode": "offline"}})
+    assert logger.wandb_enabled
+    logger.log(0, {"reward/total": 0.25})
+    logger.close()
+    offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert list(offline_runs[0].glob("*.wandb"))
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
+
+
+def test_moving_average_hand_computed():
+    assert moving_average([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_select_keys_glob_and_order():
+    rows = [{"step": 0, "reward/total": 1, "loss/policy": 2, "other": 3}, {"step": 1, "reward/format": 1}]
+    assert select_keys(rows, ["reward/*"]) == ["reward/total", "reward/format"]
+
+
+def test_plot_metrics_writes_non_empty_pngs(tmp_path):
+    with MetricsLogger(tmp_path, DISABLED) as logger:
+        for step in range(12):
+            logger.log(step, {"reward/total": step / 12, "reward/format": 0.1, "rollout/model_calls": 3 - step / 6,
+                              "unplotted/key": 1.0, "perf/samples_per_s": math.nan})
+    paths = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
+    assert sorted(path.name for path in paths) == [
+        "reward__format.png", "reward__total.png", "rollout__model_calls.png"
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+    only = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "only", keys=["rollout/model_calls"])
+    assert [path.name for path in only] == ["rollout__model_calls.png"]
