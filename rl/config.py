@@ -126,6 +126,9 @@ class RolloutConfig:
     worker_num_cpus: float = 1.0  # CPUs reserved per actor
     worker_num_gpus: float = 0.0  # GPUs per actor (vLLM on clusters)
     torch_threads_per_worker: int = 1  # intra-op threads inside each actor
+    questions_per_worker_call: int = 2  # questions (= groups) in one generate call to a rollout actor
+    max_inflight_calls_per_worker: int = 2  # generate calls queued per actor (2: busy while results travel)
+    max_actor_replacements: int = 8  # dead rollout actors replaced (with the current weights) before failing
     group_size: int = 8  # G: trajectories sampled per question (the GRPO group)
     questions_per_step: int = 16  # questions per training step (batch = questions_per_step * G)
     max_turns: int = 4  # tool-calling rounds before the final forced-answer turn
@@ -394,6 +397,9 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
         f"{grpo.minibatches_per_step} micro-batches",
     )
     need(rollout.num_workers >= 1, "rollout.num_workers", "must be >= 1")
+    need(rollout.questions_per_worker_call >= 1, "rollout.questions_per_worker_call", "must be >= 1")
+    need(rollout.max_inflight_calls_per_worker >= 1, "rollout.max_inflight_calls_per_worker", "must be >= 1")
+    need(rollout.max_actor_replacements >= 0, "rollout.max_actor_replacements", "must be >= 0")
     need(rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
     need(rollout.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn", "must be >= 1")
     need(rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
