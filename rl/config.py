@@ -76,7 +76,7 @@ class ModelConfig:
 @dataclass
 class WorldConfig:
     seed: int = 0  # seed of the generated world (entities, documents, questions)
-    num_entities_per_kind: int = 60  # entities of each kind (people, films, cities, companies)
+    num_entities_per_kind: int = 100  # entities of each kind (people, films, cities, companies)
     num_train: int = 4000  # training questions
     num_validation: int = 200  # validation questions
     num_test: int = 300  # test questions
