@@ -1,0 +1,275 @@
+"""Evaluation: greedy episodes on held-out questions, summarised per question structure.
+
+`fanout eval CONFIG [--checkpoint PATH] [--out FILE] [--compare A B]` runs the agent loop greedily
+(one trajectory per question, temperature 0) on the eval split of the generated world
+(`data.source=world`, split `eval.split`) or on every file of `data.eval_files` (`data.source=files`),
+prints a Markdown table and writes the contract JSON
+
+    {"<dataset>": {"parallel"|"sequential"|"single"|"all": {"n", "em", "f1", "model_calls", "tool_calls",
+                                                          "subqueries_per_round", "latency_s", "format_valid"}}}
+
+Definitions (per question, then averaged over the questions of a structure):
+  em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
+  model_calls        generation rounds of the episode; tool_calls: tool calls over all rounds;
+  latency_s          wall seconds of the episode (generation + tool time, as the agent loop measured it);
+  format_valid       1 if the response follows the agent protocol (the reward package's validator).
+  subqueries_per_round is a ratio of totals: all tool calls ÷ all rounds that made at least one call,
+  so a model that fans out 3 sub-queries in one round scores 3 and a strictly sequential one scores 1.
+
+Simplifications on purpose: evaluation runs in this process (no Ray actors) with the engine named in
+`rollout.engine`; with several eval datasets the model is loaded once and the datasets run in turn.
+
+    fanout eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/step_000060
+    fanout eval configs/quickstart.yaml --compare runs/sync/checkpoints/step_000060 runs/async/checkpoints/step_000060
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rl.config import ConfigError, ExperimentConfig
+from rollouts.trajectory import Trajectory
+
+METRIC_NAMES = ("n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s", "format_valid")
+STRUCTURE_ORDER = ("parallel", "sequential", "single", "all")
+_COLUMN_TITLES = {
+    "n": "n", "em": "EM", "f1": "F1", "model_calls": "model calls", "tool_calls": "tool calls",
+    "subqueries_per_round": "sub-queries/round", "latency_s": "latency s", "format_valid": "format valid",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure aggregation
+# ----------------------------------------------------------------------------------------------
+
+
+def protocol_format_is_valid(trajectory: Trajectory) -> bool:
+    """The reward package's episode grammar check (the `format` reward is 1.0 exactly when this holds)."""
+    from rewards.parsing import parse_trajectory
+
+    return parse_trajectory(trajectory).valid
+
+
+def question_figures(trajectory: Trajectory, format_validator: Callable[[Trajectory], bool]) -> dict[str, float]:
+    """The per-question numbers that `summarize` averages (plus the search-round count it pools)."""
+    from rewards.correctness import exact_match, f1_score
+
+    prediction = trajectory.final_answer or ""
+    golds = trajectory.question.answers
+    answered = trajectory.final_answer is not None
+    return {
+        "em": exact_match(prediction, golds) if answered else 0.0,
+        "f1": f1_score(prediction, golds) if answered else 0.0,
+        "model_calls": float(trajectory.model_calls),
+        "tool_calls": float(trajectory.tool_calls),
+        "search_rounds": float(trajectory.search_rounds),
+        "latency_s": float(trajectory.generate_s + trajectory.tools_s),
+        "format_valid": 1.0 if format_validator(trajectory) else 0.0,
+    }
+
+
+def aggregate(per_question: list[dict[str, float]]) -> dict[str, float]:
+    """Means over questions; sub-queries per round pooled as total calls ÷ total rounds with calls."""
+    count = len(per_question)
+    if count == 0:
+        return {name: 0.0 for name in METRIC_NAMES} | {"n": 0}
+
+    def mean(name: str) -> float:
+        return sum(figures[name] for figures in per_question) / count
+
+    total_rounds = sum(figures["search_rounds"] for figures in per_question)
+    total_calls = sum(figures["tool_calls"] for figures in per_question)
+    return {
+        "n": count,
+        "em": mean("em"),
+        "f1": mean("f1"),
+        "model_calls": mean("model_calls"),
+        "tool_calls": mean("tool_calls"),
+        "subqueries_per_round": total_calls / total_rounds if total_rounds else 0.0,
+        "latency_s": mean("latency_s"),
+        "format_valid": mean("format_valid"),
+    }
+
+
+def summarize(
+    trajectories: Iterable[Trajectory],
+    dataset_name: str,
+    format_validator: Callable[[Trajectory], bool] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """`{dataset_name: {structure | "all": figures}}` for one greedy trajectory per question.
+
+    Only the structures present appear, in the order parallel, sequential, single, then "all".
+    """
+    validator = format_validator or protocol_format_is_valid
+    by_structure: dict[str, list[dict[str, float]]] = {}
+    everything = []
+    for trajectory in trajectories:
+        figures = question_figures(trajectory, validator)
+        by_structure.setdefault(trajectory.question.structure, []).append(figures)
+        everything.append(figures)
+    summary = {structure: aggregate(by_structure[structure]) for structure in STRUCTURE_ORDER if structure in by_structure}
+    summary["all"] = aggregate(everything)
+    return {dataset_name: summary}
+
+
+def _format_number(name: str, value: float) -> str:
+    return str(int(value)) if name == "n" else f"{value:.3f}"
+
+
+def format_table(results: dict) -> str:
+    """Markdown table: one row per dataset and structure, one column per metric."""
+    header = "| dataset | structure | " + " | ".join(_COLUMN_TITLES[name] for name in METRIC_NAMES) + " |"
+    lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 2)]
+    for dataset, by_structure in results.items():
+        for structure in _ordered(by_structure):
+            figures = by_structure[structure]
+            cells = " | ".join(_format_number(name, figures[name]) for name in METRIC_NAMES)
+            lines.append(f"| {dataset} | {structure} | {cells} |")
+    return "\n".join(lines)
+
+
+def ratio(value_a: float, value_b: float) -> float | None:
+    """B ÷ A, or None when A is zero."""
+    return value_b / value_a if value_a else None
+
+
+def compare_table(results_a: dict, results_b: dict) -> str:
+    """Markdown table of A and B side by side with B ÷ A, for every dataset/structure both contain."""
+    lines = ["| dataset | structure | metric | A | B | B ÷ A |", "|---|---|---|---|---|---|"]
+    for dataset, by_structure_a in results_a.items():
+        by_structure_b = results_b.get(dataset, {})
+        for structure in _ordered(by_structure_a):
+            if structure not in by_structure_b:
+                continue
+            for name in METRIC_NAMES:
+                value_a, value_b = by_structure_a[structure][name], by_structure_b[structure][name]
+                quotient = ratio(value_a, value_b)
+                quotient_text = "—" if quotient is None else f"{quotient:.2f}×"
+                lines.append(f"| {dataset} | {structure} | {_COLUMN_TITLES[name]} | {_format_number(name, value_a)} | "
+                             f"{_format_number(name, value_b)} | {quotient_text} |")
+    return "\n".join(lines)
+
+
+def _ordered(by_structure: dict) -> list[str]:
+    known = [structure for structure in STRUCTURE_ORDER if structure in by_structure]
+    return known + [structure for structure in by_structure if structure not in STRUCTURE_ORDER]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running an evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def world_directory(config: ExperimentConfig) -> Path:
+    """Where the generated world is cached: data.world_dir, or <run_dir>/world."""
+    return Path(config.data.world_dir) if config.data.world_dir else config.run_dir / "world"
+
+
+def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
+    """{dataset name: questions}: the eval split of the generated world, or every data.eval_files entry.
+
+    eval.num_questions > 0 keeps the first N questions of each dataset (files are read in their order).
+    """
+    if config.data.source == "world":
+        from data.world import ensure_world
+
+        world = ensure_world(world_directory(config), config.data.world)
+        if config.eval.split not in world.splits:
+            raise ConfigError(f"key 'eval.split' is {config.eval.split!r}; the generated world has splits "
+                              f"{', '.join(sorted(world.splits))}")
+        questions_by_dataset = {"world": world.splits[config.eval.split]}
+    else:
+        from data.loaders import load_questions
+
+        if not config.data.eval_files:
+            raise ConfigError("key 'data.eval_files' is empty: data.source=files evaluates on data.eval_files "
+                              "({name: path.jsonl|.parquet})")
+        questions_by_dataset = {name: load_questions(path, name, config.data.on_malformed_row)
+                                for name, path in config.data.eval_files.items()}
+    limit = config.eval.num_questions
+    return {name: questions[:limit] if limit > 0 else questions for name, questions in questions_by_dataset.items()}
+
+
+def eval_corpus_path(config: ExperimentConfig) -> str:
+    """The corpus the retriever indexes ("" when a retrieval server holds it)."""
+    if config.retriever.backend == "http":
+        return ""
+    if config.data.source == "world":
+        return str(world_directory(config) / "corpus.jsonl")
+    return config.data.corpus_path
+
+
+def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
+    """The model folder to evaluate: --checkpoint (a training checkpoint or any saved HF model), else the
+    run's latest checkpoint, else model.path. Raises ConfigError naming what is missing."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise ConfigError(f"checkpoint '{checkpoint}' does not exist (pass a folder written by `fanout train` "
+                              f"under {config.run_dir / 'checkpoints'}, or any saved HF model folder)")
+        return str(path / "model") if (path / "model").is_dir() else str(path)
+    latest = _latest_checkpoint(config.run_dir)
+    if latest is not None:
+        return str(Path(latest) / "model")
+    if config.model.path:
+        return config.model.path
+    raise ConfigError(f"nothing to evaluate: no checkpoint in {config.run_dir / 'checkpoints'} and model.path is "
+                      "empty; pass --checkpoint PATH or train first")
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    try:
+        from rl.checkpoint import find_latest_checkpoint
+    except ImportError:
+        return None
+    latest = find_latest_checkpoint(run_dir)
+    return Path(latest) if latest is not None else None
+
+
+def evaluate(config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None) -> dict:
+    """Greedy episodes (one per question) with the model at checkpoint_path; the contract summary per dataset."""
+    from rollouts.agent_loop import run_episodes
+    from rollouts.worker import WorkerSetup, build_rollout_components
+
+    if questions_by_dataset is None:
+        questions_by_dataset = load_eval_questions(config)
+    setup = WorkerSetup(worker_id=0, model_path=str(checkpoint_path), corpus_path=eval_corpus_path(config))
+    components = build_rollout_components(config, setup)
+    batch_questions = max(1, config.batch_size)  # the training batch bounds the generation batch
+    results: dict = {}
+    for dataset_name, questions in questions_by_dataset.items():
+        trajectories = []
+        for start in range(0, len(questions), batch_questions):
+            groups = run_episodes(components.engine, components.protocol, components.executor,
+                                  questions[start:start + batch_questions], group_size=1,
+                                  rollout_config=config.rollout, policy_version=components.engine.version,
+                                  seed=config.experiment.seed, greedy=True)
+            trajectories.extend(group.trajectories[0] for group in groups)
+        results.update(summarize(trajectories, dataset_name))
+    return results
+
+
+def write_results(results: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def evaluate_command(config: ExperimentConfig, checkpoint: str | None = None, out: str | None = None,
+                     compare: list[str] | tuple[str, str] | None = None) -> int:
+    """`fanout eval`: print the table (or the A/B comparison) and write the JSON; returns the exit code."""
+    if compare:
+        path_a, path_b = (resolve_model_path(config, path) for path in compare)
+        results_a, results_b = evaluate(config, path_a), evaluate(config, path_b)
+        print(compare_table(results_a, results_b))
+        written = write_results({"checkpoints": {"A": compare[0], "B": compare[1]}, "A": results_a, "B": results_b},
+                                out or config.run_dir / "eval_compare.json")
+    else:
+        results = evaluate(config, resolve_model_path(config, checkpoint))
+        print(format_table(results))
+        written = write_results(results, out or config.run_dir / "eval.json")
+    print(f"wrote {written}")
+    return 0
