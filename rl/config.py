@@ -166,6 +166,7 @@ class GRPOConfig:
     kl_coef: float = 0.0  # weight of the k3 KL to a frozen reference (0: no reference model)
     entropy_coef: float = 0.0  # entropy bonus weight
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr. GRPO)
+    advantage_estimator: str = "grpo"  # registered estimator name (rl.core_algos): "grpo", "rloo", ...
     # Token aggregation: "token_mean" (DAPO), "seq_mean" (GRPO paper), "constant" (Dr. GRPO).
     loss_aggregation: str = "token_mean"
     minibatches_per_step: int = 1  # gradient accumulation micro-batches per optimizer step
