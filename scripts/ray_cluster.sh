@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Multi-node training on a Ray cluster you manage by hand (bare metal, VMs, cloud instances).
+#
+#   on the head node:     scripts/ray_cluster.sh head
+#   on every worker node: scripts/ray_cluster.sh worker --address HEAD_IP:6379
+#   from any node:        scripts/ray_cluster.sh submit --address HEAD_IP configs/parallelsearch_qwen2.5_7b.yaml
+#
+# `submit` hands `fanout train CONFIG` to the cluster with `ray job submit`; inside the job
+# `ray.init()` joins the running cluster, rollout actors are placed on nodes with free GPUs
+# (rollout.worker_num_gpus each) and the trainer runs in the job's driver. Every node needs the
+# same Python environment with fanout-rl installed (`pip install -e .`, plus `.[vllm]` on GPU
+# nodes) and the model/data paths visible at the same place (shared filesystem).
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage:
+  scripts/ray_cluster.sh [--dry-run] head   [--port 6379] [--num-gpus N] [--dashboard-port 8265]
+  scripts/ray_cluster.sh [--dry-run] worker --address HEAD_IP:6379 [--num-gpus N]
+  scripts/ray_cluster.sh [--dry-run] submit --address HEAD_IP [--dashboard-port 8265] CONFIG [key=value ...]
+  scripts/ray_cluster.sh [--dry-run] stop
+
+Commands run:
+  head    ray start --head --port PORT --dashboard-host 0.0.0.0 [--num-gpus N]
+  worker  ray start --address HEAD_IP:6379 [--num-gpus N]
+  submit  ray job submit --address http://HEAD_IP:8265 --runtime-env-json '{...}' -- fanout train CONFIG [key=value ...]
+  stop    ray stop
+
+The runtime env ships the repository as the job's working_dir (runs/, .git/ and world/ excluded)
+and sets HF_HUB_OFFLINE=1, TOKENIZERS_PARALLELISM=false and WANDB_MODE (default offline).
+Environment variables: MODEL_PATH and DATA_DIR are forwarded to the job when set.
+
+Options:
+  --dry-run   print the commands instead of running them
+  -h, --help  show this help
+USAGE
+}
+
+dry_run=0
+if [[ "${1:-}" == "--dry-run" ]]; then dry_run=1; shift; fi
+command="${1:-}"
+[[ -n "$command" ]] && shift
+case "$command" in
+  -h|--help|"") usage; [[ -n "$command" ]] && exit 0; exit 2 ;;
+esac
+
+port=6379
+dashboard_port=8265
+address=""
+num_gpus=""
+positional=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --dry-run) dry_run=1; shift ;;
+    --port) port="${2:?--port needs a number}"; shift 2 ;;
+    --dashboard-port) dashboard_port="${2:?--dashboard-port needs a number}"; shift 2 ;;
+    --address) address="${2:?--address needs HEAD_IP[:PORT]}"; shift 2 ;;
+    --num-gpus) num_gpus="${2:?--num-gpus needs a number}"; shift 2 ;;
+    *) positional+=("$1"); shift ;;
+  esac
+done
+
+# Print a command (quoted so it can be copied) and run it unless --dry-run.
+run() {
+  local shown="+" argument
+  for argument in "$@"; do
+    if [[ "$argument" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then shown+=" $argument"; else shown+=" '${argument//\'/\'\\\'\'}'"; fi
+  done
+  echo "$shown"
+  if [[ "$dry_run" -eq 0 ]]; then "$@"; fi
+}
+
+gpu_args=()
+if [[ -n "$num_gpus" ]]; then gpu_args=(--num-gpus "$num_gpus"); fi
+
+runtime_env_json() {
+  python - <<'PY'
+import json, os
+env_vars = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+for name in ("MODEL_PATH", "DATA_DIR"):
+    if os.environ.get(name):
+        env_vars[name] = os.environ[name]
+print(json.dumps({"working_dir": ".", "excludes": ["runs/", ".git/", "world/", "*.index"], "env_vars": env_vars}))
+PY
+}
+
+case "$command" in
+  head)
+    run ray start --head --port "$port" --dashboard-host 0.0.0.0 --dashboard-port "$dashboard_port" \
+      ${gpu_args[@]+"${gpu_args[@]}"}
+    ;;
+  worker)
+    [[ -n "$address" ]] || { echo "ray_cluster.sh: worker needs --address HEAD_IP:PORT" >&2; exit 2; }
+    run ray start --address "$address" ${gpu_args[@]+"${gpu_args[@]}"}
+    ;;
+  submit)
+    [[ -n "$address" ]] || { echo "ray_cluster.sh: submit needs --address HEAD_IP" >&2; exit 2; }
+    [[ ${#positional[@]} -ge 1 ]] || { echo "ray_cluster.sh: submit needs a CONFIG file" >&2; exit 2; }
+    cd "$(dirname "$0")/.."
+    run ray job submit --address "http://${address%%:*}:$dashboard_port" \
+      --runtime-env-json "$(runtime_env_json)" -- fanout train "${positional[@]}"
+    ;;
+  stop)
+    run ray stop
+    ;;
+  *)
+    echo "ray_cluster.sh: unknown command '$command' (head | worker | submit | stop; see --help)" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,147 @@
+"""Launch scripts: strict bash, `--help` exits 0, `--dry-run` prints the commands a real launch would run.
+
+The printed commands are quoted for the shell, so each `+ …` line is parsed back with shlex and the
+arguments are checked one by one (no cluster, GPU or Slurm needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+OWN_SCRIPTS = ["quickstart_cpu.sh", "single_gpu_node.sh", "ray_cluster.sh", "slurm_ray.sbatch", "slurm_submit.sh",
+               "retriever_server.sh", "bench.sh"]
+
+
+def run_script(name: str, *arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    environment.update(env or {})
+    return subprocess.run(["bash", str(SCRIPTS / name), *arguments], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env=environment)
+
+
+def printed_commands(name: str, *arguments: str, env: dict | None = None) -> list[list[str]]:
+    result = run_script(name, "--dry-run", *arguments, env=env)
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ") and "(" not in line[:4]]
+
+
+@pytest.mark.parametrize("name", OWN_SCRIPTS)
+def test_script_is_strict_bash(name):
+    text = (SCRIPTS / name).read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+    assert os.access(SCRIPTS / name, os.X_OK)
+
+
+@pytest.mark.parametrize("name", OWN_SCRIPTS)
+def test_script_help_exits_0(name):
+    result = run_script(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage")
+
+
+def test_every_shell_script_is_strict():
+    for path in [*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")]:
+        text = path.read_text()
+        assert text.startswith("#!/usr/bin/env bash"), path
+        assert "set -euo pipefail" in text, path
+
+
+def test_quickstart_dry_run():
+    commands = printed_commands("quickstart_cpu.sh", "grpo.total_steps=2")
+    assert commands == [
+        ["fanout", "train", "configs/quickstart.yaml", "grpo.total_steps=2"],
+        ["fanout", "eval", "configs/quickstart.yaml", "grpo.total_steps=2"],
+    ]
+
+
+def test_single_gpu_node_dry_run_with_bm25_server():
+    commands = printed_commands("single_gpu_node.sh", "--corpus", "/data/wiki.jsonl", "grpo.total_steps=3",
+                                env={"MODEL_PATH": "/models/qwen"})
+    assert commands[0][:4] == ["fanout", "serve-retriever", "--corpus", "/data/wiki.jsonl"]
+    train, evaluate = commands[1], commands[2]
+    assert train[:3] == ["fanout", "train", "configs/parallelsearch_qwen2.5_7b.yaml"]
+    assert {"model.path=/models/qwen", "retriever.backend=http", "retriever.url=http://127.0.0.1:8000/retrieve",
+            "grpo.total_steps=3"} <= set(train)
+    assert evaluate[:2] == ["fanout", "eval"] and evaluate[2:] == train[2:]
+
+
+def test_ray_cluster_dry_run_commands():
+    assert printed_commands("ray_cluster.sh", "head", "--num-gpus", "8") == [
+        ["ray", "start", "--head", "--port", "6379", "--dashboard-host", "0.0.0.0", "--dashboard-port", "8265",
+         "--num-gpus", "8"]
+    ]
+    assert printed_commands("ray_cluster.sh", "worker", "--address", "10.0.0.1:6379") == [
+        ["ray", "start", "--address", "10.0.0.1:6379"]
+    ]
+    (submit,) = printed_commands("ray_cluster.sh", "submit", "--address", "10.0.0.1", "configs/quickstart.yaml",
+                                 "rollout.num_workers=4", env={"MODEL_PATH": "/models/it's here"})
+    assert submit[:5] == ["ray", "job", "submit", "--address", "http://10.0.0.1:8265"]
+    runtime_env = json.loads(submit[submit.index("--runtime-env-json") + 1])
+    assert runtime_env["working_dir"] == "."
+    assert runtime_env["env_vars"]["MODEL_PATH"] == "/models/it's here"
+    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml", "rollout.num_workers=4"]
+
+
+def test_ray_cluster_rejects_missing_arguments():
+    assert run_script("ray_cluster.sh", "--dry-run", "worker").returncode == 2
+    assert run_script("ray_cluster.sh", "--dry-run", "submit", "--address", "h").returncode == 2
+    assert run_script("ray_cluster.sh", "launch").returncode == 2
+
+
+def test_slurm_sbatch_dry_run_starts_ray_with_srun_then_submits():
+    result = run_script("slurm_ray.sbatch", "--dry-run", "configs/quickstart.yaml", "grpo.total_steps=5")
+    assert result.returncode == 0, result.stderr
+    commands = printed_commands("slurm_ray.sbatch", "configs/quickstart.yaml", "grpo.total_steps=5")
+    sruns = [command for command in commands if command[0] == "srun"]
+    assert any("--head" in command and command[command.index("-w") + 1] == "node-0" for command in sruns)
+    assert any(command[command.index("-w") + 1] == "node-1" and "--address" in command for command in sruns)
+    submit = commands[-1]
+    assert submit[:3] == ["ray", "job", "submit"]
+    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml", "grpo.total_steps=5"]
+    header = (SCRIPTS / "slurm_ray.sbatch").read_text().split("set -euo pipefail")[0]
+    assert "#SBATCH --nodes=" in header and "#SBATCH --ntasks-per-node=1" in header
+
+
+def test_slurm_sbatch_refuses_to_run_outside_slurm():
+    result = run_script("slurm_ray.sbatch", "configs/quickstart.yaml")
+    assert result.returncode == 2 and "sbatch" in result.stderr
+
+
+def test_slurm_submit_dry_run():
+    assert printed_commands("slurm_submit.sh", "--nodes", "4", "--partition", "gpu", "configs/quickstart.yaml",
+                            "async.max_staleness=2") == [
+        ["sbatch", "--nodes", "4", "--gpus-per-node", "8", "--cpus-per-task", "32", "--time", "24:00:00",
+         "--partition", "gpu", "scripts/slurm_ray.sbatch", "configs/quickstart.yaml", "async.max_staleness=2"]
+    ]
+    assert run_script("slurm_submit.sh", "configs/does_not_exist.yaml").returncode == 2
+
+
+def test_retriever_server_dry_run(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    assert printed_commands("retriever_server.sh", "--corpus", str(corpus), "--host", "0.0.0.0") == [
+        ["fanout", "serve-retriever", "--corpus", str(corpus), "--host", "0.0.0.0", "--port", "8000"]
+    ]
+    world = tmp_path / "world"
+    assert printed_commands("retriever_server.sh", env={"WORLD_DIR": str(world)}) == [
+        ["fanout", "data", "build-world", "--out", str(world), "--seed", "0"],
+        ["fanout", "serve-retriever", "--corpus", str(world / "corpus.jsonl"), "--host", "127.0.0.1", "--port", "8000"],
+    ]
+
+
+def test_bench_dry_run_runs_every_registered_suite():
+    from rl.bench import SUITES
+
+    commands = printed_commands("bench.sh", "--quick")
+    bench_commands = [command for command in commands if command[:2] == ["fanout", "bench"]]
+    assert [command[2] for command in bench_commands] == list(SUITES)
+    assert all(command[3] == "--quick" for command in bench_commands)
+    assert sum(command[0] == "tail" for command in commands) == len(SUITES)
