@@ -1,0 +1,123 @@
+"""Every shipped config loads; bad keys, wrong types and impossible combinations fail with exit code 2.
+
+The first test is torchtune's test_configs idea: a config that no longer matches the schema is caught
+here, not on a cluster. The CLI tests run `rl.cli.main` in-process (one also runs the `fanout` console
+script) and read the message the user would see.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rl.cli import main as cli_main
+from rl.config import ConfigError, ExperimentConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+QUICKSTART = str(CONFIGS / "quickstart.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_config_loads(path):
+    config = load_config(path)
+    assert isinstance(config, ExperimentConfig)
+    assert config.batch_size % config.grpo.minibatches_per_step == 0
+
+
+def test_deepspeed_configs_are_json_objects():
+    for path in CONFIGS.glob("deepspeed/*.json"):
+        assert isinstance(json.loads(path.read_text()), dict), path
+
+
+def test_shipped_configs_exist():
+    names = {path.name for path in CONFIGS.glob("*.yaml")}
+    assert {"quickstart.yaml", "parallelsearch_qwen2.5_7b.yaml"} <= names
+
+
+def test_gpu_recipe_values():
+    config = load_config(CONFIGS / "parallelsearch_qwen2.5_7b.yaml", ["model.path=/models/qwen"])
+    assert (config.rollout.engine, config.experiment.device, config.rollout.worker_num_gpus) == ("vllm", "cuda", 1.0)
+    assert (config.deepspeed.zero_stage, config.deepspeed.precision) == (3, "bf16")
+    assert (config.grpo.learning_rate, config.grpo.kl_coef, config.rollout.group_size) == (1e-6, 0.001, 5)
+    assert (config.rollout.max_turns, config.retriever.topk, config.retriever.backend) == (4, 3, "http")
+    assert config.reward.preset == "parallelsearch"
+    assert set(config.data.train_files) == {"nq", "hotpotqa"}
+    assert config.model.path == "/models/qwen"
+
+
+def test_gpu_recipe_reads_paths_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MODEL_PATH", "/shared/Qwen2.5-7B-Instruct")
+    monkeypatch.setenv("DATA_DIR", "/shared/data")
+    config = load_config(CONFIGS / "parallelsearch_qwen2.5_7b.yaml")
+    assert config.model.path == "/shared/Qwen2.5-7B-Instruct"
+    assert config.data.train_files["nq"] == "/shared/data/nq_train.jsonl"
+
+
+def test_unknown_key_exits_2_naming_the_nearest_valid_key(capsys):
+    assert cli_main(["config", "show", QUICKSTART, "grpo.lerning_rate=1"]) == 2
+    error = capsys.readouterr().err
+    assert "grpo.lerning_rate" in error and "grpo.learning_rate" in error
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("rollout:\n  grup_size: 4\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value) and "rollout.grup_size" in str(error.value)
+    assert "rollout.group_size" in str(error.value)
+
+
+def test_yaml_type_error_names_the_file_and_key(tmp_path):
+    path = tmp_path / "bad_type.yaml"
+    path.write_text("grpo:\n  learning_rate: fast\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value) and "grpo.learning_rate" in str(error.value)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("grpo: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(path)
+
+
+def test_override_is_applied_and_printed(capsys):
+    assert cli_main(["config", "show", QUICKSTART, "grpo.learning_rate=1e-5"]) == 0
+    assert "  learning_rate: 1.0e-05\n" in capsys.readouterr().out
+
+
+def test_override_type_error_exits_2(capsys):
+    assert cli_main(["config", "show", QUICKSTART, "rollout.group_size=many"]) == 2
+    assert "rollout.group_size" in capsys.readouterr().err
+
+
+def test_batch_not_divisible_by_minibatches_exits_2(capsys):
+    overrides = ["rollout.questions_per_step=3", "rollout.group_size=2", "grpo.minibatches_per_step=4"]
+    assert cli_main(["config", "show", QUICKSTART, *overrides]) == 2
+    assert "grpo.minibatches_per_step" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["rollout.group_size=1"], "rollout.group_size"),
+    (["rollout.engine=sglang"], "rollout.engine"),
+    (["experiment.resume=true", "experiment.overwrite=true"], "experiment.resume"),
+    (["data.source=files"], "data.train_files"),
+])
+def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, monkeypatch):
+    monkeypatch.delenv("FANOUT_ALLOW_VLLM_CPU", raising=False)
+    assert cli_main(["config", "show", QUICKSTART, *overrides]) == 2
+    assert key in capsys.readouterr().err
+
+
+def test_console_script_exit_code_is_2():
+    result = subprocess.run([sys.executable, "-m", "rl", "config", "show", QUICKSTART, "grpo.lerning_rate=1"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    assert "grpo.learning_rate" in result.stderr
