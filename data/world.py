@@ -1,0 +1,393 @@
+"""The generated world: invented entities, one short document each, and questions with gold decompositions.
+
+It exists so the whole system trains and is tested on a CPU with no download, and so the structure of
+every question is known: "parallel" (comparisons and counts over 2-4 entities whose lookups are
+independent and can be issued in one round), "sequential" (2-3 hop bridges where an answer feeds the
+next query) and "single" (one lookup). Names are nonce words built from syllables ("Varlo Tenmis",
+"Quenbridge"), so no model knows a fact without searching for it; years are random.
+
+Entities: people (birth year, birth city, occupation), films (release year, director, filming city,
+producing company), companies (founding year, founder, headquarters city) and cities (founding year,
+region). Relations are functional (a film has one director), so every bridge chain has one answer.
+
+Everything is seeded (one `random.Random` per stream, never the global RNG): the same WorldConfig gives
+byte-identical files. Questions are generated test split first, then validation, then train, each
+from its own stream, so changing `num_train` leaves the test split unchanged. A question is identified
+by what it asks (relation chain and entities, not its wording), and no two questions in the world share
+that key, so the splits are disjoint by question text and by underlying lookup.
+
+What it simplifies on purpose: facts are years, names and regions; documents are 1-3 template
+sentences; comparisons never involve ties (tied samples are drawn again).
+
+    fanout data build-world --out world/ --seed 0          # or: write_world("world/", WorldConfig())
+    world = ensure_world("world/", WorldConfig())           # writes once, then reuses the cached copy
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import Stemmer
+
+from data.corpus import iter_jsonl, load_corpus, write_corpus, write_jsonl
+from data.errors import DataError
+from data.types import Question
+from data.world_templates import (
+    CHAINS_BY_HOPS,
+    COMPARISONS,
+    DOCUMENT_RENDERERS,
+    FACTS,
+    ComparisonSpec,
+    FactSpec,
+)
+
+WORLD_FORMAT_VERSION = 1  # bump when generation changes, so cached worlds are rebuilt
+SPLITS = ("train", "validation", "test")
+GENERATION_ORDER = ("test", "validation", "train")
+ENTITY_KINDS = ("city", "person", "company", "film")  # creation order: later kinds point to earlier ones
+TWO_ENTITY_SHARE = 0.7  # parallel questions over two entities; the rest over three or four
+COUNT_SHARE = 0.3  # among 3-4 entity parallel questions, "how many ... before YEAR?" instead of a superlative
+THREE_HOP_SHARE = 0.3  # sequential questions with three hops; the rest have two
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+
+ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "h", "j", "w", "br", "dr", "tr",
+          "th", "sh", "qu", "kr", "st")
+VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ai", "ea", "ou")
+CODAS = ("", "", "", "", "n", "r", "l", "m", "s")
+FINAL_CODAS = ("n", "r", "l", "m", "s", "x", "th", "nd", "rk", "ck", "sh", "", "")
+FILM_NOUNS = ("Road", "Harbor", "Nights", "Rising", "Summer", "Echo", "Crossing", "Garden", "Winter", "Tide",
+              "Letters", "Signal", "Station", "Orchard")
+COMPANY_SUFFIXES = ("Works", "Industries", "Group", "Labs", "Foundry", "Holdings", "Motors", "Systems",
+                    "Textiles", "Press")
+CITY_SUFFIXES = ("bridge", "mouth", "holm", "ford", "haven", "burg", "vik", "stead", "moor", "dale", "port",
+                 "wick", "field", "ton")
+REGION_SUFFIXES = ("ia", "and", "ora", "esh", "ant")
+OCCUPATIONS = ("painter", "engineer", "novelist", "architect", "botanist", "composer", "physician", "sculptor",
+               "chemist", "cartographer", "poet", "historian", "astronomer", "economist")
+
+
+@dataclass
+class Entity:
+    kind: str  # "person", "film", "company" or "city"
+    name: str  # unique in the world; the title line of its document
+    doc_id: str  # id of its document in the corpus
+    facts: dict[str, int | str] = field(default_factory=dict)  # years, region, or names of related entities
+
+
+@dataclass
+class World:
+    documents: list[dict]  # corpus rows {"id", "contents"}
+    splits: dict[str, list[Question]]  # "train", "validation", "test"
+    entities: list[Entity] = field(default_factory=list)  # empty when loaded from disk
+
+
+# ----------------------------------------------------------------------------------------------
+# Entities
+# ----------------------------------------------------------------------------------------------
+
+
+class NonceNames:
+    """Capitalised invented words, unique in the world even after stemming (so BM25 keeps them apart)."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.stemmer = Stemmer.Stemmer("english")
+        self.used_stems: set[str] = set()
+
+    def _syllables(self, count: int) -> str:
+        parts = []
+        for index in range(count):
+            coda = self.rng.choice(FINAL_CODAS if index == count - 1 else CODAS)
+            parts.append(self.rng.choice(ONSETS) + self.rng.choice(VOWELS) + coda)
+        return "".join(parts)
+
+    def word(self, syllables: tuple[int, ...] = (2, 3), suffix_choices: tuple[str, ...] = ("",)) -> str:
+        for _ in range(1000):
+            word = (self._syllables(self.rng.choice(syllables)) + self.rng.choice(suffix_choices)).capitalize()
+            stem = self.stemmer.stemWord(word.lower())
+            if 4 <= len(word) <= 12 and stem not in self.used_stems:
+                self.used_stems.add(stem)
+                return word
+        raise RuntimeError("could not invent a new unique word after 1000 tries")
+
+
+def _born_between(people: list[Entity], earliest: int, latest: int, rng: random.Random) -> Entity:
+    """A person born in [earliest, latest] if there is one (plausible founders/directors), else anyone."""
+    candidates = [person for person in people if earliest <= person.facts["birth_year"] <= latest]
+    return rng.choice(candidates or people)
+
+
+def generate_entities(num_per_kind: int, rng: random.Random) -> list[Entity]:
+    names = NonceNames(rng)
+    num_regions = max(3, min(12, num_per_kind // 8))
+    regions = [names.word((2,), REGION_SUFFIXES) for _ in range(num_regions)]
+    by_kind: dict[str, list[Entity]] = {kind: [] for kind in ENTITY_KINDS}
+
+    def add(kind: str, name: str, facts: dict) -> None:
+        by_kind[kind].append(Entity(kind, name, f"{kind}-{len(by_kind[kind]):04d}", facts))
+
+    for _ in range(num_per_kind):
+        add("city", names.word((1, 2), CITY_SUFFIXES),
+            {"founding_year": rng.randint(1100, 1900), "region": rng.choice(regions)})
+    for _ in range(num_per_kind):
+        add("person", f"{names.word((2,))} {names.word((2, 2, 3))}",
+            {"birth_year": rng.randint(1800, 1995), "birth_city": rng.choice(by_kind["city"]).name,
+             "occupation": rng.choice(OCCUPATIONS)})
+    for _ in range(num_per_kind):
+        year = rng.randint(1820, 2015)
+        add("company", f"{names.word((2, 2, 3))} {rng.choice(COMPANY_SUFFIXES)}",
+            {"founding_year": year, "founder": _born_between(by_kind["person"], year - 70, year - 20, rng).name,
+             "headquarters": rng.choice(by_kind["city"]).name})
+    for _ in range(num_per_kind):
+        year = rng.randint(1900, 2020)
+        older_companies = [c for c in by_kind["company"] if c.facts["founding_year"] <= year] or by_kind["company"]
+        add("film", f"{names.word((2, 2, 3))} {rng.choice(FILM_NOUNS)}",
+            {"release_year": year, "director": _born_between(by_kind["person"], year - 80, year - 20, rng).name,
+             "filming_city": rng.choice(by_kind["city"]).name, "studio": rng.choice(older_companies).name})
+    return [entity for kind in ("person", "film", "company", "city") for entity in by_kind[kind]]
+
+
+def render_documents(entities: list[Entity], rng: random.Random) -> list[dict]:
+    """One document per entity: title line (the name) + 1-3 sentences in randomly chosen templates."""
+    return [{"id": entity.doc_id, "contents": f"{entity.name}\n{DOCUMENT_RENDERERS[entity.kind](entity, rng)}"}
+            for entity in entities]
+
+
+# ----------------------------------------------------------------------------------------------
+# Questions
+# ----------------------------------------------------------------------------------------------
+
+
+class EntityIndex:
+    def __init__(self, entities: list[Entity]):
+        self.by_name = {entity.name: entity for entity in entities}
+        self.by_kind: dict[str, list[Entity]] = {}
+        for entity in entities:
+            self.by_kind.setdefault(entity.kind, []).append(entity)
+
+
+# A draft is (uniqueness key, question with an empty id); None means "tie or degenerate sample, draw again".
+Draft = tuple[tuple, Question]
+QuestionSampler = Callable[[EntityIndex, random.Random], "Draft | None"]
+QUESTION_SAMPLERS: dict[str, QuestionSampler] = {}
+
+
+def register_question_sampler(structure: str) -> Callable[[QuestionSampler], QuestionSampler]:
+    def decorator(sampler: QuestionSampler) -> QuestionSampler:
+        if structure in QUESTION_SAMPLERS:
+            raise ValueError(f"a question sampler for structure {structure!r} is already registered")
+        QUESTION_SAMPLERS[structure] = sampler
+        return sampler
+
+    return decorator
+
+
+def _count_answers(count: int) -> list[str]:
+    return [str(count), NUMBER_WORDS[count]] if count < len(NUMBER_WORDS) else [str(count)]
+
+
+def _join_names(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _comparison_question(spec: ComparisonSpec, entities: list[Entity], rng: random.Random) -> Draft | None:
+    years = [entity.facts[spec.fact] for entity in entities]
+    names = [entity.name for entity in entities]
+    many = len(entities) > 2
+    if many and rng.random() < COUNT_SHARE:
+        threshold = rng.randrange(min(years) // 10 * 10, max(years) // 10 * 10 + 11, 10)
+        if threshold in years:
+            return None
+        direction = rng.choice(("before", "after"))
+        count = sum((year < threshold) if direction == "before" else (year > threshold) for year in years)
+        text = rng.choice(spec.count_templates).format(items=_join_names(names), year=threshold, direction=direction)
+        form, answers = f"count_{direction}_{threshold}", _count_answers(count)
+    else:
+        if len(set(years)) < len(years):
+            return None
+        form = rng.choice(("earliest", "latest"))
+        pick = min if form == "earliest" else max
+        winner = names[years.index(pick(years))]
+        templates = (spec.earliest_many if many else spec.earliest_two) if form == "earliest" else (
+            spec.latest_many if many else spec.latest_two)
+        text = rng.choice(templates).format(a=names[0], b=names[-1], items=_join_names(names))
+        answers = [winner]
+    fact = FACTS[(spec.kind, spec.fact)]
+    question = Question(
+        id="", question=text, answers=answers, structure="parallel",
+        sub_questions=[fact.query.format(x=name) for name in names],
+        supporting_doc_ids=[entity.doc_id for entity in entities],
+        metadata={"template": f"{spec.kind}_{spec.fact}_{form.split('_')[0]}", "entities": names,
+                  "sub_answers": [str(year) for year in years]},
+    )
+    return ("parallel", spec.kind, spec.fact, form, tuple(sorted(names))), question
+
+
+@register_question_sampler("parallel")
+def sample_parallel(index: EntityIndex, rng: random.Random) -> Draft | None:
+    spec = rng.choice(COMPARISONS)
+    num_entities = 2 if rng.random() < TWO_ENTITY_SHARE else rng.choice((3, 4))
+    pool = index.by_kind[spec.kind]
+    if len(pool) < num_entities:
+        return None
+    return _comparison_question(spec, rng.sample(pool, num_entities), rng)
+
+
+@register_question_sampler("sequential")
+def sample_sequential(index: EntityIndex, rng: random.Random) -> Draft | None:
+    hops = 3 if rng.random() < THREE_HOP_SHARE else 2
+    chain: tuple[FactSpec, ...] = rng.choice(CHAINS_BY_HOPS[hops])
+    start = rng.choice(index.by_kind[chain[0].kind])
+    subject, phrase = start, start.name
+    sub_questions, hop_answers, doc_ids = [], [], []
+    for position, fact in enumerate(chain):
+        sub_questions.append(fact.query.format(x=subject.name))
+        doc_ids.append(subject.doc_id)
+        value = subject.facts[fact.name]
+        hop_answers.append(str(value))
+        if position < len(chain) - 1:
+            phrase = fact.noun_phrase.format(x=phrase)
+            subject = index.by_name[str(value)]
+    text = rng.choice(chain[-1].questions).format(x=phrase)
+    fact_names = tuple(f"{fact.kind}.{fact.name}" for fact in chain)
+    question = Question(
+        id="", question=text, answers=[hop_answers[-1]], structure="sequential", sub_questions=sub_questions,
+        supporting_doc_ids=doc_ids,
+        metadata={"template": "->".join(fact_names), "entities": [start.name], "hops": len(chain),
+                  "hop_answers": hop_answers, "sub_answers": hop_answers},
+    )
+    return ("sequential", fact_names, start.name), question
+
+
+@register_question_sampler("single")
+def sample_single(index: EntityIndex, rng: random.Random) -> Draft | None:
+    fact = rng.choice(list(FACTS.values()))
+    entity = rng.choice(index.by_kind[fact.kind])
+    answer = str(entity.facts[fact.name])
+    question = Question(
+        id="", question=rng.choice(fact.questions).format(x=entity.name), answers=[answer], structure="single",
+        sub_questions=[fact.query.format(x=entity.name)], supporting_doc_ids=[entity.doc_id],
+        metadata={"template": f"{fact.kind}.{fact.name}", "entities": [entity.name], "sub_answers": [answer]},
+    )
+    return ("single", fact.kind, fact.name, entity.name), question
+
+
+def structure_counts(total: int, mix: dict[str, float]) -> dict[str, int]:
+    """Split `total` by the shares in `mix` (largest remainder, so the counts sum to `total`)."""
+    exact = {structure: total * share for structure, share in mix.items()}
+    counts = {structure: int(value) for structure, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda structure: (counts[structure] - exact[structure], structure))
+    for structure in by_remainder[: total - sum(counts.values())]:
+        counts[structure] += 1
+    return counts
+
+
+def _sample_unique(structure: str, count: int, index: EntityIndex, rng: random.Random, used_keys: set) -> list:
+    sampler, questions = QUESTION_SAMPLERS[structure], []
+    for _ in range(50 * count + 1000):
+        if len(questions) == count:
+            break
+        draft = sampler(index, rng)
+        if draft is not None and draft[0] not in used_keys:
+            used_keys.add(draft[0])
+            questions.append(draft[1])
+    if len(questions) < count:
+        raise DataError(f"the world is too small for {count} distinct {structure} questions per split (made "
+                        f"{len(questions)}); raise data.world.num_entities_per_kind or lower the split sizes")
+    return questions
+
+
+def generate_questions(entities: list[Entity], config) -> dict[str, list[Question]]:
+    index, used_keys, splits = EntityIndex(entities), set(), {}
+    sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
+    for split in GENERATION_ORDER:
+        rng = random.Random(f"fanout-world:{config.seed}:questions:{split}")
+        questions = []
+        for structure, count in structure_counts(sizes[split], dict(config.structure_mix)).items():
+            questions.extend(_sample_unique(structure, count, index, rng, used_keys))
+        rng.shuffle(questions)
+        for position, question in enumerate(questions):
+            question.id = f"world-{split}-{position:06d}"
+        splits[split] = questions
+    return {split: splits[split] for split in SPLITS}
+
+
+# ----------------------------------------------------------------------------------------------
+# Build, write, load, cache
+# ----------------------------------------------------------------------------------------------
+
+
+def generate_world(config) -> World:
+    """The whole world for a `rl.config.WorldConfig` (seeded, deterministic)."""
+    if config.num_entities_per_kind < 4:
+        raise DataError(f"data.world.num_entities_per_kind is {config.num_entities_per_kind}; use at least 4")
+    entities = generate_entities(config.num_entities_per_kind, random.Random(f"fanout-world:{config.seed}:entities"))
+    documents = render_documents(entities, random.Random(f"fanout-world:{config.seed}:documents"))
+    return World(documents=documents, splits=generate_questions(entities, config), entities=entities)
+
+
+def world_config_hash(config) -> str:
+    payload = {"format_version": WORLD_FORMAT_VERSION, **asdict(config)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def _save(world: World, out_dir: Path, config) -> None:
+    write_corpus(out_dir / "corpus.jsonl", world.documents)
+    for split, questions in world.splits.items():
+        write_jsonl(out_dir / f"{split}.jsonl", (question.to_row() for question in questions))
+    marker = {"hash": world_config_hash(config), "format_version": WORLD_FORMAT_VERSION, "config": asdict(config)}
+    temporary = out_dir / f".world_config.json.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, out_dir / "world_config.json")  # written last: its presence means "complete"
+
+
+def write_world(out_dir: str | os.PathLike, config) -> Path:
+    """Write DIR/corpus.jsonl, DIR/{train,validation,test}.jsonl and DIR/world_config.json; return DIR."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save(generate_world(config), out_dir, config)
+    return out_dir
+
+
+def load_split(path: str | os.PathLike) -> list[Question]:
+    questions = []
+    for line, row in iter_jsonl(path):
+        try:
+            questions.append(Question.from_row(row))
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(f"not a valid question row ({error})", str(path), line) from None
+    return questions
+
+
+def load_world(directory: str | os.PathLike) -> World:
+    directory = Path(directory)
+    missing = [name for name in ("corpus.jsonl", *(f"{split}.jsonl" for split in SPLITS))
+               if not (directory / name).is_file()]
+    if missing:
+        raise DataError(f"not a generated world: missing {', '.join(missing)} (run `fanout data build-world --out "
+                        f"{directory}`)", path=str(directory))
+    return World(documents=load_corpus(directory / "corpus.jsonl"),
+                 splits={split: load_split(directory / f"{split}.jsonl") for split in SPLITS})
+
+
+def ensure_world(directory: str | os.PathLike, config) -> World:
+    """Load the world cached in `directory` if it was built from this exact config; otherwise build and write it."""
+    directory = Path(directory)
+    marker = directory / "world_config.json"
+    if marker.is_file():
+        try:
+            cached_hash = json.loads(marker.read_text()).get("hash")
+        except (json.JSONDecodeError, AttributeError):
+            cached_hash = None
+        if cached_hash == world_config_hash(config):
+            return load_world(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    world = generate_world(config)
+    _save(world, directory, config)
+    return world
