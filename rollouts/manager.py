@@ -1,0 +1,474 @@
+"""Asynchronous rollouts: N Ray actors kept busy inside the staleness window, feeding the trainer.
+
+`RolloutManager` owns the rollout actors (rollouts/worker.py), a seeded resumable cursor over the
+training split (rollouts/data_cursor.py) and the staleness buffer (rollouts/buffer.py). A background
+"pump" thread keeps every actor busy with at most `rollout.max_inflight_calls_per_worker` generate
+calls of `rollout.questions_per_worker_call` questions, collects finished groups with `ray.wait` and
+streams them into the buffer. The trainer calls `get_batch(num_groups, version)` and, after each
+optimizer step, `push_weights(state_dict, version + 1)`.
+
+The staleness window (the AReaL rule). Let B = `rollout.questions_per_step` (groups per trainer step),
+s = `async.max_staleness` and v the newest published policy version. A group generated with weights
+v can train versions v..v+s, so the manager starts a new generate call only while
+
+    groups issued so far - groups dropped  <=  (v - initial_version + s + 1) * B  (+ extra demand)
+
+Nothing beyond what the window can consume is generated, and with s = 0 the run is exactly
+synchronous: the B groups of version v are issued only after `push_weights(..., v)`, and all are
+consumed at version v. Weight updates are queued on each actor behind the calls it already has, under
+the same lock that issues calls, so every call issued after a push runs with the pushed weights.
+If the trainer asks for more groups in one version than the window holds (e.g. a filter that discards
+groups and asks again), the window grows by the shortfall instead of deadlocking ("extra demand").
+
+Fault tolerance: a call that fails with RayActorError (the actor died or was killed) makes the manager
+kill the actor, re-queue the questions of all its in-flight calls at the front of the cursor, start a
+replacement with a new worker id, load the current weights into it, and go on
+(`rollout.actors_replaced`, `rollout.requeued_questions`). Groups a worker failed to return count as
+`rollout.groups_lost` (0 in a healthy run). An exception raised inside a generate call (a bug, not a
+dead process) stops the pump and is re-raised by the next `get_batch`.
+
+What it simplifies on purpose: one manager per driver process; no actor restarts by Ray itself
+(replacement is explicit, so questions are never silently dropped); metrics windows are "since the
+previous stats() call", which the training loop calls once per step.
+
+    init_ray()
+    manager = RolloutManager(config, train_questions, model_path=..., corpus_path=...)
+    batch = manager.get_batch(config.rollout.questions_per_step, current_version=0)
+    manager.push_weights(model.state_dict(), version=1)
+    print(manager.stats()); manager.shutdown()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from data.types import Question
+from rl.config import ExperimentConfig, to_dict
+from rollouts.buffer import DROP_REASONS, BufferTimeout, StalenessBuffer
+from rollouts.data_cursor import DataCursor
+from rollouts.trajectory import Group
+from rollouts.weight_sync import PublishedWeights, publish_weights
+from rollouts.worker import RolloutWorkerActor, WorkerSetup
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.05  # how often the pump thread looks at finished calls when none finished
+GET_BATCH_POLL_S = 0.5  # how often a waiting get_batch checks that the pump thread is alive
+DEFAULT_OBJECT_STORE_BYTES = 2 * 1024**3  # weights of a 0.5B model in bf16 fit twice
+
+
+def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None,
+             log_to_driver: bool = False) -> None:
+    """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
+
+    Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), actor
+    logs kept out of the driver's terminal (errors still arrive as exceptions with their traceback),
+    offline HF settings for every worker. On a cluster (`ray job submit`), the cluster decides resources.
+    """
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    address = os.environ.get("RAY_ADDRESS")
+    if address or not local:
+        ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=log_to_driver,
+                 runtime_env=runtime_env)
+        return
+    if object_store_memory_bytes is None:
+        physical_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        object_store_memory_bytes = min(DEFAULT_OBJECT_STORE_BYTES, physical_bytes // 4)
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
+             object_store_memory=object_store_memory_bytes, log_to_driver=log_to_driver, runtime_env=runtime_env)
+
+
+@dataclass
+class InFlightCall:
+    """A call submitted to an actor whose result the pump has not collected yet."""
+
+    kind: str  # "generate" or "update_weights"
+    slot_index: int
+    version: int  # policy version the call was issued for
+    question_indices: list[int] = field(default_factory=list)  # generate calls only
+    submitted_at: float = 0.0
+
+
+@dataclass
+class WorkerSlot:
+    """One place for an actor; a dead actor is replaced in the same slot with a new worker id."""
+
+    index: int
+    worker_id: int
+    actor: Any  # ray ActorHandle of RolloutWorkerActor
+    generate_calls: int = 0  # generate calls in flight
+    idle_since: float | None = None  # set while no generate call is in flight
+
+
+class RolloutManager:
+    """Keeps N rollout actors busy within the staleness window; serves batches of scored groups."""
+
+    def __init__(self, config: ExperimentConfig, questions: list[Question], model_path: str, corpus_path: str = "",
+                 initial_version: int = 0, actor_class: Any = None):
+        rollout = config.rollout
+        if config.async_.max_buffered_groups < rollout.questions_per_step:
+            raise ValueError(
+                f"async.max_buffered_groups ({config.async_.max_buffered_groups}) is smaller than one training "
+                f"batch (rollout.questions_per_step = {rollout.questions_per_step}); raise it"
+            )
+        self.config = config
+        self.questions = list(questions)
+        self.groups_per_step = rollout.questions_per_step
+        self.max_staleness = config.async_.max_staleness
+        self.buffer = StalenessBuffer(self.max_staleness, config.async_.max_buffered_groups, initial_version)
+        self._cursor = DataCursor(len(self.questions), seed=config.experiment.seed)
+        self._question_index_by_id = {question.id: index for index, question in reversed(list(enumerate(questions)))}
+        self._config_dict = to_dict(config)
+        self._model_path, self._corpus_path = str(model_path), str(corpus_path)
+        self._actor_class = actor_class or RolloutWorkerActor
+        self._initial_version = self._latest_version = initial_version
+        self._published: PublishedWeights | None = None
+
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._pump_thread: threading.Thread | None = None
+        self._pump_error: BaseException | None = None
+        self._inflight: dict[Any, InFlightCall] = {}
+        self._counters: dict[str, float] = defaultdict(float)  # cumulative
+        self._window: dict[str, float] = defaultdict(float)  # since the previous stats()
+        self._window_started = time.monotonic()
+        self._issued_groups = 0  # groups issued and not re-queued or lost (the window's left-hand side)
+        self._extra_window = 0
+        self._inflight_groups = 0
+        self._next_worker_id = 0
+        self._slots = [self._new_slot(index) for index in range(rollout.num_workers)]
+
+    # ------------------------------------------------------------------ actors
+
+    def _new_slot(self, index: int) -> WorkerSlot:
+        worker_id, self._next_worker_id = self._next_worker_id, self._next_worker_id + 1
+        setup = WorkerSetup(worker_id=worker_id, model_path=self._model_path, corpus_path=self._corpus_path,
+                            initial_version=self._initial_version)
+        actor = self._actor_class.options(
+            num_cpus=self.config.rollout.worker_num_cpus, num_gpus=self.config.rollout.worker_num_gpus,
+        ).remote(self._config_dict, setup)
+        slot = WorkerSlot(index=index, worker_id=worker_id, actor=actor, idle_since=time.monotonic())
+        if self._published is not None:
+            self._submit_update(slot, self._published)
+        return slot
+
+    def worker_handles(self) -> list[Any]:
+        """The current actor handles, one per slot (for health checks and fault-injection tests)."""
+        with self._lock:
+            return [slot.actor for slot in self._slots]
+
+    def worker_ids(self) -> list[int]:
+        with self._lock:
+            return [slot.worker_id for slot in self._slots]
+
+    def _replace_dead_worker(self, slot_index: int, error: BaseException) -> None:
+        """Re-queue the dead actor's in-flight questions and start a replacement with the current weights."""
+        slot = self._slots[slot_index]
+        dead_calls = [(ref, call) for ref, call in self._inflight.items() if call.slot_index == slot_index]
+        requeued: list[int] = []
+        for ref, call in dead_calls:
+            del self._inflight[ref]
+            requeued.extend(call.question_indices)
+        self._cursor.requeue(requeued)
+        self._issued_groups -= len(requeued)
+        self._inflight_groups -= len(requeued)
+        self._counters["rollout/requeued_questions"] += len(requeued)
+        try:
+            ray.kill(slot.actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+        replaced = int(self._counters["rollout/actors_replaced"])
+        if replaced >= self.config.rollout.max_actor_replacements:
+            raise RuntimeError(
+                f"rollout actor {slot.worker_id} died and {replaced} actors were already replaced "
+                f"(rollout.max_actor_replacements); last error: {error}"
+            ) from error
+        logger.warning("rollout actor %d died (%s); re-queued %d questions, starting a replacement",
+                       slot.worker_id, type(error).__name__, len(requeued))
+        self._counters["rollout/actors_replaced"] += 1
+        self._slots[slot_index] = self._new_slot(slot_index)
+
+    # ------------------------------------------------------------------ the staleness window
+
+    def _window_room(self) -> int:
+        """Groups that may still be issued under the staleness window (may be negative)."""
+        versions_open = self._latest_version - self._initial_version + self.max_staleness + 1
+        window = versions_open * self.groups_per_step + self._extra_window
+        dropped = self.buffer.counters()["dropped_total"]
+        return window - (self._issued_groups - dropped)
+
+    def _issue_room(self) -> int:
+        capacity_room = self.buffer.capacity - len(self.buffer) - self._inflight_groups
+        return min(self._window_room(), capacity_room)
+
+    def _issue_generate_calls(self) -> None:
+        room = self._issue_room()
+        per_call = self.config.rollout.questions_per_worker_call
+        max_calls = self.config.rollout.max_inflight_calls_per_worker
+        while room > 0:
+            free_slots = [slot for slot in self._slots if slot.generate_calls < max_calls]
+            if not free_slots:
+                return
+            slot = min(free_slots, key=lambda candidate: candidate.generate_calls)
+            count = min(per_call, room)
+            self._submit_generate(slot, count)
+            room -= count
+
+    def _submit_generate(self, slot: WorkerSlot, count: int) -> None:
+        indices = self._cursor.take(count)
+        questions = [self.questions[index] for index in indices]
+        seed = self.config.experiment.seed * 1_000_003 + int(self._counters["rollout/generate_calls"])
+        ref = slot.actor.generate.remote(questions, self.config.rollout.group_size, self._latest_version, seed)
+        now = time.monotonic()
+        self._inflight[ref] = InFlightCall("generate", slot.index, self._latest_version, indices, now)
+        if slot.idle_since is not None:
+            self._window["async/worker_idle_s"] += now - slot.idle_since
+            slot.idle_since = None
+        slot.generate_calls += 1
+        self._issued_groups += count
+        self._inflight_groups += count
+        self._counters["rollout/generate_calls"] += 1
+
+    def _submit_update(self, slot: WorkerSlot, published: PublishedWeights) -> None:
+        ref = slot.actor.update_weights.remote(published.ref, published.version)
+        self._inflight[ref] = InFlightCall("update_weights", slot.index, published.version,
+                                           submitted_at=time.monotonic())
+
+    # ------------------------------------------------------------------ the pump thread
+
+    def start(self) -> None:
+        """Start issuing work (get_batch calls it; call it early to overlap generation with setup)."""
+        with self._lock:
+            if self._pump_thread is not None:
+                return
+            self._pump_thread = threading.Thread(target=self._pump, name="rollout-pump", daemon=True)
+            self._pump_thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    self._issue_generate_calls()
+                    pending = list(self._inflight)
+                if not pending:
+                    self._stop.wait(POLL_S)
+                    continue
+                ready, _ = ray.wait(pending, num_returns=1, timeout=POLL_S)
+                if ready:
+                    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+                for ref in ready:
+                    self._collect(ref)
+        except BaseException as error:  # surfaced by the next get_batch
+            logger.error("rollout pump stopped: %r", error)
+            self._pump_error = error
+
+    def _collect(self, ref: Any) -> None:
+        with self._lock:
+            call = self._inflight.get(ref)
+            if call is None:  # already handled (its actor died and was replaced)
+                return
+            try:
+                result = ray.get(ref)
+            except RayActorError as error:
+                self._replace_dead_worker(call.slot_index, error)
+                return
+            del self._inflight[ref]
+            if call.kind == "update_weights":
+                self._window["perf/weight_load_s"] += float(result)
+                self._window["weight_loads"] += 1
+                return
+            self._finish_generate_call(call, result)
+
+    def _finish_generate_call(self, call: InFlightCall, groups: list[Group]) -> None:
+        slot = self._slots[call.slot_index]
+        slot.generate_calls -= 1
+        if slot.generate_calls == 0:
+            slot.idle_since = time.monotonic()
+        requested = len(call.question_indices)
+        self._inflight_groups -= requested
+        lost = max(0, requested - len(groups))
+        if lost:
+            logger.warning("rollout actor %d returned %d groups for %d questions", slot.worker_id, len(groups), requested)
+            self._issued_groups -= lost  # not produced: their window share is given back
+            self._counters["rollout/groups_lost"] += lost
+        for group in groups:
+            self.buffer.put(group)
+        self._counters["rollout/groups_generated"] += len(groups)
+        self._window["groups_generated"] += len(groups)
+
+    # ------------------------------------------------------------------ trainer side
+
+    def get_batch(self, num_groups: int, current_version: int, timeout: float | None = None) -> list[Group]:
+        """`num_groups` scored groups admissible at `current_version`, oldest policy version first.
+
+        Call `push_weights(state, v)` before `get_batch(n, v)`. Groups that expire after this step
+        (version `current_version - max_staleness`) are served first, including those still being
+        generated: the batch waits for them rather than letting them go stale, so a run inside the window
+        drops nothing. Raises BufferTimeout after `timeout` seconds, or the pump's error if generation failed.
+        """
+        self.start()
+        self._reserve_supply(num_groups, current_version)
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        while True:
+            self._raise_if_pump_failed()
+            if self._batch_is_ready(num_groups, current_version):
+                try:
+                    batch = self.buffer.get_batch(num_groups, current_version, timeout=0)
+                    break
+                except BufferTimeout:  # an overflow eviction raced the check; wait for the next group
+                    pass
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise BufferTimeout(f"no batch of {num_groups} groups at version {current_version} after "
+                                    f"{timeout}s; rollout stats: {self.stats(reset_window=False)}")
+            self.buffer.wait_for_put(GET_BATCH_POLL_S if remaining is None else min(GET_BATCH_POLL_S, remaining))
+        with self._lock:
+            self._window["async/trainer_wait_s"] += time.monotonic() - started
+            staleness_values = [current_version - group.policy_version for group in batch]
+            self._window["staleness_sum"] += sum(staleness_values)
+            self._window["staleness_count"] += len(staleness_values)
+            self._window["async/staleness_max"] = max(self._window["async/staleness_max"], max(staleness_values))
+        return batch
+
+    def _batch_is_ready(self, num_groups: int, current_version: int) -> bool:
+        """Enough admissible groups, and no group that expires after this step is still in flight
+        (unless the expiring groups already buffered fill the batch)."""
+        expiring_version = current_version - self.max_staleness
+        with self._lock:
+            self.buffer.advance_version(current_version)
+            if len(self.buffer) < num_groups:
+                return False
+            expiring_inflight = sum(len(call.question_indices) for call in self._inflight.values()
+                                    if call.kind == "generate" and call.version <= expiring_version)
+            return expiring_inflight == 0 or self.buffer.count_at_most_version(expiring_version) >= num_groups
+
+    def _reserve_supply(self, num_groups: int, current_version: int) -> None:
+        if num_groups > self.buffer.capacity:
+            raise ValueError(f"get_batch asked for {num_groups} groups but the buffer holds at most "
+                             f"{self.buffer.capacity} (async.max_buffered_groups); raise it")
+        with self._lock:
+            if current_version - self._latest_version > self.max_staleness:
+                raise ValueError(
+                    f"get_batch at version {current_version} but the newest weights the actors have are version "
+                    f"{self._latest_version} (async.max_staleness={self.max_staleness}); call "
+                    f"push_weights(state_dict, {current_version}) first"
+                )
+            self.buffer.advance_version(current_version)
+            supply = len(self.buffer) + self._inflight_groups + max(0, self._window_room())
+            if supply < num_groups:
+                self._extra_window += num_groups - supply
+
+    def _raise_if_pump_failed(self) -> None:
+        if self._pump_error is not None:
+            raise RuntimeError(f"rollout generation failed: {self._pump_error}") from self._pump_error
+
+    def push_weights(self, state_dict: Any, version: int) -> float:
+        """Publish policy `version` once to the object store and queue its loading on every actor.
+
+        Does not wait for the actors: each loads the new weights after the calls it already has, and
+        the calls issued from now on run with them. Returns the seconds the trainer was blocked.
+        """
+        started = time.perf_counter()
+        published = publish_weights(state_dict, version)
+        with self._lock:
+            if version < self._latest_version or (version == self._latest_version and self._published is not None):
+                raise ValueError(f"push_weights: version {version} is not newer than the published version "
+                                 f"{self._latest_version}; versions must increase by optimizer step")
+            self._published = published
+            self._latest_version = version
+            for slot in self._slots:
+                self._submit_update(slot, published)
+        elapsed = time.perf_counter() - started
+        self._counters["perf/weight_sync_s"] = elapsed
+        self._counters["perf/weight_bytes"] = published.num_bytes
+        return elapsed
+
+    @property
+    def latest_version(self) -> int:
+        return self._latest_version
+
+    # ------------------------------------------------------------------ metrics, state, shutdown
+
+    def stats(self, reset_window: bool = True) -> dict[str, float]:
+        """Slash-namespaced metrics; rates and sums cover the time since the previous stats() call."""
+        with self._lock:
+            now = time.monotonic()
+            for slot in self._slots:
+                if slot.idle_since is not None:
+                    self._window["async/worker_idle_s"] += now - slot.idle_since
+                    slot.idle_since = now
+            elapsed = max(now - self._window_started, 1e-9)
+            window, counters = self._window, self._counters
+            buffer_counters = self.buffer.counters()
+            metrics = {
+                "async/staleness_mean": window["staleness_sum"] / max(window["staleness_count"], 1),
+                "async/staleness_max": window["async/staleness_max"],
+                "async/trainer_wait_s": window["async/trainer_wait_s"],
+                "async/worker_idle_s": window["async/worker_idle_s"],
+                "async/buffered_groups": float(buffer_counters["buffered"]),
+                "async/inflight_groups": float(self._inflight_groups),
+                "async/dropped_groups": float(buffer_counters["dropped_total"]),
+                **{f"async/dropped_groups/{reason}": float(buffer_counters["dropped"][reason]) for reason in DROP_REASONS},
+                "rollout/groups_per_s": window["groups_generated"] / elapsed,
+                "rollout/groups_generated": counters["rollout/groups_generated"],
+                "rollout/generate_calls": counters["rollout/generate_calls"],
+                "rollout/actors_replaced": counters["rollout/actors_replaced"],
+                "rollout/requeued_questions": counters["rollout/requeued_questions"],
+                "rollout/groups_lost": counters["rollout/groups_lost"],
+                "perf/weight_sync_s": counters["perf/weight_sync_s"],
+                "perf/weight_load_s": window["perf/weight_load_s"] / max(window["weight_loads"], 1),
+                "perf/weight_bytes": counters["perf/weight_bytes"],
+            }
+            if reset_window:
+                self._window = defaultdict(float)
+                self._window_started = now
+            return metrics
+
+    def state_dict(self) -> dict:
+        """The data cursor, with every question handed out but not yet trained on re-queued (for resume)."""
+        with self._lock:
+            unconsumed = [index for call in self._inflight.values() for index in call.question_indices]
+            unconsumed += [self._question_index_by_id[question_id] for question_id in self.buffer.buffered_question_ids()]
+            return {"cursor": self._cursor.state_dict(extra_requeued=unconsumed), "latest_version": self._latest_version}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the data cursor; call before the first get_batch (before any work is issued)."""
+        with self._lock:
+            if self._pump_thread is not None:
+                raise RuntimeError("load_state_dict must be called before the manager starts issuing work")
+            self._cursor.load_state_dict(state["cursor"])
+
+    def shutdown(self) -> None:
+        """Stop the pump thread and kill the actors."""
+        self._stop.set()
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout=30)
+        with self._lock:
+            for slot in self._slots:
+                try:
+                    ray.kill(slot.actor, no_restart=True)
+                except Exception:
+                    pass
+            self._inflight.clear()
+            self._published = None
+
+    def __enter__(self) -> "RolloutManager":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
+
+
+__all__ = ["RolloutManager", "init_ray", "InFlightCall", "WorkerSlot", "POLL_S"]

@@ -1,0 +1,197 @@
+"""RolloutManager + Ray rollout actors: staleness window, weight push, fault tolerance, resumable cursor.
+
+One Ray session for the module. Most tests use a model-free stand-in actor (same methods as
+RolloutWorker) so the scheduling rules are checked in seconds; the last tests run two real actors on
+the tiny checkpoint and the tiny generated world.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+import torch
+
+from data.types import Question
+from rl.config import ExperimentConfig
+from rollouts.manager import RolloutManager, init_ray
+
+QUESTIONS = [Question(id=f"q{index}", question=f"Question {index}?", answers=["a"]) for index in range(12)]
+
+
+def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str = ""):
+    """A Ray actor class with RolloutWorker's methods and no model (defined here so it pickles by value)."""
+
+    class FakeRolloutWorker:
+        def __init__(self, config_dict: dict, setup):
+            self.setup = setup
+            self.loaded_version = setup.initial_version
+            self.loaded_tensor_sum = None
+
+        def generate(self, questions, group_size, version, seed):
+            import time as time_module
+
+            from rollouts.trajectory import Group, Trajectory
+
+            time_module.sleep(generate_delay_s)
+            groups = []
+            for question in questions:
+                if question.id == fail_on_question:
+                    raise ValueError(f"cannot generate for {question.id}")
+                trajectories = [Trajectory(question=question, prompt_ids=[1], policy_version=self.loaded_version,
+                                           reward=1.0) for _ in range(group_size)]
+                groups.append(Group(group_id=f"{question.id}-{seed}", question=question, trajectories=trajectories,
+                                    policy_version=self.loaded_version, worker_id=self.setup.worker_id))
+            return groups
+
+        def update_weights(self, weights, version):
+            self.loaded_tensor_sum = float(sum(tensor.sum() for tensor in weights.values()))
+            self.loaded_version = version
+            return 0.0
+
+        def version(self):
+            return self.loaded_version
+
+        def tensor_sum(self):
+            return self.loaded_tensor_sum
+
+        def ping(self):
+            return self.setup.worker_id
+
+    return ray.remote(FakeRolloutWorker)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    started_here = not ray.is_initialized()
+    init_ray(num_cpus=2)
+    yield
+    if started_here:
+        ray.shutdown()
+
+
+def small_config(max_staleness: int, num_workers: int = 2, questions_per_step: int = 4,
+                 questions_per_worker_call: int = 1, max_inflight_calls_per_worker: int = 2) -> ExperimentConfig:
+    config = ExperimentConfig()
+    config.rollout.num_workers = num_workers
+    config.rollout.worker_num_cpus = 0.5
+    config.rollout.group_size = 2
+    config.rollout.questions_per_step = questions_per_step
+    config.rollout.questions_per_worker_call = questions_per_worker_call
+    config.rollout.max_inflight_calls_per_worker = max_inflight_calls_per_worker
+    config.async_.max_staleness = max_staleness
+    config.async_.max_buffered_groups = 16
+    return config
+
+
+def weights(value: float) -> dict[str, torch.Tensor]:
+    return {"layer.weight": torch.full((2, 2), value)}
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_synchronous_run_generates_exactly_one_batch_per_version(ray_session):
+    config = small_config(max_staleness=0)
+    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class(0.01)) as manager:
+        with pytest.raises(ValueError, match=r"call push_weights\(state_dict, 1\) first"):
+            manager.get_batch(4, current_version=1, timeout=5)
+        for version in range(3):
+            batch = manager.get_batch(4, current_version=version, timeout=60)
+            assert [group.policy_version for group in batch] == [version] * 4
+            manager.push_weights(weights(float(version + 1)), version=version + 1)
+        batch = manager.get_batch(4, current_version=3, timeout=60)
+        assert {group.policy_version for group in batch} == {3}
+        handles = manager.worker_handles()
+        assert ray.get([handle.version.remote() for handle in handles]) == [3, 3]
+        assert ray.get([handle.tensor_sum.remote() for handle in handles]) == [12.0, 12.0]  # 2x2 tensor of 3.0
+        with pytest.raises(ValueError, match="not newer"):
+            manager.push_weights(weights(3.0), version=3)
+        time.sleep(0.3)  # would be enough for a wrongly eager pump to issue more work
+        stats = manager.stats()
+    assert stats["perf/weight_bytes"] == 16 and stats["perf/weight_sync_s"] > 0
+    assert stats["rollout/generate_calls"] == 16  # 4 versions x 4 questions, 1 question per call: nothing extra
+    assert stats["async/dropped_groups"] == 0
+    assert stats["async/staleness_mean"] == 0 and stats["async/staleness_max"] == 0
+    assert stats["rollout/groups_generated"] == 16 and stats["rollout/groups_lost"] == 0
+
+
+def test_asynchronous_run_stays_within_the_bound_and_the_window(ray_session):
+    config = small_config(max_staleness=1)
+    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class(0.01)) as manager:
+        stalenesses = []
+        for version in range(4):
+            batch = manager.get_batch(4, current_version=version, timeout=60)
+            stalenesses += [version - group.policy_version for group in batch]
+            manager.push_weights(weights(1.0), version=version + 1)
+        wait_until(lambda: manager.stats(reset_window=False)["rollout/groups_generated"] >= 24)
+        time.sleep(0.3)  # would be enough for a wrongly eager pump to issue more work
+        stats = manager.stats()
+    assert set(stalenesses) <= {0, 1} and 1 in stalenesses  # the first batch's successors ran ahead by one
+    assert stats["async/dropped_groups"] == 0
+    # window after pushing version 4 with staleness 1: (4 + 1 + 1) * 4 groups, never more
+    assert stats["rollout/groups_generated"] == 24
+
+
+def test_killed_actor_is_replaced_and_its_questions_requeued(ray_session):
+    config = small_config(max_staleness=0)
+    actor_class = make_fake_worker_class(generate_delay_s=0.5)
+    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
+        first = manager.get_batch(4, current_version=0, timeout=60)
+        manager.push_weights(weights(1.0), version=1)
+        wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] == 4)
+        ray.kill(manager.worker_handles()[0])  # 2 one-question calls in flight on it
+        second = manager.get_batch(4, current_version=1, timeout=60)
+        stats = manager.stats()
+        replacement = manager.worker_handles()[0]
+        assert ray.get(replacement.version.remote()) == 1
+        assert manager.worker_ids() == [2, 1]
+    assert {group.policy_version for group in second} == {1}
+    question_ids = [group.question.id for group in first + second]
+    assert len(set(question_ids)) == 8  # the re-queued questions were generated once each, none skipped
+    assert stats["rollout/actors_replaced"] == 1
+    assert stats["rollout/requeued_questions"] == 2
+    assert stats["rollout/groups_lost"] == 0
+    assert stats["async/dropped_groups"] == 0
+
+
+def test_an_error_inside_generate_is_raised_by_get_batch(ray_session):
+    config = small_config(max_staleness=0, num_workers=1)
+    actor_class = make_fake_worker_class(fail_on_question="q3")
+    questions = [QUESTIONS[3]]
+    with RolloutManager(config, questions, model_path="unused", actor_class=actor_class) as manager:
+        with pytest.raises(RuntimeError, match="cannot generate for q3"):
+            manager.get_batch(4, current_version=0, timeout=60)
+
+
+def test_extra_demand_in_one_version_grows_the_window_instead_of_deadlocking(ray_session):
+    config = small_config(max_staleness=0)
+    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
+        manager.get_batch(4, current_version=0, timeout=60)
+        extra = manager.get_batch(2, current_version=0, timeout=60)  # e.g. after filtering zero-advantage groups
+        assert [group.policy_version for group in extra] == [0, 0]
+        assert manager.stats()["rollout/groups_generated"] == 6
+
+
+def test_state_dict_requeues_unconsumed_questions_for_an_exact_resume(ray_session):
+    config = small_config(max_staleness=1, num_workers=1, questions_per_step=2, questions_per_worker_call=2,
+                          max_inflight_calls_per_worker=2)
+    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
+        consumed = manager.get_batch(2, current_version=0, timeout=60)
+        state = manager.state_dict()  # the window issued 4 questions: 2 consumed, 2 buffered or in flight
+    requeued = state["cursor"]["requeued"]
+    assert state["cursor"]["position"] == 4 and len(requeued) == 2
+    consumed_ids = {group.question.id for group in consumed}
+    assert consumed_ids.isdisjoint(QUESTIONS[index].id for index in requeued)
+
+    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as resumed:
+        resumed.load_state_dict(state)
+        first_after_resume = resumed.get_batch(2, current_version=0, timeout=60)
+        with pytest.raises(RuntimeError, match="before the manager starts"):
+            resumed.load_state_dict(state)
+    assert [group.question.id for group in first_after_resume] == [QUESTIONS[index].id for index in requeued]
