@@ -27,12 +27,25 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_DOCS_HEADER = """# Configuration reference
+
+Generated from the field comments in `rl/config.py` by `fanout config docs > docs/CONFIG.md` (do not edit by
+hand; tests/test_configs.py checks it is current). Every key can be set in a YAML file under `configs/` or on
+the command line as `section.key=value`; `fanout config show CONFIG [key=value ...]` prints the result."""
+
+
 def _cmd_config_docs(args: argparse.Namespace) -> int:
     from rl.config import field_docs
 
-    print("| key | type | default | meaning |\n|---|---|---|---|")
+    print(CONFIG_DOCS_HEADER)
+    current_section = None
     for key, type_name, default, comment in field_docs():
-        print(f"| `{key}` | {type_name} | `{default}` | {comment} |")
+        section = key.split(".")[0]
+        if section != current_section:
+            print(f"\n## {section}\n\n| key | type | default | meaning |\n|---|---|---|---|")
+            current_section = section
+        cells = (f"`{key}`", type_name, f"`{default}`", comment.replace("<", "\\<"))  # no stray HTML tags
+        print("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return 0
 
 

@@ -60,6 +60,7 @@ class LoraConfig:
     r: int = 8  # adapter rank
     alpha: int = 16  # adapter scaling
     dropout: float = 0.0  # adapter dropout
+    # Module names that get adapters (the attention projections of Qwen2/Llama-style models).
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
@@ -93,7 +94,7 @@ class DataConfig:
     world_dir: str = ""  # where the generated world is written/cached; empty: <run_dir>/world
     # Local benchmark files for source=files: {dataset_name: path.jsonl|.parquet}.
     train_files: dict[str, str] = field(default_factory=dict)
-    eval_files: dict[str, str] = field(default_factory=dict)
+    eval_files: dict[str, str] = field(default_factory=dict)  # evaluated by `fanout eval` (same format)
     corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
     on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
     max_train_questions: int = 0  # 0: all
@@ -157,10 +158,10 @@ class RewardConfig:
 @dataclass
 class GRPOConfig:
     total_steps: int = 60  # optimizer steps (policy versions) of the run
-    learning_rate: float = 2e-4
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    learning_rate: float = 2e-4  # AdamW learning rate of the policy
+    warmup_steps: int = 0  # linear learning-rate warmup, in optimizer steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping by global norm
     clip_eps_low: float = 0.2  # lower clip of the ratio (1 - eps_low)
     clip_eps_high: float = 0.28  # upper clip (1 + eps_high), DAPO's clip-higher
     kl_coef: float = 0.0  # weight of the k3 KL to a frozen reference (0: no reference model)
@@ -196,9 +197,9 @@ class SFTConfig:
     enabled: bool = True  # warm-start with TRL's SFTTrainer on scripted-expert trajectories
     num_trajectories: int = 4000  # expert trajectories written from the training split
     parallel_fraction: float = 0.3  # share of parallel questions the expert answers in one fanned-out round
-    max_steps: int = 1500
-    batch_size: int = 32
-    learning_rate: float = 3e-3
+    max_steps: int = 1500  # optimizer steps of the warm-start
+    batch_size: int = 32  # expert trajectories per SFT step
+    learning_rate: float = 3e-3  # SFT learning rate (high: the tiny model starts from scratch)
     output_subdir: str = "sft"  # the warm-start model is saved to <run_dir>/<output_subdir>
     reuse: bool = True  # reuse an existing warm-start in the run folder
 
@@ -214,10 +215,10 @@ class EvalConfig:
 @dataclass
 class LoggingConfig:
     wandb_mode: str = "offline"  # "offline", "online" or "disabled"
-    wandb_project: str = "fanout-rl"
-    wandb_entity: str = ""
+    wandb_project: str = "fanout-rl"  # wandb project name
+    wandb_entity: str = ""  # wandb team/user (empty: your default entity)
     plots: bool = True  # write PNG curves to <run_dir>/plots/ at the end
-    progress_bar: bool = True
+    progress_bar: bool = True  # show a progress bar while training
 
 
 @dataclass
@@ -472,13 +473,19 @@ def field_docs() -> list[tuple[str, str, str, str]]:
     source_lines = inspect.getsource(__import__(__name__, fromlist=["x"])).splitlines()
     comments: dict[tuple[str, str], str] = {}
     current_class = ""
+    comment_above: list[str] = []  # a field without a trailing comment is described by the lines above it
     for line in source_lines:
         class_match = re.match(r"class (\w+)", line)
         if class_match:
             current_class = class_match.group(1)
-        field_match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        field_match = re.match(r"\s+(\w+): [^=]+=(.*)$", line)
         if field_match and current_class:
-            comments[(current_class, field_match.group(1))] = field_match.group(2).strip()
+            trailing = re.search(r"#\s*(.+)$", field_match.group(2))
+            text = trailing.group(1).strip() if trailing else " ".join(comment_above)
+            if text:
+                comments[(current_class, field_match.group(1))] = text
+        stripped = line.strip()
+        comment_above = comment_above + [stripped.lstrip("#").strip()] if stripped.startswith("#") else []
 
     rows = []
 
