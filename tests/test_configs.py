@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rl.cli import main as cli_main
-from rl.config import ConfigError, ExperimentConfig, load_config
+from rl.config import ConfigError, ExperimentConfig, field_docs, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -121,3 +121,13 @@ def test_console_script_exit_code_is_2():
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     assert "grpo.learning_rate" in result.stderr
+
+
+def test_config_reference_is_up_to_date(capsys):
+    assert cli_main(["config", "docs"]) == 0
+    generated = capsys.readouterr().out
+    assert (ROOT / "docs" / "CONFIG.md").read_text() == generated, (
+        "docs/CONFIG.md is stale: regenerate it with `fanout config docs > docs/CONFIG.md`"
+    )
+    for key, _type, _default, comment in field_docs():
+        assert comment, f"config key {key} has no comment in rl/config.py (docs/CONFIG.md would leave it blank)"
