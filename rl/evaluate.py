@@ -47,14 +47,14 @@ _COLUMN_TITLES = {
 
 def protocol_format_is_valid(trajectory: Trajectory) -> bool:
     """The reward package's episode grammar check (the `format` reward is 1.0 exactly when this holds)."""
-    from rewards.parsing import parse_trajectory
+    from rewards import parse_trajectory
 
     return parse_trajectory(trajectory).valid
 
 
 def question_figures(trajectory: Trajectory, format_validator: Callable[[Trajectory], bool]) -> dict[str, float]:
     """The per-question numbers that `summarize` averages (plus the search-round count it pools)."""
-    from rewards.correctness import exact_match, f1_score
+    from rewards import exact_match, f1_score
 
     prediction = trajectory.final_answer or ""
     golds = trajectory.question.answers
