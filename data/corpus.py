@@ -35,9 +35,11 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(f"not valid JSON ({error.msg} at column {error.colno})", str(path), line_number) from None
+                message = f"not valid JSON ({error.msg} at column {error.colno})"
+                raise DataError(message, str(path), line_number) from None
             if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object per line, got {type(row).__name__}", str(path), line_number)
+                message = f"expected a JSON object per line, got {type(row).__name__}"
+                raise DataError(message, str(path), line_number)
             yield line_number, row
 
 
@@ -56,14 +58,16 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 def check_document(row: dict, path: str, line: int) -> dict:
     """A corpus row as {"id": str, "contents": str}, or DataError naming what is missing."""
     if "contents" not in row or not isinstance(row["contents"], str):
-        raise DataError(f"corpus row needs a string 'contents' (title line + text); keys present: {sorted(row)}", path, line)
+        message = f"corpus row needs a string 'contents' (title line + text); keys present: {sorted(row)}"
+        raise DataError(message, path, line)
     if "id" not in row or not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-        raise DataError(f"corpus row needs an 'id' (string or integer); keys present: {sorted(row)}", path, line)
+        message = f"corpus row needs an 'id' (string or integer); keys present: {sorted(row)}"
+        raise DataError(message, path, line)
     return {"id": str(row["id"]), "contents": row["contents"]}
 
 
 def load_corpus(path: str | os.PathLike) -> list[dict]:
-    """Rows {"id": str, "contents": str} of a wiki-style JSONL corpus; DataError with file:line on a bad row."""
+    """Rows {"id": str, "contents": str} of a JSONL corpus; a bad row raises DataError (file:line)."""
     documents = [check_document(row, str(path), line) for line, row in iter_jsonl(path)]
     if not documents:
         raise DataError("corpus is empty (expected JSON Lines of {\"id\", \"contents\"})", path=str(path))
@@ -71,14 +75,16 @@ def load_corpus(path: str | os.PathLike) -> list[dict]:
 
 
 def write_corpus(path: str | os.PathLike, documents: Iterable[dict]) -> Path:
-    return write_jsonl(path, ({"id": document["id"], "contents": document["contents"]} for document in documents))
+    rows = ({"id": document["id"], "contents": document["contents"]} for document in documents)
+    return write_jsonl(path, rows)
 
 
 def corpus_fingerprint(documents: Iterable[dict]) -> str:
     """A short hash of ids and contents: equal fingerprints mean the same corpus in the same order."""
     digest = hashlib.sha256()
     for document in documents:
-        digest.update(str(document["id"]).encode("utf-8") + b"\0" + document["contents"].encode("utf-8") + b"\n")
+        digest.update(str(document["id"]).encode("utf-8") + b"\0")
+        digest.update(document["contents"].encode("utf-8") + b"\n")
     return digest.hexdigest()[:16]
 
 
@@ -97,7 +103,7 @@ def truncate_text(text: str, max_chars: int) -> str:
 
 
 def format_passages(documents: Iterable, max_passage_chars: int = 0) -> str:
-    """Search-R1's passage layout, one per line: `Doc 1(Title: X) text` (documents: dicts or objects with .contents)."""
+    """Search-R1's passage layout, one per line: `Doc 1(Title: X) text` (dicts or objects with .contents)."""
     lines = []
     for rank, document in enumerate(documents, start=1):
         contents = document["contents"] if isinstance(document, dict) else document.contents

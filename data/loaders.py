@@ -50,7 +50,8 @@ def register_dataset(*names: str) -> Callable[[StructureMapper], StructureMapper
     def decorator(mapper: StructureMapper) -> StructureMapper:
         for name in names:
             if name in STRUCTURE_MAPPERS:
-                raise ValueError(f"dataset {name!r} already has a structure mapper ({STRUCTURE_MAPPERS[name].__name__})")
+                owner = STRUCTURE_MAPPERS[name].__name__
+                raise ValueError(f"dataset {name!r} already has a structure mapper ({owner})")
             STRUCTURE_MAPPERS[name] = mapper
         return mapper
 
@@ -86,9 +87,10 @@ def musique_structure(row: dict) -> str:
 def structure_mapper(dataset_name: str) -> StructureMapper:
     mapper = STRUCTURE_MAPPERS.get(dataset_name.lower())
     if mapper is None:
-        raise DataError(f"unknown dataset {dataset_name!r}: registered names are {', '.join(sorted(STRUCTURE_MAPPERS))}"
-                        " (name the files after one of them in data.train_files / data.eval_files, or register a "
-                        "mapper with data.loaders.register_dataset)")
+        registered = ", ".join(sorted(STRUCTURE_MAPPERS))
+        raise DataError(f"unknown dataset {dataset_name!r}: registered names are {registered} (use one of "
+                        "them as the key in data.train_files / data.eval_files, or register a mapper with "
+                        "data.loaders.register_dataset)")
     return mapper
 
 
@@ -118,7 +120,7 @@ def read_jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 @register_reader(".parquet")
 def read_parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(row number starting at 1, row) through datasets; the table is kept in memory, its cache is temporary."""
+    """(row number from 1, row) through datasets; the table is kept in memory, its cache is temporary."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from datasets import load_dataset
 
@@ -127,7 +129,8 @@ def read_parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
             table = load_dataset("parquet", data_files=str(path), split="train", keep_in_memory=True,
                                  cache_dir=cache_dir)
         except Exception as error:  # pyarrow / datasets raise many types for a broken file
-            raise DataError(f"cannot read Parquet file ({type(error).__name__}: {error})", path=str(path)) from None
+            message = f"cannot read Parquet file ({type(error).__name__}: {error})"
+            raise DataError(message, path=str(path)) from None
     for row_index, row in enumerate(table):
         yield row_index + 1, row
 
@@ -165,7 +168,8 @@ def row_to_question(row: dict, dataset_name: str, row_number: int, mapper: Struc
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError(f"'metadata' must be an object, got {type(metadata).__name__}")
     row_id = row.get("id")
-    question_id = str(row_id) if isinstance(row_id, (str, int)) and str(row_id) else f"{dataset_name}-{row_number}"
+    has_id = isinstance(row_id, (str, int)) and str(row_id) != ""
+    question_id = str(row_id) if has_id else f"{dataset_name}-{row_number}"
     return Question(id=question_id, question=text.strip(), answers=answers, structure=mapper(row),
                     source=dataset_name, metadata=dict(metadata or {}))
 
@@ -179,7 +183,9 @@ class LoadedQuestions:
     skipped: list[str] = field(default_factory=list)  # "file:line: reason" of the first skipped rows
 
 
-def load_question_file(path: str | os.PathLike, dataset_name: str, on_malformed: str = "error") -> LoadedQuestions:
+def load_question_file(
+    path: str | os.PathLike, dataset_name: str, on_malformed: str = "error"
+) -> LoadedQuestions:
     """All questions of one benchmark file, with the count (and first reasons) of skipped malformed rows."""
     if on_malformed not in ON_MALFORMED_CHOICES:
         raise DataError(f"on_malformed is {on_malformed!r}; valid choices: {', '.join(ON_MALFORMED_CHOICES)}")
@@ -203,7 +209,8 @@ def load_question_file(path: str | os.PathLike, dataset_name: str, on_malformed:
             if len(loaded.skipped) < 20:
                 loaded.skipped.append(f"{path}:{row_number}: {error}")
     if loaded.num_skipped:
-        logger.warning("%s: skipped %d malformed rows (first: %s)", path, loaded.num_skipped, loaded.skipped[0])
+        logger.warning("%s: skipped %d malformed rows (first: %s)", path, loaded.num_skipped,
+                       loaded.skipped[0])
     return loaded
 
 

@@ -60,7 +60,7 @@ class Retriever(Protocol):
 
 
 class BM25Retriever:
-    """BM25 over an in-memory corpus; the index is cached in `index_dir/<fingerprint>/` when index_dir is set."""
+    """BM25 over an in-memory corpus; with index_dir, the index is cached in `index_dir/<fingerprint>/`."""
 
     def __init__(self, documents: list[dict], index_dir: str | os.PathLike | None = None):
         if not documents:
@@ -72,7 +72,8 @@ class BM25Retriever:
         self.index = self._load_or_build()
 
     def _tokenize(self, texts: list[str], return_ids: bool):
-        return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, return_ids=return_ids, show_progress=False)
+        return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, return_ids=return_ids,
+                              show_progress=False)
 
     def _load_or_build(self) -> bm25s.BM25:
         if self.index_path is not None and (self.index_path / "params.index.json").is_file():
@@ -141,7 +142,8 @@ class HttpRetriever:
                 last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code >= 400:  # our request is wrong: retrying will not help
-                raise RetrievalError(f"{self.url} rejected the request (HTTP {response.status_code}): {response.text[:300]}")
+                raise RetrievalError(f"{self.url} rejected the request (HTTP {response.status_code}): "
+                                     f"{response.text[:300]}")
             return response.json()
         raise RetrievalError(f"{self.url} failed after {self.retries + 1} attempts ({last_problem}); "
                              "is the server running (fanout serve-retriever --corpus ...)?")
@@ -154,10 +156,12 @@ class HttpRetriever:
             results = body["result"]
             documents = [[parse_retrieve_item(item) for item in per_query] for per_query in results]
         except (KeyError, TypeError, ValueError) as error:
-            raise RetrievalError(f"{self.url} answered in an unexpected shape ({error!r}); expected "
-                                 '{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}') from None
+            raise RetrievalError(
+                f"{self.url} answered in an unexpected shape ({error!r}); expected "
+                '{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}') from None
         if len(documents) != len(queries):
-            raise RetrievalError(f"{self.url} returned {len(documents)} result lists for {len(queries)} queries")
+            raise RetrievalError(
+                f"{self.url} returned {len(documents)} result lists for {len(queries)} queries")
         return documents
 
     def close(self) -> None:
@@ -198,10 +202,13 @@ def build_bm25(retriever_config, documents: list[dict] | None, corpus_path: str 
 
 @register_retriever("http")
 def build_http(retriever_config, documents: list[dict] | None, corpus_path: str | None) -> Retriever:
-    return HttpRetriever(retriever_config.url, timeout_s=retriever_config.timeout_s, retries=retriever_config.retries)
+    return HttpRetriever(retriever_config.url, timeout_s=retriever_config.timeout_s,
+                         retries=retriever_config.retries)
 
 
-def build_retriever(retriever_config, documents: list[dict] | None = None, corpus_path: str | None = None) -> Retriever:
+def build_retriever(
+    retriever_config, documents: list[dict] | None = None, corpus_path: str | None = None
+) -> Retriever:
     """The retriever named by `retriever_config.backend` (rl.config.RetrieverConfig)."""
     builder = RETRIEVER_BUILDERS.get(retriever_config.backend)
     if builder is None:

@@ -1,7 +1,7 @@
 """HTTP retrieval server with Search-R1's batched `/retrieve` API, so many rollout workers share one index.
 
     fanout serve-retriever --corpus world/corpus.jsonl --port 8000      # binds 127.0.0.1 by default
-    curl -s localhost:8000/retrieve -d '{"queries": ["When was Varlo Tenmis born?"], "topk": 3, "return_scores": true}'
+    curl -sH content-type:application/json -d '{"queries": ["Quenbridge"], "topk": 3}' localhost:8000/retrieve
 
 Request: `{"queries": [str, ...], "topk": int, "return_scores": bool}`. Response:
 `{"result": [[{"document": {"id", "contents"}, "score": float}, ...] per query]}` with scores, and
@@ -56,9 +56,11 @@ def create_app(retriever: Retriever, num_documents: int | None = None) -> FastAP
             hits = retriever.search(request.queries, request.topk)
         except Exception as error:  # a retriever failure is this request's 500, never the server's death
             logger.exception("retrieval failed for a batch of %d queries", len(request.queries))
-            raise HTTPException(status_code=500, detail=f"retrieval failed: {type(error).__name__}: {error}") from None
+            detail = f"retrieval failed: {type(error).__name__}: {error}"
+            raise HTTPException(status_code=500, detail=detail) from None
         if request.return_scores:
-            return {"result": [[{"document": hit.to_row(), "score": hit.score} for hit in per_query] for per_query in hits]}
+            return {"result": [[{"document": hit.to_row(), "score": hit.score} for hit in per_query]
+                               for per_query in hits]}
         return {"result": [[hit.to_row() for hit in per_query] for per_query in hits]}
 
     return app
@@ -72,5 +74,6 @@ def serve(corpus_path: str, host: str = "127.0.0.1", port: int = 8000, index_dir
 
     documents = load_corpus(corpus_path)
     retriever = BM25Retriever(documents, index_dir=index_dir or default_index_dir(corpus_path))
-    logger.info("serving %d documents from %s on http://%s:%d/retrieve", len(documents), corpus_path, host, port)
+    logger.info("serving %d documents from %s on http://%s:%d/retrieve", len(documents), corpus_path, host,
+                port)
     uvicorn.run(create_app(retriever, num_documents=len(documents)), host=host, port=port, log_level="info")

@@ -56,8 +56,8 @@ COUNT_SHARE = 0.3  # among 3-4 entity parallel questions, "how many ... before Y
 THREE_HOP_SHARE = 0.3  # sequential questions with three hops; the rest have two
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 
-ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "h", "j", "w", "br", "dr", "tr",
-          "th", "sh", "qu", "kr", "st")
+ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "h", "j", "w",
+          "br", "dr", "tr", "th", "sh", "qu", "kr", "st")
 VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ai", "ea", "ou")
 CODAS = ("", "", "", "", "n", "r", "l", "m", "s")
 FINAL_CODAS = ("n", "r", "l", "m", "s", "x", "th", "nd", "rk", "ck", "sh", "", "")
@@ -68,8 +68,8 @@ COMPANY_SUFFIXES = ("Works", "Industries", "Group", "Labs", "Foundry", "Holdings
 CITY_SUFFIXES = ("bridge", "mouth", "holm", "ford", "haven", "burg", "vik", "stead", "moor", "dale", "port",
                  "wick", "field", "ton")
 REGION_SUFFIXES = ("ia", "and", "ora", "esh", "ant")
-OCCUPATIONS = ("painter", "engineer", "novelist", "architect", "botanist", "composer", "physician", "sculptor",
-               "chemist", "cartographer", "poet", "historian", "astronomer", "economist")
+OCCUPATIONS = ("painter", "engineer", "novelist", "architect", "botanist", "composer", "physician",
+               "sculptor", "chemist", "cartographer", "poet", "historian", "astronomer", "economist")
 
 
 @dataclass
@@ -109,7 +109,8 @@ class NonceNames:
 
     def word(self, syllables: tuple[int, ...] = (2, 3), suffix_choices: tuple[str, ...] = ("",)) -> str:
         for _ in range(1000):
-            word = (self._syllables(self.rng.choice(syllables)) + self.rng.choice(suffix_choices)).capitalize()
+            stem_part = self._syllables(self.rng.choice(syllables))
+            word = (stem_part + self.rng.choice(suffix_choices)).capitalize()
             stem = self.stemmer.stemWord(word.lower())
             if 4 <= len(word) <= 12 and stem not in self.used_stems:
                 self.used_stems.add(stem)
@@ -141,22 +142,28 @@ def generate_entities(num_per_kind: int, rng: random.Random) -> list[Entity]:
              "occupation": rng.choice(OCCUPATIONS)})
     for _ in range(num_per_kind):
         year = rng.randint(1820, 2015)
-        add("company", f"{names.word((2, 2, 3))} {rng.choice(COMPANY_SUFFIXES)}",
-            {"founding_year": year, "founder": _born_between(by_kind["person"], year - 70, year - 20, rng).name,
-             "headquarters": rng.choice(by_kind["city"]).name})
+        name = f"{names.word((2, 2, 3))} {rng.choice(COMPANY_SUFFIXES)}"
+        founder = _born_between(by_kind["person"], year - 70, year - 20, rng)
+        add("company", name, {"founding_year": year, "founder": founder.name,
+                              "headquarters": rng.choice(by_kind["city"]).name})
     for _ in range(num_per_kind):
         year = rng.randint(1900, 2020)
-        older_companies = [c for c in by_kind["company"] if c.facts["founding_year"] <= year] or by_kind["company"]
-        add("film", f"{names.word((2, 2, 3))} {rng.choice(FILM_NOUNS)}",
-            {"release_year": year, "director": _born_between(by_kind["person"], year - 80, year - 20, rng).name,
-             "filming_city": rng.choice(by_kind["city"]).name, "studio": rng.choice(older_companies).name})
+        older = [company for company in by_kind["company"] if company.facts["founding_year"] <= year]
+        name = f"{names.word((2, 2, 3))} {rng.choice(FILM_NOUNS)}"
+        director = _born_between(by_kind["person"], year - 80, year - 20, rng)
+        add("film", name, {"release_year": year, "director": director.name,
+                           "filming_city": rng.choice(by_kind["city"]).name,
+                           "studio": rng.choice(older or by_kind["company"]).name})
     return [entity for kind in ("person", "film", "company", "city") for entity in by_kind[kind]]
 
 
 def render_documents(entities: list[Entity], rng: random.Random) -> list[dict]:
     """One document per entity: title line (the name) + 1-3 sentences in randomly chosen templates."""
-    return [{"id": entity.doc_id, "contents": f"{entity.name}\n{DOCUMENT_RENDERERS[entity.kind](entity, rng)}"}
-            for entity in entities]
+    documents = []
+    for entity in entities:
+        text = DOCUMENT_RENDERERS[entity.kind](entity, rng)
+        documents.append({"id": entity.doc_id, "contents": f"{entity.name}\n{text}"})
+    return documents
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +213,8 @@ def _comparison_question(spec: ComparisonSpec, entities: list[Entity], rng: rand
             return None
         direction = rng.choice(("before", "after"))
         count = sum((year < threshold) if direction == "before" else (year > threshold) for year in years)
-        text = rng.choice(spec.count_templates).format(items=_join_names(names), year=threshold, direction=direction)
+        template = rng.choice(spec.count_templates)
+        text = template.format(items=_join_names(names), year=threshold, direction=direction)
         form, answers = f"count_{direction}_{threshold}", _count_answers(count)
     else:
         if len(set(years)) < len(years):
@@ -271,8 +279,9 @@ def sample_single(index: EntityIndex, rng: random.Random) -> Draft | None:
     entity = rng.choice(index.by_kind[fact.kind])
     answer = str(entity.facts[fact.name])
     question = Question(
-        id="", question=rng.choice(fact.questions).format(x=entity.name), answers=[answer], structure="single",
-        sub_questions=[fact.query.format(x=entity.name)], supporting_doc_ids=[entity.doc_id],
+        id="", question=rng.choice(fact.questions).format(x=entity.name), answers=[answer],
+        structure="single", sub_questions=[fact.query.format(x=entity.name)],
+        supporting_doc_ids=[entity.doc_id],
         metadata={"template": f"{fact.kind}.{fact.name}", "entities": [entity.name], "sub_answers": [answer]},
     )
     return ("single", fact.kind, fact.name, entity.name), question
@@ -288,7 +297,9 @@ def structure_counts(total: int, mix: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def _sample_unique(structure: str, count: int, index: EntityIndex, rng: random.Random, used_keys: set) -> list:
+def _sample_unique(
+    structure: str, count: int, index: EntityIndex, rng: random.Random, used_keys: set
+) -> list[Question]:
     sampler, questions = QUESTION_SAMPLERS[structure], []
     for _ in range(50 * count + 1000):
         if len(questions) == count:
@@ -327,7 +338,8 @@ def generate_world(config) -> World:
     """The whole world for a `rl.config.WorldConfig` (seeded, deterministic)."""
     if config.num_entities_per_kind < 4:
         raise DataError(f"data.world.num_entities_per_kind is {config.num_entities_per_kind}; use at least 4")
-    entities = generate_entities(config.num_entities_per_kind, random.Random(f"fanout-world:{config.seed}:entities"))
+    entity_rng = random.Random(f"fanout-world:{config.seed}:entities")
+    entities = generate_entities(config.num_entities_per_kind, entity_rng)
     documents = render_documents(entities, random.Random(f"fanout-world:{config.seed}:documents"))
     return World(documents=documents, splits=generate_questions(entities, config), entities=entities)
 
@@ -341,7 +353,8 @@ def _save(world: World, out_dir: Path, config) -> None:
     write_corpus(out_dir / "corpus.jsonl", world.documents)
     for split, questions in world.splits.items():
         write_jsonl(out_dir / f"{split}.jsonl", (question.to_row() for question in questions))
-    marker = {"hash": world_config_hash(config), "format_version": WORLD_FORMAT_VERSION, "config": asdict(config)}
+    marker = {"hash": world_config_hash(config), "format_version": WORLD_FORMAT_VERSION,
+              "config": asdict(config)}
     temporary = out_dir / f".world_config.json.{os.getpid()}.tmp"
     temporary.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, out_dir / "world_config.json")  # written last: its presence means "complete"
@@ -370,14 +383,14 @@ def load_world(directory: str | os.PathLike) -> World:
     missing = [name for name in ("corpus.jsonl", *(f"{split}.jsonl" for split in SPLITS))
                if not (directory / name).is_file()]
     if missing:
-        raise DataError(f"not a generated world: missing {', '.join(missing)} (run `fanout data build-world --out "
-                        f"{directory}`)", path=str(directory))
+        raise DataError(f"not a generated world: missing {', '.join(missing)} "
+                        f"(run `fanout data build-world --out {directory}`)", path=str(directory))
     return World(documents=load_corpus(directory / "corpus.jsonl"),
                  splits={split: load_split(directory / f"{split}.jsonl") for split in SPLITS})
 
 
 def ensure_world(directory: str | os.PathLike, config) -> World:
-    """Load the world cached in `directory` if it was built from this exact config; otherwise build and write it."""
+    """The world cached in `directory` if built from this exact config; otherwise build and write it."""
     directory = Path(directory)
     marker = directory / "world_config.json"
     if marker.is_file():

@@ -27,16 +27,20 @@ class FactSpec:
 
 
 _FACT_LIST = (
-    FactSpec("person", "birth_year", "When was {x} born?", ("When was {x} born?", "In what year was {x} born?")),
-    FactSpec("person", "birth_city", "Where was {x} born?", ("Where was {x} born?", "In which city was {x} born?"),
+    FactSpec("person", "birth_year", "When was {x} born?",
+             ("When was {x} born?", "In what year was {x} born?")),
+    FactSpec("person", "birth_city", "Where was {x} born?",
+             ("Where was {x} born?", "In which city was {x} born?"),
              "city", "the birth city of {x}"),
     FactSpec("film", "release_year", "When was {x} released?",
              ("When was {x} released?", "In what year was {x} released?", "What year did {x} come out?")),
     FactSpec("film", "director", "Who directed {x}?", ("Who directed {x}?", "Who was the director of {x}?"),
              "person", "the director of {x}"),
-    FactSpec("film", "filming_city", "Where was {x} filmed?", ("Where was {x} filmed?", "In which city was {x} shot?"),
+    FactSpec("film", "filming_city", "Where was {x} filmed?",
+             ("Where was {x} filmed?", "In which city was {x} shot?"),
              "city", "the city where {x} was filmed"),
-    FactSpec("film", "studio", "Which company produced {x}?", ("Which company produced {x}?", "Who produced {x}?"),
+    FactSpec("film", "studio", "Which company produced {x}?",
+             ("Which company produced {x}?", "Who produced {x}?"),
              "company", "the company that produced {x}"),
     FactSpec("company", "founding_year", "When was {x} founded?",
              ("When was {x} founded?", "In what year was {x} founded?")),
@@ -45,8 +49,10 @@ _FACT_LIST = (
     FactSpec("company", "headquarters", "Where is {x} headquartered?",
              ("Where is {x} headquartered?", "In which city is {x} headquartered?"),
              "city", "the headquarters city of {x}"),
-    FactSpec("city", "founding_year", "When was {x} founded?", ("When was {x} founded?", "In what year was {x} founded?")),
-    FactSpec("city", "region", "In which region is {x}?", ("In which region is {x}?", "Which region is {x} in?")),
+    FactSpec("city", "founding_year", "When was {x} founded?",
+             ("When was {x} founded?", "In what year was {x} founded?")),
+    FactSpec("city", "region", "In which region is {x}?",
+             ("In which region is {x}?", "Which region is {x} in?")),
 )
 FACTS: dict[tuple[str, str], FactSpec] = {(fact.kind, fact.name): fact for fact in _FACT_LIST}
 
@@ -77,24 +83,30 @@ class ComparisonSpec:
     count_templates: tuple[str, ...]  # {items}, {direction} ("before"/"after"), {year}
 
 
-def _comparison(kind: str, fact: str, which: str, verb: str, extra_earliest=(), extra_latest=()) -> ComparisonSpec:
+def _comparison(
+    kind: str, fact: str, which: str, verb: str, extra_earliest: tuple = (), extra_latest: tuple = ()
+) -> ComparisonSpec:
     return ComparisonSpec(
         kind, fact,
-        earliest_two=(f"{which} was {verb} first, {{a}} or {{b}}?", f"{which} was {verb} earlier, {{a}} or {{b}}?",
-                      *extra_earliest),
-        latest_two=(f"{which} was {verb} more recently, {{a}} or {{b}}?", f"{which} was {verb} later, {{a}} or {{b}}?",
-                    *extra_latest),
-        earliest_many=(f"Which of {{items}} was {verb} first?", f"{which} among {{items}} was {verb} earliest?"),
-        latest_many=(f"Which of {{items}} was {verb} most recently?", f"{which} among {{items}} was {verb} last?"),
+        earliest_two=(f"{which} was {verb} first, {{a}} or {{b}}?",
+                      f"{which} was {verb} earlier, {{a}} or {{b}}?", *extra_earliest),
+        latest_two=(f"{which} was {verb} more recently, {{a}} or {{b}}?",
+                    f"{which} was {verb} later, {{a}} or {{b}}?", *extra_latest),
+        earliest_many=(f"Which of {{items}} was {verb} first?",
+                       f"{which} among {{items}} was {verb} earliest?"),
+        latest_many=(f"Which of {{items}} was {verb} most recently?",
+                     f"{which} among {{items}} was {verb} last?"),
         count_templates=(f"How many of {{items}} were {verb} {{direction}} {{year}}?",),
     )
 
 
 COMPARISONS = (
-    _comparison("person", "birth_year", "Who", "born", ("Who is older, {a} or {b}?",), ("Who is younger, {a} or {b}?",)),
+    _comparison("person", "birth_year", "Who", "born", ("Who is older, {a} or {b}?",),
+                ("Who is younger, {a} or {b}?",)),
     _comparison("film", "release_year", "Which film", "released", ("Which came out earlier, {a} or {b}?",),
                 ("Which came out later, {a} or {b}?",)),
-    _comparison("company", "founding_year", "Which company", "founded", ("Which company is older, {a} or {b}?",)),
+    _comparison("company", "founding_year", "Which company", "founded",
+                ("Which company is older, {a} or {b}?",)),
     _comparison("city", "founding_year", "Which city", "founded", ("Which city is older, {a} or {b}?",)),
 )
 
@@ -126,12 +138,14 @@ def render_person(entity, rng: random.Random) -> str:
     facts = entity.facts
     values = {"name": entity.name, "first": entity.name.split()[0], "year": facts["birth_year"],
               "city": facts["birth_city"], "job": facts["occupation"]}
-    birth = _pick(rng, ("{name} was born in {city} in {year}.", "{name} was born in {year} in the city of {city}.",
-                        "{name} is a {job} born in {city} in {year}.", "Born in {year} in {city}, {name} became a {job}."),
-                  **values)
+    birth = _pick(rng, ("{name} was born in {city} in {year}.",
+                        "{name} was born in {year} in the city of {city}.",
+                        "{name} is a {job} born in {city} in {year}.",
+                        "Born in {year} in {city}, {name} became a {job}."), **values)
     if values["job"] in birth:
         return birth
-    return birth + " " + _pick(rng, ("{first} worked as a {job}.", "{first} became known as a {job}."), **values)
+    occupation = _pick(rng, ("{first} worked as a {job}.", "{first} became known as a {job}."), **values)
+    return f"{birth} {occupation}"
 
 
 @register_document_renderer("film")

@@ -139,7 +139,7 @@ class QueryBatcher:
 
 
 class SearchTool:
-    """One sub-query -> the top-k passages, each truncated to max_passage_chars, as `Doc i(Title: X) text` lines."""
+    """One sub-query -> the top-k passages as `Doc i(Title: X) text` lines, truncated to max_passage_chars."""
 
     name = "search"
     description = "Search the corpus; returns the top passages for one self-contained query."
@@ -150,8 +150,8 @@ class SearchTool:
         "additionalProperties": False,
     }
 
-    def __init__(self, retriever: Retriever, topk: int = 3, max_passage_chars: int = 300, latency_s: float = 0.0,
-                 batch_queries: bool = True):
+    def __init__(self, retriever: Retriever, topk: int = 3, max_passage_chars: int = 300,
+                 latency_s: float = 0.0, batch_queries: bool = True):
         self.retriever = retriever
         self.topk = topk
         self.max_passage_chars = max_passage_chars
@@ -179,8 +179,10 @@ def build_search_tool(tools_config, retriever_config, retriever: Retriever | Non
     if retriever is None:
         from rl.config import ConfigError
 
-        raise ConfigError("tools.enabled lists 'search' but no retriever was built (check the retriever section)")
-    return SearchTool(retriever, topk=retriever_config.topk, max_passage_chars=retriever_config.max_passage_chars)
+        raise ConfigError("tools.enabled lists 'search' but no retriever was built (check the retriever "
+                          "section)")
+    return SearchTool(retriever, topk=retriever_config.topk,
+                      max_passage_chars=retriever_config.max_passage_chars)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +227,8 @@ def run_sync(coroutine: Awaitable[T]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # e.g. inside a notebook or async actor
+    # This thread runs a loop already (a notebook, an async actor): run in a fresh thread with its own loop.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
 
 
@@ -242,7 +245,8 @@ class ToolExecutor:
         self.timeout_s = timeout_s
         self.latency_s = latency_s
         self.max_calls_per_turn = max_calls_per_turn
-        self._validators = {name: jsonschema.Draft202012Validator(tool.parameters) for name, tool in self.tools.items()}
+        self._validators = {name: jsonschema.Draft202012Validator(tool.parameters)
+                            for name, tool in self.tools.items()}
 
     def tool_schemas(self) -> list[dict]:
         return [function_schema(tool) for tool in self.tools.values()]
@@ -291,7 +295,8 @@ class ToolExecutor:
             if problem:
                 self._set_error(call, problem)
                 return
-            result = await asyncio.wait_for(self._invoke(self.tools[call.name], call.arguments), self.timeout_s)
+            invocation = self._invoke(self.tools[call.name], call.arguments)
+            result = await asyncio.wait_for(invocation, self.timeout_s)
             call.observation, call.error = result.observation, result.error
             call.retrieved_doc_ids = list(result.retrieved_doc_ids)
         except asyncio.TimeoutError:
@@ -310,7 +315,8 @@ def build_tools(tools_config, retriever_config, retriever: Retriever | None) -> 
         if builder is None:
             from rl.config import ConfigError
 
-            raise ConfigError(f"key 'tools.enabled' lists {name!r}; registered tools: {', '.join(sorted(TOOL_BUILDERS))}")
+            registered = ", ".join(sorted(TOOL_BUILDERS))
+            raise ConfigError(f"key 'tools.enabled' lists {name!r}; registered tools: {registered}")
         tools[name] = builder(tools_config, retriever_config, retriever)
     return ToolExecutor(tools, timeout_s=tools_config.timeout_s, latency_s=tools_config.latency_s,
                         max_calls_per_turn=tools_config.max_calls_per_turn)

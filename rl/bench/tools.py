@@ -32,7 +32,8 @@ def _timed(function) -> float:
 
 def run(quick: bool) -> dict:
     latency_s, repeats = (0.02, 2) if quick else (0.1, 5)
-    world = generate_world(WorldConfig(seed=0, num_entities_per_kind=30, num_train=40, num_validation=10, num_test=10))
+    world_config = WorldConfig(seed=0, num_entities_per_kind=30, num_train=40, num_validation=10, num_test=10)
+    world = generate_world(world_config)
     queries = [sub_question for question in world.splits["train"] for sub_question in question.sub_questions]
     executor = ToolExecutor({"search": SearchTool(BM25Retriever(world.documents), topk=3)}, timeout_s=30.0,
                             latency_s=latency_s, max_calls_per_turn=max(CALL_COUNTS))
@@ -45,7 +46,8 @@ def run(quick: bool) -> dict:
     for k in CALL_COUNTS:
         serial_s = statistics.median(
             _timed(lambda: [executor.run_turn_sync([call]) for call in calls(k)]) for _ in range(repeats))
-        concurrent_s = statistics.median(_timed(lambda: executor.run_turn_sync(calls(k))) for _ in range(repeats))
+        concurrent_s = statistics.median(
+            _timed(lambda: executor.run_turn_sync(calls(k))) for _ in range(repeats))
         speedup[str(k)] = round(serial_s / concurrent_s, 2)
         rows.append((k, serial_s * 1000, concurrent_s * 1000, serial_s / concurrent_s))
 

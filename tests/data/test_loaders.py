@@ -61,10 +61,12 @@ def test_parquet_file_through_datasets(tmp_path):
 
 def test_search_r1_parquet_layout_with_answers_in_reward_model(tmp_path):
     path = tmp_path / "nq_train.parquet"
-    Dataset.from_list([{"id": "train_0", "question": "who wrote x?", "data_source": "nq",
-                        "reward_model": {"style": "rule", "ground_truth": {"target": ["Y", "Mr Y"]}}}]).to_parquet(str(path))
+    search_r1_row = {"id": "train_0", "question": "who wrote x?", "data_source": "nq",
+                     "reward_model": {"style": "rule", "ground_truth": {"target": ["Y", "Mr Y"]}}}
+    Dataset.from_list([search_r1_row]).to_parquet(str(path))
     (question,) = load_questions(path, "nq")
-    assert (question.question, question.answers, question.structure) == ("who wrote x?", ["Y", "Mr Y"], "single")
+    assert (question.question, question.answers, question.structure) == (
+        "who wrote x?", ["Y", "Mr Y"], "single")
 
 
 @pytest.mark.parametrize("bad_row, reason", [
@@ -76,7 +78,8 @@ def test_search_r1_parquet_layout_with_answers_in_reward_model(tmp_path):
     ({"id": "x", "question": "q", "golden_answers": 7}, "'golden_answers' must be a non-empty list"),
     ({"id": "x", "question": "q", "golden_answers": [{"a": 1}]}, "'golden_answers' must hold strings"),
     ({"id": "x", "question": "q", "golden_answers": ["", " "]}, "only empty strings"),
-    ({"id": "x", "question": "q", "golden_answers": ["a"], "metadata": "comparison"}, "'metadata' must be an object"),
+    ({"id": "x", "question": "q", "golden_answers": ["a"], "metadata": "comparison"},
+     "'metadata' must be an object"),
 ])
 def test_malformed_row_raises_with_file_and_line(tmp_path, bad_row, reason):
     path = write_jsonl(tmp_path / "hotpotqa.jsonl", [row("ok", "fine?", ["yes"], "bridge"), bad_row])
@@ -126,10 +129,12 @@ def test_registering_a_dataset_twice_is_refused():
 
 def test_load_corpus_and_its_errors(tmp_path):
     path = write_jsonl(tmp_path / "corpus.jsonl", [
-        {"id": 0, "contents": '"Aaron"\nAaron is a prophet.'}, {"id": "d1", "contents": "Quenbridge\nA city."}])
+        {"id": 0, "contents": '"Aaron"\nAaron is a prophet.'},
+        {"id": "d1", "contents": "Quenbridge\nA city."}])
     assert load_corpus(path) == [{"id": "0", "contents": '"Aaron"\nAaron is a prophet.'},
                                  {"id": "d1", "contents": "Quenbridge\nA city."}]
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "contents": "t\nx"}, {"id": "b", "text": "no contents"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "contents": "t\nx"},
+                                               {"id": "b", "text": "no contents"}])
     with pytest.raises(DataError, match=r"bad\.jsonl:2: corpus row needs a string 'contents'"):
         load_corpus(bad)
     no_id = write_jsonl(tmp_path / "no_id.jsonl", [{"contents": "t\nx"}])

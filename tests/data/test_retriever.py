@@ -11,7 +11,7 @@ from rl.config import ConfigError, RetrieverConfig
 
 DOCUMENTS = [
     {"id": "person-0", "contents": "Varlo Tenmis\nVarlo Tenmis was born in Quenbridge in 1850."},
-    {"id": "city-0", "contents": "Quenbridge\nQuenbridge is a city in the Velmaria region. It was founded in 1432."},
+    {"id": "city-0", "contents": "Quenbridge\nQuenbridge is a city in the Velmaria region. Founded in 1432."},
     {"id": "film-0", "contents": "Orvane Road\nOrvane Road is a 1954 film directed by Varlo Tenmis."},
     {"id": "company-0", "contents": "Drelmor Works\nDrelmor Works was founded in 1901 by Sela Marrow."},
 ]
@@ -33,7 +33,8 @@ def test_batched_search_equals_one_query_at_a_time():
     queries = ["Varlo Tenmis", "Drelmor Works founder", "Velmaria region", "nothing matches zzz"]
     batched = retriever.search(queries, topk=2)
     one_by_one = [retriever.search([query], topk=2)[0] for query in queries]
-    assert [[(h.id, h.score) for h in hits] for hits in batched] == [[(h.id, h.score) for h in hits] for hits in one_by_one]
+    assert [[(h.id, h.score) for h in hits] for hits in batched] == [
+        [(h.id, h.score) for h in hits] for hits in one_by_one]
 
 
 def test_topk_is_clamped_to_the_corpus_and_empty_batches_are_fine():

@@ -1,4 +1,4 @@
-"""The retrieval server: Search-R1 response shapes, request validation (4xx), and a real uvicorn round trip."""
+"""The retrieval server: Search-R1 response shapes, request validation (4xx), a real uvicorn round trip."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from data.server import create_app
 
 DOCUMENTS = [
     {"id": "person-0", "contents": "Varlo Tenmis\nVarlo Tenmis was born in Quenbridge in 1850."},
-    {"id": "city-0", "contents": "Quenbridge\nQuenbridge is a city in the Velmaria region. It was founded in 1432."},
+    {"id": "city-0", "contents": "Quenbridge\nQuenbridge is a city in the Velmaria region. Founded in 1432."},
     {"id": "film-0", "contents": "Orvane Road\nOrvane Road is a 1954 film directed by Varlo Tenmis."},
 ]
 
@@ -32,8 +32,8 @@ def client(retriever):
 
 
 def test_batched_retrieve_with_scores(client):
-    response = client.post("/retrieve", json={"queries": ["When was Varlo Tenmis born?", "Orvane Road director"],
-                                              "topk": 2, "return_scores": True})
+    queries = ["When was Varlo Tenmis born?", "Orvane Road director"]
+    response = client.post("/retrieve", json={"queries": queries, "topk": 2, "return_scores": True})
     assert response.status_code == 200
     result = response.json()["result"]
     assert len(result) == 2 and [len(per_query) for per_query in result] == [2, 2]
@@ -71,7 +71,8 @@ def test_invalid_requests_get_a_4xx_with_a_reason(client, payload):
 
 
 def test_malformed_json_gets_a_4xx_and_the_server_keeps_serving(client):
-    response = client.post("/retrieve", content=b'{"queries": ["q"', headers={"content-type": "application/json"})
+    response = client.post("/retrieve", content=b'{"queries": ["q"',
+                           headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500
     assert client.post("/retrieve", json={"queries": ["Quenbridge"], "topk": 1}).status_code == 200
 
@@ -79,7 +80,8 @@ def test_malformed_json_gets_a_4xx_and_the_server_keeps_serving(client):
 def test_limits_are_inclusive(client):
     response = client.post("/retrieve", json={"queries": ["q"] * 512, "topk": 100})
     assert response.status_code == 200
-    assert len(response.json()["result"]) == 512 and len(response.json()["result"][0]) == 3  # clamped to the corpus
+    result = response.json()["result"]
+    assert len(result) == 512 and len(result[0]) == 3  # topk clamped to the corpus size
 
 
 def test_a_failing_retriever_is_a_500_not_a_dead_server():
@@ -122,14 +124,16 @@ def test_http_retriever_against_a_real_server_matches_in_process_bm25(live_serve
     local = retriever.search(queries, topk=2)
     assert [[(hit.id, hit.contents) for hit in hits] for hits in remote] == [
         [(hit.id, hit.contents) for hit in hits] for hits in local]
-    assert [hit.score for hits in remote for hit in hits] == pytest.approx([hit.score for hits in local for hit in hits])
+    local_scores = [hit.score for hits in local for hit in hits]
+    assert [hit.score for hits in remote for hit in hits] == pytest.approx(local_scores)
     client.close()
 
 
 def test_raw_search_r1_style_post(live_server):
     payload = {"queries": ["Orvane Road", "Velmaria region"], "topk": 1, "return_scores": True}
     body = httpx.post(f"{live_server}/retrieve", json=payload, timeout=10).json()
-    assert [[item["document"]["id"] for item in per_query] for per_query in body["result"]] == [["film-0"], ["city-0"]]
+    ids = [[item["document"]["id"] for item in per_query] for per_query in body["result"]]
+    assert ids == [["film-0"], ["city-0"]]
     bad = httpx.post(f"{live_server}/retrieve", json={"queries": [], "topk": 1}, timeout=10)
     assert bad.status_code == 422
 
@@ -137,6 +141,7 @@ def test_raw_search_r1_style_post(live_server):
 def test_http_retriever_reports_rejected_and_unreachable_servers(live_server):
     with pytest.raises(RetrievalError, match="rejected the request"):
         HttpRetriever(f"{live_server}/retrieve", retries=3).search(["x" * 2001], topk=1)
-    unreachable = HttpRetriever(f"http://127.0.0.1:{free_port()}/retrieve", timeout_s=1, retries=1, backoff_s=0.01)
+    unreachable = HttpRetriever(f"http://127.0.0.1:{free_port()}/retrieve", timeout_s=1, retries=1,
+                                backoff_s=0.01)
     with pytest.raises(RetrievalError, match="failed after 2 attempts"):
         unreachable.search(["q"], topk=1)

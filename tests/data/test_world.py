@@ -1,4 +1,4 @@
-"""The generated world: determinism, question structure, unambiguous gold answers, disjoint splits, retrievability."""
+"""The generated world: determinism, question structure, unambiguous answers, disjoint splits, recall."""
 
 from __future__ import annotations
 
@@ -50,11 +50,13 @@ def test_split_sizes_structure_mix_and_ids(small_world):
     assert (train_structures.count("parallel"), train_structures.count("sequential"),
             train_structures.count("single")) == (100, 70, 30)
     for split, questions in small_world.splits.items():
-        assert [question.id for question in questions] == [f"world-{split}-{i:06d}" for i in range(len(questions))]
+        expected_ids = [f"world-{split}-{i:06d}" for i in range(len(questions))]
+        assert [question.id for question in questions] == expected_ids
 
 
 def test_splits_are_disjoint_by_question_text(small_world):
-    texts = {split: {question.question for question in questions} for split, questions in small_world.splits.items()}
+    texts = {split: {question.question for question in questions}
+             for split, questions in small_world.splits.items()}
     assert sum(len(t) for t in texts.values()) == len(all_questions(small_world))
     assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
     assert not texts["validation"] & texts["test"]
@@ -76,7 +78,8 @@ def test_every_question_has_answers_and_subquestions_of_the_right_count(small_wo
     hop_counts = set()
     for question in all_questions(small_world):
         assert question.answers and all(answer.strip() for answer in question.answers)
-        assert len(question.sub_questions) == len(question.supporting_doc_ids) == len(question.metadata["sub_answers"])
+        num_sub_questions = len(question.sub_questions)
+        assert num_sub_questions == len(question.supporting_doc_ids) == len(question.metadata["sub_answers"])
         if question.structure == "parallel":
             assert 2 <= len(question.sub_questions) <= 4
             assert len(set(question.supporting_doc_ids)) == len(question.supporting_doc_ids)
@@ -158,7 +161,8 @@ def test_bm25_finds_the_supporting_document_of_every_gold_sub_question(small_wor
         found = [doc_id in {hit.id for hit in next(hits)} for doc_id in question.supporting_doc_ids]
         fully_retrieved += all(found)
     recall = fully_retrieved / len(questions)
-    print(f"BM25 top-3 recall of all supporting documents per question: {recall:.4f} ({len(questions)} questions)")
+    print(f"BM25 top-3 recall of all supporting documents per question: {recall:.4f} "
+          f"({len(questions)} questions)")
     assert recall >= 0.95
 
 

@@ -1,4 +1,4 @@
-"""Tools and the executor: calls of a turn run concurrently, failures become error observations, batched search."""
+"""Tools and their executor: concurrent calls per turn, failures as error observations, batched search."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from rollouts.trajectory import ToolCall
 
 DOCUMENTS = [
     {"id": "person-0", "contents": "Varlo Tenmis\nVarlo Tenmis was born in Quenbridge in 1850."},
-    {"id": "city-0", "contents": "Quenbridge\nQuenbridge is a city in the Velmaria region. It was founded in 1432."},
+    {"id": "city-0", "contents": "Quenbridge\nQuenbridge is a city in the Velmaria region. Founded in 1432."},
     {"id": "film-0", "contents": "Orvane Road\nOrvane Road is a 1954 film directed by Varlo Tenmis."},
     {"id": "company-0", "contents": "Drelmor Works\nDrelmor Works was founded in 1901 by Sela Marrow."},
 ]
@@ -138,8 +138,11 @@ def test_concurrent_queries_of_a_round_share_one_retriever_call_with_identical_r
     batched_retriever, single_retriever = CountingRetriever(), CountingRetriever()
     batched = ToolExecutor({"search": SearchTool(batched_retriever, topk=2)})
     unbatched = ToolExecutor({"search": SearchTool(single_retriever, topk=2, batch_queries=False)})
-    turns = [[ToolCall("search", {"query": q}) for q in queries[:2]], [ToolCall("search", {"query": q}) for q in queries[2:]]]
-    reference = [[ToolCall("search", {"query": q}) for q in queries[:2]], [ToolCall("search", {"query": q}) for q in queries[2:]]]
+    def two_turns() -> list[list[ToolCall]]:
+        return [[ToolCall("search", {"query": q}) for q in queries[:2]],
+                [ToolCall("search", {"query": q}) for q in queries[2:]]]
+
+    turns, reference = two_turns(), two_turns()
     batched.run_turns_sync(turns)
     unbatched.run_turns_sync(reference)
     assert batched_retriever.batches == [queries]  # one retriever call for the whole round
@@ -162,7 +165,8 @@ def test_a_failing_retriever_fails_every_call_of_the_batch_with_an_error_observa
 
 def test_fault_injection_is_seeded_and_failures_and_hangs_become_error_observations():
     def run(seed: int) -> tuple[list, FaultInjectingTool]:
-        faulty = FaultInjectingTool(ProbeTool(wait_s=0), failure_rate=0.3, timeout_rate=0.2, seed=seed, hang_s=60)
+        faulty = FaultInjectingTool(ProbeTool(wait_s=0), failure_rate=0.3, timeout_rate=0.2, seed=seed,
+                                    hang_s=60)
         executor = ToolExecutor({"probe": faulty}, timeout_s=0.1, max_calls_per_turn=0)
         return [call.error for call in executor.run_turn_sync(probe_calls(40))], faulty
 
@@ -179,7 +183,8 @@ def test_fault_injection_is_seeded_and_failures_and_hangs_become_error_observati
 
 
 def test_executor_latency_applies_to_every_call_and_counts_against_the_timeout():
-    calls = ToolExecutor({"probe": ProbeTool(wait_s=0)}, timeout_s=0.05, latency_s=1.0).run_turn_sync(probe_calls(2))
+    executor = ToolExecutor({"probe": ProbeTool(wait_s=0)}, timeout_s=0.05, latency_s=1.0)
+    calls = executor.run_turn_sync(probe_calls(2))
     assert [call.error for call in calls] == ["probe timed out after 0.05 s"] * 2
 
 
@@ -195,7 +200,8 @@ def test_run_turn_sync_works_inside_a_running_event_loop():
 def test_build_tools_from_config_and_registry_rules():
     executor = build_tools(ToolsConfig(timeout_s=3.0, max_calls_per_turn=6), RetrieverConfig(topk=2),
                            BM25Retriever(DOCUMENTS))
-    assert list(executor.tools) == ["search"] and executor.timeout_s == 3.0 and executor.max_calls_per_turn == 6
+    assert list(executor.tools) == ["search"]
+    assert (executor.timeout_s, executor.max_calls_per_turn) == (3.0, 6)
     assert executor.tools["search"].topk == 2
     assert executor.tool_schemas()[0]["function"]["name"] == "search"
     assert executor.tool_schemas()[0]["function"]["parameters"]["required"] == ["query"]
