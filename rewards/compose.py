@@ -2,7 +2,8 @@
 
     breakdown = score_trajectory(trajectory, config.reward)
     breakdown.total                 # sum(weight * value) over the applicable components
-    breakdown.to_metrics()          # {"reward/total": …, "reward/exact_match": …, "reward/stats/model_calls": …}
+    breakdown.to_metrics()          # {"reward/total": …, "reward/exact_match": …,
+                                    #  "reward/stats/model_calls": …}
 
 `reward.preset` (rewards/presets.py) is applied first. A component returning None is not applicable
 and left out of the total; a weight of 0 still computes and logs the component (watch a signal
@@ -53,8 +54,13 @@ def _report_failure(name: str, error: Exception) -> None:
     key = (name, type(error).__name__)
     if key not in _reported_failures:
         _reported_failures.add(key)
-        logger.warning("reward %r raised %s: %s; it scores 0 for such trajectories (reported once)",
-                       name, type(error).__name__, error, exc_info=error)
+        logger.warning(
+            "reward %r raised %s: %s; it scores 0 for such trajectories (reported once)",
+            name,
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
 
 
 def safe_reward_value(name: str, reward_function, trajectory, config) -> tuple[float | None, str]:

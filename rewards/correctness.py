@@ -66,7 +66,9 @@ def _token_f1(normalized_prediction: str, normalized_gold: str) -> float:
 def f1_score(prediction: str, golds: list[str]) -> float:
     """Token-level F1 between the normalised prediction and the best-matching gold answer."""
     normalized_prediction = normalize_answer(prediction)
-    return max((_token_f1(normalized_prediction, normalize_answer(gold)) for gold in _golds_list(golds)), default=0.0)
+    return max(
+        (_token_f1(normalized_prediction, normalize_answer(gold)) for gold in _golds_list(golds)), default=0.0
+    )
 
 
 def answer_is_correct(answer: str | None, golds: list[str]) -> bool:

@@ -49,7 +49,12 @@ def gold_document_recall(retrieved_doc_ids: Iterable[str], supporting_doc_ids: I
 
 
 def retrieved_doc_ids_of(trajectory) -> list[str]:
-    return [doc_id for turn in trajectory.turns for call in turn.calls for doc_id in (call.retrieved_doc_ids or [])]
+    return [
+        doc_id
+        for turn in trajectory.turns
+        for call in turn.calls
+        for doc_id in (call.retrieved_doc_ids or [])
+    ]
 
 
 @register_reward("decomposition")

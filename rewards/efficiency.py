@@ -59,4 +59,6 @@ def efficiency_reward(trajectory, config) -> float:
     question = trajectory.question
     if not answer_is_correct(episode.answer, question.answers):
         return 0.0
-    return efficiency_score(episode.model_calls, needed_search_rounds(question.structure, len(question.sub_questions)))
+    return efficiency_score(
+        episode.model_calls, needed_search_rounds(question.structure, len(question.sub_questions))
+    )

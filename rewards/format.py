@@ -26,7 +26,9 @@ from rewards.parsing import parse_trajectory
 from rewards.registry import register_reward
 
 
-def graded_format_score(correct: bool, valid: bool, score_correct_invalid: float, score_wrong_valid: float) -> float:
+def graded_format_score(
+    correct: bool, valid: bool, score_correct_invalid: float, score_wrong_valid: float
+) -> float:
     """Search-R1's four cases (table in the module docstring)."""
     if correct:
         return 1.0 if valid else score_correct_invalid
@@ -42,5 +44,6 @@ def format_reward(trajectory, config) -> float:
 def em_format_reward(trajectory, config) -> float:
     episode = parse_trajectory(trajectory)
     correct = answer_is_correct(episode.answer, trajectory.question.answers)
-    return graded_format_score(correct, episode.valid, config.format_score_correct_invalid,
-                               config.format_score_wrong_valid)
+    return graded_format_score(
+        correct, episode.valid, config.format_score_correct_invalid, config.format_score_wrong_valid
+    )

@@ -9,12 +9,17 @@ Grammars (one model turn; an episode is valid when every turn is valid, every tu
 tool call and the last is the answer):
 
     tags           <think>…</think>?  ( <search>q1 ## q2 …</search> | <answer>…</answer> )
-    function_call  <think>…</think>?  ( (<tool_call>{"name": …, "arguments": {…}}</tool_call>)+ | <answer>…</answer> )
+    function_call  <think>…</think>?  ( (<tool_call>{"name": …, "arguments": {…}}</tool_call>)+
+                                        | <answer>…</answer> )
 
-Only whitespace may sit outside the tags. Under `function_call`, every block must be a JSON object
-with a known tool name and an `arguments` object; each `search` call is one sub-query (`query`), or
-several (`query_list`, the ParallelSearch function format). Both protocols give the final answer in
-`<answer>…</answer>`.
+Only whitespace may sit outside the tags (and a trailing end-of-message token such as `<|im_end|>`,
+which the engine decodes with the turn); sub-queries and the answer must not be empty. Under
+`function_call`, every block must be a JSON object with a known tool name and an `arguments` object
+(or a JSON string of one, OpenAI style); each `search` call is one sub-query (`query`), or several
+(`query_list`, the ParallelSearch function format). Both protocols give the final answer in
+`<answer>…</answer>`. This grammar is stricter than the agent loop's (rollouts/protocols.py reads the
+first action block and treats surrounding text as reasoning): the loop acts on sloppy turns, the
+format reward teaches the model not to write them.
 
 The answer and the queries are also extracted leniently from invalid turns (last complete answer
 block of the episode, first complete search block of a turn) so the graded Search-R1 score can credit
@@ -26,6 +31,7 @@ a correct answer in a malformed episode.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -34,6 +40,8 @@ from typing import Callable, Iterable, Sequence
 from rewards.registry import NamedRegistry
 
 DEFAULT_TOOL_NAMES: tuple[str, ...] = ("search",)
+# End-of-message tokens a turn may end with when decoded with special tokens (Qwen, Llama, SentencePiece).
+END_OF_MESSAGE_MARKERS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,10 @@ class ParsedEpisode:
 
 @dataclass(frozen=True)
 class ProtocolGrammar:
-    """How to read one protocol: parse a single turn, and which tags enclose environment observations."""
+    """How to read one protocol: parse one turn; the (open, close) markers of injected observations."""
 
     parse_turn: Callable[[str, Sequence[str]], ParsedTurn]
-    observation_tags: tuple[str, ...]
+    observation_delimiters: tuple[tuple[str, str], ...]
 
 
 PROTOCOLS: NamedRegistry[ProtocolGrammar] = NamedRegistry("agent protocol")
@@ -105,12 +113,12 @@ def _tokenize(text: str, tag_names: Iterable[str]) -> list[tuple[bool, str]]:
 
 
 def last_block(text: str, tag: str) -> str | None:
-    """Content of the last complete `<tag>…</tag>` block, stripped; None if there is none."""
-    close_at = text.rfind(f"</{tag}>")
-    if close_at < 0:
+    """Content of the last complete `<tag>…</tag>` block (the last opening tag that is closed), stripped."""
+    open_at = text.rfind(f"<{tag}>", 0, max(text.rfind(f"</{tag}>"), 0))
+    if open_at < 0:
         return None
-    open_at = text.rfind(f"<{tag}>", 0, close_at)
-    return None if open_at < 0 else text[open_at + len(tag) + 2 : close_at].strip()
+    close_at = text.find(f"</{tag}>", open_at)
+    return text[open_at + len(tag) + 2 : close_at].strip()
 
 
 def first_block(text: str, tag: str) -> str | None:
@@ -122,13 +130,22 @@ def first_block(text: str, tag: str) -> str | None:
     return None if close_at < 0 else text[open_at + len(tag) + 2 : close_at].strip()
 
 
+def strip_end_of_message(text: str) -> str:
+    """The turn without trailing end-of-message tokens (the stop token the engine decoded with the text)."""
+    text = text.rstrip()
+    while text.endswith(END_OF_MESSAGE_MARKERS):
+        marker = next(marker for marker in END_OF_MESSAGE_MARKERS if text.endswith(marker))
+        text = text[: -len(marker)].rstrip()
+    return text
+
+
 def split_subqueries(search_body: str) -> tuple[str, ...]:
     """`q1 ## q2 ## q3` -> ("q1", "q2", "q3"); empty pieces are kept as "" so the grammar can reject them."""
     return tuple(piece.strip() for piece in search_body.split("##"))
 
 
 def _action_sequence(tokens: list[tuple[bool, str]]) -> tuple[list[tuple[str, str]], str]:
-    """Run the turn state machine: optional think block, then action blocks. Returns ([(tag, body)], problem)."""
+    """The turn state machine: optional think block, then action blocks -> ([(tag, body)], problem)."""
     state, blocks, body_parts = "start", [], []
     for is_tag, token in tokens:
         if not is_tag:
@@ -138,7 +155,11 @@ def _action_sequence(tokens: list[tuple[bool, str]]) -> tuple[list[tuple[str, st
                 return blocks, f"text outside tags: {token.strip()[:40]!r}"
             continue
         name, closing = token.strip("</>"), token.startswith("</")
-        if not closing and state in ("start", "after_think", "after_action") and (name != "think" or state == "start"):
+        if (
+            not closing
+            and state in ("start", "after_think", "after_action")
+            and (name != "think" or state == "start")
+        ):
             state, body_parts = f"in_{name}", []
         elif closing and state == f"in_{name}":
             if name != "think":
@@ -146,9 +167,11 @@ def _action_sequence(tokens: list[tuple[bool, str]]) -> tuple[list[tuple[str, st
             state = "after_think" if name == "think" else "after_action"
         else:
             return blocks, f"unexpected {token} (state {state})"
-    if state != "after_action":
-        return blocks, "no complete action block" if state in ("start", "after_think") else f"unclosed block ({state})"
-    return blocks, ""
+    if state == "after_action":
+        return blocks, ""
+    if state in ("start", "after_think"):
+        return blocks, "no complete action block"
+    return blocks, f"unclosed block ({state})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,26 +179,32 @@ def _action_sequence(tokens: list[tuple[bool, str]]) -> tuple[list[tuple[str, st
 # ----------------------------------------------------------------------------------------------
 
 
+def _tags_block_problem(blocks: list[tuple[str, str]]) -> str:
+    if len(blocks) != 1:
+        return f"{len(blocks)} action blocks in one turn (exactly one expected)"
+    name, body = blocks[0]
+    if name == "information":
+        return "the model wrote an <information> block (only the environment may)"
+    if name == "search" and not all(split_subqueries(body)):
+        return "empty sub-query in <search> (check the ## separators)"
+    if name == "answer" and not body.strip():
+        return "empty <answer>"
+    return ""
+
+
 def parse_tags_turn(text: str, tool_names: Sequence[str] = DEFAULT_TOOL_NAMES) -> ParsedTurn:
-    text = text if isinstance(text, str) else ""
+    text = strip_end_of_message(text if isinstance(text, str) else "")
     answer = last_block(text, "answer")
-    lenient_search = first_block(text, "search")
-    lenient_queries = tuple(q for q in split_subqueries(lenient_search) if q) if lenient_search is not None else ()
-    tokens = _tokenize(text, ("think", "search", "answer", "information"))
-    blocks, problem = _action_sequence(tokens)
-    if not problem and len(blocks) != 1:
-        problem = f"{len(blocks)} action blocks in one turn (exactly one expected)"
-    if not problem and blocks[0][0] == "information":
-        problem = "the model wrote an <information> block (only the environment may)"
-    if not problem and blocks[0][0] == "search":
-        queries = split_subqueries(blocks[0][1])
-        if not all(queries):
-            problem = "empty sub-query in <search> (check the ## separators)"
-        else:
-            return ParsedTurn("search", queries=queries, answer=answer)
-    if not problem:
-        return ParsedTurn("answer", answer=answer)
-    return ParsedTurn("invalid", queries=lenient_queries, answer=answer, problem=problem)
+    blocks, problem = _action_sequence(_tokenize(text, ("think", "search", "answer", "information")))
+    problem = problem or _tags_block_problem(blocks)
+    if problem:
+        lenient_search = first_block(text, "search") or ""
+        lenient_queries = tuple(query for query in split_subqueries(lenient_search) if query)
+        return ParsedTurn("invalid", queries=lenient_queries, answer=answer, problem=problem)
+    name, body = blocks[0]
+    if name == "search":
+        return ParsedTurn("search", queries=split_subqueries(body), answer=answer)
+    return ParsedTurn("answer", answer=answer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,6 +223,11 @@ def queries_of_tool_call(body: str, tool_names: Sequence[str]) -> tuple[tuple[st
     name, arguments = call.get("name"), call.get("arguments")
     if not isinstance(name, str) or name not in tool_names:
         return (), f"unknown tool name {str(name)[:40]!r} (known: {', '.join(tool_names)})"
+    if isinstance(arguments, str):  # OpenAI style: the arguments object serialised as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError):
+            return (), "tool call 'arguments' is a string that is not JSON"
     if not isinstance(arguments, dict):
         return (), "tool call 'arguments' is not a JSON object"
     if name != "search":
@@ -201,21 +235,29 @@ def queries_of_tool_call(body: str, tool_names: Sequence[str]) -> tuple[tuple[st
     query, query_list = arguments.get("query"), arguments.get("query_list")
     if isinstance(query, str) and query.strip():
         return (query.strip(),), ""
-    if isinstance(query_list, list) and query_list and all(isinstance(q, str) and q.strip() for q in query_list):
-        return tuple(q.strip() for q in query_list), ""
+    query_list = query_list if isinstance(query_list, list) else []
+    if query_list and all(isinstance(query, str) and query.strip() for query in query_list):
+        return tuple(query.strip() for query in query_list), ""
     return (), "search call needs a non-empty 'query' string (or 'query_list' of strings)"
 
 
-def parse_function_call_turn(text: str, tool_names: Sequence[str] = DEFAULT_TOOL_NAMES) -> ParsedTurn:
-    text = text if isinstance(text, str) else ""
-    answer = last_block(text, "answer")
-    tokens = _tokenize(text, ("think", "tool_call", "answer", "tool_response", "information"))
-    blocks, problem = _action_sequence(tokens)
+def _function_call_block_problem(blocks: list[tuple[str, str]]) -> str:
     kinds = {name for name, _ in blocks}
-    if not problem and kinds & {"tool_response", "information"}:
-        problem = "the model wrote an observation block (only the environment may)"
-    if not problem and "answer" in kinds and len(blocks) != 1:
-        problem = "an <answer> must be the only action of its turn"
+    if kinds & {"tool_response", "information"}:
+        return "the model wrote an observation block (only the environment may)"
+    if "answer" in kinds and len(blocks) != 1:
+        return "an <answer> must be the only action of its turn"
+    if "answer" in kinds and not blocks[0][1].strip():
+        return "empty <answer>"
+    return ""
+
+
+def parse_function_call_turn(text: str, tool_names: Sequence[str] = DEFAULT_TOOL_NAMES) -> ParsedTurn:
+    text = strip_end_of_message(text if isinstance(text, str) else "")
+    answer = last_block(text, "answer")
+    tag_names = ("think", "tool_call", "answer", "tool_response", "information")
+    blocks, problem = _action_sequence(_tokenize(text, tag_names))
+    problem = problem or _function_call_block_problem(blocks)
     queries: list[str] = []
     for name, body in blocks:
         if name == "tool_call":
@@ -224,11 +266,18 @@ def parse_function_call_turn(text: str, tool_names: Sequence[str] = DEFAULT_TOOL
             problem = problem or call_problem
     if problem:
         return ParsedTurn("invalid", queries=tuple(queries), answer=answer, problem=problem)
-    return ParsedTurn("answer" if "answer" in kinds else "search", queries=tuple(queries), answer=answer)
+    kind = "answer" if blocks[0][0] == "answer" else "search"
+    return ParsedTurn(kind, queries=tuple(queries), answer=answer)
 
 
-PROTOCOLS.add("tags", ProtocolGrammar(parse_tags_turn, observation_tags=("information",)))
-PROTOCOLS.add("function_call", ProtocolGrammar(parse_function_call_turn, observation_tags=("tool_response", "information")))
+TAGS_OBSERVATIONS = (("<information>", "</information>"),)
+FUNCTION_CALL_OBSERVATIONS = (
+    ("<|im_start|>user", "<|im_start|>assistant"),  # tool responses arrive in a user message of the chat
+    ("<tool_response>", "</tool_response>"),
+    ("<information>", "</information>"),
+)
+PROTOCOLS.add("tags", ProtocolGrammar(parse_tags_turn, TAGS_OBSERVATIONS))
+PROTOCOLS.add("function_call", ProtocolGrammar(parse_function_call_turn, FUNCTION_CALL_OBSERVATIONS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,30 +285,48 @@ PROTOCOLS.add("function_call", ProtocolGrammar(parse_function_call_turn, observa
 # ----------------------------------------------------------------------------------------------
 
 
-def split_model_segments(response_text: str, observation_tags: Sequence[str]) -> list[str]:
-    """The model-written pieces of a decoded response: the text between observation blocks."""
+def split_model_segments(response_text: str, observation_delimiters: Sequence[tuple[str, str]]) -> list[str]:
+    """The model-written pieces of a decoded response: the non-blank text between observation blocks.
+
+    Text the environment injects without delimiters (a corrective message, a forced-answer cue) cannot be
+    told apart from model text here and lands in the next segment; the recorded `Trajectory.turns` can.
+    """
     text = response_text if isinstance(response_text, str) else ""
     segments, position = [], 0
     while True:
-        opens = [(text.find(f"<{tag}>", position), tag) for tag in observation_tags]
-        opens = [(at, tag) for at, tag in opens if at >= 0]
+        opens = [
+            (text.find(open_marker, position), open_marker, close)
+            for open_marker, close in observation_delimiters
+        ]
+        opens = [found for found in opens if found[0] >= 0]
         if not opens:
             segments.append(text[position:])
             break
-        open_at, tag = min(opens)
+        open_at, open_marker, close = min(opens)
         segments.append(text[position:open_at])
-        close_at = text.find(f"</{tag}>", open_at)
+        close_at = text.find(close, open_at + len(open_marker))
         if close_at < 0:  # unterminated observation: the rest is environment text
             break
-        position = close_at + len(tag) + 3
-    if len(segments) > 1 and not segments[-1].strip():
-        segments.pop()  # the response ended with an observation: no model turn after it
-    return segments
+        position = close_at + len(close)
+    return [segment for segment in segments if segment.strip()]
 
 
-def parse_episode(turn_texts: Sequence[str], protocol: str = "tags", invalid_flags: Sequence[bool] = (),
-                  tool_names: Sequence[str] = DEFAULT_TOOL_NAMES) -> ParsedEpisode:
+def parse_episode(
+    turn_texts: Sequence[str],
+    protocol: str = "tags",
+    invalid_flags: Sequence[bool] = (),
+    tool_names: Sequence[str] = DEFAULT_TOOL_NAMES,
+) -> ParsedEpisode:
     """Parse every model turn and judge the episode: (tool calls)* then exactly one answer, at the end."""
+    return _parse_episode_cached(
+        tuple(turn_texts), protocol, tuple(map(bool, invalid_flags)), tuple(tool_names)
+    )
+
+
+@functools.lru_cache(maxsize=4096)  # every reward component parses the same trajectory: parse it once
+def _parse_episode_cached(
+    turn_texts: tuple[str, ...], protocol: str, invalid_flags: tuple[bool, ...], tool_names: tuple[str, ...]
+) -> ParsedEpisode:
     grammar = PROTOCOLS.get(protocol)
     turns = tuple(grammar.parse_turn(text, tool_names) for text in turn_texts)
     answers = [turn.answer for turn in turns if turn.answer is not None]
@@ -275,24 +342,33 @@ def parse_episode(turn_texts: Sequence[str], protocol: str = "tags", invalid_fla
             if not turn.valid:
                 problem = f"turn {index}: {turn.problem}"
             elif turn.kind != expected:
-                problem = f"turn {index}: {turn.kind} where {'the final answer' if expected == 'answer' else 'a tool call'} was expected"
+                wanted = "the final answer" if expected == "answer" else "a tool call"
+                problem = f"turn {index}: {turn.kind} where {wanted} was expected"
             if problem:
                 break
     return ParsedEpisode(turns=turns, valid=not problem, answer=answer, problem=problem)
 
 
 def model_turn_texts(trajectory) -> list[str]:
-    """What the model generated, round by round: the recorded turns, else the response split at observations."""
+    """What the model generated, round by round: the recorded turns, else the response cut at observations."""
     turns = getattr(trajectory, "turns", None) or []
     if turns:
         return [turn.text if isinstance(turn.text, str) else "" for turn in turns]
-    grammar = PROTOCOLS.get(getattr(trajectory, "protocol", "tags") or "tags")
     response_text = getattr(trajectory, "response_text", "")
-    return split_model_segments(response_text, grammar.observation_tags) if response_text else []
+    if not isinstance(response_text, str) or not response_text:
+        return []
+    return list(_split_response_cached(response_text, getattr(trajectory, "protocol", "tags") or "tags"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_response_cached(response_text: str, protocol: str) -> tuple[str, ...]:
+    return tuple(split_model_segments(response_text, PROTOCOLS.get(protocol).observation_delimiters))
 
 
 def parse_trajectory(trajectory, tool_names: Sequence[str] = DEFAULT_TOOL_NAMES) -> ParsedEpisode:
     """Parse a Trajectory with the grammar of the protocol that generated it."""
     protocol = getattr(trajectory, "protocol", "tags") or "tags"
-    invalid_flags = [bool(getattr(turn, "invalid", False)) for turn in getattr(trajectory, "turns", None) or []]
+    invalid_flags = [
+        bool(getattr(turn, "invalid", False)) for turn in getattr(trajectory, "turns", None) or []
+    ]
     return parse_episode(model_turn_texts(trajectory), protocol, invalid_flags, tool_names)

@@ -13,12 +13,12 @@ structure_format_score 0.1, final_format_score 0.0, count_score λs = 0.35, comp
     total = em_format (correct+invalid 0.9, wrong+valid 0.1, wrong+invalid 0)
           + λd · decomposition term + λs · search-count term
 
-    question kind (ours)  | theirs     | decomposition term                   | search-count term (n = search rounds)
-    ----------------------|------------|--------------------------------------|--------------------------------------
-    parallel              | comparison | α = 3 if some round fans out (>= 2   | 1 - |n - 1|       (best: one round)
-                          |            | sub-queries), else 0                 |
-    sequential            | bridge     | 1 if no round fans out, else 0       | 1 - |min(n, 2) - 2| (best: >= 2 rounds)
-    single                | na         | 1 if no round fans out, else 0       | 1 - |n - 1|       (best: one round)
+    ours        theirs      decomposition term                    search-count term (n = search rounds)
+    ----------  ----------  ------------------------------------  -------------------------------------
+    parallel    comparison  α = 3 if some round fans out          1 - |n - 1|          (best: one round)
+                            (>= 2 sub-queries), else 0
+    sequential  bridge      1 if no round fans out, else 0        1 - |min(n, 2) - 2|  (best: >= 2 rounds)
+    single      na          1 if no round fans out, else 0        1 - |n - 1|          (best: one round)
 
     Worked cases (totals):
     parallel, correct, valid, one round of 2 sub-queries      1 + 0.15·3 + 0.35·1        = 1.80 (the maximum)
@@ -82,20 +82,27 @@ def parallelsearch_decomposition_reward(trajectory, config) -> float:
 
 @register_reward("parallelsearch_search_count")
 def parallelsearch_search_count_reward(trajectory, config) -> float:
-    return parallelsearch_search_count_term(trajectory.question.structure, parse_trajectory(trajectory).search_rounds)
+    return parallelsearch_search_count_term(
+        trajectory.question.structure, parse_trajectory(trajectory).search_rounds
+    )
 
 
-PRESETS.add("searchr1", RewardPreset(weights={"em_format": 1.0}, format_score_correct_invalid=0.8,
-                                     format_score_wrong_valid=0.2))
-PRESETS.add("parallelsearch", RewardPreset(
-    weights={
-        "em_format": 1.0,
-        "parallelsearch_decomposition": PARALLELSEARCH_LAMBDA_DECOMPOSITION,
-        "parallelsearch_search_count": PARALLELSEARCH_LAMBDA_SEARCH_COUNT,
-    },
-    format_score_correct_invalid=1.0 - PARALLELSEARCH_FORMAT_SCORE,
-    format_score_wrong_valid=PARALLELSEARCH_FORMAT_SCORE,
-))
+PRESETS.add(
+    "searchr1",
+    RewardPreset(weights={"em_format": 1.0}, format_score_correct_invalid=0.8, format_score_wrong_valid=0.2),
+)
+PRESETS.add(
+    "parallelsearch",
+    RewardPreset(
+        weights={
+            "em_format": 1.0,
+            "parallelsearch_decomposition": PARALLELSEARCH_LAMBDA_DECOMPOSITION,
+            "parallelsearch_search_count": PARALLELSEARCH_LAMBDA_SEARCH_COUNT,
+        },
+        format_score_correct_invalid=1.0 - PARALLELSEARCH_FORMAT_SCORE,
+        format_score_wrong_valid=PARALLELSEARCH_FORMAT_SCORE,
+    ),
+)
 
 
 def resolve_preset(config):

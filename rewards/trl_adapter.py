@@ -78,7 +78,9 @@ class FromTrlReward:
             **question_columns(trajectory.question),
         )
         if not isinstance(outputs, (list, tuple)) or len(outputs) != 1:
-            raise ValueError(f"TRL reward {self.__name__!r} returned {outputs!r}; expected a list with one value")
+            raise ValueError(
+                f"TRL reward {self.__name__!r} returned {outputs!r}; expected a list with one value"
+            )
         return None if outputs[0] is None else float(outputs[0])
 
 
@@ -102,20 +104,22 @@ def _message_text(message: Any) -> str:
     text = str(content)
     for tool_call in message.get("tool_calls") or []:
         function = tool_call.get("function", tool_call) if isinstance(tool_call, dict) else {}
+        function = function if isinstance(function, dict) else {}
         arguments = function.get("arguments")
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
             except ValueError:
                 pass
-        text += "<tool_call>" + json.dumps({"name": function.get("name"), "arguments": arguments}) + "</tool_call>"
+        call = json.dumps({"name": function.get("name"), "arguments": arguments}, default=str)
+        text += f"<tool_call>{call}</tool_call>"
     return text
 
 
 def _turns_from_completion(completion: Any, protocol: str) -> tuple[list[Turn], str]:
     """Model turns and full response text of a TRL completion (a string or a list of chat messages)."""
     if isinstance(completion, str):
-        segments = split_model_segments(completion, PROTOCOLS.get(protocol).observation_tags)
+        segments = split_model_segments(completion, PROTOCOLS.get(protocol).observation_delimiters)
         return [Turn(text=segment) for segment in segments], completion
     messages = [message for message in completion or [] if isinstance(message, dict)]
     turns = [Turn(text=_message_text(message)) for message in messages if message.get("role") == "assistant"]
@@ -131,30 +135,44 @@ def _prompt_text(prompt: Any) -> str:
 
 def question_from_columns(prompt: Any, columns: dict[str, Any], index: int) -> Question:
     """The Question of row `index` of a TRL batch (dataset columns are lists, one entry per completion)."""
-    row = {key: value[index] for key, value in columns.items() if isinstance(value, (list, tuple)) and len(value) > index}
+    row = {
+        key: value[index]
+        for key, value in columns.items()
+        if isinstance(value, (list, tuple)) and len(value) > index
+    }
     answer_column = next((name for name in _ANSWER_COLUMNS if row.get(name) is not None), None)
     if answer_column is None:
-        raise ValueError(f"to_trl: the dataset has no gold answers; add a column named one of {_ANSWER_COLUMNS} "
-                         f"(columns received: {sorted(columns)})")
+        raise ValueError(
+            f"to_trl: the dataset has no gold answers; add a column named one of {_ANSWER_COLUMNS} "
+            f"(columns received: {sorted(columns)})"
+        )
     golds = row[answer_column]
-    golds = [golds] if isinstance(golds, str) else [str(gold) for gold in golds]
+    golds = [str(gold) for gold in golds] if isinstance(golds, (list, tuple)) else [str(golds)]
     structure = row.get("structure") or "single"
     if structure not in STRUCTURES:
         raise ValueError(f"to_trl: row {index} has structure {structure!r}; valid values: {STRUCTURES}")
-    text = _prompt_text(prompt).strip() or str(row.get("question") or "").strip() or "(question text not given)"
+    text = (
+        _prompt_text(prompt).strip() or str(row.get("question") or "").strip() or "(question text not given)"
+    )
     return Question(
-        id=str(row.get("id", index)), question=text, answers=golds, structure=structure,
+        id=str(row.get("id", index)),
+        question=text,
+        answers=golds,
+        structure=structure,
         sub_questions=list(row.get("sub_questions") or []),
         supporting_doc_ids=list(row.get("supporting_doc_ids") or []),
     )
 
 
-def trajectory_from_completion(prompt: Any, completion: Any, columns: dict[str, Any], index: int = 0,
-                               protocol: str = "tags") -> Trajectory:
+def trajectory_from_completion(
+    prompt: Any, completion: Any, columns: dict[str, Any], index: int = 0, protocol: str = "tags"
+) -> Trajectory:
     """A Trajectory rebuilt from a TRL prompt/completion pair, for scoring with our rewards."""
     turns, response_text = _turns_from_completion(completion, protocol)
     question = question_from_columns(prompt, columns, index)
-    return Trajectory(question=question, prompt_ids=[], turns=turns, response_text=response_text, protocol=protocol)
+    return Trajectory(
+        question=question, prompt_ids=[], turns=turns, response_text=response_text, protocol=protocol
+    )
 
 
 class ToTrlReward:
@@ -171,7 +189,9 @@ class ToTrlReward:
         if self.reward == "total":
             return score_trajectory(trajectory, self.reward_config).total
         reward_function = get_reward(self.reward) if isinstance(self.reward, str) else self.reward
-        value, _ = safe_reward_value(self.__name__, reward_function, trajectory, resolve_preset(self.reward_config))
+        value, _ = safe_reward_value(
+            self.__name__, reward_function, trajectory, resolve_preset(self.reward_config)
+        )
         return value
 
     def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float | None]:
@@ -182,5 +202,5 @@ class ToTrlReward:
 
 
 def to_trl(reward: str | Callable, reward_config: Any, protocol: str = "tags") -> ToTrlReward:
-    """Make a registered reward name, "total" (the weighted sum) or a `(trajectory, config)` function a TRL reward."""
+    """A TRL reward from a registered name, "total" (the weighted sum) or a (trajectory, config) function."""
     return ToTrlReward(reward, reward_config, protocol)
