@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ class BM25Retriever:
             raise DataError("cannot build a BM25 index over an empty corpus")
         self.documents = documents
         self.stemmer = Stemmer.Stemmer("english")
+        self._lock = threading.Lock()  # PyStemmer is not thread-safe; servers search from a thread pool
         self.fingerprint = corpus_fingerprint(documents)
         self.index_path = Path(index_dir) / f"{BM25_INDEX_FORMAT}-{self.fingerprint}" if index_dir else None
         self.index = self._load_or_build()
@@ -99,8 +101,9 @@ class BM25Retriever:
         if not queries:
             return []
         k = max(1, min(topk, len(self.documents)))
-        query_tokens = self._tokenize(list(queries), return_ids=False)
-        indices_QK, scores_QK = self.index.retrieve(query_tokens, k=k, show_progress=False, n_threads=0)
+        with self._lock:
+            query_tokens = self._tokenize(list(queries), return_ids=False)
+            indices_QK, scores_QK = self.index.retrieve(query_tokens, k=k, show_progress=False, n_threads=0)
         return [
             [Document(self.documents[int(i)]["id"], self.documents[int(i)]["contents"], float(score))
              for i, score in zip(indices_K, scores_K)]

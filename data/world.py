@@ -393,7 +393,8 @@ def ensure_world(directory: str | os.PathLike, config) -> World:
     """The world cached in `directory` if built from this exact config; otherwise build and write it."""
     directory = Path(directory)
     marker = directory / "world_config.json"
-    if marker.is_file():
+    complete = all((directory / name).is_file() for name in ("corpus.jsonl", *(f"{s}.jsonl" for s in SPLITS)))
+    if marker.is_file() and complete:
         try:
             cached_hash = json.loads(marker.read_text()).get("hash")
         except (json.JSONDecodeError, AttributeError):

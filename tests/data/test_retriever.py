@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import bm25s
 import pytest
 
@@ -35,6 +37,19 @@ def test_batched_search_equals_one_query_at_a_time():
     one_by_one = [retriever.search([query], topk=2)[0] for query in queries]
     assert [[(h.id, h.score) for h in hits] for hits in batched] == [
         [(h.id, h.score) for h in hits] for hits in one_by_one]
+
+
+def test_concurrent_searches_from_threads_match_serial_results():
+    retriever = BM25Retriever(DOCUMENTS)
+    queries = [f"{name} {word}" for name in ("Varlo Tenmis", "Quenbridge", "Orvane Road", "Drelmor Works")
+               for word in ("born", "founded", "directed", "region")]
+    serial = [[hit.id for hit in hits] for hits in retriever.search(queries, topk=2)]
+    def search_one(query: str) -> list[str]:
+        return [hit.id for hit in retriever.search([query], topk=2)[0]]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        threaded = list(pool.map(search_one, queries))
+    assert threaded == serial
 
 
 def test_topk_is_clamped_to_the_corpus_and_empty_batches_are_fine():

@@ -197,6 +197,10 @@ def test_ensure_world_writes_once_then_reuses_and_rebuilds_on_config_change(tmp_
     rebuilt = ensure_world(tmp_path, WorldConfig(seed=6, **SMALL))
     assert rebuilt.documents != first.documents
     assert load_world(tmp_path).documents == rebuilt.documents
+    (tmp_path / "test.jsonl").unlink()  # an incomplete cache is rebuilt, not trusted
+    repaired = ensure_world(tmp_path, WorldConfig(seed=6, **SMALL))
+    reloaded = load_world(tmp_path).splits["test"]
+    assert [q.to_row() for q in reloaded] == [q.to_row() for q in repaired.splits["test"]]
 
 
 def test_load_world_names_missing_files(tmp_path):
