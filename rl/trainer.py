@@ -124,7 +124,17 @@ def build_deepspeed_config(config: ExperimentConfig) -> dict[str, Any]:
         except (OSError, json.JSONDecodeError) as error:
             raise ConfigError(f"key 'deepspeed.config_file': cannot read '{section.config_file}': {error}") from None
         ds_config = _deep_merge(ds_config, from_file)
+        offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+        if offload != "none" and "torch_adam" not in from_file.get("optimizer", {}).get("params", {}):
+            ds_config["optimizer"]["params"].pop("torch_adam", None)  # offloaded states need DeepSpeed's CPU Adam
+    _check_runs_on_device(ds_config, config.experiment.device, section.config_file or "the derived DeepSpeed config")
     return ds_config
+
+
+def _check_runs_on_device(ds_config: dict[str, Any], device: str, where: str) -> None:
+    if device == "cpu" and ds_config.get("fp16", {}).get("enabled", False):
+        raise ConfigError(f"{where}: fp16 is enabled, but DeepSpeed supports fp16 only on GPUs "
+                          "('Type fp16 is not supported on your device'); use bf16 or fp32 on CPU")
 
 
 def _free_port() -> int:

@@ -7,6 +7,7 @@ they can and compare relative changes only.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,26 @@ def test_deepspeed_config_is_derived_from_the_experiment_and_the_file_wins(tmp_p
     offloaded = build_deepspeed_config(config)
     assert "torch_adam" not in offloaded["optimizer"]["params"]  # DeepSpeed's CPU Adam
     assert offloaded["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/deepspeed/*.json")),
+                         ids=lambda path: path.name)
+def test_shipped_deepspeed_files_merge_into_a_valid_deepspeed_config(path):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    config = trainer_config()
+    config.deepspeed.config_file = str(path)
+    validate_trainer_config(config)
+    merged = build_deepspeed_config(config)
+    parsed = DeepSpeedConfig(merged)
+    assert parsed.zero_optimization_stage == json.loads(path.read_text())["zero_optimization"]["stage"]
+    assert parsed.train_batch_size == config.batch_size
+
+
+def test_fp16_from_a_deepspeed_file_is_refused_on_cpu(tmp_path):
+    config_file = tmp_path / "fp16.json"
+    config_file.write_text(json.dumps({"fp16": {"enabled": True}}))
+    config = trainer_config()
+    config.deepspeed.config_file = str(config_file)
+    with pytest.raises(ConfigError, match=r"fp16.json: fp16 is enabled.*bf16 or fp32"):
+        build_deepspeed_config(config)
