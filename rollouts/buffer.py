@@ -126,11 +126,18 @@ class StalenessBuffer:
             self._admitted += len(batch)
             return batch
 
-    def wait_for_put(self, timeout: float) -> bool:
-        """Block until the next `put` (True) or `timeout` seconds (False)."""
+    @property
+    def put_count(self) -> int:
+        """Groups ever offered with `put` (admitted or dropped)."""
+        return self._total_put
+
+    def wait_for_put(self, put_count_seen: int, timeout: float) -> bool:
+        """Block until more than `put_count_seen` groups were ever put (True) or `timeout` seconds passed (False).
+
+        Pass the `put_count` read when the buffer was last inspected, so a put in between is never missed.
+        """
         with self._condition:
-            puts_before = self._total_put
-            return self._condition.wait_for(lambda: self._total_put > puts_before, timeout)
+            return self._condition.wait_for(lambda: self._total_put > put_count_seen, timeout)
 
     def _advance_locked(self, current_version: int) -> int:
         if current_version < self._current_version:

@@ -323,6 +323,7 @@ class RolloutManager:
         deadline = None if timeout is None else started + timeout
         while True:
             self._raise_if_pump_failed()
+            put_count_seen = self.buffer.put_count
             if self._batch_is_ready(num_groups, current_version):
                 try:
                     batch = self.buffer.get_batch(num_groups, current_version, timeout=0)
@@ -333,7 +334,8 @@ class RolloutManager:
             if remaining is not None and remaining <= 0:
                 raise BufferTimeout(f"no batch of {num_groups} groups at version {current_version} after "
                                     f"{timeout}s; rollout stats: {self.stats(reset_window=False)}")
-            self.buffer.wait_for_put(GET_BATCH_POLL_S if remaining is None else min(GET_BATCH_POLL_S, remaining))
+            self.buffer.wait_for_put(put_count_seen,
+                                     GET_BATCH_POLL_S if remaining is None else min(GET_BATCH_POLL_S, remaining))
         with self._lock:
             self._window["async/trainer_wait_s"] += time.monotonic() - started
             staleness_values = [current_version - group.policy_version for group in batch]

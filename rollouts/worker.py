@@ -68,9 +68,9 @@ def build_rollout_components(config: ExperimentConfig, setup: WorkerSetup) -> Ro
                           device=config.experiment.device)
     if engine.version != setup.initial_version:
         engine.load_weights({}, setup.initial_version)  # an empty partial state dict only sets the version
-    protocol = build_protocol(config.rollout.protocol)
     retriever = build_retriever(config.retriever, corpus_path=setup.corpus_path or None)
     executor = build_tools(config.tools, config.retriever, retriever)
+    protocol = build_protocol(config.rollout.protocol, tool_schemas=executor.tool_schemas())
     return RolloutComponents(engine=engine, protocol=protocol, executor=executor)
 
 

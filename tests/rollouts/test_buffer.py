@@ -110,6 +110,21 @@ def test_get_batch_blocks_until_a_producer_thread_fills_it():
     assert sorted(group.question.id for group in batch) == ["q0", "q1", "q2"]
 
 
+def test_count_at_most_version_and_wait_for_put():
+    buffer = StalenessBuffer(max_staleness=3, capacity=10)
+    assert buffer.wait_for_put(put_count_seen=0, timeout=0.01) is False
+    for version in (0, 1, 1, 2):
+        buffer.put(make_group(version))
+    assert [buffer.count_at_most_version(version) for version in (0, 1, 2)] == [1, 3, 4]
+    assert buffer.put_count == 4
+    assert buffer.wait_for_put(put_count_seen=3, timeout=0) is True  # a put already happened since 3
+    thread = threading.Thread(target=buffer.put, args=(make_group(2),))
+    thread.start()
+    assert buffer.wait_for_put(put_count_seen=4, timeout=30) is True
+    thread.join()
+    assert buffer.put_count == 5
+
+
 class StalenessBufferMachine(RuleBasedStateMachine):
     """Random puts (of groups up to a few versions old or new), version bumps and gets."""
 

@@ -20,7 +20,7 @@ from rollouts.manager import RolloutManager, init_ray
 QUESTIONS = [Question(id=f"q{index}", question=f"Question {index}?", answers=["a"]) for index in range(12)]
 
 
-def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str = ""):
+def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str = "", skip_question: str = ""):
     """A Ray actor class with RolloutWorker's methods and no model (defined here so it pickles by value)."""
 
     class FakeRolloutWorker:
@@ -39,6 +39,8 @@ def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str 
             for question in questions:
                 if question.id == fail_on_question:
                     raise ValueError(f"cannot generate for {question.id}")
+                if question.id == skip_question:
+                    continue
                 trajectories = [Trajectory(question=question, prompt_ids=[1], policy_version=self.loaded_version,
                                            reward=1.0) for _ in range(group_size)]
                 groups.append(Group(group_id=f"{question.id}-{seed}", question=question, trajectories=trajectories,
@@ -169,6 +171,31 @@ def test_an_error_inside_generate_is_raised_by_get_batch(ray_session):
             manager.get_batch(4, current_version=0, timeout=60)
 
 
+def test_a_worker_dying_more_often_than_allowed_stops_the_run(ray_session):
+    config = small_config(max_staleness=0, num_workers=1)
+    config.rollout.max_actor_replacements = 0
+    actor_class = make_fake_worker_class(generate_delay_s=0.5)
+    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
+        manager.start()
+        wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] > 0)
+        ray.kill(manager.worker_handles()[0])
+        with pytest.raises(RuntimeError, match="rollout.max_actor_replacements"):
+            manager.get_batch(4, current_version=0, timeout=60)
+
+
+def test_groups_a_worker_fails_to_return_are_counted_lost_and_replaced_by_new_questions(ray_session):
+    config = small_config(max_staleness=0, num_workers=1)
+    actor_class = make_fake_worker_class(skip_question="q2")
+    questions = QUESTIONS[:6]
+    with RolloutManager(config, questions, model_path="unused", actor_class=actor_class) as manager:
+        batch = manager.get_batch(4, current_version=0, timeout=60)
+        stats = manager.stats()
+    # seed 0 orders the 6 questions [4, 2, 1, 0, 5, 3]: q2 is lost and its place in the window goes to q5
+    assert sorted(group.question.id for group in batch) == ["q0", "q1", "q4", "q5"]
+    assert stats["rollout/groups_lost"] == 1
+    assert stats["rollout/generate_calls"] == 5
+
+
 def test_extra_demand_in_one_version_grows_the_window_instead_of_deadlocking(ray_session):
     config = small_config(max_staleness=0)
     with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
@@ -195,3 +222,58 @@ def test_state_dict_requeues_unconsumed_questions_for_an_exact_resume(ray_sessio
         with pytest.raises(RuntimeError, match="before the manager starts"):
             resumed.load_state_dict(state)
     assert [group.question.id for group in first_after_resume] == [QUESTIONS[index].id for index in requeued]
+
+
+# ------------------------------------------------------------------ real actors on the tiny checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus_path(tmp_path_factory, tiny_world):
+    from data.corpus import write_corpus
+
+    if tiny_world is None:
+        pytest.skip("data.world is unavailable")
+    return str(write_corpus(tmp_path_factory.mktemp("tiny_corpus") / "corpus.jsonl", tiny_world.documents))
+
+
+def tiny_model_config(max_staleness: int) -> ExperimentConfig:
+    config = small_config(max_staleness=max_staleness, questions_per_step=2, questions_per_worker_call=1)
+    config.rollout.max_turns = 1
+    config.rollout.max_new_tokens_per_turn = 8
+    config.rollout.max_context_tokens = 512
+    config.rollout.max_actor_replacements = 2
+    return config
+
+
+def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_survive_a_kill(ray_session, tiny_checkpoint,
+                                                                                tiny_world, tiny_corpus_path):
+    from rewards import score_group
+    from rl.modeling import load_model_and_tokenizer
+
+    config = tiny_model_config(max_staleness=0)
+    questions = tiny_world.splits["train"][:8]
+    with RolloutManager(config, questions, model_path=str(tiny_checkpoint), corpus_path=tiny_corpus_path) as manager:
+        first = manager.get_batch(2, current_version=0, timeout=300)
+        model, _ = load_model_and_tokenizer(str(tiny_checkpoint))
+        state_dict = {name: tensor + 0.01 for name, tensor in model.state_dict().items()}
+        manager.push_weights(state_dict, version=1)
+        wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] == 2, timeout_s=120)
+        ray.kill(manager.worker_handles()[1])
+        second = manager.get_batch(2, current_version=1, timeout=300)
+        versions = ray.get([handle.version.remote() for handle in manager.worker_handles()])
+        stats = manager.stats()
+
+    assert [group.policy_version for group in first] == [0, 0]
+    assert [group.policy_version for group in second] == [1, 1]
+    assert versions == [1, 1]  # the replacement loaded the current weights
+    for group in first + second:
+        assert len(group.trajectories) == 2
+        assert {trajectory.policy_version for trajectory in group.trajectories} == {group.policy_version}
+        rewards_from_worker = [trajectory.reward for trajectory in group.trajectories]
+        assert all(trajectory.reward_components for trajectory in group.trajectories)
+        assert [breakdown.total for breakdown in score_group(group, config.reward, write_back=False)] \
+            == pytest.approx(rewards_from_worker)
+    assert len({group.question.id for group in first + second}) == 4
+    assert stats["rollout/actors_replaced"] == 1
+    assert stats["rollout/groups_lost"] == 0
+    assert stats["async/dropped_groups"] == 0
