@@ -55,6 +55,10 @@ class TrainBatch:
     def num_sequences_with_loss_tokens(self) -> int:
         return int((self.loss_mask_BT.sum(dim=-1) > 0).sum())
 
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{name: value.to(device) for name, value in moved.items() if isinstance(value, torch.Tensor)})
+
     def select(self, rows: torch.Tensor | slice) -> "TrainBatch":
         """The rows `rows` of every tensor, with padding trimmed to the longest selected row."""
         selected = {

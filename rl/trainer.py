@@ -182,9 +182,10 @@ class GRPOTrainer:
         self.version = 0
         self.skipped_steps = 0
         init_distributed(config.experiment.device)
-        if config.deepspeed.precision == "fp32" and config.experiment.device == "cpu":
-            logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # it prints its whole config at INFO per engine
         model = self._load_model(model, model_path)
+        if self.tokenizer is None:
+            self.tokenizer = self._tokenizer_next_to_model(model_path or config.model.path)
         self.pad_token_id = self._pad_token_id(model, tokenizer)
         disable_dropout(model)
         if config.model.gradient_checkpointing:
@@ -193,6 +194,9 @@ class GRPOTrainer:
         if config.grpo.kl_coef > 0 and not config.model.lora.enabled:
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         if config.model.lora.enabled:
+            if config.model.lora.dropout > 0:
+                logger.warning("model.lora.dropout=%s is not applied: dropout is disabled during RL so that the "
+                               "first epoch's importance ratio is exactly 1", config.model.lora.dropout)
             if config.model.gradient_checkpointing:
                 model.enable_input_require_grads()
             model = apply_lora(model, config.model.lora)
@@ -201,6 +205,8 @@ class GRPOTrainer:
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=self.deepspeed_config)
         self.engine.train()
+        if self.reference_model is not None:
+            self.reference_model.to(self.engine.device)
         self.advantage_estimator = get_advantage_estimator(config.grpo.advantage_estimator)
         self.zero_stage = int(self.deepspeed_config["zero_optimization"]["stage"])
 
@@ -217,6 +223,15 @@ class GRPOTrainer:
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[self.config.model.dtype])
+
+    @staticmethod
+    def _tokenizer_next_to_model(path: str | os.PathLike | None) -> Any:
+        """The tokenizer saved beside a model folder (so checkpoints carry it), or None."""
+        if not path or not (Path(path) / "tokenizer_config.json").is_file():
+            return None
+        from rl.modeling import load_tokenizer
+
+        return load_tokenizer(path)
 
     @staticmethod
     def _pad_token_id(model: torch.nn.Module, tokenizer: Any) -> int:
@@ -261,8 +276,10 @@ class GRPOTrainer:
         current_version = self.version if current_version is None else current_version
         metrics = self._staleness_metrics(trajectories, current_version)
         rewards = [float(trajectory.reward) for trajectory in trajectories]
-        if not trajectories or not is_finite_loss(torch.tensor(rewards)):
-            return self._skipped(metrics, started, reason="no trajectories" if not trajectories else "non-finite reward")
+        if not trajectories:
+            return self._skipped(metrics, started, reason="no trajectories", nonfinite=False)
+        if not is_finite_loss(torch.tensor(rewards)):
+            return self._skipped(metrics, started, reason="non-finite reward")
         advantages_B = self.compute_advantages(trajectories)
         if self.config.grpo.drop_zero_advantage_groups:
             trajectories, advantages_B, dropped = self._drop_zero_advantage_groups(trajectories, advantages_B)
@@ -270,7 +287,8 @@ class GRPOTrainer:
             if not trajectories:
                 return self._skipped(metrics, started, reason="every group had equal rewards", nonfinite=False)
         batch = collate(trajectories, self.pad_token_id, advantages_B)
-        micro_batches = split_micro_batches(batch, self.config.grpo.minibatches_per_step)
+        micro_batches = [micro_batch.to(self.engine.device)
+                         for micro_batch in split_micro_batches(batch, self.config.grpo.minibatches_per_step)]
         metrics.update(self._fill_proximal_and_reference(micro_batches))
         if not self._inputs_are_finite(micro_batches):
             return self._skipped(metrics, started, reason="non-finite log-probs or advantages")
@@ -279,14 +297,17 @@ class GRPOTrainer:
         for _ in range(self.config.grpo.epochs_per_batch):
             applied, optimizer_step_metrics = self._optimizer_step(micro_batches, counts)
             if not applied:
-                return self._skipped(metrics, started, reason="non-finite loss or gradient")
+                break
             epoch_metrics.append(optimizer_step_metrics)
+        if not epoch_metrics:
+            return self._skipped(metrics, started, reason="non-finite loss or gradient")
+        # A later epoch may still fail; the weights changed already, so this is a new version either way.
         self.version += 1
         for key in epoch_metrics[0]:
             values = [m[key] for m in epoch_metrics]
             metrics[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
         metrics.update({
-            "loss/skipped_nonfinite": 0.0,
+            "loss/skipped_nonfinite": float(len(epoch_metrics) < self.config.grpo.epochs_per_batch),
             "loss/learning_rate": float(self.engine.get_lr()[0]),
             "loss/advantage_abs_mean": float(advantages_B.abs().mean()),
             "async/policy_version": float(self.version),
@@ -376,7 +397,7 @@ class GRPOTrainer:
             self.engine.zero_grad()  # plain optimizer: drop the poisoned gradients ourselves
             return False, dict(sums)
         self.engine.step()  # ZeRO optimizers skip (and clear) non-finite gradients themselves
-        if not self.engine.was_step_applied() or not all_finite:
+        if not self.engine.was_step_applied():
             return False, dict(sums)
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
@@ -468,10 +489,10 @@ class GRPOTrainer:
 
     def _save_model(self, folder: Path) -> None:
         base_model = self.engine.module.get_base_model() if self.lora_enabled else self.engine.module
-        weights = self.export_weights("full")
-        base_model.save_pretrained(folder / "model", state_dict=weights)
+        base_model.save_pretrained(folder / "model", state_dict=self.export_weights("full"))
         if self.lora_enabled:
-            self.engine.module.save_pretrained(folder / "adapter")
+            with self._gathered():
+                self.engine.module.save_pretrained(folder / "adapter")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder / "model")
 

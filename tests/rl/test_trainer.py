@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from trainer_helpers import parameters, synthetic_trajectories, tiny_model, trainer_config
 
 import rl.trainer as trainer_module
@@ -115,6 +116,25 @@ def test_nonfinite_loss_during_the_step_is_never_applied(zero_stage, monkeypatch
     assert all(bool(torch.isfinite(parameter).all()) for parameter in trainer.module.parameters())
 
 
+def test_a_failing_later_epoch_keeps_the_applied_one_as_a_new_version(monkeypatch):
+    trainer = GRPOTrainer(trainer_config(zero_stage=0, epochs_per_batch=2), model=tiny_model())
+    real_policy_loss = trainer_module.policy_loss
+    calls = {"count": 0}
+
+    def poisoned_in_second_epoch(*args, **kwargs):
+        loss, metrics = real_policy_loss(*args, **kwargs)
+        calls["count"] += 1
+        return (loss * float("inf") if calls["count"] == 3 else loss), metrics
+
+    monkeypatch.setattr(trainer_module, "policy_loss", poisoned_in_second_epoch)
+    before = parameters(trainer.module)
+    metrics = trainer.step(synthetic_trajectories())
+    assert metrics["loss/skipped_nonfinite"] == 1.0
+    assert trainer.version == 1  # epoch 1 was applied: the weights are a new policy version
+    assert any(not torch.equal(before[name], parameter) for name, parameter in trainer.module.named_parameters())
+    assert all(bool(torch.isfinite(parameter).all()) for parameter in trainer.module.parameters())
+
+
 @pytest.fixture(scope="module")
 def stage0_update():
     trainer = GRPOTrainer(trainer_config(zero_stage=0, epochs_per_batch=2), model=tiny_model())
@@ -155,7 +175,7 @@ def test_kl_to_a_frozen_reference_grows_after_the_first_epoch():
     assert all(not parameter.requires_grad for parameter in trainer.reference_model.parameters())
 
 
-def test_lora_trains_only_adapters_and_exports_adapter_and_merged_weights():
+def test_lora_trains_only_adapters_and_exports_adapter_and_merged_weights(tmp_path):
     config = trainer_config(kl_coef=0.1)
     config.model.lora.enabled = True
     config.model.lora.r = 4
@@ -184,6 +204,12 @@ def test_lora_trains_only_adapters_and_exports_adapter_and_merged_weights():
                                    atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="kind"):
         trainer.export_weights("everything")
+
+    saved = trainer.save_checkpoint(tmp_path)
+    assert json.loads((saved / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(saved / "model")  # merged: a plain HF model
+    for name, tensor in reloaded.state_dict().items():
+        torch.testing.assert_close(tensor, merged[name])
 
 
 def test_full_export_loads_into_the_base_architecture(trainer):
