@@ -352,8 +352,9 @@ class RolloutManager:
             self.buffer.advance_version(current_version)
             if len(self.buffer) < num_groups:
                 return False
+            # Older in-flight groups are already too stale (they will be dropped): not worth waiting for.
             expiring_inflight = sum(len(call.question_indices) for call in self._inflight.values()
-                                    if call.kind == "generate" and call.version <= expiring_version)
+                                    if call.kind == "generate" and call.version == expiring_version)
             return expiring_inflight == 0 or self.buffer.count_at_most_version(expiring_version) >= num_groups
 
     def _reserve_supply(self, num_groups: int, current_version: int) -> None:
