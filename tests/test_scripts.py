@@ -63,15 +63,30 @@ def test_quickstart_dry_run():
     ]
 
 
-def test_single_gpu_node_dry_run_with_bm25_server():
-    commands = printed_commands("single_gpu_node.sh", "--corpus", "/data/wiki.jsonl", "grpo.total_steps=3",
-                                env={"MODEL_PATH": "/models/qwen"})
+def test_single_gpu_node_dry_run_splits_gpus_between_rollouts_and_trainer():
+    commands = printed_commands("single_gpu_node.sh", "--gpus", "4", "--corpus", "/data/wiki.jsonl",
+                                "grpo.total_steps=3", env={"MODEL_PATH": "/models/qwen"})
     assert commands[0][:4] == ["fanout", "serve-retriever", "--corpus", "/data/wiki.jsonl"]
-    train, evaluate = commands[1], commands[2]
-    assert train[:3] == ["fanout", "train", "configs/parallelsearch_qwen2.5_7b.yaml"]
+    assert commands[1][:6] == ["env", "CUDA_VISIBLE_DEVICES=0,1,2", "ray", "start", "--head", "--port"]
+    assert commands[1][commands[1].index("--num-gpus") + 1] == "3"
+    train, evaluate = commands[2], commands[3]
+    assert train[:6] == ["env", "RAY_ADDRESS=127.0.0.1:6379", "CUDA_VISIBLE_DEVICES=3", "fanout", "train",
+                         "configs/parallelsearch_qwen2.5_7b.yaml"]
     assert {"model.path=/models/qwen", "retriever.backend=http", "retriever.url=http://127.0.0.1:8000/retrieve",
-            "grpo.total_steps=3"} <= set(train)
-    assert evaluate[:2] == ["fanout", "eval"] and evaluate[2:] == train[2:]
+            "rollout.num_workers=3", "grpo.total_steps=3"} <= set(train)
+    assert evaluate[:4] == ["env", "CUDA_VISIBLE_DEVICES=3", "fanout", "eval"]
+    assert commands[-1] == ["ray", "stop"]
+    assert run_script("single_gpu_node.sh", "--dry-run", "--gpus", "1").returncode == 2
+
+
+def test_single_gpu_node_commands_load_the_recipe():
+    from rl.config import load_config
+
+    commands = printed_commands("single_gpu_node.sh", "--gpus", "8", env={"MODEL_PATH": "/models/qwen"})
+    train = commands[1]
+    position = train.index("train")
+    config = load_config(ROOT / train[position + 1], train[position + 2:])
+    assert (config.rollout.num_workers, config.model.path) == (7, "/models/qwen")
 
 
 def test_ray_cluster_dry_run_commands():
