@@ -1,0 +1,265 @@
+"""`fanout train CONFIG`: world → SFT warm-start → asynchronous GRPO on Ray rollout actors → eval.
+
+The loop, in one picture:
+
+    manager (Ray actors, version v..)  ──groups within the staleness bound──►  trainer.step (DeepSpeed)
+          ▲                                                                          │
+          └──────────────── push_weights(version v+1, Ray object store) ◄────────────┘
+
+Rollout actors keep generating while the trainer steps; `async.max_staleness` bounds how many policy
+versions old a trained sample may be (0 = exactly synchronous on-policy GRPO). Each step logs
+`reward/*`, `rollout/*`, `loss/*`, `async/*`, `perf/*` to `<run_dir>/metrics.jsonl` (and wandb,
+offline by default); checkpoints are atomic and `experiment.resume=true` continues from the last one.
+
+What it simplifies on purpose: one trainer process (DeepSpeed without a launcher on CPU; the
+`deepspeed` launcher or Ray Train on GPUs run the same `GRPOTrainer`), evaluation in the driver
+process after the rollout actors are stopped.
+
+    fanout train configs/quickstart.yaml grpo.total_steps=20 async.max_staleness=2
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.types import Question
+from rl.config import ConfigError, ExperimentConfig, save_config
+from rollouts.trajectory import Group
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """What the run trains and evaluates on."""
+
+    train_questions: list[Question]
+    corpus_path: str  # "" when retrieval goes to an HTTP server
+    world: Any = None  # data.world.World for the generated world (the SFT expert needs it)
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_run_dir(config: ExperimentConfig) -> Path:
+    """Create the run folder; an existing one needs experiment.resume=true or experiment.overwrite=true."""
+    run_dir = config.run_dir
+    has_content = run_dir.is_dir() and any(run_dir.iterdir())
+    if has_content and not (config.experiment.resume or config.experiment.overwrite):
+        raise ConfigError(
+            f"run folder '{run_dir}' already exists: pass experiment.resume=true to continue it, "
+            "experiment.overwrite=true to start again, or another experiment.name"
+        )
+    if has_content and config.experiment.overwrite:
+        for stale in ("checkpoints", "metrics.jsonl", "plots", "eval.json", "wandb"):
+            target = run_dir / stale
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_training_data(config: ExperimentConfig) -> TrainingData:
+    """The generated world (written once into the run folder) or local benchmark files."""
+    if config.data.source == "world":
+        from data.world import ensure_world
+
+        world_dir = Path(config.data.world_dir) if config.data.world_dir else config.run_dir / "world"
+        world = ensure_world(world_dir, config.data.world)
+        questions = world.splits["train"]
+        corpus_path = str(world_dir / "corpus.jsonl")
+    else:
+        from data.loaders import load_questions
+
+        questions, world = [], None
+        for dataset_name, path in config.data.train_files.items():
+            loaded = load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row)
+            questions.extend(loaded[0] if isinstance(loaded, tuple) else loaded)
+        corpus_path = config.data.corpus_path
+    if config.data.max_train_questions:
+        questions = questions[: config.data.max_train_questions]
+    if not questions:
+        raise ConfigError("the training set is empty: check data.train_files / data.world.num_train")
+    return TrainingData(train_questions=questions, corpus_path=corpus_path, world=world)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-step rollout metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def rollout_metrics(groups: list[Group]) -> dict[str, float]:
+    """Means over the step's trajectories: rewards, model calls, sub-queries per round, per structure."""
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+
+    def add(key: str, value: float) -> None:
+        sums[key] += float(value)
+        counts[key] += 1
+
+    for group in groups:
+        structure = group.question.structure
+        for trajectory in group.trajectories:
+            subqueries = trajectory.tool_calls
+            rounds = trajectory.search_rounds
+            values = {
+                "reward/total": trajectory.reward,
+                **{f"reward/{name}": value for name, value in trajectory.reward_components.items()},
+                "rollout/model_calls": trajectory.model_calls,
+                "rollout/tool_calls": subqueries,
+                "rollout/search_rounds": rounds,
+                "rollout/response_tokens": len(trajectory.response_ids),
+                "rollout/generated_tokens": trajectory.num_generated_tokens,
+                "rollout/truncated": float(trajectory.truncated),
+                "rollout/answered": float(trajectory.final_answer is not None),
+                "rollout/tool_errors": sum(1 for turn in trajectory.turns for call in turn.calls if call.error),
+            }
+            if rounds:
+                values["rollout/subqueries_per_round"] = subqueries / rounds
+            for key, value in values.items():
+                add(key, value)
+            for key in ("reward/total", "reward/exact_match", "rollout/model_calls", "rollout/subqueries_per_round"):
+                if key in values:
+                    add(f"{key}/{structure}", values[key])
+    return {key: sums[key] / counts[key] for key in sums}
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def _progress(config: ExperimentConfig, start_step: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.grpo.total_steps, initial=start_step, desc="grpo", unit="step",
+                disable=not config.logging.progress_bar, dynamic_ncols=True)
+
+
+def _postfix(metrics: dict[str, float]) -> dict[str, str]:
+    shown = {"reward": "reward/total", "em": "reward/exact_match", "calls": "rollout/model_calls",
+             "stale": "async/staleness_mean"}
+    return {label: f"{metrics[key]:.3f}" for label, key in shown.items() if key in metrics}
+
+
+def _save(trainer, manager, run_dir: Path, step: int) -> Path:
+    return trainer.save_checkpoint(run_dir / "checkpoints", step=step,
+                                   extra_state={"step": step, "rollout_manager": manager.state_dict()})
+
+
+def train(config: ExperimentConfig) -> Path:
+    """Run the whole experiment; returns the run folder."""
+    from rl.checkpoint import find_latest_checkpoint
+    from rl.modeling import load_tokenizer
+    from rl.metrics import MetricsLogger
+    from rl.modeling import set_offline_mode
+    from rl.sft import ensure_warm_start
+    from rl.trainer import GRPOTrainer
+    from rollouts.manager import RolloutManager, init_ray
+
+    set_offline_mode()
+    run_dir = prepare_run_dir(config)
+    save_config(config, run_dir / "config.yaml")
+    seed_everything(config.experiment.seed)
+    data = load_training_data(config)
+    model_path = ensure_warm_start(config, data.world)
+
+    trainer = GRPOTrainer(config, model_path=model_path, tokenizer=load_tokenizer(model_path))
+    start_step, manager_state = 0, None
+    latest = find_latest_checkpoint(run_dir) if config.experiment.resume else None
+    if latest is not None:
+        extra_state = trainer.load_checkpoint(latest)
+        start_step, manager_state = extra_state["step"], extra_state.get("rollout_manager")
+        logger.info("resuming from %s at step %d (policy version %d)", latest, start_step, trainer.version)
+
+    init_ray(num_cpus=None)
+    manager = RolloutManager(config, data.train_questions, model_path=str(model_path),
+                             corpus_path=data.corpus_path, initial_version=trainer.version)
+    if manager_state is not None:
+        manager.load_state_dict(manager_state)
+    if trainer.version != 0:
+        manager.push_weights(trainer.export_weights(), trainer.version)
+    metrics_logger = MetricsLogger(run_dir, config.logging, config_dict=_config_dict(config))
+    try:
+        _loop(config, trainer, manager, metrics_logger, run_dir, start_step)
+        final_checkpoint = _save(trainer, manager, run_dir, config.grpo.total_steps)
+    finally:
+        manager.shutdown()
+    if config.eval.at_end:
+        _final_eval(config, final_checkpoint, metrics_logger)
+    metrics_logger.close()
+    if config.logging.plots:
+        from rl.plots import plot_metrics
+
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
+    return run_dir
+
+
+def _config_dict(config: ExperimentConfig) -> dict:
+    from rl.config import to_dict
+
+    return to_dict(config)
+
+
+def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: Path, start_step: int) -> None:
+    progress = _progress(config, start_step)
+    samples_total, loop_start = 0, time.perf_counter()
+    for step in range(start_step, config.grpo.total_steps):
+        step_start = time.perf_counter()
+        groups = manager.get_batch(config.rollout.questions_per_step, current_version=trainer.version)
+        wait_s = time.perf_counter() - step_start
+        trajectories = [trajectory for group in groups for trajectory in group.trajectories]
+        metrics = trainer.step(trajectories, current_version=trainer.version)
+        metrics["perf/weight_sync_s"] = manager.push_weights(trainer.export_weights(), trainer.version)
+        metrics.update(rollout_metrics(groups))
+        metrics.update(manager.stats())
+        samples_total += len(trajectories)
+        step_s = time.perf_counter() - step_start
+        metrics.update({
+            "perf/step_s": step_s,
+            "perf/trainer_wait_s": wait_s,
+            "perf/samples_per_s": len(trajectories) / max(step_s, 1e-9),
+            "perf/samples_per_s_cumulative": samples_total / max(time.perf_counter() - loop_start, 1e-9),
+            "async/policy_version": trainer.version,
+        })
+        metrics_logger.log(step + 1, metrics)
+        progress.set_postfix(_postfix(metrics))
+        progress.update(1)
+        every = config.checkpoint.every_steps
+        if every and (step + 1) % every == 0 and step + 1 < config.grpo.total_steps:
+            _save(trainer, manager, run_dir, step + 1)
+    progress.close()
+
+
+def _final_eval(config: ExperimentConfig, checkpoint: Path, metrics_logger) -> dict:
+    from rl.evaluate import evaluate, format_table, write_results
+
+    results = evaluate(config, str(Path(checkpoint) / "model"))
+    write_results(results, config.run_dir / "eval.json")
+    print(format_table(results))
+    flat = {f"eval/{dataset}/{structure}/{name}": value
+            for dataset, by_structure in results.items()
+            for structure, figures in by_structure.items()
+            for name, value in figures.items()}
+    metrics_logger.log(config.grpo.total_steps, flat)
+    return results
