@@ -11,7 +11,8 @@ prints a Markdown table and writes the contract JSON
 Definitions (per question, then averaged over the questions of a structure):
   em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
   model_calls        generation rounds of the episode; tool_calls: tool calls over all rounds;
-  latency_s          wall seconds of the episode (generation + tool time, as the agent loop measured it);
+  latency_s          wall seconds of the episode's rounds (generation + tools, as the agent loop measured
+                     them; questions run in batches of rollout.questions_per_step x group_size, as in training);
   format_valid       1 if the response follows the agent protocol (the reward package's validator).
   subqueries_per_round is a ratio of totals: all tool calls ÷ all rounds that made at least one call,
   so a model that fans out 3 sub-queries in one round scores 3 and a strictly sequential one scores 1.
@@ -19,8 +20,9 @@ Definitions (per question, then averaged over the questions of a structure):
 Simplifications on purpose: evaluation runs in this process (no Ray actors) with the engine named in
 `rollout.engine`; with several eval datasets the model is loaded once and the datasets run in turn.
 
-    fanout eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/step_000060
-    fanout eval configs/quickstart.yaml --compare runs/sync/checkpoints/step_000060 runs/async/checkpoints/step_000060
+    fanout eval configs/quickstart.yaml                       # the run's latest checkpoint
+    fanout eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/checkpoint-60
+    fanout eval configs/quickstart.yaml --compare runs/sync runs/async     # latest checkpoint of each run
 """
 
 from __future__ import annotations
@@ -202,30 +204,37 @@ def eval_corpus_path(config: ExperimentConfig) -> str:
 
 
 def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
-    """The model folder to evaluate: --checkpoint (a training checkpoint or any saved HF model), else the
-    run's latest checkpoint, else model.path. Raises ConfigError naming what is missing."""
-    if checkpoint:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise ConfigError(f"checkpoint '{checkpoint}' does not exist (pass a folder written by `fanout train` "
-                              f"under {config.run_dir / 'checkpoints'}, or any saved HF model folder)")
-        return str(path / "model") if (path / "model").is_dir() else str(path)
-    latest = _latest_checkpoint(config.run_dir)
+    """The HF model folder to evaluate; raises ConfigError naming what is missing.
+
+    checkpoint may be a training checkpoint (checkpoint-<step>/, whose model/ is used), its `latest`
+    pointer, a run or checkpoints folder (its latest checkpoint), or any saved HF model folder. Without
+    it: the run's latest checkpoint, else model.path.
+    """
+    from rl.checkpoint import LATEST_POINTER, find_latest_checkpoint
+
+    if not checkpoint:
+        latest = find_latest_checkpoint(config.run_dir)
+        if latest is not None:
+            return str(latest / "model")
+        if config.model.path:
+            return config.model.path
+        raise ConfigError(f"nothing to evaluate: no checkpoint in {config.run_dir / 'checkpoints'} and model.path is "
+                          "empty; pass --checkpoint PATH or train first")
+    path = Path(checkpoint)
+    if not path.exists():
+        raise ConfigError(f"checkpoint '{checkpoint}' does not exist (pass a checkpoint folder written by `fanout "
+                          f"train`, e.g. under {config.run_dir / 'checkpoints'}, or any saved HF model folder)")
+    if path.is_file() and path.name == LATEST_POINTER:
+        path = path.parent
+    if (path / "model").is_dir():
+        return str(path / "model")
+    if (path / "config.json").is_file():
+        return str(path)
+    latest = find_latest_checkpoint(path)
     if latest is not None:
-        return str(Path(latest) / "model")
-    if config.model.path:
-        return config.model.path
-    raise ConfigError(f"nothing to evaluate: no checkpoint in {config.run_dir / 'checkpoints'} and model.path is "
-                      "empty; pass --checkpoint PATH or train first")
-
-
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    try:
-        from rl.checkpoint import find_latest_checkpoint
-    except ImportError:
-        return None
-    latest = find_latest_checkpoint(run_dir)
-    return Path(latest) if latest is not None else None
+        return str(latest / "model")
+    raise ConfigError(f"checkpoint '{checkpoint}' is not a model folder (no config.json), a training checkpoint "
+                      "(no model/) or a run folder with checkpoints")
 
 
 def evaluate(config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None) -> dict:

@@ -19,13 +19,18 @@ from rl.metrics import read_metrics
 DEFAULT_KEY_PATTERNS = (
     "reward/*",
     "rollout/model_calls",
+    "rollout/model_calls/*",  # per question structure (parallel / sequential / single)
     "rollout/tool_calls",
     "rollout/subqueries_per_round",
+    "rollout/subqueries_per_round/*",
     "rollout/format_valid",
     "async/staleness_mean",
     "perf/samples_per_s",
     "loss/*",
-    "eval/*",
+    "eval/*/all/em",
+    "eval/*/all/f1",
+    "eval/*/all/model_calls",
+    "eval/*/all/subqueries_per_round",
 )
 _MOVING_AVERAGE_MIN_POINTS = 10
 

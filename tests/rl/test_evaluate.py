@@ -141,14 +141,62 @@ def test_cli_eval_missing_checkpoint_exits_2(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
-def test_resolve_model_path_prefers_model_subfolder_then_config(tmp_path):
-    checkpoint = tmp_path / "checkpoints" / "step_000003"
+def fake_training_checkpoint(run_dir, step: int):
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}"
     (checkpoint / "model").mkdir(parents=True)
-    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}", "experiment.name=absent",
-                                                     "model.path=/models/base"])
-    assert resolve_model_path(config, str(checkpoint)) == str(checkpoint / "model")
-    assert resolve_model_path(config, str(checkpoint / "model")) == str(checkpoint / "model")
+    (checkpoint / "model" / "config.json").write_text("{}")
+    (checkpoint / "trainer_state.pt").write_bytes(b"")
+    (run_dir / "checkpoints" / "latest").write_text(checkpoint.name)
+    return checkpoint
+
+
+def test_resolve_model_path_accepts_checkpoints_pointers_runs_and_model_folders(tmp_path):
+    run_dir = tmp_path / "exp"
+    fake_training_checkpoint(run_dir, 2)
+    newest = fake_training_checkpoint(run_dir, 3)
+    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}", "experiment.name=exp"])
+    model = str(newest / "model")
+    assert resolve_model_path(config, str(newest)) == model
+    assert resolve_model_path(config, model) == model
+    assert resolve_model_path(config, str(run_dir / "checkpoints" / "latest")) == model
+    assert resolve_model_path(config, str(run_dir)) == model
+    assert resolve_model_path(config, None) == model  # the run's latest checkpoint
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="not a model folder"):
+        resolve_model_path(config, str(empty))
+
+
+def test_resolve_model_path_without_checkpoints_uses_model_path(tmp_path):
+    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}", "model.path=/models/base"])
     assert resolve_model_path(config, None) == "/models/base"
     config.model.path = ""
     with pytest.raises(ConfigError, match="--checkpoint"):
         resolve_model_path(config, None)
+
+
+def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint, tiny_world, capsys):
+    import torch
+
+    torch.set_num_threads(1)
+    world_overrides = ["data.world.seed=0", "data.world.num_entities_per_kind=20", "data.world.num_train=120",
+                       "data.world.num_validation=20", "data.world.num_test=40"]
+    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}", "eval.num_questions=6", "rollout.max_turns=2",
+                                      "rollout.max_new_tokens_per_turn=8", *world_overrides])
+    checkpoint = tmp_path / "quickstart" / "checkpoints" / "checkpoint-1"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model").symlink_to(tiny_checkpoint, target_is_directory=True)
+
+    assert evaluate_command(config, checkpoint=str(checkpoint)) == 0
+    results = json.loads((tmp_path / "quickstart" / "eval.json").read_text())
+    expected_structures = [question.structure for question in tiny_world.splits["test"][:6]]
+    assert list(results) == ["world"]
+    assert results["world"]["all"]["n"] == 6
+    for structure in set(expected_structures):
+        assert results["world"][structure]["n"] == expected_structures.count(structure)
+    for figures in results["world"].values():
+        assert set(figures) == set(METRIC_NAMES)
+        assert 1 <= figures["model_calls"] <= 3  # max_turns rounds + the forced-answer round
+        assert 0.0 <= figures["em"] <= figures["f1"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "| world | all | 6 |" in printed and "eval.json" in printed
