@@ -57,7 +57,10 @@ class TrainBatch:
 
     def to(self, device: torch.device | str) -> "TrainBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(self, **{name: value.to(device) for name, value in moved.items() if isinstance(value, torch.Tensor)})
+        return replace(
+            self,
+            **{name: value.to(device) for name, value in moved.items() if isinstance(value, torch.Tensor)},
+        )
 
     def select(self, rows: torch.Tensor | slice) -> "TrainBatch":
         """The rows `rows` of every tensor, with padding trimmed to the longest selected row."""
@@ -114,7 +117,9 @@ def collate(
         if length:
             response_ids_BT[row, :length] = torch.tensor(trajectory.response_ids, dtype=torch.long)
             loss_mask_BT[row, :length] = torch.tensor(trajectory.loss_mask, dtype=torch.float32)
-            behaviour_logprobs_BT[row, :length] = torch.tensor(trajectory.behaviour_logprobs, dtype=torch.float32)
+            behaviour_logprobs_BT[row, :length] = torch.tensor(
+                trajectory.behaviour_logprobs, dtype=torch.float32
+            )
 
     if advantages is None:
         advantages_B = torch.zeros(batch_size, dtype=torch.float32)
@@ -137,17 +142,20 @@ def collate(
 def _check_trajectory(trajectory: Trajectory, index: int) -> None:
     where = f"trajectory {index} (group {trajectory.group_id!r})"
     if not trajectory.prompt_ids:
-        raise ValueError(f"{where}: empty prompt_ids; the first response token needs a prompt to be predicted from")
+        raise ValueError(
+            f"{where}: empty prompt_ids; the first response token needs a prompt to be predicted from"
+        )
     lengths = (len(trajectory.response_ids), len(trajectory.loss_mask), len(trajectory.behaviour_logprobs))
     if len(set(lengths)) != 1:
         raise ValueError(
-            f"{where}: response_ids, loss_mask and behaviour_logprobs have lengths {lengths}; they must be equal "
+            f"{where}: response_ids, loss_mask and behaviour_logprobs have lengths {lengths}; "
+            "they must be equal "
             "(build responses with Trajectory.append)"
         )
 
 
 def split_micro_batches(batch: TrainBatch, num_micro_batches: int) -> list[TrainBatch]:
-    """Contiguous, nearly equal row chunks (at most `num_micro_batches`, none empty), each trimmed of padding."""
+    """Contiguous, nearly equal row chunks (at most `num_micro_batches`, none empty), trimmed of padding."""
     if num_micro_batches < 1:
         raise ValueError(f"num_micro_batches must be >= 1, got {num_micro_batches}")
     chunks = torch.arange(batch.batch_size).tensor_split(min(num_micro_batches, batch.batch_size))
@@ -180,13 +188,17 @@ def response_logprobs_and_entropy(
     )
     logits_BKV = outputs.logits  # positions [first_logit_position, sequence_length)
     offsets_T = torch.arange(response_length, device=logits_BKV.device)
-    index_BT = (batch.response_start_B.to(logits_BKV.device)[:, None] - 1 - first_logit_position) + offsets_T[None, :]
+    index_BT = (batch.response_start_B.to(logits_BKV.device)[:, None] - 1 - first_logit_position) + offsets_T[
+        None, :
+    ]
     index_BT = index_BT.clamp(max=logits_BKV.shape[1] - 1)
     vocabulary_size = logits_BKV.shape[-1]
     logits_BTV = logits_BKV.gather(1, index_BT.unsqueeze(-1).expand(-1, -1, vocabulary_size)).float()
     if temperature != 1.0:
         logits_BTV = logits_BTV / temperature
-    token_logits_BT = logits_BTV.gather(-1, batch.response_ids_BT.to(logits_BTV.device).unsqueeze(-1)).squeeze(-1)
+    token_logits_BT = logits_BTV.gather(
+        -1, batch.response_ids_BT.to(logits_BTV.device).unsqueeze(-1)
+    ).squeeze(-1)
     logprobs_BT = token_logits_BT - torch.logsumexp(logits_BTV, dim=-1)
     entropy_BT = entropy_from_logits(logits_BTV) if compute_entropy else None
     return logprobs_BT, entropy_BT

@@ -48,7 +48,7 @@ def checkpoint_name(step: int) -> str:
 
 
 def _step_of(folder: Path) -> int | None:
-    suffix = folder.name[len(CHECKPOINT_PREFIX):]
+    suffix = folder.name[len(CHECKPOINT_PREFIX) :]
     return int(suffix) if folder.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
 
 
@@ -57,7 +57,11 @@ def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[Path]:
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
         return []
-    complete = [p for p in folder.iterdir() if p.is_dir() and _step_of(p) is not None and (p / TRAINER_STATE_FILE).is_file()]
+    complete = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and _step_of(p) is not None and (p / TRAINER_STATE_FILE).is_file()
+    ]
     return sorted(complete, key=lambda p: _step_of(p))
 
 
@@ -66,7 +70,7 @@ def _checkpoints_dir_of(path: Path) -> Path:
 
 
 def find_latest_checkpoint(run_or_checkpoints_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run folder (or of a checkpoints folder); None when there is none."""
+    """The newest complete checkpoint of a run folder (or of a checkpoints folder); None if there is none."""
     checkpoints_dir = _checkpoints_dir_of(Path(run_or_checkpoints_dir))
     pointer = checkpoints_dir / LATEST_POINTER
     if pointer.is_file():
@@ -78,14 +82,15 @@ def find_latest_checkpoint(run_or_checkpoints_dir: str | os.PathLike) -> Path | 
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder itself, or the latest one under a run/checkpoints folder; raises when none exists."""
+    """A checkpoint folder itself, or the latest one under a run/checkpoints folder; raises if none exists."""
     path = Path(path)
     if (path / TRAINER_STATE_FILE).is_file():
         return path
     latest = find_latest_checkpoint(path)
     if latest is None:
         raise FileNotFoundError(
-            f"no complete checkpoint under '{path}' (expected {checkpoint_name(0)[:-1]}<step>/{TRAINER_STATE_FILE}); "
+            f"no complete checkpoint under '{path}' "
+            f"(expected {CHECKPOINT_PREFIX}<step>/{TRAINER_STATE_FILE}); "
             "start without experiment.resume or point to a run folder that has checkpoints"
         )
     return latest
@@ -130,7 +135,7 @@ def atomic_checkpoint(checkpoints_dir: str | os.PathLike, step: int, keep_last: 
 
 
 def prune_checkpoints(checkpoints_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete complete checkpoints older than the newest `keep_last` (0 or less: keep all); returns the deleted."""
+    """Delete complete checkpoints older than the newest `keep_last` (<= 0: keep all); returns them."""
     if keep_last <= 0:
         return []
     complete = list_checkpoints(checkpoints_dir)
@@ -167,8 +172,15 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     version, internal_state, gauss = state["python"]
     random.setstate((version, tuple(internal_state), gauss))
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -189,7 +201,8 @@ def check_loadable_state(value: Any, where: str = "extra_state") -> None:
             check_loadable_state(item, f"{where}[{index}]")
     elif not isinstance(value, _ALLOWED_LEAVES):
         raise TypeError(
-            f"{where} is a {type(value).__name__}; checkpoint state may hold only dicts, lists, tuples, str, int, "
+            f"{where} is a {type(value).__name__}; checkpoint state may hold only dicts, lists, tuples, "
+            "str, int, "
             "float, bool, None and tensors (convert it, e.g. dataclasses.asdict)"
         )
 

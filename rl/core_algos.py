@@ -63,7 +63,9 @@ def get_advantage_estimator(name: str) -> AdvantageEstimator:
 
 
 @register_advantage_estimator("grpo")
-def group_advantages(rewards_BG: torch.Tensor, *, scale_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    rewards_BG: torch.Tensor, *, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
     """GRPO group-normalised advantages.
 
         A_bg = (r_bg - mean_g r_bg) / (std_g r_bg + eps)     if scale_by_std   (GRPO)
@@ -83,7 +85,9 @@ def group_advantages(rewards_BG: torch.Tensor, *, scale_by_std: bool = True, eps
 
 
 @register_advantage_estimator("rloo")
-def leave_one_out_advantages(rewards_BG: torch.Tensor, *, scale_by_std: bool = False, eps: float = 1e-6) -> torch.Tensor:
+def leave_one_out_advantages(
+    rewards_BG: torch.Tensor, *, scale_by_std: bool = False, eps: float = 1e-6
+) -> torch.Tensor:
     """RLOO: each sample's baseline is the mean reward of the *other* G-1 samples of its group.
 
         A_bg = r_bg - (sum_g' r_bg' - r_bg) / (G - 1)  =  G / (G - 1) * (r_bg - mean_g r_bg)
@@ -147,10 +151,14 @@ def aggregate_loss(
         return sequence_means_B.sum() / max(float(num_sequences), 1.0)
     if aggregation == "constant":
         if constant_length is None or constant_length <= 0:
-            raise ValueError("aggregation 'constant' needs a positive constant_length (the maximum response length)")
+            raise ValueError(
+                "aggregation 'constant' needs a positive constant_length (the maximum response length)"
+            )
         rows = loss_BT.shape[0] if num_sequences is None else num_sequences
         return selected_BT.sum() / (max(float(rows), 1.0) * constant_length)
-    raise ValueError(f"unknown loss aggregation {aggregation!r} (key 'grpo.loss_aggregation'); valid: {AGGREGATIONS}")
+    raise ValueError(
+        f"unknown loss aggregation {aggregation!r} (key 'grpo.loss_aggregation'); valid: {AGGREGATIONS}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,8 +182,10 @@ def behaviour_importance_weights(
     Returns (raw weights_BT, corrected weights_BT, corrected mask_BT). No gradient flows through w.
     """
     if mode not in BEHAVIOUR_RATIO_MODES:
-        raise ValueError(f"unknown behaviour ratio mode {mode!r} (key 'async.behaviour_ratio_mode'); "
-                         f"valid: {BEHAVIOUR_RATIO_MODES}")
+        raise ValueError(
+            f"unknown behaviour ratio mode {mode!r} (key 'async.behaviour_ratio_mode'); "
+            f"valid: {BEHAVIOUR_RATIO_MODES}"
+        )
     log_weights_BT = (proximal_logprobs_BT - behaviour_logprobs_BT).detach()
     # Padding/observation positions may hold anything; they must not overflow into inf * 0 = NaN.
     log_weights_BT = torch.where(mask_BT.bool(), log_weights_BT, torch.zeros_like(log_weights_BT))
@@ -234,8 +244,14 @@ def policy_loss(
     unclipped_objective_BT = ratio_BT * advantages_B1
     clipped_objective_BT = clipped_ratio_BT * advantages_B1
     loss_BT = -weights_BT * torch.minimum(unclipped_objective_BT, clipped_objective_BT)
-    loss = aggregate_loss(loss_BT, loss_mask_BT, aggregation, num_tokens=num_tokens, num_sequences=num_sequences,
-                          constant_length=constant_length)
+    loss = aggregate_loss(
+        loss_BT,
+        loss_mask_BT,
+        aggregation,
+        num_tokens=num_tokens,
+        num_sequences=num_sequences,
+        constant_length=constant_length,
+    )
 
     with torch.no_grad():
         clipped_BT = (clipped_objective_BT < unclipped_objective_BT).to(mask_BT.dtype)
@@ -245,8 +261,11 @@ def policy_loss(
             "importance_weight_mean": masked_mean(raw_weights_BT, mask_BT),
             "importance_weight_max": _masked_max(raw_weights_BT, mask_BT),
             "behaviour_masked_fraction": 1.0 - loss_mask_BT.sum() / mask_BT.sum().clamp(min=1),
-            "behaviour_truncated_fraction": masked_mean((raw_weights_BT > behaviour_ratio_cap).to(mask_BT.dtype), mask_BT)
-            if off_policy_correction and behaviour_ratio_mode == "truncate" else torch.zeros(()),
+            "behaviour_truncated_fraction": masked_mean(
+                (raw_weights_BT > behaviour_ratio_cap).to(mask_BT.dtype), mask_BT
+            )
+            if off_policy_correction and behaviour_ratio_mode == "truncate"
+            else torch.zeros(()),
         }
     return loss, metrics
 
@@ -265,7 +284,7 @@ def _masked_max(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
 def kl_k3(logprobs_BT: torch.Tensor, reference_logprobs_BT: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token, on samples from pi_theta.
 
-        k3 = exp(log pi_ref - log pi_theta) - (log pi_ref - log pi_theta) - 1     (>= 0, unbiased)
+    k3 = exp(log pi_ref - log pi_theta) - (log pi_ref - log pi_theta) - 1     (>= 0, unbiased)
     """
     log_ratio_BT = reference_logprobs_BT - logprobs_BT
     return torch.exp(log_ratio_BT) - log_ratio_BT - 1.0
@@ -278,7 +297,7 @@ def entropy_from_logits(logits_BTV: torch.Tensor) -> torch.Tensor:
 
 
 def is_finite_loss(*values: torch.Tensor | float) -> bool:
-    """True when every given loss/reward/tensor is finite (no NaN, no +-inf): the trainer skips the step otherwise."""
+    """True when every given loss/reward/tensor is finite (no NaN, no +-inf); else the step is skipped."""
     for value in values:
         tensor = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
         if not bool(torch.isfinite(tensor).all()):

@@ -49,7 +49,10 @@ def is_lora_model(model: torch.nn.Module) -> bool:
 
 def adapter_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
     """The trainable LoRA matrices (peft's adapter naming), as CPU copies."""
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in get_peft_model_state_dict(model).items()}
+    return {
+        name: tensor.detach().to("cpu", copy=True)
+        for name, tensor in get_peft_model_state_dict(model).items()
+    }
 
 
 def adapter_config_dict(model: PeftModel) -> dict:

@@ -24,18 +24,24 @@ MASTER_PORT, ...) is set when absent and DeepSpeed runs on gloo. Under the `deep
 same code runs on GPUs. The default optimizer is torch's AdamW, so no DeepSpeed op is compiled
 (`deepspeed.offload_optimizer=true` switches to DeepSpeed's CPU Adam, whose op build takes minutes).
 
+Non-finite steps: a NaN/inf reward or log-prob is caught before any backward. A NaN/inf loss met
+during accumulation is back-propagated (poisoning the gradients) and the optimizer step refused:
+ZeRO >= 1 optimizers detect and clear non-finite gradients themselves; at ZeRO 0 the trainer drops
+them. ZeRO stages 0-3 and bf16 run on CPU; fp16 does not (refused by validation).
+
 What it simplifies on purpose: dropout is disabled in the policy (as in TRL/verl RL training), so
-the first epoch's ratio is exactly 1; one process group; no sequence packing.
+the first epoch's ratio is exactly 1; the checkpoint folder is written by a single process (a
+multi-node run needs rank-0-only file handling around the collective engine save); no sequence
+packing. DeepSpeed loads its own engine files with weights_only=False (they are written by this
+trainer); every other state file is loaded with weights_only=True.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
-import socket
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -44,7 +50,13 @@ from typing import Any, Sequence
 import deepspeed
 import torch
 
-from rl.batch import TrainBatch, collate, response_logprobs_and_entropy, sequence_logprobs, split_micro_batches
+from rl.batch import (
+    TrainBatch,
+    collate,
+    response_logprobs_and_entropy,
+    sequence_logprobs,
+    split_micro_batches,
+)
 from rl.checkpoint import (
     atomic_checkpoint,
     capture_rng_state,
@@ -56,6 +68,12 @@ from rl.checkpoint import (
 )
 from rl.config import ConfigError, ExperimentConfig
 from rl.core_algos import aggregate_loss, get_advantage_estimator, is_finite_loss, kl_k3, policy_loss
+from rl.deepspeed_setup import (
+    build_deepspeed_config,
+    disable_dropout,
+    init_distributed,
+    validate_trainer_config,
+)
 from rl.lora import adapter_config_dict, adapter_state_dict, apply_lora, is_lora_model, merged_state_dict
 from rollouts.trajectory import Trajectory
 
@@ -65,128 +83,29 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 DEEPSPEED_CHECKPOINT_TAG = "state"
 
 
-# ----------------------------------------------------------------------------------------------
-# DeepSpeed configuration and process setup
-# ----------------------------------------------------------------------------------------------
-
-
-def validate_trainer_config(config: ExperimentConfig) -> None:
-    """Checks that need to know what the trainer can run; raises ConfigError saying what to change."""
-    section, device = config.deepspeed, config.experiment.device
-    if section.precision == "fp16" and device == "cpu":
-        raise ConfigError("key 'deepspeed.precision': fp16 training needs a CUDA GPU (DeepSpeed's fp16 loss "
-                          "scaling is GPU-only); use 'fp32' or 'bf16' with experiment.device=cpu")
-    if section.offload_optimizer and section.zero_stage == 0:
-        raise ConfigError("key 'deepspeed.offload_optimizer': optimizer offload needs deepspeed.zero_stage >= 1")
-    if section.config_file and not Path(section.config_file).is_file():
-        raise ConfigError(f"key 'deepspeed.config_file': '{section.config_file}' does not exist")
-    try:
-        get_advantage_estimator(config.grpo.advantage_estimator)
-    except KeyError as error:
-        raise ConfigError(str(error.args[0])) from None
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
-
-
-def build_deepspeed_config(config: ExperimentConfig) -> dict[str, Any]:
-    """The DeepSpeed JSON config derived from the experiment config; `deepspeed.config_file` keys win."""
-    grpo, section = config.grpo, config.deepspeed
-    optimizer_params: dict[str, Any] = {"lr": grpo.learning_rate, "betas": [0.9, 0.999], "eps": 1e-8,
-                                        "weight_decay": grpo.weight_decay}
-    if not section.offload_optimizer:
-        optimizer_params["torch_adam"] = True  # torch.optim.AdamW: no DeepSpeed op to compile
-    zero: dict[str, Any] = {"stage": section.zero_stage}
-    if section.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": config.experiment.device == "cuda"}
-    ds_config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": max(config.batch_size // grpo.minibatches_per_step, 1),
-        "gradient_accumulation_steps": grpo.minibatches_per_step,
-        "gradient_clipping": grpo.max_grad_norm,
-        "zero_optimization": zero,
-        "optimizer": {"type": "AdamW", "params": optimizer_params},
-        "bf16": {"enabled": section.precision == "bf16"},
-        "fp16": {"enabled": section.precision == "fp16"},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if grpo.warmup_steps > 0:
-        ds_config["scheduler"] = {"type": "WarmupLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": grpo.learning_rate,
-            "warmup_num_steps": grpo.warmup_steps, "warmup_type": "linear"}}
-    if section.config_file:
-        try:
-            from_file = json.loads(Path(section.config_file).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ConfigError(f"key 'deepspeed.config_file': cannot read '{section.config_file}': {error}") from None
-        ds_config = _deep_merge(ds_config, from_file)
-        offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
-        if offload != "none" and "torch_adam" not in from_file.get("optimizer", {}).get("params", {}):
-            ds_config["optimizer"]["params"].pop("torch_adam", None)  # offloaded states need DeepSpeed's CPU Adam
-    _check_runs_on_device(ds_config, config.experiment.device, section.config_file or "the derived DeepSpeed config")
-    return ds_config
-
-
-def _check_runs_on_device(ds_config: dict[str, Any], device: str, where: str) -> None:
-    if device == "cpu" and ds_config.get("fp16", {}).get("enabled", False):
-        raise ConfigError(f"{where}: fp16 is enabled, but DeepSpeed supports fp16 only on GPUs "
-                          "('Type fp16 is not supported on your device'); use bf16 or fp32 on CPU")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def init_distributed(device: str) -> None:
-    """Join (or, alone, create) the process group: gloo on CPU, nccl on GPU; no launcher needed for one process."""
-    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, default)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
-    if os.environ["WORLD_SIZE"] == "1":
-        # DeepSpeed JIT-compiles a shared-memory all-reduce op on CPU (~35 s the first time on a machine);
-        # it only serves multi-process CPU jobs, so a single process opts out.
-        with contextlib.suppress(Exception):
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", verbose=False)
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability to 0 (RL needs pi_old and pi_theta to be the same function)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# The trainer
-# ----------------------------------------------------------------------------------------------
-
-
 class GRPOTrainer:
     """Policy + optimizer in a DeepSpeed engine; `step(trajectories)` makes the next policy version."""
 
-    def __init__(self, config: ExperimentConfig, model: torch.nn.Module | None = None,
-                 model_path: str | os.PathLike | None = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        model: torch.nn.Module | None = None,
+        model_path: str | os.PathLike | None = None,
+        tokenizer: Any = None,
+    ) -> None:
         validate_trainer_config(config)
         self.config = config
         self.tokenizer = tokenizer
         self.version = 0
         self.skipped_steps = 0
         init_distributed(config.experiment.device)
-        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # it prints its whole config at INFO per engine
+        logging.getLogger("DeepSpeed").setLevel(
+            logging.WARNING
+        )  # it prints its whole config at INFO per engine
         model = self._load_model(model, model_path)
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer_next_to_model(model_path or config.model.path)
-        self.pad_token_id = self._pad_token_id(model, tokenizer)
+        self.pad_token_id = self._pad_token_id(model, self.tokenizer)
         disable_dropout(model)
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -195,15 +114,20 @@ class GRPOTrainer:
             self.reference_model = copy.deepcopy(model).eval().requires_grad_(False)
         if config.model.lora.enabled:
             if config.model.lora.dropout > 0:
-                logger.warning("model.lora.dropout=%s is not applied: dropout is disabled during RL so that the "
-                               "first epoch's importance ratio is exactly 1", config.model.lora.dropout)
+                logger.warning(
+                    "model.lora.dropout=%s is not applied: dropout is disabled during RL so that the "
+                    "first epoch's importance ratio is exactly 1",
+                    config.model.lora.dropout,
+                )
             if config.model.gradient_checkpointing:
                 model.enable_input_require_grads()
             model = apply_lora(model, config.model.lora)
             disable_dropout(model)
         self.deepspeed_config = build_deepspeed_config(config)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=self.deepspeed_config)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=trainable, config=self.deepspeed_config
+        )
         self.engine.train()
         if self.reference_model is not None:
             self.reference_model.to(self.engine.device)
@@ -212,13 +136,17 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ construction helpers
 
-    def _load_model(self, model: torch.nn.Module | None, model_path: str | os.PathLike | None) -> torch.nn.Module:
+    def _load_model(
+        self, model: torch.nn.Module | None, model_path: str | os.PathLike | None
+    ) -> torch.nn.Module:
         if model is not None:
             return model
         path = model_path or self.config.model.path
         if not path:
-            raise ConfigError("GRPOTrainer needs a model: pass model=..., model_path=..., or set model.path "
-                              "(rl.modeling.create_tiny_checkpoint writes the tiny default)")
+            raise ConfigError(
+                "GRPOTrainer needs a model: pass model=..., model_path=..., or set model.path "
+                "(rl.modeling.create_tiny_checkpoint writes the tiny default)"
+            )
         from transformers import AutoModelForCausalLM
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -235,8 +163,11 @@ class GRPOTrainer:
 
     @staticmethod
     def _pad_token_id(model: torch.nn.Module, tokenizer: Any) -> int:
-        for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(model.config, "pad_token_id", None),
-                          getattr(model.config, "eos_token_id", None)):
+        for candidate in (
+            getattr(tokenizer, "pad_token_id", None),
+            getattr(model.config, "pad_token_id", None),
+            getattr(model.config, "eos_token_id", None),
+        ):
             if isinstance(candidate, int):
                 return candidate
         return 0  # padding positions are masked out everywhere; any valid id works
@@ -265,12 +196,15 @@ class GRPOTrainer:
         advantages_B = torch.zeros(len(trajectories), dtype=torch.float32)
         for rows in rows_by_group.values():
             rewards_1G = torch.tensor([[float(trajectories[row].reward) for row in rows]])
-            group_advantages_1G = self.advantage_estimator(rewards_1G, scale_by_std=self.config.grpo.scale_rewards,
-                                                           eps=1e-6)
+            group_advantages_1G = self.advantage_estimator(
+                rewards_1G, scale_by_std=self.config.grpo.scale_rewards, eps=1e-6
+            )
             advantages_B[rows] = group_advantages_1G[0]
         return advantages_B
 
-    def step(self, trajectories: Sequence[Trajectory], current_version: int | None = None) -> dict[str, float]:
+    def step(
+        self, trajectories: Sequence[Trajectory], current_version: int | None = None
+    ) -> dict[str, float]:
         """Train on one batch of scored trajectories; returns slash-namespaced metrics."""
         started = time.perf_counter()
         current_version = self.version if current_version is None else current_version
@@ -285,10 +219,14 @@ class GRPOTrainer:
             trajectories, advantages_B, dropped = self._drop_zero_advantage_groups(trajectories, advantages_B)
             metrics["loss/dropped_zero_advantage_groups"] = float(dropped)
             if not trajectories:
-                return self._skipped(metrics, started, reason="every group had equal rewards", nonfinite=False)
+                return self._skipped(
+                    metrics, started, reason="every group had equal rewards", nonfinite=False
+                )
         batch = collate(trajectories, self.pad_token_id, advantages_B)
-        micro_batches = [micro_batch.to(self.engine.device)
-                         for micro_batch in split_micro_batches(batch, self.config.grpo.minibatches_per_step)]
+        micro_batches = [
+            micro_batch.to(self.engine.device)
+            for micro_batch in split_micro_batches(batch, self.config.grpo.minibatches_per_step)
+        ]
         metrics.update(self._fill_proximal_and_reference(micro_batches))
         if not self._inputs_are_finite(micro_batches):
             return self._skipped(metrics, started, reason="non-finite log-probs or advantages")
@@ -306,25 +244,40 @@ class GRPOTrainer:
         for key in epoch_metrics[0]:
             values = [m[key] for m in epoch_metrics]
             metrics[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
-        metrics.update({
-            "loss/skipped_nonfinite": float(len(epoch_metrics) < self.config.grpo.epochs_per_batch),
-            "loss/learning_rate": float(self.engine.get_lr()[0]),
-            "loss/advantage_abs_mean": float(advantages_B.abs().mean()),
-            "async/policy_version": float(self.version),
-            "perf/train_tokens": float(batch.num_loss_tokens),
-            "perf/train_step_s": time.perf_counter() - started,
-        })
+        metrics.update(
+            {
+                "loss/skipped_nonfinite": float(len(epoch_metrics) < self.config.grpo.epochs_per_batch),
+                "loss/learning_rate": float(self.engine.get_lr()[0]),
+                "loss/advantage_abs_mean": float(advantages_B.abs().mean()),
+                "async/policy_version": float(self.version),
+                "perf/train_tokens": float(batch.num_loss_tokens),
+                "perf/train_step_s": time.perf_counter() - started,
+            }
+        )
         return metrics
 
-    def _staleness_metrics(self, trajectories: Sequence[Trajectory], current_version: int) -> dict[str, float]:
+    def _staleness_metrics(
+        self, trajectories: Sequence[Trajectory], current_version: int
+    ) -> dict[str, float]:
         staleness = [current_version - trajectory.policy_version for trajectory in trajectories] or [0]
-        return {"async/staleness_mean": sum(staleness) / len(staleness), "async/staleness_max": float(max(staleness))}
+        return {
+            "async/staleness_mean": sum(staleness) / len(staleness),
+            "async/staleness_max": float(max(staleness)),
+        }
 
-    def _skipped(self, metrics: dict[str, float], started: float, reason: str, nonfinite: bool = True) -> dict[str, float]:
+    def _skipped(
+        self, metrics: dict[str, float], started: float, reason: str, nonfinite: bool = True
+    ) -> dict[str, float]:
         self.skipped_steps += 1
         logger.warning("training step skipped (%s); policy version stays %d", reason, self.version)
-        metrics.update({"loss/skipped_nonfinite": 1.0 if nonfinite else 0.0, "loss/skipped_steps": float(self.skipped_steps),
-                        "async/policy_version": float(self.version), "perf/train_step_s": time.perf_counter() - started})
+        metrics.update(
+            {
+                "loss/skipped_nonfinite": 1.0 if nonfinite else 0.0,
+                "loss/skipped_steps": float(self.skipped_steps),
+                "async/policy_version": float(self.version),
+                "perf/train_step_s": time.perf_counter() - started,
+            }
+        )
         return metrics
 
     @staticmethod
@@ -338,11 +291,12 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def _fill_proximal_and_reference(self, micro_batches: list[TrainBatch]) -> dict[str, float]:
-        """Log-probs of the weights at the start of the step (pi_prox) and of the reference; entropy metric."""
+        """Log-probs under the weights at the start of the step (pi_prox) and the reference; entropy."""
         entropy_sum, token_count = 0.0, 0
         for micro_batch in micro_batches:
             proximal_BT, entropy_BT = response_logprobs_and_entropy(
-                self.engine, micro_batch, self.sampling_temperature, compute_entropy=True)
+                self.engine, micro_batch, self.sampling_temperature, compute_entropy=True
+            )
             micro_batch.proximal_logprobs_BT = proximal_BT
             entropy_sum += float((entropy_BT * micro_batch.loss_mask_BT).sum())
             token_count += micro_batch.num_loss_tokens
@@ -360,8 +314,11 @@ class GRPOTrainer:
     def _inputs_are_finite(micro_batches: list[TrainBatch]) -> bool:
         for micro_batch in micro_batches:
             mask = micro_batch.loss_mask_BT.bool()
-            tensors = [micro_batch.proximal_logprobs_BT[mask], micro_batch.behaviour_logprobs_BT[mask],
-                       micro_batch.advantages_B]
+            tensors = [
+                micro_batch.proximal_logprobs_BT[mask],
+                micro_batch.behaviour_logprobs_BT[mask],
+                micro_batch.advantages_B,
+            ]
             if micro_batch.reference_logprobs_BT is not None:
                 tensors.append(micro_batch.reference_logprobs_BT[mask])
             if not is_finite_loss(*tensors):
@@ -371,11 +328,16 @@ class GRPOTrainer:
     def _global_counts(self, batch: TrainBatch) -> dict[str, float]:
         aggregation = self.config.grpo.loss_aggregation
         sequences = batch.batch_size if aggregation == "constant" else batch.num_sequences_with_loss_tokens
-        return {"num_tokens": float(batch.num_loss_tokens), "num_sequences": float(sequences),
-                "constant_length": self.config.rollout.max_context_tokens}
+        return {
+            "num_tokens": float(batch.num_loss_tokens),
+            "num_sequences": float(sequences),
+            "constant_length": self.config.rollout.max_context_tokens,
+        }
 
-    def _optimizer_step(self, micro_batches: list[TrainBatch], counts: dict[str, float]) -> tuple[bool, dict[str, float]]:
-        """Accumulate gradients over the micro-batches and take one optimizer step; False if it was skipped."""
+    def _optimizer_step(
+        self, micro_batches: list[TrainBatch], counts: dict[str, float]
+    ) -> tuple[bool, dict[str, float]]:
+        """Accumulate gradients over the micro-batches, then one optimizer step; False if it was skipped."""
         sums: dict[str, float] = defaultdict(float)
         all_finite = True
         for index, micro_batch in enumerate(micro_batches):
@@ -406,40 +368,59 @@ class GRPOTrainer:
         return True, dict(sums)
 
     def _grad_norm_before_step(self) -> float | None:
-        gradients = [p.grad for p in self.engine.module.parameters() if p.requires_grad and p.grad is not None]
+        gradients = [
+            p.grad for p in self.engine.module.parameters() if p.requires_grad and p.grad is not None
+        ]
         if not gradients:
             return None
         return float(torch.nn.utils.get_total_norm(gradients, norm_type=2.0))
 
-    def _micro_batch_loss(self, micro_batch: TrainBatch, counts: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_batch_loss(
+        self, micro_batch: TrainBatch, counts: dict[str, float]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         grpo, async_ = self.config.grpo, self.config.async_
         logprobs_BT, entropy_BT = response_logprobs_and_entropy(
-            self.engine, micro_batch, self.sampling_temperature, compute_entropy=grpo.entropy_coef > 0)
+            self.engine, micro_batch, self.sampling_temperature, compute_entropy=grpo.entropy_coef > 0
+        )
         policy, policy_metrics = policy_loss(
-            logprobs_BT, micro_batch.proximal_logprobs_BT, micro_batch.behaviour_logprobs_BT,
-            micro_batch.advantages_B, micro_batch.loss_mask_BT,
-            clip_eps_low=grpo.clip_eps_low, clip_eps_high=grpo.clip_eps_high,
-            behaviour_ratio_cap=async_.behaviour_ratio_cap, behaviour_ratio_mode=async_.behaviour_ratio_mode,
-            off_policy_correction=async_.off_policy_correction, aggregation=grpo.loss_aggregation, **counts)
+            logprobs_BT,
+            micro_batch.proximal_logprobs_BT,
+            micro_batch.behaviour_logprobs_BT,
+            micro_batch.advantages_B,
+            micro_batch.loss_mask_BT,
+            clip_eps_low=grpo.clip_eps_low,
+            clip_eps_high=grpo.clip_eps_high,
+            behaviour_ratio_cap=async_.behaviour_ratio_cap,
+            behaviour_ratio_mode=async_.behaviour_ratio_mode,
+            off_policy_correction=async_.off_policy_correction,
+            aggregation=grpo.loss_aggregation,
+            **counts,
+        )
         loss = policy
         terms = {"loss/policy": float(policy.detach())}
         if grpo.kl_coef > 0:
-            kl = aggregate_loss(kl_k3(logprobs_BT, micro_batch.reference_logprobs_BT), micro_batch.loss_mask_BT,
-                                grpo.loss_aggregation, **counts)
+            kl = aggregate_loss(
+                kl_k3(logprobs_BT, micro_batch.reference_logprobs_BT),
+                micro_batch.loss_mask_BT,
+                grpo.loss_aggregation,
+                **counts,
+            )
             loss = loss + grpo.kl_coef * kl
             terms["loss/kl"] = float(kl.detach())
         if grpo.entropy_coef > 0:
             entropy = aggregate_loss(entropy_BT, micro_batch.loss_mask_BT, grpo.loss_aggregation, **counts)
             loss = loss - grpo.entropy_coef * entropy
         terms["loss/total"] = float(loss.detach())
-        terms.update({
-            "loss/clip_fraction": float(policy_metrics["clip_fraction"]),
-            "loss/approx_kl": float(policy_metrics["approx_kl"]),
-            "async/importance_weight_mean": float(policy_metrics["importance_weight_mean"]),
-            "async/importance_weight_max": float(policy_metrics["importance_weight_max"]),
-            "async/behaviour_masked_fraction": float(policy_metrics["behaviour_masked_fraction"]),
-            "async/behaviour_truncated_fraction": float(policy_metrics["behaviour_truncated_fraction"]),
-        })
+        terms.update(
+            {
+                "loss/clip_fraction": float(policy_metrics["clip_fraction"]),
+                "loss/approx_kl": float(policy_metrics["approx_kl"]),
+                "async/importance_weight_mean": float(policy_metrics["importance_weight_mean"]),
+                "async/importance_weight_max": float(policy_metrics["importance_weight_max"]),
+                "async/behaviour_masked_fraction": float(policy_metrics["behaviour_masked_fraction"]),
+                "async/behaviour_truncated_fraction": float(policy_metrics["behaviour_truncated_fraction"]),
+            }
+        )
         return loss, terms
 
     # ------------------------------------------------------------------ weights for rollouts
@@ -447,11 +428,13 @@ class GRPOTrainer:
     def _gathered(self) -> contextlib.AbstractContextManager:
         """Under ZeRO-3 parameters are partitioned: gather them (read-only) to export or save."""
         if self.zero_stage == 3:
-            return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None)
+            return deepspeed.zero.GatheredParameters(
+                list(self.engine.module.parameters()), modifier_rank=None
+            )
         return contextlib.nullcontext()
 
     def export_weights(self, kind: str = "full") -> dict[str, torch.Tensor]:
-        """CPU copies of the policy weights: "full" (LoRA merged in, base-model names) or "adapter" (LoRA only)."""
+        """CPU copies of the weights: "full" (LoRA merged in, base-model names) or "adapter" (LoRA only)."""
         if kind not in ("full", "adapter"):
             raise ValueError(f"export_weights(kind={kind!r}): valid kinds are 'full' and 'adapter'")
         if kind == "adapter" and not self.lora_enabled:
@@ -461,14 +444,17 @@ class GRPOTrainer:
                 return adapter_state_dict(self.engine.module)
             if self.lora_enabled:
                 return merged_state_dict(self.engine.module)
-            return {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.engine.module.state_dict().items()}
+            return {
+                name: tensor.detach().to("cpu", copy=True)
+                for name, tensor in self.engine.module.state_dict().items()
+            }
 
     def state_dict_for_rollout(self) -> dict[str, torch.Tensor]:
         """Full weights (merged when LoRA is on) that load into the base architecture with load_state_dict."""
         return self.export_weights("full")
 
     def merge_for_rollout(self) -> dict[str, torch.Tensor]:
-        """LoRA: W + scaling * B @ A for every adapted layer, computed without touching the training weights."""
+        """LoRA: W + scaling * B @ A for each adapted layer, computed without touching the trained weights."""
         return self.export_weights("full")
 
     def adapter_config(self) -> dict:
@@ -476,15 +462,26 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self, checkpoints_dir: str | os.PathLike, extra_state: dict | None = None,
-                        step: int | None = None) -> Path:
+    def save_checkpoint(
+        self, checkpoints_dir: str | os.PathLike, extra_state: dict | None = None, step: int | None = None
+    ) -> Path:
         """Atomically write checkpoint-<step> (default step: the policy version); returns its folder."""
         step = self.version if step is None else step
         with atomic_checkpoint(checkpoints_dir, step, keep_last=self.config.checkpoint.keep_last) as folder:
             self._save_model(folder)
-            self.engine.save_checkpoint(str(folder / "deepspeed"), tag=DEEPSPEED_CHECKPOINT_TAG, save_latest=False)
-            save_trainer_state(folder, {"version": self.version, "step": step, "skipped_steps": self.skipped_steps,
-                                        "rng": capture_rng_state(), "extra_state": extra_state or {}})
+            self.engine.save_checkpoint(
+                str(folder / "deepspeed"), tag=DEEPSPEED_CHECKPOINT_TAG, save_latest=False
+            )
+            save_trainer_state(
+                folder,
+                {
+                    "version": self.version,
+                    "step": step,
+                    "skipped_steps": self.skipped_steps,
+                    "rng": capture_rng_state(),
+                    "extra_state": extra_state or {},
+                },
+            )
         return Path(checkpoints_dir) / checkpoint_name(step)
 
     def _save_model(self, folder: Path) -> None:
@@ -502,10 +499,16 @@ class GRPOTrainer:
         Returns the `extra_state` given to save_checkpoint (e.g. the data cursor).
         """
         folder = resolve_checkpoint(path)
-        load_path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag=DEEPSPEED_CHECKPOINT_TAG,
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        load_path, _ = self.engine.load_checkpoint(
+            str(folder / "deepspeed"),
+            tag=DEEPSPEED_CHECKPOINT_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
         if load_path is None:
-            raise FileNotFoundError(f"checkpoint '{folder}' has no DeepSpeed state under deepspeed/{DEEPSPEED_CHECKPOINT_TAG}")
+            raise FileNotFoundError(
+                f"checkpoint '{folder}' has no DeepSpeed state under deepspeed/{DEEPSPEED_CHECKPOINT_TAG}"
+            )
         state = load_trainer_state(folder)
         self.version = int(state["version"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -513,4 +516,4 @@ class GRPOTrainer:
         return dict(state.get("extra_state", {}))
 
 
-__all__ = ["GRPOTrainer", "build_deepspeed_config", "disable_dropout", "init_distributed", "validate_trainer_config"]
+__all__ = ["GRPOTrainer"]

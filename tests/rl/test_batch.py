@@ -15,15 +15,30 @@ QUESTION = Question(id="q", question="Who?", answers=["x"])
 
 
 def _trajectory(prompt, response, mask, logprobs, reward=0.0, version=0, group="g"):
-    return Trajectory(question=QUESTION, prompt_ids=prompt, response_ids=response, loss_mask=mask,
-                      behaviour_logprobs=logprobs, reward=reward, policy_version=version, group_id=group)
+    return Trajectory(
+        question=QUESTION,
+        prompt_ids=prompt,
+        response_ids=response,
+        loss_mask=mask,
+        behaviour_logprobs=logprobs,
+        reward=reward,
+        policy_version=version,
+        group_id=group,
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = transformers.Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return transformers.Qwen2ForCausalLM(config).eval()
 
 
@@ -42,8 +57,9 @@ def test_collate_pads_prompt_plus_response_right_and_aligns_response_tensors():
     assert batch.response_start_B.tolist() == [2, 1, 4]
     assert batch.response_ids_BT.tolist() == [[7, 8, 9], [7, 0, 0], [10, 11, 0]]
     assert batch.loss_mask_BT.tolist() == [[1, 0, 1], [1, 0, 0], [1, 1, 0]]
-    torch.testing.assert_close(batch.behaviour_logprobs_BT,
-                               torch.tensor([[-0.5, 0, -1.5], [-2, 0, 0], [-0.1, -0.2, 0]]))
+    torch.testing.assert_close(
+        batch.behaviour_logprobs_BT, torch.tensor([[-0.5, 0, -1.5], [-2, 0, 0], [-0.1, -0.2, 0]])
+    )
     assert batch.advantages_B.tolist() == [1.0, -1.0, 0.0]
     assert batch.rewards_B.tolist() == [1.0, 0.0, 0.5]
     assert batch.policy_versions_B.tolist() == [3, 2, 3]
@@ -67,13 +83,17 @@ def test_sequence_logprobs_match_an_unpadded_forward_of_each_row(tiny_model):
             all_logprobs = torch.log_softmax(tiny_model(input_ids=tokens).logits[0], dim=-1)
             start = len(trajectory.prompt_ids)
             expected = [all_logprobs[start + t - 1, token] for t, token in enumerate(trajectory.response_ids)]
-            torch.testing.assert_close(logprobs_BT[row, : len(expected)], torch.stack(expected), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                logprobs_BT[row, : len(expected)], torch.stack(expected), atol=1e-5, rtol=0
+            )
 
 
 def test_temperature_divides_the_logits(tiny_model):
     batch = collate(_trajectories()[:1], pad_token_id=PAD)
     with torch.no_grad():
-        tempered_BT, entropy_BT = response_logprobs_and_entropy(tiny_model, batch, temperature=2.0, compute_entropy=True)
+        tempered_BT, entropy_BT = response_logprobs_and_entropy(
+            tiny_model, batch, temperature=2.0, compute_entropy=True
+        )
         logits = tiny_model(input_ids=batch.input_ids_BS).logits[0, 1:4] / 2.0
     expected = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor([[7], [8], [9]])).squeeze(-1)
     torch.testing.assert_close(tempered_BT[0], expected, atol=1e-5, rtol=0)

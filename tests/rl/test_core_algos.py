@@ -37,8 +37,9 @@ def test_group_advantages_scaled_by_unbiased_std():
 
 def test_group_advantages_without_std_scaling_is_centred_reward():
     rewards_BG = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
-    torch.testing.assert_close(group_advantages(rewards_BG, scale_by_std=False, eps=1e-6),
-                               torch.tensor([[0.5, -0.5, -0.5, 0.5]]))
+    torch.testing.assert_close(
+        group_advantages(rewards_BG, scale_by_std=False, eps=1e-6), torch.tensor([[0.5, -0.5, -0.5, 0.5]])
+    )
 
 
 @pytest.mark.parametrize("scale_by_std", [True, False])
@@ -48,11 +49,15 @@ def test_all_equal_group_has_zero_advantage(scale_by_std):
 
 
 def test_group_of_one_has_zero_advantage():
-    assert torch.equal(group_advantages(torch.tensor([[3.0]]), scale_by_std=True, eps=1e-6), torch.zeros(1, 1))
+    assert torch.equal(
+        group_advantages(torch.tensor([[3.0]]), scale_by_std=True, eps=1e-6), torch.zeros(1, 1)
+    )
 
 
 def test_rloo_baseline_is_mean_of_the_others():
-    advantages_BG = leave_one_out_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]]), scale_by_std=False, eps=0.0)
+    advantages_BG = leave_one_out_advantages(
+        torch.tensor([[1.0, 0.0, 0.0, 1.0]]), scale_by_std=False, eps=0.0
+    )
     # first sample: 1 - (0 + 0 + 1) / 3 = 2/3
     torch.testing.assert_close(advantages_BG, torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3]]))
 
@@ -91,8 +96,16 @@ def _two_sequence_example():
 )
 def test_policy_loss_hand_computed_clipped_and_unclipped(aggregation, expected):
     logprobs_BT, proximal_BT, advantages_B, mask_BT = _two_sequence_example()
-    loss, metrics = policy_loss(logprobs_BT, proximal_BT, proximal_BT, advantages_B, mask_BT, **CLIP,
-                                aggregation=aggregation, constant_length=4)
+    loss, metrics = policy_loss(
+        logprobs_BT,
+        proximal_BT,
+        proximal_BT,
+        advantages_B,
+        mask_BT,
+        **CLIP,
+        aggregation=aggregation,
+        constant_length=4,
+    )
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert metrics["clip_fraction"].item() == pytest.approx(2 / 5)
     assert metrics["importance_weight_mean"].item() == pytest.approx(1.0)
@@ -119,8 +132,15 @@ def test_decoupled_loss_equals_standard_grpo_when_proximal_equals_behaviour():
         logprobs = logprobs_BT.clone().requires_grad_(True)
         # Without correction the behaviour log-probs are ignored: pass garbage to prove it.
         behaviour_BT = proximal_BT if off_policy_correction else torch.full_like(proximal_BT, -50.0)
-        loss, metrics = policy_loss(logprobs, proximal_BT, behaviour_BT, advantages_B, mask_BT, **CLIP,
-                                    off_policy_correction=off_policy_correction)
+        loss, metrics = policy_loss(
+            logprobs,
+            proximal_BT,
+            behaviour_BT,
+            advantages_B,
+            mask_BT,
+            **CLIP,
+            off_policy_correction=off_policy_correction,
+        )
         loss.backward()
         results[off_policy_correction] = (loss.detach(), logprobs.grad, metrics["clip_fraction"])
     assert torch.equal(results[True][0], results[False][0])
@@ -131,8 +151,14 @@ def test_decoupled_loss_equals_standard_grpo_when_proximal_equals_behaviour():
 def test_first_epoch_of_synchronous_step_is_minus_mean_advantage():
     # On-policy and unchanged weights: r = 1 and w = 1, so loss = -sum(A * m) / N.
     logprobs_BT = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5]]))
-    loss, metrics = policy_loss(logprobs_BT, logprobs_BT, logprobs_BT, torch.tensor([2.0, -1.0]),
-                                torch.tensor([[1, 1], [1, 0]]), **CLIP)
+    loss, metrics = policy_loss(
+        logprobs_BT,
+        logprobs_BT,
+        logprobs_BT,
+        torch.tensor([2.0, -1.0]),
+        torch.tensor([[1, 1], [1, 0]]),
+        **CLIP,
+    )
     assert loss.item() == pytest.approx(-(2 + 2 - 1) / 3)
     assert metrics["clip_fraction"].item() == 0.0
     assert metrics["approx_kl"].item() == 0.0
@@ -148,8 +174,15 @@ def test_first_epoch_of_synchronous_step_is_minus_mean_advantage():
 def test_behaviour_weight_truncate_versus_mask(mode, expected_loss, masked_fraction, truncated_fraction):
     proximal_BT = torch.log(torch.tensor([[0.4, 0.4, 0.8]]))
     behaviour_BT = proximal_BT - torch.log(torch.tensor([[1.0, 2.0, 8.0]]))  # w = exp(prox - behav)
-    loss, metrics = policy_loss(proximal_BT.clone(), proximal_BT, behaviour_BT, torch.tensor([1.0]),
-                                torch.ones(1, 3), **CLIP, behaviour_ratio_mode=mode)
+    loss, metrics = policy_loss(
+        proximal_BT.clone(),
+        proximal_BT,
+        behaviour_BT,
+        torch.tensor([1.0]),
+        torch.ones(1, 3),
+        **CLIP,
+        behaviour_ratio_mode=mode,
+    )
     assert loss.item() == pytest.approx(expected_loss, abs=1e-5)
     assert metrics["importance_weight_mean"].item() == pytest.approx(11 / 3, abs=1e-5)
     assert metrics["importance_weight_max"].item() == pytest.approx(8.0, abs=1e-5)
@@ -160,8 +193,9 @@ def test_behaviour_weight_truncate_versus_mask(mode, expected_loss, masked_fract
 def test_padding_garbage_never_reaches_the_loss():
     logprobs_BT = torch.tensor([[math.log(0.5), float("nan")]])
     behaviour_BT = torch.tensor([[math.log(0.5), -float("inf")]])
-    loss, metrics = policy_loss(logprobs_BT, logprobs_BT, behaviour_BT, torch.tensor([1.0]),
-                                torch.tensor([[1, 0]]), **CLIP)
+    loss, metrics = policy_loss(
+        logprobs_BT, logprobs_BT, behaviour_BT, torch.tensor([1.0]), torch.tensor([[1, 0]]), **CLIP
+    )
     assert loss.item() == pytest.approx(-1.0)
     assert all(is_finite_loss(value) for value in metrics.values())
 
@@ -176,7 +210,10 @@ def test_micro_batch_losses_add_up_to_the_batch_loss_with_global_counts(aggregat
     mask_BT = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
     whole = aggregate_loss(loss_BT, mask_BT, aggregation, constant_length=8)
     counts = dict(num_tokens=float(mask_BT.sum()), num_sequences=4.0, constant_length=8)
-    parts = [aggregate_loss(loss_BT[rows], mask_BT[rows], aggregation, **counts) for rows in (slice(0, 1), slice(1, 4))]
+    parts = [
+        aggregate_loss(loss_BT[rows], mask_BT[rows], aggregation, **counts)
+        for rows in (slice(0, 1), slice(1, 4))
+    ]
     torch.testing.assert_close(parts[0] + parts[1], whole)
 
 
@@ -190,7 +227,7 @@ def test_unknown_aggregation_names_the_key():
         aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "sum")
 
 
-# ------------------------------------------------------------------------------------------ KL, entropy, helpers
+# ------------------------------------------------------------------------------ KL, entropy, helpers
 
 
 def test_kl_k3_hand_computed():

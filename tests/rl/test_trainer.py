@@ -17,7 +17,8 @@ from trainer_helpers import parameters, synthetic_trajectories, tiny_model, trai
 import rl.trainer as trainer_module
 from rl.batch import collate, sequence_logprobs
 from rl.config import ConfigError
-from rl.trainer import GRPOTrainer, build_deepspeed_config, validate_trainer_config
+from rl.deepspeed_setup import build_deepspeed_config, validate_trainer_config
+from rl.trainer import GRPOTrainer
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +36,23 @@ def _loss_token_logprob_sums(trainer, trajectories) -> torch.Tensor:
 
 def test_step_updates_every_parameter_and_bumps_the_version(trainer):
     before, version = parameters(trainer.module), trainer.version
-    metrics = trainer.step(synthetic_trajectories(policy_version=version - 1 if version else 0),
-                           current_version=version + 1)
+    metrics = trainer.step(
+        synthetic_trajectories(policy_version=version - 1 if version else 0), current_version=version + 1
+    )
     after = parameters(trainer.module)
     assert all(not torch.equal(before[name], after[name]) for name in before)
     assert trainer.version == version + 1
     assert metrics["loss/skipped_nonfinite"] == 0.0
     assert metrics["async/staleness_mean"] == pytest.approx(1.0 if version == 0 else 2.0)
     assert metrics["perf/train_tokens"] == 2 * (4 + 5 + 4 + 5)  # 2 groups; 2 + 2 or 2 + 3 generated tokens
-    for key in ("loss/policy", "loss/entropy", "loss/clip_fraction", "loss/grad_norm", "perf/train_step_s",
-                "async/importance_weight_mean"):
+    for key in (
+        "loss/policy",
+        "loss/entropy",
+        "loss/clip_fraction",
+        "loss/grad_norm",
+        "perf/train_step_s",
+        "async/importance_weight_mean",
+    ):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
     assert metrics["loss/grad_norm"] > 0
 
@@ -56,7 +64,8 @@ def test_on_policy_step_has_unit_importance_weight_and_no_clipping(trainer):
         logprobs_BT = sequence_logprobs(trainer.module, batch)
     for row, trajectory in enumerate(trajectories):  # behaviour log-probs = the current policy's
         trajectory.behaviour_logprobs = [
-            value if mask else 0.0 for value, mask in zip(logprobs_BT[row].tolist(), trajectory.loss_mask)]
+            value if mask else 0.0 for value, mask in zip(logprobs_BT[row].tolist(), trajectory.loss_mask)
+        ]
     metrics = trainer.step(trajectories)
     assert metrics["async/importance_weight_mean"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["loss/clip_fraction"] == 0.0  # one epoch: the ratio is exactly 1
@@ -89,8 +98,9 @@ def test_group_advantages_follow_group_ids(trainer):
     trajectories = synthetic_trajectories(num_groups=2, group_size=4)  # rewards 0,1,0,1 in each group
     trajectories[4].reward = trajectories[6].reward = 1.0  # group 1 is all ones
     advantages = trainer.compute_advantages(trajectories)
-    torch.testing.assert_close(advantages[:4], torch.tensor([-0.866025, 0.866025, -0.866025, 0.866025]),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        advantages[:4], torch.tensor([-0.866025, 0.866025, -0.866025, 0.866025]), atol=1e-5, rtol=0
+    )
     assert torch.equal(advantages[4:], torch.zeros(4))
 
 
@@ -131,7 +141,9 @@ def test_a_failing_later_epoch_keeps_the_applied_one_as_a_new_version(monkeypatc
     metrics = trainer.step(synthetic_trajectories())
     assert metrics["loss/skipped_nonfinite"] == 1.0
     assert trainer.version == 1  # epoch 1 was applied: the weights are a new policy version
-    assert any(not torch.equal(before[name], parameter) for name, parameter in trainer.module.named_parameters())
+    assert any(
+        not torch.equal(before[name], parameter) for name, parameter in trainer.module.named_parameters()
+    )
     assert all(bool(torch.isfinite(parameter).all()) for parameter in trainer.module.parameters())
 
 
@@ -158,8 +170,9 @@ def test_zero_stages_run_on_cpu_and_match_stage_0(zero_stage, stage0_update):
 def test_gradient_accumulation_equals_one_big_batch():
     updates = []
     for minibatches in (1, 4):
-        trainer = GRPOTrainer(trainer_config(minibatches_per_step=minibatches, loss_aggregation="seq_mean"),
-                              model=tiny_model())
+        trainer = GRPOTrainer(
+            trainer_config(minibatches_per_step=minibatches, loss_aggregation="seq_mean"), model=tiny_model()
+        )
         metrics = trainer.step(synthetic_trajectories())
         updates.append((metrics["loss/policy"], metrics["loss/grad_norm"], trainer.export_weights()))
     assert updates[0][0] == pytest.approx(updates[1][0], abs=1e-6)
@@ -169,7 +182,9 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_kl_to_a_frozen_reference_grows_after_the_first_epoch():
-    trainer = GRPOTrainer(trainer_config(kl_coef=0.1, epochs_per_batch=2, entropy_coef=0.01), model=tiny_model())
+    trainer = GRPOTrainer(
+        trainer_config(kl_coef=0.1, epochs_per_batch=2, entropy_coef=0.01), model=tiny_model()
+    )
     metrics = trainer.step(synthetic_trajectories())
     assert metrics["loss/kl"] > 0  # epoch 1 is at the reference (0), epoch 2 has moved away
     assert all(not parameter.requires_grad for parameter in trainer.reference_model.parameters())
@@ -186,7 +201,11 @@ def test_lora_trains_only_adapters_and_exports_adapter_and_merged_weights(tmp_pa
     before = parameters(trainer.module)
     metrics = trainer.step(synthetic_trajectories())
     assert metrics["loss/kl"] == pytest.approx(0.0, abs=1e-6)  # B = 0 at init: policy == reference
-    changed = {name for name, parameter in trainer.module.named_parameters() if not torch.equal(before[name], parameter)}
+    changed = {
+        name
+        for name, parameter in trainer.module.named_parameters()
+        if not torch.equal(before[name], parameter)
+    }
     assert changed and all("lora_B" in name or "lora_A" in name for name in changed)
 
     adapter = trainer.export_weights("adapter")
@@ -200,8 +219,9 @@ def test_lora_trains_only_adapters_and_exports_adapter_and_merged_weights(tmp_pa
     trajectories = synthetic_trajectories(seed=3)
     batch = collate(trajectories, pad_token_id=0)
     with torch.no_grad():
-        torch.testing.assert_close(sequence_logprobs(plain, batch), sequence_logprobs(trainer.module, batch),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            sequence_logprobs(plain, batch), sequence_logprobs(trainer.module, batch), atol=1e-5, rtol=0
+        )
     with pytest.raises(ValueError, match="kind"):
         trainer.export_weights("everything")
 
@@ -263,8 +283,11 @@ def test_deepspeed_config_is_derived_from_the_experiment_and_the_file_wins(tmp_p
     assert offloaded["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/deepspeed/*.json")),
-                         ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(Path(__file__).resolve().parents[2].glob("configs/deepspeed/*.json")),
+    ids=lambda path: path.name,
+)
 def test_shipped_deepspeed_files_merge_into_a_valid_deepspeed_config(path):
     from deepspeed.runtime.config import DeepSpeedConfig
 

@@ -15,9 +15,16 @@ QUESTION = Question(id="q", question="Who?", answers=["x"])
 
 def tiny_model(seed: int = 0) -> transformers.Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    config = transformers.Qwen2Config(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                      max_position_embeddings=128, tie_word_embeddings=True)
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
     return transformers.Qwen2ForCausalLM(config)
 
 
@@ -34,8 +41,13 @@ def trainer_config(zero_stage: int = 0, **grpo_overrides) -> ExperimentConfig:
     return config
 
 
-def synthetic_trajectories(seed: int = 1, num_groups: int = 2, group_size: int = 4, policy_version: int = 0,
-                           vocab_size: int = VOCAB_SIZE) -> list[Trajectory]:
+def synthetic_trajectories(
+    seed: int = 1,
+    num_groups: int = 2,
+    group_size: int = 4,
+    policy_version: int = 0,
+    vocab_size: int = VOCAB_SIZE,
+) -> list[Trajectory]:
     """Groups with rewards alternating 1/0; the middle response tokens are a masked tool observation."""
     generator = torch.Generator().manual_seed(seed)
     trajectories = []
@@ -43,13 +55,23 @@ def synthetic_trajectories(seed: int = 1, num_groups: int = 2, group_size: int =
         for member in range(group_size):
             prompt_length = 3 + member % 3
             prompt = torch.randint(1, vocab_size, (prompt_length,), generator=generator).tolist()
-            trajectory = Trajectory(question=QUESTION, prompt_ids=prompt, group_id=f"group-{group}",
-                                    policy_version=policy_version, reward=float(member % 2))
+            trajectory = Trajectory(
+                question=QUESTION,
+                prompt_ids=prompt,
+                group_id=f"group-{group}",
+                policy_version=policy_version,
+                reward=float(member % 2),
+            )
             behaviour = (-3.0 - torch.rand(6, generator=generator)).tolist()
-            trajectory.append(torch.randint(1, vocab_size, (2,), generator=generator).tolist(), True, behaviour[:2])
+            trajectory.append(
+                torch.randint(1, vocab_size, (2,), generator=generator).tolist(), True, behaviour[:2]
+            )
             trajectory.append(torch.randint(1, vocab_size, (2,), generator=generator).tolist(), False)
-            trajectory.append(torch.randint(1, vocab_size, (2 + member % 2,), generator=generator).tolist(), True,
-                              behaviour[2:4 + member % 2])
+            trajectory.append(
+                torch.randint(1, vocab_size, (2 + member % 2,), generator=generator).tolist(),
+                True,
+                behaviour[2 : 4 + member % 2],
+            )
             trajectories.append(trajectory)
     return trajectories
 
