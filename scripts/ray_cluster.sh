@@ -17,15 +17,19 @@ usage() {
 Usage:
   scripts/ray_cluster.sh [--dry-run] head   [--port 6379] [--num-gpus N] [--dashboard-port 8265]
   scripts/ray_cluster.sh [--dry-run] worker --address HEAD_IP:6379 [--num-gpus N]
-  scripts/ray_cluster.sh [--dry-run] submit --address HEAD_IP [--dashboard-port 8265] CONFIG [key=value ...]
+  scripts/ray_cluster.sh [--dry-run] submit --address HEAD_IP [--dashboard-port 8265] [--trainer-gpus 1]
+                                           CONFIG [key=value ...]
   scripts/ray_cluster.sh [--dry-run] stop
 
 Commands run:
   head    ray start --head --port PORT --dashboard-host 0.0.0.0 [--num-gpus N]
   worker  ray start --address HEAD_IP:6379 [--num-gpus N]
-  submit  ray job submit --address http://HEAD_IP:8265 --runtime-env-json '{...}' -- fanout train CONFIG [key=value ...]
+  submit  ray job submit --address http://HEAD_IP:8265 --entrypoint-num-gpus G --runtime-env-json '{...}' \
+            -- fanout train CONFIG [key=value ...]
   stop    ray stop
 
+--trainer-gpus G (default 1; 0 on CPU clusters) reserves GPUs for the job's driver, where the
+trainer runs, so Ray never places a rollout actor on the trainer's GPU.
 The runtime env ships the repository as the job's working_dir (runs/, .git/ and world/ excluded)
 and sets HF_HUB_OFFLINE=1, TOKENIZERS_PARALLELISM=false and WANDB_MODE (default offline).
 Environment variables: MODEL_PATH and DATA_DIR are forwarded to the job when set.
@@ -48,6 +52,7 @@ port=6379
 dashboard_port=8265
 address=""
 num_gpus=""
+trainer_gpus=1
 positional=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -57,6 +62,7 @@ while [[ $# -gt 0 ]]; do
     --dashboard-port) dashboard_port="${2:?--dashboard-port needs a number}"; shift 2 ;;
     --address) address="${2:?--address needs HEAD_IP[:PORT]}"; shift 2 ;;
     --num-gpus) num_gpus="${2:?--num-gpus needs a number}"; shift 2 ;;
+    --trainer-gpus) trainer_gpus="${2:?--trainer-gpus needs a number}"; shift 2 ;;
     *) positional+=("$1"); shift ;;
   esac
 done
@@ -99,7 +105,7 @@ case "$command" in
     [[ -n "$address" ]] || { echo "ray_cluster.sh: submit needs --address HEAD_IP" >&2; exit 2; }
     [[ ${#positional[@]} -ge 1 ]] || { echo "ray_cluster.sh: submit needs a CONFIG file" >&2; exit 2; }
     cd "$(dirname "$0")/.."
-    run ray job submit --address "http://${address%%:*}:$dashboard_port" \
+    run ray job submit --address "http://${address%%:*}:$dashboard_port" --entrypoint-num-gpus "$trainer_gpus" \
       --runtime-env-json "$(runtime_env_json)" -- fanout train "${positional[@]}"
     ;;
   stop)

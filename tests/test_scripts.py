@@ -100,6 +100,7 @@ def test_ray_cluster_dry_run_commands():
     (submit,) = printed_commands("ray_cluster.sh", "submit", "--address", "10.0.0.1", "configs/quickstart.yaml",
                                  "rollout.num_workers=4", env={"MODEL_PATH": "/models/it's here"})
     assert submit[:5] == ["ray", "job", "submit", "--address", "http://10.0.0.1:8265"]
+    assert submit[submit.index("--entrypoint-num-gpus") + 1] == "1"  # the trainer's GPU, away from the actors
     runtime_env = json.loads(submit[submit.index("--runtime-env-json") + 1])
     assert runtime_env["working_dir"] == "."
     assert runtime_env["env_vars"]["MODEL_PATH"] == "/models/it's here"
@@ -122,6 +123,10 @@ def test_slurm_sbatch_dry_run_starts_ray_with_srun_then_submits():
     submit = commands[-1]
     assert submit[:3] == ["ray", "job", "submit"]
     assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml", "grpo.total_steps=5"]
+    with_gpus = printed_commands("slurm_ray.sbatch", "configs/quickstart.yaml", env={"SLURM_GPUS_ON_NODE": "8"})
+    assert with_gpus[-1][with_gpus[-1].index("--entrypoint-num-gpus") + 1] == "1"
+    ray_starts = [command for command in with_gpus if command[0] == "srun" and "--num-gpus" in command]
+    assert len(ray_starts) == 2 and all(command[command.index("--num-gpus") + 1] == "8" for command in ray_starts)
     header = (SCRIPTS / "slurm_ray.sbatch").read_text().split("set -euo pipefail")[0]
     assert "#SBATCH --nodes=" in header and "#SBATCH --ntasks-per-node=1" in header
 
