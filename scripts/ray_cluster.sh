@@ -32,7 +32,10 @@ Commands run:
 trainer runs, so Ray never places a rollout actor on the trainer's GPU.
 The runtime env ships the repository as the job's working_dir (runs/, .git/ and world/ excluded)
 and sets HF_HUB_OFFLINE=1, TOKENIZERS_PARALLELISM=false and WANDB_MODE (default offline).
-Environment variables: MODEL_PATH and DATA_DIR are forwarded to the job when set.
+Environment variables: MODEL_PATH and DATA_DIR are forwarded to the job when set (use absolute paths on
+a shared filesystem). The job runs in an uploaded copy of the repository, so submit sets
+experiment.output_dir to FANOUT_OUTPUT_DIR (default: runs/ of this checkout, absolute); an
+experiment.output_dir=... override on the command line still wins.
 
 Options:
   --dry-run   print the commands instead of running them
@@ -105,8 +108,10 @@ case "$command" in
     [[ -n "$address" ]] || { echo "ray_cluster.sh: submit needs --address HEAD_IP" >&2; exit 2; }
     [[ ${#positional[@]} -ge 1 ]] || { echo "ray_cluster.sh: submit needs a CONFIG file" >&2; exit 2; }
     cd "$(dirname "$0")/.."
+    # The job runs in an uploaded copy of the repository: write the run folder back here (shared filesystem).
     run ray job submit --address "http://${address%%:*}:$dashboard_port" --entrypoint-num-gpus "$trainer_gpus" \
-      --runtime-env-json "$(runtime_env_json)" -- fanout train "${positional[@]}"
+      --runtime-env-json "$(runtime_env_json)" -- fanout train "${positional[0]}" \
+      experiment.output_dir="${FANOUT_OUTPUT_DIR:-$PWD/runs}" "${positional[@]:1}"
     ;;
   stop)
     run ray stop

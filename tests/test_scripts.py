@@ -104,7 +104,8 @@ def test_ray_cluster_dry_run_commands():
     runtime_env = json.loads(submit[submit.index("--runtime-env-json") + 1])
     assert runtime_env["working_dir"] == "."
     assert runtime_env["env_vars"]["MODEL_PATH"] == "/models/it's here"
-    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml", "rollout.num_workers=4"]
+    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml",
+                                           f"experiment.output_dir={ROOT / 'runs'}", "rollout.num_workers=4"]
 
 
 def test_ray_cluster_rejects_missing_arguments():
@@ -122,7 +123,8 @@ def test_slurm_sbatch_dry_run_starts_ray_with_srun_then_submits():
     assert any(command[command.index("-w") + 1] == "node-1" and "--address" in command for command in sruns)
     submit = commands[-1]
     assert submit[:3] == ["ray", "job", "submit"]
-    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml", "grpo.total_steps=5"]
+    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml",
+                                           f"experiment.output_dir={ROOT / 'runs'}", "grpo.total_steps=5"]
     with_gpus = printed_commands("slurm_ray.sbatch", "configs/quickstart.yaml", env={"SLURM_GPUS_ON_NODE": "8"})
     assert with_gpus[-1][with_gpus[-1].index("--entrypoint-num-gpus") + 1] == "1"
     ray_starts = [command for command in with_gpus if command[0] == "srun" and "--num-gpus" in command]
