@@ -99,9 +99,8 @@ class GRPOTrainer:
         self.version = 0
         self.skipped_steps = 0
         init_distributed(config.experiment.device)
-        logging.getLogger("DeepSpeed").setLevel(
-            logging.WARNING
-        )  # it prints its whole config at INFO per engine
+        # DeepSpeed prints its whole config at INFO for every engine; keep warnings and errors.
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         model = self._load_model(model, model_path)
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer_next_to_model(model_path or config.model.path)
@@ -355,7 +354,8 @@ class GRPOTrainer:
                 else:
                     sums[key] += value * weight  # token-weighted mean of per-token metrics
         grad_norm = self._grad_norm_before_step() if self.zero_stage == 0 else None
-        if self.zero_stage == 0 and not (all_finite and grad_norm is not None and is_finite_loss(grad_norm)):
+        gradients_finite = grad_norm is None or is_finite_loss(grad_norm)
+        if self.zero_stage == 0 and not (all_finite and gradients_finite):
             self.engine.zero_grad()  # plain optimizer: drop the poisoned gradients ourselves
             return False, dict(sums)
         self.engine.step()  # ZeRO optimizers skip (and clear) non-finite gradients themselves
