@@ -1,0 +1,133 @@
+"""The "vllm" engine agrees with the "hf" engine: same greedy tokens, close log-probs, weight updates, stops.
+
+Needs the vllm package (skipped otherwise). On a CPU machine: `bash scripts/vllm_cpu_env.sh`, then
+`.venv-vllm/bin/python -m pytest tests/rollouts/test_engine_vllm.py -m vllm -q`. vLLM starts engine
+processes, so the comparison runs in a subprocess executing this file as a script (`__main__` below).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vllm
+
+PROMPTS = ["Who was born first?", "Which film was released in 1954, and who directed it?", "Bemo Hall"]
+MAX_NEW_TOKENS = 16
+
+
+def sharpened_state_dict(model) -> dict:
+    """The model's weights with embeddings scaled up, so logits are far apart and greedy choices unambiguous."""
+    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in state:
+            state[name] = state[name] * 8.0
+    return state
+
+
+def compare_engines(model_path: str) -> dict:
+    """Run both engines on the same prompts, before and after a weight update; returns plain lists."""
+    from rl.config import RolloutConfig
+    from rollouts.engine_hf import HFEngine
+    from rollouts.engine_vllm import VLLMEngine
+
+    rollout_config = RolloutConfig(max_context_tokens=512, vllm_gpu_memory_utilization=0.2)
+    hf_engine = HFEngine.from_pretrained(model_path, rollout_config)
+    vllm_engine = VLLMEngine.from_pretrained(model_path, rollout_config, device="cpu")
+    prompts = [hf_engine.tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
+    as_lists = lambda outputs: [[o.token_ids, o.logprobs, o.finish_reason] for o in outputs]
+
+    result = {"vllm_before": as_lists(vllm_engine.generate(prompts, MAX_NEW_TOKENS, set(), temperature=0.0))}
+    # sampling from the untrained (flat) model: diverse samples, whose log-probs the HF model recomputes
+    sample = lambda seed: as_lists(vllm_engine.generate(prompts * 2, MAX_NEW_TOKENS, set(), temperature=1.0,
+                                                        seed=seed))
+    result["vllm_sampled"] = [sample(5), sample(5), sample(6)]
+    result["hf_logprobs_of_vllm_samples"] = hf_logprobs(hf_engine, prompts * 2, result["vllm_sampled"][0])
+
+    state = sharpened_state_dict(hf_engine.model)
+    hf_engine.load_weights(state, version=1)
+    vllm_engine.load_weights(state, version=1)
+    result["version"] = vllm_engine.version
+    result["hf_greedy"] = as_lists(hf_engine.generate(prompts, MAX_NEW_TOKENS, set(), temperature=0.0))
+    result["vllm_greedy"] = as_lists(vllm_engine.generate(prompts, MAX_NEW_TOKENS, set(), temperature=0.0))
+    stop_token = result["hf_greedy"][0][0][3]
+    result["stop_token"] = stop_token
+    result["vllm_stopped"] = as_lists(vllm_engine.generate(prompts, MAX_NEW_TOKENS, {stop_token}, temperature=0.0))
+    return result
+
+
+def hf_logprobs(hf_engine, prompts: list[list[int]], completions: list) -> list[list[float]]:
+    import torch
+
+    rows = []
+    for prompt, (token_ids, _, _) in zip(prompts, completions):
+        with torch.no_grad():
+            logits = hf_engine.model(input_ids=torch.tensor([prompt + token_ids])).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        rows.append([logprobs[len(prompt) - 1 + i, token].item() for i, token in enumerate(token_ids)])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def vllm_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model with head_dim 32: vLLM's CPU attention kernels do not support the shared fixture's 16."""
+    from rl.config import TinyModelConfig
+    from rl.modeling import create_tiny_checkpoint
+
+    texts = ["Varlo Tenmis was born in 1873 in Quenbridge.", "Which was founded earlier, Aldrin Works or Bemo Hall?",
+             "The film Ostrava Nights was directed by Keli Marno and released in 1954."] * 20
+    tiny = TinyModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=128, max_position_embeddings=1024, vocab_size=1024)
+    return create_tiny_checkpoint(tmp_path_factory.mktemp("vllm_model"), texts, tiny, seed=0)
+
+
+@pytest.fixture(scope="module")
+def comparison(vllm_checkpoint, tmp_path_factory) -> dict:
+    pytest.importorskip("vllm")
+    out_path = tmp_path_factory.mktemp("vllm") / "comparison.json"
+    environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                   "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    completed = subprocess.run([sys.executable, __file__, str(vllm_checkpoint), str(out_path)], env=environment,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(out_path.read_text())
+
+
+def test_greedy_tokens_and_logprobs_match_the_hf_engine(comparison):
+    for (hf_tokens, hf_logprobs_row, _), (vllm_tokens, vllm_logprobs_row, reason) in zip(
+            comparison["hf_greedy"], comparison["vllm_greedy"]):
+        assert vllm_tokens == hf_tokens
+        assert vllm_logprobs_row == pytest.approx(hf_logprobs_row, abs=2e-3)
+        assert reason == "length" and len(vllm_tokens) == MAX_NEW_TOKENS
+
+
+def test_weight_update_changes_outputs_and_version(comparison):
+    assert comparison["version"] == 1
+    assert [row[1] for row in comparison["vllm_before"]] != [row[1] for row in comparison["vllm_greedy"]]
+
+
+def test_stop_token_ends_the_row(comparison):
+    stop_token = comparison["stop_token"]
+    for (full_tokens, _, _), (tokens, _, reason) in zip(comparison["vllm_greedy"], comparison["vllm_stopped"]):
+        expected = full_tokens[: full_tokens.index(stop_token) + 1] if stop_token in full_tokens else full_tokens
+        assert tokens == expected
+        assert reason == ("stop" if stop_token in full_tokens else "length")
+
+
+def test_seeded_sampling_is_reproducible_and_logprobs_match_the_model(comparison):
+    first, again, other_seed = comparison["vllm_sampled"]
+    assert [row[0] for row in first] == [row[0] for row in again]
+    assert [row[0] for row in first] != [row[0] for row in other_seed]
+    assert first[0][0] != first[3][0]  # the same prompt twice in a batch: rows draw different samples
+    for (_, vllm_logprobs_row, _), hf_row in zip(first, comparison["hf_logprobs_of_vllm_samples"]):
+        assert vllm_logprobs_row == pytest.approx(hf_row, abs=2e-3)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    Path(sys.argv[2]).write_text(json.dumps(compare_engines(sys.argv[1])))
