@@ -122,6 +122,7 @@ class ToolsConfig:
 @dataclass
 class RolloutConfig:
     protocol: str = "tags"  # "tags" (<search>a ## b</search>) or "function_call" (<tool_call>{json})
+    prompt_style: str = "compact"  # "compact" (short instruction, fits the tiny model) or "full" (ParallelSearch-style)
     engine: str = "hf"  # "hf" (transformers, CPU default) or "vllm" (GPU)
     num_workers: int = 1  # Ray rollout actors
     worker_num_cpus: float = 1.0  # CPUs reserved per actor
@@ -263,6 +264,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_malformed_row": ("error", "skip"),
     "retriever.backend": ("bm25", "http"),
     "rollout.protocol": ("tags", "function_call"),
+    "rollout.prompt_style": ("compact", "full"),
     "rollout.engine": ("hf", "vllm"),
     "reward.preset": ("", "parallelsearch", "searchr1"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
