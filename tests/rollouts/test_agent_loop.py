@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Callable
 
@@ -291,3 +292,33 @@ def test_untrained_tiny_model_smoke(tiny_checkpoint, tokenizer):
     greedy = run_episodes(engine, build_protocol("tags"), FakeExecutor(), questions(1), group_size=3,
                           rollout_config=rollout_config, policy_version=0, greedy=True)
     assert len({tuple(t.response_ids) for t in greedy[0].trajectories}) == 1
+
+
+def test_real_tool_executor_with_bm25_over_the_generated_world(tiny_world, tokenizer):
+    from data.retriever import BM25Retriever
+    from rl.config import RetrieverConfig, ToolsConfig
+    from rollouts.tools import build_tools
+
+    executor = build_tools(ToolsConfig(), RetrieverConfig(topk=2), BM25Retriever(tiny_world.documents))
+    question = next(q for q in tiny_world.splits["train"] if q.structure == "parallel" and len(q.sub_questions) >= 2)
+    sub_questions = question.sub_questions[:2]
+
+    def policy(response: str) -> str:
+        if "<tool_response>" in response:
+            return "<answer> x</answer>"
+        calls = [{"name": "search", "arguments": {"query": sub}} for sub in sub_questions]
+        calls.append({"name": "calculator", "arguments": {"expression": "1+1"}})  # not a registered tool
+        return "".join(f"<tool_call>{json.dumps(call)}</tool_call>" for call in calls) + "<|im_end|>"
+
+    protocol = build_protocol("function_call", tool_schemas=executor.tool_schemas())
+    groups = run_episodes(ScriptedEngine(tokenizer, policy), protocol, executor, [question], group_size=2,
+                          rollout_config=config(max_new_tokens_per_turn=256, max_observation_tokens=400),
+                          policy_version=0)
+    trajectory = groups[0].trajectories[0]
+    search_a, search_b, unknown = trajectory.turns[0].calls
+    assert search_a.error is None and search_a.observation.startswith("Doc 1(Title: ")
+    assert len(search_a.retrieved_doc_ids) == 2 and len(search_b.retrieved_doc_ids) == 2
+    assert "unknown tool 'calculator'" in unknown.error
+    observation = check_token_invariants(trajectory, tokenizer)[0]
+    assert search_a.observation in observation and search_b.observation in observation
+    assert trajectory.final_answer == "x"
