@@ -35,6 +35,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from rl.faults import fault_point
+
 CHECKPOINT_PREFIX = "checkpoint-"
 LATEST_POINTER = "latest"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -123,6 +125,7 @@ def atomic_checkpoint(checkpoints_dir: str | os.PathLike, step: int, keep_last: 
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    fault_point("save", step)
     if final.exists():  # re-saving a step: move the old one aside first, so a rename is still atomic
         trash = checkpoints_dir / f"{_TRASH_PREFIX}{final.name}.{os.getpid()}"
         os.replace(final, trash)

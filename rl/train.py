@@ -34,6 +34,7 @@ import torch
 
 from data.types import Question
 from rl.config import ConfigError, ExperimentConfig, save_config
+from rl.faults import fault_point
 from rollouts.trajectory import Group
 
 logger = logging.getLogger(__name__)
@@ -231,6 +232,7 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
         trajectories = [trajectory for group in groups for trajectory in group.trajectories]
         metrics = trainer.step(trajectories, current_version=trainer.version)
         metrics["perf/weight_sync_s"] = manager.push_weights(trainer.export_weights(), trainer.version)
+        fault_point("mid_step", step + 1)
         metrics.update(rollout_metrics(groups))
         metrics.update(manager.stats())
         samples_total += len(trajectories)
@@ -248,6 +250,7 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
         every = config.checkpoint.every_steps
         if every and (step + 1) % every == 0 and step + 1 < config.grpo.total_steps:
             _save(trainer, manager, run_dir, step + 1)
+        fault_point("step", step + 1)
     progress.close()
 
 
