@@ -200,7 +200,9 @@ def train(config: ExperimentConfig) -> Path:
         manager.load_state_dict(manager_state)
     if trainer.version != 0:
         manager.push_weights(trainer.export_weights(), trainer.version)
-    metrics_logger = MetricsLogger(run_dir, config.logging, config_dict=_config_dict(config))
+    # On resume, rows the interrupted run logged after its last checkpoint are dropped (they are redone).
+    metrics_logger = MetricsLogger(run_dir, config.logging, config_dict=_config_dict(config),
+                                   resume_step=start_step if config.experiment.resume else None)
     try:
         _loop(config, trainer, manager, metrics_logger, run_dir, start_step)
         final_checkpoint = _save(trainer, manager, run_dir, config.grpo.total_steps)
