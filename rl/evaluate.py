@@ -5,14 +5,15 @@
 (`data.source=world`, split `eval.split`) or on every file of `data.eval_files` (`data.source=files`),
 prints a Markdown table and writes the contract JSON
 
-    {"<dataset>": {"parallel"|"sequential"|"single"|"all": {"n", "em", "f1", "model_calls", "tool_calls",
-                                                          "subqueries_per_round", "latency_s", "format_valid"}}}
+    {"<dataset>": {"parallel"|"sequential"|"single"|"all":
+                      {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s",
+                       "format_valid"}}}
 
 Definitions (per question, then averaged over the questions of a structure):
   em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
   model_calls        generation rounds of the episode; tool_calls: tool calls over all rounds;
   latency_s          wall seconds of the episode's rounds (generation + tools, as the agent loop measured
-                     them; questions run in batches of rollout.questions_per_step x group_size, as in training);
+                     them; questions run in batches of rollout.questions_per_step x group_size);
   format_valid       1 if the response follows the agent protocol (the reward package's validator).
   subqueries_per_round is a ratio of totals: all tool calls ÷ all rounds that made at least one call,
   so a model that fans out 3 sub-queries in one round scores 3 and a strictly sequential one scores 1.
@@ -34,11 +35,26 @@ from typing import Callable, Iterable
 from rl.config import ConfigError, ExperimentConfig
 from rollouts.trajectory import Trajectory
 
-METRIC_NAMES = ("n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s", "format_valid")
+METRIC_NAMES = (
+    "n",
+    "em",
+    "f1",
+    "model_calls",
+    "tool_calls",
+    "subqueries_per_round",
+    "latency_s",
+    "format_valid",
+)
 STRUCTURE_ORDER = ("parallel", "sequential", "single", "all")
 _COLUMN_TITLES = {
-    "n": "n", "em": "EM", "f1": "F1", "model_calls": "model calls", "tool_calls": "tool calls",
-    "subqueries_per_round": "sub-queries/round", "latency_s": "latency s", "format_valid": "format valid",
+    "n": "n",
+    "em": "EM",
+    "f1": "F1",
+    "model_calls": "model calls",
+    "tool_calls": "tool calls",
+    "subqueries_per_round": "sub-queries/round",
+    "latency_s": "latency s",
+    "format_valid": "format valid",
 }
 
 
@@ -54,7 +70,9 @@ def protocol_format_is_valid(trajectory: Trajectory) -> bool:
     return parse_trajectory(trajectory).valid
 
 
-def question_figures(trajectory: Trajectory, format_validator: Callable[[Trajectory], bool]) -> dict[str, float]:
+def question_figures(
+    trajectory: Trajectory, format_validator: Callable[[Trajectory], bool]
+) -> dict[str, float]:
     """The per-question numbers that `summarize` averages (plus the search-round count it pools)."""
     from rewards import exact_match, f1_score
 
@@ -111,7 +129,11 @@ def summarize(
         figures = question_figures(trajectory, validator)
         by_structure.setdefault(trajectory.question.structure, []).append(figures)
         everything.append(figures)
-    summary = {structure: aggregate(by_structure[structure]) for structure in STRUCTURE_ORDER if structure in by_structure}
+    summary = {
+        structure: aggregate(by_structure[structure])
+        for structure in STRUCTURE_ORDER
+        if structure in by_structure
+    }
     summary["all"] = aggregate(everything)
     return {dataset_name: summary}
 
@@ -149,8 +171,10 @@ def compare_table(results_a: dict, results_b: dict) -> str:
                 value_a, value_b = by_structure_a[structure][name], by_structure_b[structure][name]
                 quotient = ratio(value_a, value_b)
                 quotient_text = "—" if quotient is None else f"{quotient:.2f}×"
-                lines.append(f"| {dataset} | {structure} | {_COLUMN_TITLES[name]} | {_format_number(name, value_a)} | "
-                             f"{_format_number(name, value_b)} | {quotient_text} |")
+                lines.append(
+                    f"| {dataset} | {structure} | {_COLUMN_TITLES[name]} | {_format_number(name, value_a)} | "
+                    f"{_format_number(name, value_b)} | {quotient_text} |"
+                )
     return "\n".join(lines)
 
 
@@ -179,19 +203,28 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
 
         world = ensure_world(world_directory(config), config.data.world)
         if config.eval.split not in world.splits:
-            raise ConfigError(f"key 'eval.split' is {config.eval.split!r}; the generated world has splits "
-                              f"{', '.join(sorted(world.splits))}")
+            raise ConfigError(
+                f"key 'eval.split' is {config.eval.split!r}; the generated world has splits "
+                f"{', '.join(sorted(world.splits))}"
+            )
         questions_by_dataset = {"world": world.splits[config.eval.split]}
     else:
         from data.loaders import load_questions
 
         if not config.data.eval_files:
-            raise ConfigError("key 'data.eval_files' is empty: data.source=files evaluates on data.eval_files "
-                              "({name: path.jsonl|.parquet})")
-        questions_by_dataset = {name: load_questions(path, name, config.data.on_malformed_row)
-                                for name, path in config.data.eval_files.items()}
+            raise ConfigError(
+                "key 'data.eval_files' is empty: data.source=files evaluates on data.eval_files "
+                "({name: path.jsonl|.parquet})"
+            )
+        questions_by_dataset = {
+            name: load_questions(path, name, config.data.on_malformed_row)
+            for name, path in config.data.eval_files.items()
+        }
     limit = config.eval.num_questions
-    return {name: questions[:limit] if limit > 0 else questions for name, questions in questions_by_dataset.items()}
+    return {
+        name: questions[:limit] if limit > 0 else questions
+        for name, questions in questions_by_dataset.items()
+    }
 
 
 def eval_corpus_path(config: ExperimentConfig) -> str:
@@ -218,12 +251,16 @@ def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
             return str(latest / "model")
         if config.model.path:
             return config.model.path
-        raise ConfigError(f"nothing to evaluate: no checkpoint in {config.run_dir / 'checkpoints'} and model.path is "
-                          "empty; pass --checkpoint PATH or train first")
+        raise ConfigError(
+            f"nothing to evaluate: no checkpoint in {config.run_dir / 'checkpoints'} and model.path is "
+            "empty; pass --checkpoint PATH or train first"
+        )
     path = Path(checkpoint)
     if not path.exists():
-        raise ConfigError(f"checkpoint '{checkpoint}' does not exist (pass a checkpoint folder written by `fanout "
-                          f"train`, e.g. under {config.run_dir / 'checkpoints'}, or any saved HF model folder)")
+        raise ConfigError(
+            f"checkpoint '{checkpoint}' does not exist (pass a checkpoint folder written by `fanout "
+            f"train`, e.g. under {config.run_dir / 'checkpoints'}, or any saved HF model folder)"
+        )
     if path.is_file() and path.name == LATEST_POINTER:
         path = path.parent
     if (path / "model").is_dir():
@@ -233,12 +270,16 @@ def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
     latest = find_latest_checkpoint(path)
     if latest is not None:
         return str(latest / "model")
-    raise ConfigError(f"checkpoint '{checkpoint}' is not a model folder (no config.json), a training checkpoint "
-                      "(no model/) or a run folder with checkpoints")
+    raise ConfigError(
+        f"checkpoint '{checkpoint}' is not a model folder (no config.json), a training checkpoint "
+        "(no model/) or a run folder with checkpoints"
+    )
 
 
-def evaluate(config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None) -> dict:
-    """Greedy episodes (one per question) with the model at checkpoint_path; the contract summary per dataset."""
+def evaluate(
+    config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None
+) -> dict:
+    """Greedy episodes (one per question) with the model at checkpoint_path; the contract summary."""
     from rollouts.agent_loop import run_episodes
     from rollouts.worker import WorkerSetup, build_rollout_components
 
@@ -251,10 +292,17 @@ def evaluate(config: ExperimentConfig, checkpoint_path: str, questions_by_datase
     for dataset_name, questions in questions_by_dataset.items():
         trajectories = []
         for start in range(0, len(questions), batch_questions):
-            groups = run_episodes(components.engine, components.protocol, components.executor,
-                                  questions[start:start + batch_questions], group_size=1,
-                                  rollout_config=config.rollout, policy_version=components.engine.version,
-                                  seed=config.experiment.seed, greedy=True)
+            groups = run_episodes(
+                components.engine,
+                components.protocol,
+                components.executor,
+                questions[start : start + batch_questions],
+                group_size=1,
+                rollout_config=config.rollout,
+                policy_version=components.engine.version,
+                seed=config.experiment.seed,
+                greedy=True,
+            )
             trajectories.extend(group.trajectories[0] for group in groups)
         results.update(summarize(trajectories, dataset_name))
     return results
@@ -267,15 +315,21 @@ def write_results(results: dict, path: str | Path) -> Path:
     return path
 
 
-def evaluate_command(config: ExperimentConfig, checkpoint: str | None = None, out: str | None = None,
-                     compare: list[str] | tuple[str, str] | None = None) -> int:
+def evaluate_command(
+    config: ExperimentConfig,
+    checkpoint: str | None = None,
+    out: str | None = None,
+    compare: list[str] | tuple[str, str] | None = None,
+) -> int:
     """`fanout eval`: print the table (or the A/B comparison) and write the JSON; returns the exit code."""
     if compare:
         path_a, path_b = (resolve_model_path(config, path) for path in compare)
         results_a, results_b = evaluate(config, path_a), evaluate(config, path_b)
         print(compare_table(results_a, results_b))
-        written = write_results({"checkpoints": {"A": compare[0], "B": compare[1]}, "A": results_a, "B": results_b},
-                                out or config.run_dir / "eval_compare.json")
+        written = write_results(
+            {"checkpoints": {"A": compare[0], "B": compare[1]}, "A": results_a, "B": results_b},
+            out or config.run_dir / "eval_compare.json",
+        )
     else:
         results = evaluate(config, resolve_model_path(config, checkpoint))
         print(format_table(results))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from typing import Any
 from rl.config import LoggingConfig
 
 METRICS_FILE_NAME = "metrics.jsonl"
-_SECRET_KEY_WORDS = ("api_key", "apikey", "token", "secret", "password", "credential")
+# Keys whose last word names a secret (`wandb_api_key`, `auth_token`), not `max_new_tokens_per_turn`.
+_SECRET_KEY_PATTERN = re.compile(r"(^|_)(api_?key|token|secret|password|credentials?)$", re.IGNORECASE)
 
 
 def to_json_value(value: Any) -> Any:
@@ -50,7 +52,7 @@ def redact_secrets(node: Any) -> Any:
     """A copy of a nested dict with the values of secret-looking keys (api_key, token, ...) replaced."""
     if isinstance(node, dict):
         return {
-            key: "<redacted>" if any(word in str(key).lower() for word in _SECRET_KEY_WORDS) else redact_secrets(value)
+            key: "<redacted>" if _SECRET_KEY_PATTERN.search(str(key)) else redact_secrets(value)
             for key, value in node.items()
         }
     if isinstance(node, list):
@@ -111,8 +113,10 @@ class MetricsLogger:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._wandb_run is not None:
-            self._wandb_run.log({key: value for key, value in row.items() if key != "step" and value is not None},
-                                step=row["step"])
+            self._wandb_run.log(
+                {key: value for key, value in row.items() if key != "step" and value is not None},
+                step=row["step"],
+            )
 
     def close(self) -> None:
         if not self._file.closed:

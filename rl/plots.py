@@ -86,11 +86,19 @@ def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str]
         if not steps:
             continue
         figure, axes = plt.subplots(figsize=(5.0, 3.2), dpi=100)
-        axes.plot(steps, values, marker="o" if len(steps) < _MOVING_AVERAGE_MIN_POINTS else None,
-                  linewidth=1.0, alpha=0.6, label=key)
+        axes.plot(
+            steps,
+            values,
+            marker="o" if len(steps) < _MOVING_AVERAGE_MIN_POINTS else None,
+            linewidth=1.0,
+            alpha=0.6,
+            label=key,
+        )
         if len(values) >= _MOVING_AVERAGE_MIN_POINTS:
             window = max(2, len(values) // 10)
-            axes.plot(steps, moving_average(values, window), linewidth=2.0, label=f"moving average ({window})")
+            axes.plot(
+                steps, moving_average(values, window), linewidth=2.0, label=f"moving average ({window})"
+            )
         axes.set_xlabel("step")
         axes.set_title(key)
         axes.grid(alpha=0.3)

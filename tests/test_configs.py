@@ -41,7 +41,11 @@ def test_shipped_configs_exist():
 
 def test_gpu_recipe_values():
     config = load_config(CONFIGS / "parallelsearch_qwen2.5_7b.yaml", ["model.path=/models/qwen"])
-    assert (config.rollout.engine, config.experiment.device, config.rollout.worker_num_gpus) == ("vllm", "cuda", 1.0)
+    assert (config.rollout.engine, config.experiment.device, config.rollout.worker_num_gpus) == (
+        "vllm",
+        "cuda",
+        1.0,
+    )
     assert (config.deepspeed.zero_stage, config.deepspeed.precision) == (3, "bf16")
     assert (config.grpo.learning_rate, config.grpo.kl_coef, config.rollout.group_size) == (1e-6, 0.001, 5)
     assert (config.rollout.max_turns, config.retriever.topk, config.retriever.backend) == (4, 3, "http")
@@ -104,12 +108,15 @@ def test_batch_not_divisible_by_minibatches_exits_2(capsys):
     assert "grpo.minibatches_per_step" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["rollout.group_size=1"], "rollout.group_size"),
-    (["rollout.engine=sglang"], "rollout.engine"),
-    (["experiment.resume=true", "experiment.overwrite=true"], "experiment.resume"),
-    (["data.source=files"], "data.train_files"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["rollout.group_size=1"], "rollout.group_size"),
+        (["rollout.engine=sglang"], "rollout.engine"),
+        (["experiment.resume=true", "experiment.overwrite=true"], "experiment.resume"),
+        (["data.source=files"], "data.train_files"),
+    ],
+)
 def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, monkeypatch):
     monkeypatch.delenv("FANOUT_ALLOW_VLLM_CPU", raising=False)
     assert cli_main(["config", "show", QUICKSTART, *overrides]) == 2
@@ -117,8 +124,13 @@ def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, m
 
 
 def test_console_script_exit_code_is_2():
-    result = subprocess.run([sys.executable, "-m", "rl", "config", "show", QUICKSTART, "grpo.lerning_rate=1"],
-                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "rl", "config", "show", QUICKSTART, "grpo.lerning_rate=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 2
     assert "grpo.learning_rate" in result.stderr
 
@@ -126,8 +138,10 @@ def test_console_script_exit_code_is_2():
 def test_config_reference_is_up_to_date(capsys):
     assert cli_main(["config", "docs"]) == 0
     generated = capsys.readouterr().out
-    assert (ROOT / "docs" / "CONFIG.md").read_text() == generated, (
-        "docs/CONFIG.md is stale: regenerate it with `fanout config docs > docs/CONFIG.md`"
-    )
+    assert (
+        (ROOT / "docs" / "CONFIG.md").read_text() == generated
+    ), "docs/CONFIG.md is stale: regenerate it with `fanout config docs > docs/CONFIG.md`"
     for key, _type, _default, comment in field_docs():
-        assert comment, f"config key {key} has no comment in rl/config.py (docs/CONFIG.md would leave it blank)"
+        assert (
+            comment
+        ), f"config key {key} has no comment in rl/config.py (docs/CONFIG.md would leave it blank)"

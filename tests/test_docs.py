@@ -46,8 +46,14 @@ def test_extending_examples_run(tmp_path):
     program = "\n\n".join(code_blocks("EXTENDING.md", "python"))
     assert "register_reward" in program and "register_tool" in program
     environment = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=environment, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -71,9 +77,15 @@ def test_dry_runs_in_the_guides_succeed(name):
         script = next((word for word in words if word.startswith("scripts/")), None)
         if script is None or "--dry-run" not in words:
             continue
-        arguments = words[words.index(script) + 1:]
-        result = subprocess.run(["bash", str(ROOT / script), *arguments], cwd=ROOT, capture_output=True, text=True,
-                                timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+        arguments = words[words.index(script) + 1 :]
+        result = subprocess.run(
+            ["bash", str(ROOT / script), *arguments],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
+        )
         assert result.returncode == 0, (words, result.stderr)
         assert result.stdout.startswith("+ "), words
 

@@ -16,21 +16,38 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-OWN_SCRIPTS = ["quickstart_cpu.sh", "single_gpu_node.sh", "ray_cluster.sh", "slurm_ray.sbatch", "slurm_submit.sh",
-               "retriever_server.sh", "bench.sh"]
+OWN_SCRIPTS = [
+    "quickstart_cpu.sh",
+    "single_gpu_node.sh",
+    "ray_cluster.sh",
+    "slurm_ray.sbatch",
+    "slurm_submit.sh",
+    "retriever_server.sh",
+    "bench.sh",
+]
 
 
 def run_script(name: str, *arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
     environment.update(env or {})
-    return subprocess.run(["bash", str(SCRIPTS / name), *arguments], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, env=environment)
+    return subprocess.run(
+        ["bash", str(SCRIPTS / name), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=environment,
+    )
 
 
 def printed_commands(name: str, *arguments: str, env: dict | None = None) -> list[list[str]]:
     result = run_script(name, "--dry-run", *arguments, env=env)
     assert result.returncode == 0, result.stderr
-    return [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ") and "(" not in line[:4]]
+    return [
+        shlex.split(line[2:])
+        for line in result.stdout.splitlines()
+        if line.startswith("+ ") and "(" not in line[:4]
+    ]
 
 
 @pytest.mark.parametrize("name", OWN_SCRIPTS)
@@ -64,16 +81,34 @@ def test_quickstart_dry_run():
 
 
 def test_single_gpu_node_dry_run_splits_gpus_between_rollouts_and_trainer():
-    commands = printed_commands("single_gpu_node.sh", "--gpus", "4", "--corpus", "/data/wiki.jsonl",
-                                "grpo.total_steps=3", env={"MODEL_PATH": "/models/qwen"})
+    commands = printed_commands(
+        "single_gpu_node.sh",
+        "--gpus",
+        "4",
+        "--corpus",
+        "/data/wiki.jsonl",
+        "grpo.total_steps=3",
+        env={"MODEL_PATH": "/models/qwen"},
+    )
     assert commands[0][:4] == ["fanout", "serve-retriever", "--corpus", "/data/wiki.jsonl"]
     assert commands[1][:6] == ["env", "CUDA_VISIBLE_DEVICES=0,1,2", "ray", "start", "--head", "--port"]
     assert commands[1][commands[1].index("--num-gpus") + 1] == "3"
     train, evaluate = commands[2], commands[3]
-    assert train[:6] == ["env", "RAY_ADDRESS=127.0.0.1:6379", "CUDA_VISIBLE_DEVICES=3", "fanout", "train",
-                         "configs/parallelsearch_qwen2.5_7b.yaml"]
-    assert {"model.path=/models/qwen", "retriever.backend=http", "retriever.url=http://127.0.0.1:8000/retrieve",
-            "rollout.num_workers=3", "grpo.total_steps=3"} <= set(train)
+    assert train[:6] == [
+        "env",
+        "RAY_ADDRESS=127.0.0.1:6379",
+        "CUDA_VISIBLE_DEVICES=3",
+        "fanout",
+        "train",
+        "configs/parallelsearch_qwen2.5_7b.yaml",
+    ]
+    assert {
+        "model.path=/models/qwen",
+        "retriever.backend=http",
+        "retriever.url=http://127.0.0.1:8000/retrieve",
+        "rollout.num_workers=3",
+        "grpo.total_steps=3",
+    } <= set(train)
     assert evaluate[:4] == ["env", "CUDA_VISIBLE_DEVICES=3", "fanout", "eval"]
     assert commands[-1] == ["ray", "stop"]
     assert run_script("single_gpu_node.sh", "--dry-run", "--gpus", "1").returncode == 2
@@ -85,27 +120,51 @@ def test_single_gpu_node_commands_load_the_recipe():
     commands = printed_commands("single_gpu_node.sh", "--gpus", "8", env={"MODEL_PATH": "/models/qwen"})
     train = commands[1]
     position = train.index("train")
-    config = load_config(ROOT / train[position + 1], train[position + 2:])
+    config = load_config(ROOT / train[position + 1], train[position + 2 :])
     assert (config.rollout.num_workers, config.model.path) == (7, "/models/qwen")
 
 
 def test_ray_cluster_dry_run_commands():
     assert printed_commands("ray_cluster.sh", "head", "--num-gpus", "8") == [
-        ["ray", "start", "--head", "--port", "6379", "--dashboard-host", "0.0.0.0", "--dashboard-port", "8265",
-         "--num-gpus", "8"]
+        [
+            "ray",
+            "start",
+            "--head",
+            "--port",
+            "6379",
+            "--dashboard-host",
+            "0.0.0.0",
+            "--dashboard-port",
+            "8265",
+            "--num-gpus",
+            "8",
+        ]
     ]
     assert printed_commands("ray_cluster.sh", "worker", "--address", "10.0.0.1:6379") == [
         ["ray", "start", "--address", "10.0.0.1:6379"]
     ]
-    (submit,) = printed_commands("ray_cluster.sh", "submit", "--address", "10.0.0.1", "configs/quickstart.yaml",
-                                 "rollout.num_workers=4", env={"MODEL_PATH": "/models/it's here"})
+    (submit,) = printed_commands(
+        "ray_cluster.sh",
+        "submit",
+        "--address",
+        "10.0.0.1",
+        "configs/quickstart.yaml",
+        "rollout.num_workers=4",
+        env={"MODEL_PATH": "/models/it's here"},
+    )
     assert submit[:5] == ["ray", "job", "submit", "--address", "http://10.0.0.1:8265"]
     assert submit[submit.index("--entrypoint-num-gpus") + 1] == "1"  # the trainer's GPU, away from the actors
     runtime_env = json.loads(submit[submit.index("--runtime-env-json") + 1])
     assert runtime_env["working_dir"] == "."
     assert runtime_env["env_vars"]["MODEL_PATH"] == "/models/it's here"
-    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml",
-                                           f"experiment.output_dir={ROOT / 'runs'}", "rollout.num_workers=4"]
+    assert submit[submit.index("--") :] == [
+        "--",
+        "fanout",
+        "train",
+        "configs/quickstart.yaml",
+        f"experiment.output_dir={ROOT / 'runs'}",
+        "rollout.num_workers=4",
+    ]
 
 
 def test_ray_cluster_rejects_missing_arguments():
@@ -123,12 +182,22 @@ def test_slurm_sbatch_dry_run_starts_ray_with_srun_then_submits():
     assert any(command[command.index("-w") + 1] == "node-1" and "--address" in command for command in sruns)
     submit = commands[-1]
     assert submit[:3] == ["ray", "job", "submit"]
-    assert submit[submit.index("--"):] == ["--", "fanout", "train", "configs/quickstart.yaml",
-                                           f"experiment.output_dir={ROOT / 'runs'}", "grpo.total_steps=5"]
-    with_gpus = printed_commands("slurm_ray.sbatch", "configs/quickstart.yaml", env={"SLURM_GPUS_ON_NODE": "8"})
+    assert submit[submit.index("--") :] == [
+        "--",
+        "fanout",
+        "train",
+        "configs/quickstart.yaml",
+        f"experiment.output_dir={ROOT / 'runs'}",
+        "grpo.total_steps=5",
+    ]
+    with_gpus = printed_commands(
+        "slurm_ray.sbatch", "configs/quickstart.yaml", env={"SLURM_GPUS_ON_NODE": "8"}
+    )
     assert with_gpus[-1][with_gpus[-1].index("--entrypoint-num-gpus") + 1] == "1"
     ray_starts = [command for command in with_gpus if command[0] == "srun" and "--num-gpus" in command]
-    assert len(ray_starts) == 2 and all(command[command.index("--num-gpus") + 1] == "8" for command in ray_starts)
+    assert len(ray_starts) == 2 and all(
+        command[command.index("--num-gpus") + 1] == "8" for command in ray_starts
+    )
     header = (SCRIPTS / "slurm_ray.sbatch").read_text().split("set -euo pipefail")[0]
     assert "#SBATCH --nodes=" in header and "#SBATCH --ntasks-per-node=1" in header
 
@@ -139,10 +208,31 @@ def test_slurm_sbatch_refuses_to_run_outside_slurm():
 
 
 def test_slurm_submit_dry_run():
-    assert printed_commands("slurm_submit.sh", "--nodes", "4", "--partition", "gpu", "configs/quickstart.yaml",
-                            "async.max_staleness=2") == [
-        ["sbatch", "--nodes", "4", "--gpus-per-node", "8", "--cpus-per-task", "32", "--time", "24:00:00",
-         "--partition", "gpu", "scripts/slurm_ray.sbatch", "configs/quickstart.yaml", "async.max_staleness=2"]
+    assert printed_commands(
+        "slurm_submit.sh",
+        "--nodes",
+        "4",
+        "--partition",
+        "gpu",
+        "configs/quickstart.yaml",
+        "async.max_staleness=2",
+    ) == [
+        [
+            "sbatch",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--cpus-per-task",
+            "32",
+            "--time",
+            "24:00:00",
+            "--partition",
+            "gpu",
+            "scripts/slurm_ray.sbatch",
+            "configs/quickstart.yaml",
+            "async.max_staleness=2",
+        ]
     ]
     assert run_script("slurm_submit.sh", "configs/does_not_exist.yaml").returncode == 2
 
@@ -155,7 +245,16 @@ def test_retriever_server_dry_run(tmp_path):
     world = tmp_path / "world"
     assert printed_commands("retriever_server.sh", env={"WORLD_DIR": str(world)}) == [
         ["fanout", "data", "build-world", "--out", str(world), "--seed", "0"],
-        ["fanout", "serve-retriever", "--corpus", str(world / "corpus.jsonl"), "--host", "127.0.0.1", "--port", "8000"],
+        [
+            "fanout",
+            "serve-retriever",
+            "--corpus",
+            str(world / "corpus.jsonl"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "8000",
+        ],
     ]
 
 

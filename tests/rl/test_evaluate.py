@@ -27,54 +27,140 @@ def search(*queries: str) -> list[ToolCall]:
     return [ToolCall(name="search", arguments={"query": query}, observation="doc") for query in queries]
 
 
-def episode(qid: str, structure: str, golds: list[str], turns: list[Turn], final_answer: str | None,
-            generate_s: float, tools_s: float) -> Trajectory:
+def episode(
+    qid: str,
+    structure: str,
+    golds: list[str],
+    turns: list[Turn],
+    final_answer: str | None,
+    generate_s: float,
+    tools_s: float,
+) -> Trajectory:
     question = Question(id=qid, question=f"question {qid}?", answers=golds, structure=structure)
-    return Trajectory(question=question, prompt_ids=[1, 2], turns=turns, final_answer=final_answer,
-                      truncated=final_answer is None, generate_s=generate_s, tools_s=tools_s)
+    return Trajectory(
+        question=question,
+        prompt_ids=[1, 2],
+        turns=turns,
+        final_answer=final_answer,
+        truncated=final_answer is None,
+        generate_s=generate_s,
+        tools_s=tools_s,
+    )
 
 
 @pytest.fixture
 def handcrafted() -> list[Trajectory]:
     return [
         # parallel, fanned out in one round, correct
-        episode("p1", "parallel", ["1873"], [
-            Turn(text="<search>born a ## born b</search>", calls=search("born a", "born b")),
-            Turn(text="<answer>1873</answer>", answer="1873"),
-        ], "1873", generate_s=1.0, tools_s=0.5),
+        episode(
+            "p1",
+            "parallel",
+            ["1873"],
+            [
+                Turn(text="<search>born a ## born b</search>", calls=search("born a", "born b")),
+                Turn(text="<answer>1873</answer>", answer="1873"),
+            ],
+            "1873",
+            generate_s=1.0,
+            tools_s=0.5,
+        ),
         # parallel, 3 + 1 sub-queries in two rounds, partially right (F1 2/3)
-        episode("p2", "parallel", ["Varlo Tenmis"], [
-            Turn(text="<search>a ## b ## c</search>", calls=search("a", "b", "c")),
-            Turn(text="<think>one more</think><search>d</search>", calls=search("d")),
-            Turn(text="<answer>Tenmis</answer>", answer="Tenmis"),
-        ], "Tenmis", generate_s=2.0, tools_s=1.0),
+        episode(
+            "p2",
+            "parallel",
+            ["Varlo Tenmis"],
+            [
+                Turn(text="<search>a ## b ## c</search>", calls=search("a", "b", "c")),
+                Turn(text="<think>one more</think><search>d</search>", calls=search("d")),
+                Turn(text="<answer>Tenmis</answer>", answer="Tenmis"),
+            ],
+            "Tenmis",
+            generate_s=2.0,
+            tools_s=1.0,
+        ),
         # sequential, two chained rounds, correct after normalisation
-        episode("s1", "sequential", ["Quenbridge"], [
-            Turn(text="<search>x</search>", calls=search("x")),
-            Turn(text="<search>y</search>", calls=search("y")),
-            Turn(text="<answer>quenbridge.</answer>", answer="quenbridge."),
-        ], "quenbridge.", generate_s=0.5, tools_s=0.25),
+        episode(
+            "s1",
+            "sequential",
+            ["Quenbridge"],
+            [
+                Turn(text="<search>x</search>", calls=search("x")),
+                Turn(text="<search>y</search>", calls=search("y")),
+                Turn(text="<answer>quenbridge.</answer>", answer="quenbridge."),
+            ],
+            "quenbridge.",
+            generate_s=0.5,
+            tools_s=0.25,
+        ),
         # sequential, an invalid turn then a wrong answer: format invalid, no tool calls
-        episode("s2", "sequential", ["1954"], [
-            Turn(text="I think it is 1954", invalid=True),
-            Turn(text="<answer>1950</answer>", answer="1950"),
-        ], "1950", generate_s=0.4, tools_s=0.0),
+        episode(
+            "s2",
+            "sequential",
+            ["1954"],
+            [
+                Turn(text="I think it is 1954", invalid=True),
+                Turn(text="<answer>1950</answer>", answer="1950"),
+            ],
+            "1950",
+            generate_s=0.4,
+            tools_s=0.0,
+        ),
         # single, never answered (turn limit): scores 0, format invalid
-        episode("g1", "single", ["yes"], [
-            Turn(text="<search>z</search>", calls=search("z")),
-        ], None, generate_s=0.1, tools_s=0.1),
+        episode(
+            "g1",
+            "single",
+            ["yes"],
+            [
+                Turn(text="<search>z</search>", calls=search("z")),
+            ],
+            None,
+            generate_s=0.1,
+            tools_s=0.1,
+        ),
     ]
 
 
 EXPECTED = {
-    "parallel": {"n": 2, "em": 0.5, "f1": 5 / 6, "model_calls": 2.5, "tool_calls": 3.0,
-                 "subqueries_per_round": 2.0, "latency_s": 2.25, "format_valid": 1.0},
-    "sequential": {"n": 2, "em": 0.5, "f1": 0.5, "model_calls": 2.5, "tool_calls": 1.0,
-                   "subqueries_per_round": 1.0, "latency_s": 0.575, "format_valid": 0.5},
-    "single": {"n": 1, "em": 0.0, "f1": 0.0, "model_calls": 1.0, "tool_calls": 1.0,
-               "subqueries_per_round": 1.0, "latency_s": 0.2, "format_valid": 0.0},
-    "all": {"n": 5, "em": 0.4, "f1": 8 / 15, "model_calls": 2.2, "tool_calls": 1.8,
-            "subqueries_per_round": 1.5, "latency_s": 1.17, "format_valid": 0.6},
+    "parallel": {
+        "n": 2,
+        "em": 0.5,
+        "f1": 5 / 6,
+        "model_calls": 2.5,
+        "tool_calls": 3.0,
+        "subqueries_per_round": 2.0,
+        "latency_s": 2.25,
+        "format_valid": 1.0,
+    },
+    "sequential": {
+        "n": 2,
+        "em": 0.5,
+        "f1": 0.5,
+        "model_calls": 2.5,
+        "tool_calls": 1.0,
+        "subqueries_per_round": 1.0,
+        "latency_s": 0.575,
+        "format_valid": 0.5,
+    },
+    "single": {
+        "n": 1,
+        "em": 0.0,
+        "f1": 0.0,
+        "model_calls": 1.0,
+        "tool_calls": 1.0,
+        "subqueries_per_round": 1.0,
+        "latency_s": 0.2,
+        "format_valid": 0.0,
+    },
+    "all": {
+        "n": 5,
+        "em": 0.4,
+        "f1": 8 / 15,
+        "model_calls": 2.2,
+        "tool_calls": 1.8,
+        "subqueries_per_round": 1.5,
+        "latency_s": 1.17,
+        "format_valid": 0.6,
+    },
 }
 
 
@@ -105,19 +191,38 @@ def test_summarize_only_lists_present_structures_and_handles_no_rounds(handcraft
 def test_format_table_contains_the_numbers(handcrafted):
     table = format_table(summarize(handcrafted, "world"))
     lines = table.splitlines()
-    assert lines[0].startswith("| dataset | structure | n | EM | F1 | model calls | tool calls | sub-queries/round")
+    assert lines[0].startswith(
+        "| dataset | structure | n | EM | F1 | model calls | tool calls | sub-queries/round"
+    )
     assert "| world | parallel | 2 | 0.500 | 0.833 | 2.500 | 3.000 | 2.000 | 2.250 | 1.000 |" in lines
     assert "| world | all | 5 | 0.400 | 0.533 | 2.200 | 1.800 | 1.500 | 1.170 | 0.600 |" in lines
     assert len(lines) == 2 + 4
 
 
 def test_compare_table_ratios_are_b_over_a():
-    figures_a = {"n": 4, "em": 0.0, "f1": 0.5, "model_calls": 3.0, "tool_calls": 3.0,
-                 "subqueries_per_round": 1.0, "latency_s": 2.0, "format_valid": 1.0}
-    figures_b = {"n": 4, "em": 0.25, "f1": 0.75, "model_calls": 1.5, "tool_calls": 3.0,
-                 "subqueries_per_round": 3.0, "latency_s": 1.0, "format_valid": 1.0}
-    table = compare_table({"world": {"parallel": figures_a, "ghost": figures_a}},
-                          {"world": {"parallel": figures_b}})
+    figures_a = {
+        "n": 4,
+        "em": 0.0,
+        "f1": 0.5,
+        "model_calls": 3.0,
+        "tool_calls": 3.0,
+        "subqueries_per_round": 1.0,
+        "latency_s": 2.0,
+        "format_valid": 1.0,
+    }
+    figures_b = {
+        "n": 4,
+        "em": 0.25,
+        "f1": 0.75,
+        "model_calls": 1.5,
+        "tool_calls": 3.0,
+        "subqueries_per_round": 3.0,
+        "latency_s": 1.0,
+        "format_valid": 1.0,
+    }
+    table = compare_table(
+        {"world": {"parallel": figures_a, "ghost": figures_a}}, {"world": {"parallel": figures_b}}
+    )
     lines = table.splitlines()
     assert "| world | parallel | model calls | 3.000 | 1.500 | 0.50× |" in lines
     assert "| world | parallel | sub-queries/round | 1.000 | 3.000 | 3.00× |" in lines
@@ -179,10 +284,23 @@ def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint
     import torch
 
     torch.set_num_threads(1)
-    world_overrides = ["data.world.seed=0", "data.world.num_entities_per_kind=20", "data.world.num_train=120",
-                       "data.world.num_validation=20", "data.world.num_test=40"]
-    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}", "eval.num_questions=6", "rollout.max_turns=2",
-                                      "rollout.max_new_tokens_per_turn=8", *world_overrides])
+    world_overrides = [
+        "data.world.seed=0",
+        "data.world.num_entities_per_kind=20",
+        "data.world.num_train=120",
+        "data.world.num_validation=20",
+        "data.world.num_test=40",
+    ]
+    config = load_config(
+        QUICKSTART,
+        [
+            f"experiment.output_dir={tmp_path}",
+            "eval.num_questions=6",
+            "rollout.max_turns=2",
+            "rollout.max_new_tokens_per_turn=8",
+            *world_overrides,
+        ],
+    )
     checkpoint = tmp_path / "quickstart" / "checkpoints" / "checkpoint-1"
     checkpoint.mkdir(parents=True)
     (checkpoint / "model").symlink_to(tiny_checkpoint, target_is_directory=True)

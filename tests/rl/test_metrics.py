@@ -18,7 +18,10 @@ DISABLED = LoggingConfig(wandb_mode="disabled")
 
 def test_jsonl_rows_are_exact(tmp_path):
     with MetricsLogger(tmp_path, DISABLED) as logger:
-        logger.log(0, {"reward/total": 0.5, "rollout/model_calls": np.float32(2.0), "loss/policy": torch.tensor(-1.25)})
+        logger.log(
+            0,
+            {"reward/total": 0.5, "rollout/model_calls": np.float32(2.0), "loss/policy": torch.tensor(-1.25)},
+        )
         logger.log(1, {"reward/total": 0.75, "async/staleness_mean": 1, "perf/samples_per_s": float("nan")})
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [
@@ -42,7 +45,10 @@ def test_resume_drops_rows_after_the_checkpoint_step(tmp_path):
     with MetricsLogger(tmp_path, DISABLED, resume_step=2) as logger:
         logger.log(3, {"reward/total": 30.0})
     assert [(row["step"], row["reward/total"]) for row in read_metrics(tmp_path / "metrics.jsonl")] == [
-        (0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)
+        (0, 0.0),
+        (1, 1.0),
+        (2, 2.0),
+        (3, 30.0),
     ]
 
 
@@ -55,10 +61,15 @@ def test_to_json_value_rejects_non_scalars():
 
 
 def test_redact_secrets_replaces_secret_looking_keys_only():
-    config = {"logging": {"wandb_project": "p", "wandb_api_key": "abc"}, "auth": [{"token": "t", "n": 1}]}
+    config = {
+        "logging": {"wandb_project": "p", "wandb_api_key": "abc"},
+        "auth": [{"token": "t", "n": 1, "Password": "x"}],
+        "rollout": {"max_new_tokens_per_turn": 48, "max_context_tokens": 1024},
+    }
     assert redact_secrets(config) == {
         "logging": {"wandb_project": "p", "wandb_api_key": "<redacted>"},
-        "auth": [{"token": "<redacted>", "n": 1}],
+        "auth": [{"token": "<redacted>", "n": 1, "Password": "<redacted>"}],
+        "rollout": {"max_new_tokens_per_turn": 48, "max_context_tokens": 1024},
     }
 
 
@@ -69,8 +80,11 @@ def test_wandb_offline_writes_under_run_dir_and_never_the_api_key(tmp_path, monk
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
-    logger = MetricsLogger(tmp_path, LoggingConfig(wandb_mode="offline", wandb_project="fanout-test"),
-                           {"grpo": {"learning_rate": 1e-5}, "logging": {"wandb_mode": "offline"}})
+    logger = MetricsLogger(
+        tmp_path,
+        LoggingConfig(wandb_mode="offline", wandb_project="fanout-test"),
+        {"grpo": {"learning_rate": 1e-5}, "logging": {"wandb_mode": "offline"}},
+    )
     assert logger.wandb_enabled
     logger.log(0, {"reward/total": 0.25})
     logger.close()
@@ -94,11 +108,21 @@ def test_select_keys_glob_and_order():
 def test_plot_metrics_writes_non_empty_pngs(tmp_path):
     with MetricsLogger(tmp_path, DISABLED) as logger:
         for step in range(12):
-            logger.log(step, {"reward/total": step / 12, "reward/format": 0.1, "rollout/model_calls": 3 - step / 6,
-                              "unplotted/key": 1.0, "perf/samples_per_s": math.nan})
+            logger.log(
+                step,
+                {
+                    "reward/total": step / 12,
+                    "reward/format": 0.1,
+                    "rollout/model_calls": 3 - step / 6,
+                    "unplotted/key": 1.0,
+                    "perf/samples_per_s": math.nan,
+                },
+            )
     paths = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
     assert sorted(path.name for path in paths) == [
-        "reward__format.png", "reward__total.png", "rollout__model_calls.png"
+        "reward__format.png",
+        "reward__total.png",
+        "rollout__model_calls.png",
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
