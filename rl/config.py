@@ -342,6 +342,12 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key, parsed["v"]
 
 
+def _is_open_mapping(merged: DictConfig, code_key: str) -> bool:
+    """True for a dict-typed field (data.train_files, reward.weights): `section.field.new_key=value` adds a key."""
+    node = OmegaConf.select(merged, code_key, default=None) if code_key else None
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
+
+
 def _nest(dotted_key: str, value: Any) -> dict:
     parts = dotted_key.split(".")
     node: dict = {}
@@ -371,7 +377,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     for text in overrides or []:
         key, value = _parse_override(text)
         code_key = _dotted_to_code(key)
-        if OmegaConf.select(merged, code_key, default="__missing__") == "__missing__":
+        missing = OmegaConf.select(merged, code_key, default="__missing__") == "__missing__"
+        if missing and not _is_open_mapping(merged, code_key.rpartition(".")[0]):
             raise ConfigError(_unknown_key_message(key, "command line"))
         merged = _merge_checked(merged, _nest(code_key, value), f"command line '{text}'")
     config: ExperimentConfig = OmegaConf.to_object(merged)
