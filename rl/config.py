@@ -117,6 +117,8 @@ class ToolsConfig:
     timeout_s: float = 5.0  # per-call timeout; a timed-out call becomes an error observation
     latency_s: float = 0.0  # artificial latency per call (models a remote search API in benchmarks)
     max_calls_per_turn: int = 4  # extra calls in one turn are refused with an error observation
+    fault_rate: float = 0.0  # fault injection (reliability tests): share of tool calls that raise an error
+    fault_timeout_rate: float = 0.0  # fault injection: share of tool calls that hang until tools.timeout_s
 
 
 @dataclass
@@ -424,6 +426,9 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
     need(grpo.kl_coef >= 0, "grpo.kl_coef", "must be >= 0")
     need(grpo.epochs_per_batch >= 1, "grpo.epochs_per_batch", "must be >= 1")
     need(config.retriever.topk >= 1, "retriever.topk", "must be >= 1")
+    faults = (config.tools.fault_rate, config.tools.fault_timeout_rate)
+    need(min(faults) >= 0 and sum(faults) <= 1, "tools.fault_rate",
+         "tools.fault_rate and tools.fault_timeout_rate must be >= 0 and sum to at most 1")
     need(config.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "valid stages are 0, 1, 2, 3")
     need(
         not (config.rollout.engine == "vllm" and config.experiment.device == "cpu" and config.rollout.worker_num_gpus == 0

@@ -19,7 +19,7 @@ call (results are identical to one call per query; BM25 scores queries independe
 
 What it simplifies on purpose: calls of one turn are independent (no call sees another's result);
 blocking tools run in asyncio's default thread pool; `FaultInjectingTool` simulates unreliable tools
-for reliability tests.
+for reliability tests (`tools.fault_rate` / `tools.fault_timeout_rate` wrap every enabled tool in it).
 """
 
 from __future__ import annotations
@@ -318,5 +318,8 @@ def build_tools(tools_config, retriever_config, retriever: Retriever | None) -> 
             registered = ", ".join(sorted(TOOL_BUILDERS))
             raise ConfigError(f"key 'tools.enabled' lists {name!r}; registered tools: {registered}")
         tools[name] = builder(tools_config, retriever_config, retriever)
+        if tools_config.fault_rate > 0 or tools_config.fault_timeout_rate > 0:
+            tools[name] = FaultInjectingTool(tools[name], failure_rate=tools_config.fault_rate,
+                                             timeout_rate=tools_config.fault_timeout_rate, seed=0)
     return ToolExecutor(tools, timeout_s=tools_config.timeout_s, latency_s=tools_config.latency_s,
                         max_calls_per_turn=tools_config.max_calls_per_turn)
