@@ -318,3 +318,40 @@ def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint
         assert 0.0 <= figures["em"] <= figures["f1"] <= 1.0
     printed = capsys.readouterr().out
     assert "| world | all | 6 |" in printed and "eval.json" in printed
+
+
+def test_compare_command_writes_both_results_and_prints_ratios(tmp_path, monkeypatch, capsys):
+    import rl.evaluate as evaluate_module
+
+    model_a, model_b = tmp_path / "model_a", tmp_path / "model_b"
+    for folder in (model_a, model_b):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+    figures = {
+        "n": 2,
+        "em": 0.5,
+        "f1": 0.5,
+        "model_calls": 4.0,
+        "tool_calls": 2.0,
+        "subqueries_per_round": 1.0,
+        "latency_s": 1.0,
+        "format_valid": 1.0,
+    }
+    canned = {
+        str(model_a): {"world": {"all": figures}},
+        str(model_b): {"world": {"all": {**figures, "model_calls": 2.0, "subqueries_per_round": 2.0}}},
+    }
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda config, path: canned[path])
+    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}"])
+    out = tmp_path / "comparison.json"
+
+    assert evaluate_command(config, compare=[str(model_a), str(model_b)], out=str(out)) == 0
+    written = json.loads(out.read_text())
+    assert written == {
+        "checkpoints": {"A": str(model_a), "B": str(model_b)},
+        "A": canned[str(model_a)],
+        "B": canned[str(model_b)],
+    }
+    printed = capsys.readouterr().out
+    assert "| world | all | model calls | 4.000 | 2.000 | 0.50× |" in printed
+    assert "| world | all | sub-queries/round | 1.000 | 2.000 | 2.00× |" in printed
