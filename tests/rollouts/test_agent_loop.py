@@ -109,7 +109,9 @@ def check_token_invariants(trajectory: Trajectory, tokenizer) -> list[str]:
     """Masks, log-probs and turn texts are consistent; returns the decoded observation segments."""
     assert len(trajectory.response_ids) == len(trajectory.loss_mask) == len(trajectory.behaviour_logprobs)
     assert all(lp == 0.0 for lp, mask in zip(trajectory.behaviour_logprobs, trajectory.loss_mask) if mask == 0)
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False)
+
     runs = segments(trajectory)
     model_texts = [decode(ids) for mask, ids in runs if mask == 1]
     assert model_texts == [turn.text for turn in trajectory.turns]
@@ -182,7 +184,9 @@ def test_search_forever_ends_with_a_forced_answer_turn(tokenizer):
 
 
 def test_forced_turn_can_answer(tokenizer):
-    policy = lambda response: "<answer> late</answer>" if "final answer now" in response else "<search> q</search>"
+    def policy(response: str) -> str:
+        return "<answer> late</answer>" if "final answer now" in response else "<search> q</search>"
+
     groups = run_episodes(ScriptedEngine(tokenizer, policy), build_protocol("tags"), FakeExecutor(), questions(1),
                           group_size=2, rollout_config=config(max_turns=1), policy_version=0)
     trajectory = groups[0].trajectories[0]
@@ -190,7 +194,9 @@ def test_forced_turn_can_answer(tokenizer):
 
 
 def test_invalid_turn_gets_the_corrective_observation(tokenizer):
-    policy = lambda response: "<answer> y</answer>" if "not a valid action" in response else "I am not sure"
+    def policy(response: str) -> str:
+        return "<answer> y</answer>" if "not a valid action" in response else "I am not sure"
+
     groups = run_episodes(ScriptedEngine(tokenizer, policy), build_protocol("tags"), FakeExecutor(), questions(1),
                           group_size=2, rollout_config=config(max_new_tokens_per_turn=8), policy_version=0)
     trajectory = groups[0].trajectories[0]

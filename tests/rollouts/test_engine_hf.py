@@ -71,7 +71,9 @@ def test_greedy_is_deterministic_and_picks_the_argmax(engine, prompts):
 
 
 def test_seeded_sampling_is_reproducible(engine, prompts):
-    run = lambda seed: [o.token_ids for o in engine.generate(prompts * 4, 10, set(), temperature=1.0, seed=seed)]
+    def run(seed: int) -> list[list[int]]:
+        return [o.token_ids for o in engine.generate(prompts * 4, 10, set(), temperature=1.0, seed=seed)]
+
     assert run(7) == run(7)
     assert run(7) != run(8)
 

@@ -40,12 +40,15 @@ def compare_engines(model_path: str) -> dict:
     hf_engine = HFEngine.from_pretrained(model_path, rollout_config)
     vllm_engine = VLLMEngine.from_pretrained(model_path, rollout_config, device="cpu")
     prompts = [hf_engine.tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
-    as_lists = lambda outputs: [[o.token_ids, o.logprobs, o.finish_reason] for o in outputs]
+
+    def as_lists(outputs) -> list:
+        return [[o.token_ids, o.logprobs, o.finish_reason] for o in outputs]
 
     result = {"vllm_before": as_lists(vllm_engine.generate(prompts, MAX_NEW_TOKENS, set(), temperature=0.0))}
     # sampling from the untrained (flat) model: diverse samples, whose log-probs the HF model recomputes
-    sample = lambda seed: as_lists(vllm_engine.generate(prompts * 2, MAX_NEW_TOKENS, set(), temperature=1.0,
-                                                        seed=seed))
+    def sample(seed: int) -> list:
+        return as_lists(vllm_engine.generate(prompts * 2, MAX_NEW_TOKENS, set(), temperature=1.0, seed=seed))
+
     result["vllm_sampled"] = [sample(5), sample(5), sample(6)]
     result["hf_logprobs_of_vllm_samples"] = hf_logprobs(hf_engine, prompts * 2, result["vllm_sampled"][0])
 
