@@ -1,0 +1,232 @@
+"""SFT warm-start: TRL's SFTTrainer on scripted-expert trajectories, loss on the model's turns only.
+
+GRPO from a randomly initialised tiny model would never find the protocol, so `fanout train` first
+teaches it by imitation: the scripted expert (rl/expert.py) plays training questions with the real
+retriever, and TRL's `SFTTrainer` fits the pre-tokenised trajectories with `completion_only_loss`
+(the `completion_mask` column zeroes the loss on the prompt and on every <information> block). The
+mixture fans out on only `sft.parallel_fraction` of the parallel questions, so the warm-started policy
+mostly searches one sub-query per turn and RL has something to learn.
+
+`ensure_warm_start` is what the training entry point calls: it builds the tiny model (tokenizer trained
+on the world's texts) when `model.path` is empty, runs SFT into <run_dir>/<sft.output_subdir> (reused if
+it is already there and `sft.reuse`), and returns the folder GRPO starts from.
+
+What it simplifies on purpose: one process on the configured device (no DeepSpeed for this short
+stage), right-padded batches without an attention mask (see `CausalPaddingCollator`),
+no evaluation inside the trainer (the GRPO run evaluates), TRL's own progress bar, and the trainer's
+log history written to <out_dir>/sft_log.jsonl instead of the run's metrics file (whose steps are GRPO's).
+
+    python -c "from rl.config import load_config; from rl.sft import ensure_warm_start; \
+               from data.world import ensure_world; c = load_config('configs/quickstart.yaml'); \
+               print(ensure_warm_start(c, ensure_world(c.run_dir / 'world', c.data.world)))"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rl.config import ExperimentConfig
+from rl.modeling import create_tiny_checkpoint, load_model_and_tokenizer, set_offline_mode
+
+logger = logging.getLogger(__name__)
+
+SFT_LOG_FILE_NAME = "sft_log.jsonl"
+SFT_SUMMARY_FILE_NAME = "sft_summary.json"
+BASE_MODEL_SUBDIR = "base"
+WARMUP_FRACTION = 0.05  # share of sft.max_steps spent warming the learning rate up
+
+
+def world_texts(world: Any) -> list[str]:
+    """The texts the tiny model's tokenizer is trained on: corpus, questions, gold sub-questions, answers."""
+    texts = [document["contents"] for document in world.documents]
+    for questions in world.splits.values():
+        for question in questions:
+            texts.append(question.question)
+            texts.extend(question.sub_questions)
+            texts.extend(question.answers)
+    return texts
+
+
+def is_saved_model(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, world: Any) -> Any:
+    """Expert demonstrations on the training split, observed through the same tools as rollouts."""
+    from data.retriever import build_retriever
+    from rl.expert import write_expert_dataset
+    from rollouts.protocols import build_protocol
+    from rollouts.tools import build_tools
+
+    retriever = build_retriever(config.retriever, documents=world.documents)
+    executor = build_tools(config.tools, config.retriever, retriever)
+    protocol = build_protocol(config.rollout.protocol, tool_schemas=executor.tool_schemas())  # as the rollout workers
+    try:
+        return write_expert_dataset(
+            world.splits["train"], protocol, tokenizer, executor, config.rollout,
+            num_trajectories=config.sft.num_trajectories, parallel_fraction=config.sft.parallel_fraction,
+            seed=config.experiment.seed,
+        )
+    finally:
+        close = getattr(executor, "close", None)
+        if callable(close):
+            close()
+
+
+class CausalPaddingCollator:
+    """TRL's padding collator without the attention mask: right padding under a causal mask needs none.
+
+    A real token only attends to earlier positions, and with right padding those are all real, so the
+    attention mask changes nothing for the tokens that carry loss (padding positions are labelled -100).
+    Dropping it keeps attention on PyTorch's fused causal kernel; with an explicit padding mask, CPU
+    attention takes a generic path several times slower. Position ids are passed explicitly (0..L-1 on
+    every row) so transformers never mistakes padding for packed sequences.
+    """
+
+    def __init__(self, pad_token_id: int):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.padding_collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        batch = self.padding_collator(examples)
+        attention_mask_BL = batch.pop("attention_mask")
+        batch_size, length = attention_mask_BL.shape
+        batch["position_ids"] = torch.arange(length).unsqueeze(0).expand(batch_size, length)
+        return batch
+
+
+def trainer_arguments(config: ExperimentConfig, out_dir: Path) -> Any:
+    """TRL's SFTConfig from our `sft` section (TRL's own names for everything else)."""
+    from trl import SFTConfig as TRLSFTConfig
+
+    sft = config.sft
+    on_cpu = config.experiment.device == "cpu"
+    return TRLSFTConfig(
+        output_dir=str(out_dir / "trainer"),
+        max_steps=sft.max_steps,
+        per_device_train_batch_size=sft.batch_size,
+        learning_rate=sft.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, math.ceil(WARMUP_FRACTION * sft.max_steps)),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        completion_only_loss=True,  # the completion_mask column: loss on model turns only
+        max_length=config.rollout.max_context_tokens,
+        padding_free=False,
+        bf16=config.model.dtype == "bfloat16" and not on_cpu,
+        fp16=False,
+        activation_checkpointing=config.model.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        use_cpu=on_cpu,
+        seed=config.experiment.seed,
+        data_seed=config.experiment.seed,
+        logging_steps=max(1, min(50, sft.max_steps // 20)),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not config.logging.progress_bar,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+
+
+def lora_config(config: ExperimentConfig) -> Any:
+    """peft's LoraConfig when model.lora.enabled (adapters are merged into the saved model), else None."""
+    lora = config.model.lora
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+
+def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, world: Any, out_dir: str | os.PathLike,
+            dataset: Any = None) -> Path:
+    """SFT the model in `base_model_dir` on expert trajectories; save model + tokenizer to `out_dir`.
+
+    dataset: pre-tokenised trajectories (input_ids, completion_mask); built from `world` when None.
+    Returns `out_dir`, which then holds a save_pretrained model, its tokenizer, sft_log.jsonl and
+    sft_summary.json (steps, final loss, time, number of demonstrations).
+    """
+    from trl import SFTTrainer
+
+    set_offline_mode()
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(base_model_dir, dtype=config.model.dtype,
+                                                device=config.experiment.device)
+    if dataset is None:
+        dataset = build_expert_dataset(config, tokenizer, world)
+    data_s = time.perf_counter() - started
+    trainer = SFTTrainer(model=model, args=trainer_arguments(config, out_dir), train_dataset=dataset,
+                         processing_class=tokenizer, data_collator=CausalPaddingCollator(tokenizer.pad_token_id),
+                         peft_config=lora_config(config))
+    result = trainer.train()
+    trained = trainer.model.merge_and_unload() if config.model.lora.enabled else trainer.model
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_if_empty(Path(trainer.args.output_dir))  # TRL's scratch folder; nothing is saved there (save_strategy=no)
+    trained.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = write_sft_logs(trainer.state.log_history, out_dir, {
+        "num_trajectories": len(dataset),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "data_s": round(data_s, 2),
+        "total_s": round(time.perf_counter() - started, 2),
+        "base_model": str(base_model_dir),
+    })
+    logger.info("sft: %d steps in %.0f s, final loss %.4f -> %s", summary["steps"], summary["total_s"],
+                summary["final_loss"], out_dir)
+    return out_dir
+
+
+def remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def write_sft_logs(log_history: list[dict], out_dir: Path, summary: dict) -> dict:
+    """Write the trainer's log rows to sft_log.jsonl and the summary (plus the last logged loss) as JSON."""
+    rows = [row for row in log_history if "loss" in row]
+    with open(out_dir / SFT_LOG_FILE_NAME, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps({"step": row.get("step"), **{f"sft/{k}": v for k, v in row.items() if k != "step"}})
+                         + "\n")
+    summary = {**summary, "final_loss": rows[-1]["loss"] if rows else summary.get("train_loss")}
+    (out_dir / SFT_SUMMARY_FILE_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def ensure_warm_start(config: ExperimentConfig, world: Any) -> Path:
+    """The model folder GRPO starts from, building the tiny model and/or running SFT as configured.
+
+    model.path empty: the tiny model (tokenizer trained on the world's texts) in <run_dir>/base, then SFT
+    into <run_dir>/<sft.output_subdir> unless sft.enabled is false. model.path given: SFT from it when
+    sft.enabled, else the path itself. An existing warm-start folder is reused when sft.reuse.
+    """
+    run_dir = config.run_dir
+    if config.model.path:
+        base_dir = Path(config.model.path)
+    else:
+        base_dir = run_dir / BASE_MODEL_SUBDIR
+        if not is_saved_model(base_dir):
+            logger.info("building the tiny model and its tokenizer in %s", base_dir)
+            create_tiny_checkpoint(base_dir, world_texts(world), config.model.tiny, seed=config.experiment.seed)
+    if not config.sft.enabled:
+        return base_dir
+    sft_dir = run_dir / config.sft.output_subdir
+    if config.sft.reuse and is_saved_model(sft_dir):
+        logger.info("reusing the SFT warm-start in %s (sft.reuse=true)", sft_dir)
+        return sft_dir
+    return run_sft(config, base_dir, world, sft_dir)
+
+
+__all__ = ["CausalPaddingCollator", "ensure_warm_start", "run_sft", "trainer_arguments", "world_texts", "build_expert_dataset"]

@@ -1,0 +1,147 @@
+"""SFT warm-start: completion-only labels, the mask-free collator, a few TRL steps lowering the loss, warm-start reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rl.config import ExperimentConfig, RetrieverConfig, TinyModelConfig, ToolsConfig
+from rl.expert import write_expert_dataset
+from rl.modeling import load_model_and_tokenizer, load_tokenizer
+from rl.sft import CausalPaddingCollator, ensure_warm_start, run_sft
+from rollouts.protocols import build_protocol
+
+
+def small_config(tmp_path, max_steps: int = 8) -> ExperimentConfig:
+    config = ExperimentConfig()
+    config.experiment.output_dir = str(tmp_path)
+    config.experiment.name = "sft-test"
+    config.model.tiny = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        num_key_value_heads=1, intermediate_size=64, vocab_size=600)
+    config.sft.num_trajectories = 12
+    config.sft.max_steps = max_steps
+    config.sft.batch_size = 4
+    config.sft.learning_rate = 1e-2
+    config.logging.progress_bar = False
+    return config
+
+
+@pytest.fixture(scope="module")
+def expert_dataset(tiny_world, tiny_checkpoint):
+    from data.retriever import build_retriever
+    from rollouts.tools import build_tools
+
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    executor = build_tools(ToolsConfig(), RetrieverConfig(), build_retriever(RetrieverConfig(),
+                                                                             documents=tiny_world.documents))
+    return write_expert_dataset(tiny_world.splits["train"][:12], build_protocol("tags"), tokenizer, executor,
+                                num_trajectories=12, parallel_fraction=0.5, seed=0)
+
+
+def completion_loss(model, dataset) -> float:
+    """Mean next-token NLL over the model-turn tokens of every example (one example at a time, no padding)."""
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for input_ids, completion_mask in zip(dataset["input_ids"], dataset["completion_mask"]):
+            input_ids_1L = torch.tensor([input_ids])
+            labels_1L = input_ids_1L.masked_fill(torch.tensor([completion_mask]) == 0, -100)
+            num_targets = int(sum(completion_mask[1:]))
+            total += model(input_ids=input_ids_1L, labels=labels_1L).loss.item() * num_targets
+            count += num_targets
+    return total / count
+
+
+def test_sft_lowers_the_loss_on_the_demonstrations_and_saves_a_loadable_model(tmp_path, tiny_world, tiny_checkpoint,
+                                                                              expert_dataset):
+    torch.set_num_threads(1)
+    config = small_config(tmp_path, max_steps=10)
+    base_model, _ = load_model_and_tokenizer(tiny_checkpoint)
+    loss_before = completion_loss(base_model, expert_dataset)
+
+    out_dir = run_sft(config, tiny_checkpoint, tiny_world, tmp_path / "sft", dataset=expert_dataset)
+
+    model, tokenizer = load_model_and_tokenizer(out_dir)
+    assert len(tokenizer) == len(load_tokenizer(tiny_checkpoint))
+    assert completion_loss(model, expert_dataset) < loss_before - 0.5
+    changed = [name for name, parameter in model.named_parameters()
+               if not torch.equal(parameter, base_model.state_dict()[name])]
+    assert len(changed) == len(list(model.named_parameters()))
+    summary = json.loads((out_dir / "sft_summary.json").read_text())
+    assert summary["steps"] == 10 and summary["num_trajectories"] == 12
+    log_rows = [json.loads(line) for line in (out_dir / "sft_log.jsonl").read_text().splitlines()]
+    assert log_rows and all("sft/loss" in row for row in log_rows)
+
+
+def test_collated_labels_ignore_prompt_observations_and_padding(expert_dataset):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    examples = []
+    for input_ids, completion_mask in zip(expert_dataset["input_ids"][:3], expert_dataset["completion_mask"][:3]):
+        labels = [token if bit else -100 for token, bit in zip(input_ids, completion_mask)]  # TRL's label rule
+        examples.append({"input_ids": input_ids, "labels": labels})
+    batch = CausalPaddingCollator(pad_token_id=0)(examples)
+
+    assert "attention_mask" not in batch
+    length = batch["input_ids"].shape[1]
+    assert torch.equal(batch["position_ids"], torch.arange(length).expand(3, length))
+    for row, completion_mask in enumerate(expert_dataset["completion_mask"][:3]):
+        input_ids = expert_dataset["input_ids"][row]
+        labels_L = batch["labels"][row]
+        for position, bit in enumerate(completion_mask):
+            assert labels_L[position].item() == (input_ids[position] if bit else -100)
+        assert (labels_L[len(input_ids):] == -100).all()  # padding carries no loss either
+
+    with_mask = DataCollatorForLanguageModeling(pad_token_id=0)(examples)
+    assert torch.equal(with_mask["input_ids"], batch["input_ids"]) and torch.equal(with_mask["labels"], batch["labels"])
+
+
+def test_trainer_builds_labels_from_the_completion_mask(tmp_path, tiny_checkpoint, expert_dataset):
+    from trl import SFTTrainer
+
+    from rl.sft import trainer_arguments
+
+    model, tokenizer = load_model_and_tokenizer(tiny_checkpoint)
+    trainer = SFTTrainer(model=model, args=trainer_arguments(small_config(tmp_path), tmp_path), processing_class=tokenizer,
+                         train_dataset=expert_dataset, data_collator=CausalPaddingCollator(tokenizer.pad_token_id))
+    by_input = {tuple(ids): mask for ids, mask in zip(expert_dataset["input_ids"], expert_dataset["completion_mask"])}
+    batch = next(iter(trainer.get_train_dataloader()))
+    for input_ids_L, labels_L in zip(batch["input_ids"], batch["labels"]):
+        completion_mask = next(mask for ids, mask in by_input.items() if list(ids) == input_ids_L[:len(ids)].tolist())
+        expected_L = torch.full_like(labels_L, -100)
+        expected_L[:len(completion_mask)] = torch.where(torch.tensor(completion_mask) == 1,
+                                                        input_ids_L[:len(completion_mask)], -100)
+        assert torch.equal(labels_L, expected_L)
+
+
+def test_loss_without_the_padding_mask_equals_the_loss_with_it(tiny_checkpoint, expert_dataset):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, _ = load_model_and_tokenizer(tiny_checkpoint)
+    examples = [{"input_ids": ids, "labels": [t if bit else -100 for t, bit in zip(ids, mask)]}
+                for ids, mask in zip(expert_dataset["input_ids"][:4], expert_dataset["completion_mask"][:4])]
+    with torch.no_grad():
+        loss_with_mask = model(**DataCollatorForLanguageModeling(pad_token_id=0)(examples)).loss
+        loss_without = model(**CausalPaddingCollator(pad_token_id=0)(examples)).loss
+    assert torch.allclose(loss_with_mask, loss_without, atol=1e-5)
+
+
+def test_warm_start_builds_the_tiny_model_then_reuses_the_sft_folder(tmp_path, tiny_world):
+    config = small_config(tmp_path, max_steps=2)
+    config.sft.enabled = False
+    base_dir = ensure_warm_start(config, tiny_world)
+    assert base_dir == config.run_dir / "base" and (base_dir / "config.json").is_file()
+
+    config.sft.enabled = True
+    sft_dir = ensure_warm_start(config, tiny_world)
+    assert sft_dir == config.run_dir / "sft" and (sft_dir / "sft_summary.json").is_file()
+    weights = next(sft_dir.glob("*.safetensors"))
+    first_write = weights.stat().st_mtime_ns
+    assert ensure_warm_start(config, tiny_world) == sft_dir
+    assert weights.stat().st_mtime_ns == first_write  # reused, not trained again
+
+    config.model.path = str(sft_dir)
+    config.sft.enabled = False
+    assert ensure_warm_start(config, tiny_world) == sft_dir
