@@ -3,7 +3,9 @@
 One PNG per metric key, named after the key with `/` turned into `__` (`reward__total.png`), showing
 the raw values per step and, when there are enough points, a moving average. By default the keys that
 tell the story of a fan-out run are drawn: rewards, model calls, tool calls, sub-queries per round,
-staleness, throughput, losses and evaluation figures. Non-numeric and missing values are skipped.
+staleness, throughput, losses and evaluation figures, plus `overview.png`, one panel each for the
+total reward, model calls, sub-queries per round and staleness with the parallel / sequential /
+single curves overlaid. Non-numeric and missing values are skipped.
 
     python -m rl.plots runs/quickstart/metrics.jsonl runs/quickstart/plots
 """
@@ -67,41 +69,87 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return averaged
 
 
-def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str] | None = None) -> list[Path]:
-    """Write one PNG per metric key to out_dir; returns the written paths.
+# The fan-out story on one page: each panel overlays a metric and its per-structure variants.
+OVERVIEW_PANELS = (
+    "reward/total",
+    "rollout/model_calls",
+    "rollout/subqueries_per_round",
+    "async/staleness_mean",
+)
+STRUCTURES = ("parallel", "sequential", "single")
 
-    keys: exact keys or glob patterns (`reward/*`); None draws DEFAULT_KEY_PATTERNS.
-    """
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _draw_series(axes, steps: list[int], values: list[float], label: str) -> None:
+    """Raw values (markers when few), plus a moving average once there are enough points."""
+    from matplotlib.ticker import MaxNLocator
+
+    few = len(values) < _MOVING_AVERAGE_MIN_POINTS
+    lines = axes.plot(
+        steps, values, marker="o" if few else None, linewidth=1.0, alpha=0.6 if not few else 1.0, label=label
+    )
+    if not few:
+        window = max(2, len(values) // 10)
+        axes.plot(
+            steps,
+            moving_average(values, window),
+            linewidth=2.0,
+            color=lines[0].get_color(),
+            label=f"{label} (moving average {window})",
+        )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("step")
+    axes.grid(alpha=0.3)
+
+
+def plot_overview(rows: list[dict], path: Path) -> Path | None:
+    """One figure with a panel per OVERVIEW_PANELS key present (per-structure curves overlaid)."""
+    panels = [key for key in OVERVIEW_PANELS if metric_series(rows, key)[0]]
+    if not panels:
+        return None
+    plt = _pyplot()
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100, squeeze=False)
+    for axes, key in zip(axes_list[0], panels):
+        for label in (key, *(f"{key}/{structure}" for structure in STRUCTURES)):
+            steps, values = metric_series(rows, label)
+            if steps:
+                _draw_series(axes, steps, values, label.rsplit("/", 1)[-1] if label != key else "all")
+        axes.set_title(key)
+        axes.legend(fontsize="x-small")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str] | None = None) -> list[Path]:
+    """Write one PNG per metric key to out_dir (plus overview.png by default); returns the written paths.
+
+    keys: exact keys or glob patterns (`reward/*`); None draws DEFAULT_KEY_PATTERNS and the overview.
+    """
     rows = read_metrics(metrics_jsonl)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
     written = []
+    if keys is None:
+        overview = plot_overview(rows, out_dir / "overview.png")
+        written.extend([overview] if overview else [])
     for key in select_keys(rows, keys if keys is not None else DEFAULT_KEY_PATTERNS):
         steps, values = metric_series(rows, key)
         if not steps:
             continue
         figure, axes = plt.subplots(figsize=(5.0, 3.2), dpi=100)
-        axes.plot(
-            steps,
-            values,
-            marker="o" if len(steps) < _MOVING_AVERAGE_MIN_POINTS else None,
-            linewidth=1.0,
-            alpha=0.6,
-            label=key,
-        )
-        if len(values) >= _MOVING_AVERAGE_MIN_POINTS:
-            window = max(2, len(values) // 10)
-            axes.plot(
-                steps, moving_average(values, window), linewidth=2.0, label=f"moving average ({window})"
-            )
-        axes.set_xlabel("step")
+        _draw_series(axes, steps, values, key)
         axes.set_title(key)
-        axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         figure.tight_layout()
         path = out_dir / f"{key.replace('/', '__')}.png"

@@ -114,15 +114,18 @@ def test_plot_metrics_writes_non_empty_pngs(tmp_path):
                     "reward/total": step / 12,
                     "reward/format": 0.1,
                     "rollout/model_calls": 3 - step / 6,
+                    "rollout/model_calls/parallel": 3 - step / 4,
                     "unplotted/key": 1.0,
                     "perf/samples_per_s": math.nan,
                 },
             )
     paths = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plots")
     assert sorted(path.name for path in paths) == [
+        "overview.png",
         "reward__format.png",
         "reward__total.png",
         "rollout__model_calls.png",
+        "rollout__model_calls__parallel.png",
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
