@@ -37,6 +37,9 @@ a shared filesystem). The job runs in an uploaded copy of the repository, so sub
 experiment.output_dir to FANOUT_OUTPUT_DIR (default: runs/ of this checkout, absolute); an
 experiment.output_dir=... override on the command line still wins.
 
+Ray >= 2.59 may require token authentication: every node and the submitting shell need the same
+token (docs/SCALING.md, "A Ray cluster").
+
 Options:
   --dry-run   print the commands instead of running them
   -h, --help  show this help
