@@ -9,7 +9,8 @@ compacted out of the batch once enough of them have stopped.
 
 Log-probs are those of the sampled tokens under log_softmax(logits / temperature) (logits at
 temperature 1 for greedy), i.e. exactly what the trainer recomputes for the policy at that temperature;
-top-p only restricts which tokens can be sampled, as in vLLM. What is simplified on purpose: one
+top-p only restricts which tokens can be sampled (the "vllm" engine, whose log-probs are renormalised
+over the nucleus, agrees at the default top_p = 1). What is simplified on purpose: one
 sampling setting per batch, prompts of very different lengths are grouped into length-sorted chunks
 (to bound padding and attention memory) rather than scheduled continuously like vLLM.
 
