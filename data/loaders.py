@@ -12,6 +12,7 @@ Bamboogle -> single. New datasets register a mapper with `@register_dataset("nam
 
 A malformed row (no question, no or empty golden answers, wrong types) raises DataError naming the
 file and line (JSONL) or row number (Parquet), or with on_malformed="skip" is skipped and counted.
+A file that yields no question at all (empty, or every row skipped) raises DataError naming it.
 JSON Lines are read line by line so the exact line can be named (datasets' JSON builder fails on the
 whole file at the first schema mismatch); Parquet goes through `datasets.load_dataset("parquet")`.
 
@@ -208,6 +209,10 @@ def load_question_file(
             loaded.num_skipped += 1
             if len(loaded.skipped) < 20:
                 loaded.skipped.append(f"{path}:{row_number}: {error}")
+    if not loaded.questions:
+        reason = (f"all {loaded.num_skipped} rows are malformed (first: {loaded.skipped[0]})" if loaded.num_skipped
+                  else "the file has no rows")
+        raise DataError(f"no questions: {reason}", path=str(path))
     if loaded.num_skipped:
         logger.warning("%s: skipped %d malformed rows (first: %s)", path, loaded.num_skipped,
                        loaded.skipped[0])
