@@ -74,6 +74,20 @@ def load_corpus(path: str | os.PathLike) -> list[dict]:
     return documents
 
 
+def check_corpus(path: str | os.PathLike) -> int:
+    """Validate every row of a JSONL corpus without holding it in memory; returns the number of documents.
+
+    For a driver that hands the corpus to other processes: a bad row fails here, naming file and line.
+    """
+    count = 0
+    for line, row in iter_jsonl(path):
+        check_document(row, str(path), line)
+        count += 1
+    if not count:
+        raise DataError("corpus is empty (expected JSON Lines of {\"id\", \"contents\"})", path=str(path))
+    return count
+
+
 def write_corpus(path: str | os.PathLike, documents: Iterable[dict]) -> Path:
     rows = ({"id": document["id"], "contents": document["contents"]} for document in documents)
     return write_jsonl(path, rows)

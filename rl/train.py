@@ -97,6 +97,10 @@ def load_training_data(config: ExperimentConfig) -> TrainingData:
             loaded = load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row)
             questions.extend(loaded[0] if isinstance(loaded, tuple) else loaded)
         corpus_path = config.data.corpus_path
+        if corpus_path:  # a bad corpus fails here with file and line, not later inside every rollout actor
+            from data.corpus import check_corpus
+
+            check_corpus(corpus_path)
     if config.data.max_train_questions:
         questions = questions[: config.data.max_train_questions]
     if not questions:
@@ -180,9 +184,9 @@ def train(config: ExperimentConfig) -> Path:
 
     set_offline_mode()
     run_dir = prepare_run_dir(config)
-    save_config(config, run_dir / "config.yaml")
     seed_everything(config.experiment.seed)
-    data = load_training_data(config)
+    data = load_training_data(config)  # bad data fails here, before anything is written into the run folder
+    save_config(config, run_dir / "config.yaml")
     model_path = ensure_warm_start(config, data.world)
 
     trainer = GRPOTrainer(config, model_path=model_path, tokenizer=load_tokenizer(model_path))
