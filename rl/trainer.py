@@ -226,7 +226,8 @@ class GRPOTrainer:
             micro_batch.to(self.engine.device)
             for micro_batch in split_micro_batches(batch, self.config.grpo.minibatches_per_step)
         ]
-        metrics.update(self._fill_proximal_and_reference(micro_batches))
+        if self._needs_proximal_pass():
+            metrics.update(self._fill_proximal_and_reference(micro_batches))
         if not self._inputs_are_finite(micro_batches):
             return self._skipped(metrics, started, reason="non-finite log-probs or advantages")
         counts = self._global_counts(batch)
@@ -288,6 +289,13 @@ class GRPOTrainer:
         dropped = sum(1 for rewards in rewards_by_group.values() if len(rewards) == 1)
         return [trajectories[row] for row in kept_rows], advantages_B[kept_rows], dropped
 
+    def _needs_proximal_pass(self) -> bool:
+        """A separate no-grad pass is only needed when the weights move within the step (several epochs)
+        or a reference model is used. With one optimizer step per batch, every micro-batch sees the
+        weights of the start of the step, so the training forward's own log-probs (detached) are the
+        proximal log-probs, exactly, and one forward pass is saved."""
+        return self.config.grpo.epochs_per_batch > 1 or self.config.grpo.kl_coef > 0
+
     @torch.no_grad()
     def _fill_proximal_and_reference(self, micro_batches: list[TrainBatch]) -> dict[str, float]:
         """Log-probs under the weights at the start of the step (pi_prox) and the reference; entropy."""
@@ -313,11 +321,9 @@ class GRPOTrainer:
     def _inputs_are_finite(micro_batches: list[TrainBatch]) -> bool:
         for micro_batch in micro_batches:
             mask = micro_batch.loss_mask_BT.bool()
-            tensors = [
-                micro_batch.proximal_logprobs_BT[mask],
-                micro_batch.behaviour_logprobs_BT[mask],
-                micro_batch.advantages_B,
-            ]
+            tensors = [micro_batch.behaviour_logprobs_BT[mask], micro_batch.advantages_B]
+            if micro_batch.proximal_logprobs_BT is not None:
+                tensors.append(micro_batch.proximal_logprobs_BT[mask])
             if micro_batch.reference_logprobs_BT is not None:
                 tensors.append(micro_batch.reference_logprobs_BT[mask])
             if not is_finite_loss(*tensors):
@@ -379,12 +385,15 @@ class GRPOTrainer:
         self, micro_batch: TrainBatch, counts: dict[str, float]
     ) -> tuple[torch.Tensor, dict[str, float]]:
         grpo, async_ = self.config.grpo, self.config.async_
+        single_pass = micro_batch.proximal_logprobs_BT is None
         logprobs_BT, entropy_BT = response_logprobs_and_entropy(
-            self.engine, micro_batch, self.sampling_temperature, compute_entropy=grpo.entropy_coef > 0
+            self.engine, micro_batch, self.sampling_temperature,
+            compute_entropy=grpo.entropy_coef > 0 or single_pass,
         )
+        proximal_BT = logprobs_BT.detach() if single_pass else micro_batch.proximal_logprobs_BT
         policy, policy_metrics = policy_loss(
             logprobs_BT,
-            micro_batch.proximal_logprobs_BT,
+            proximal_BT,
             micro_batch.behaviour_logprobs_BT,
             micro_batch.advantages_B,
             micro_batch.loss_mask_BT,
@@ -411,6 +420,9 @@ class GRPOTrainer:
             entropy = aggregate_loss(entropy_BT, micro_batch.loss_mask_BT, grpo.loss_aggregation, **counts)
             loss = loss - grpo.entropy_coef * entropy
         terms["loss/total"] = float(loss.detach())
+        if single_pass:  # the entropy metric the skipped proximal pass would have logged
+            terms["loss/entropy"] = float((entropy_BT.detach() * micro_batch.loss_mask_BT).sum()
+                                          / max(micro_batch.num_loss_tokens, 1))
         terms.update(
             {
                 "loss/clip_fraction": float(policy_metrics["clip_fraction"]),

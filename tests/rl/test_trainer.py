@@ -307,3 +307,18 @@ def test_fp16_from_a_deepspeed_file_is_refused_on_cpu(tmp_path):
     config.deepspeed.config_file = str(config_file)
     with pytest.raises(ConfigError, match=r"fp16.json: fp16 is enabled.*bf16 or fp32"):
         build_deepspeed_config(config)
+
+
+def test_single_pass_step_equals_the_step_with_a_separate_proximal_pass(monkeypatch):
+    """With one epoch the training forward's detached log-probs are the proximal ones: same update."""
+    updates = []
+    for separate_pass in (False, True):
+        monkeypatch.setattr(GRPOTrainer, "_needs_proximal_pass", lambda self, value=separate_pass: value)
+        trainer = GRPOTrainer(trainer_config(), model=tiny_model())
+        metrics = trainer.step(synthetic_trajectories(policy_version=0), current_version=1)
+        updates.append((metrics, trainer.export_weights()))
+    (single, single_weights), (separate, separate_weights) = updates
+    for key in ("loss/policy", "loss/entropy", "async/importance_weight_mean", "loss/grad_norm"):
+        assert single[key] == pytest.approx(separate[key], rel=1e-5, abs=1e-7), key
+    for name, tensor in single_weights.items():
+        torch.testing.assert_close(tensor, separate_weights[name], atol=1e-6, rtol=1e-5)
