@@ -12,7 +12,8 @@ Layout of `<run_dir>/checkpoints/`:
 
 A checkpoint is written into a hidden temporary folder and renamed into place only once complete,
 then `latest` is replaced (write + os.replace), then older checkpoints beyond `keep_last` are
-deleted: a crash at any point leaves the previous checkpoint and pointer intact. Every load uses
+deleted: a crash at any point leaves the previous checkpoint and pointer intact, and the next save
+clears what the crashed one left behind (`remove_crash_leftovers`). Every load uses
 `torch.load(..., weights_only=True)`, so state is limited to tensors and plain containers.
 
     with atomic_checkpoint(run_dir / "checkpoints", step=20, keep_last=2) as folder:
@@ -116,6 +117,7 @@ def atomic_checkpoint(checkpoints_dir: str | os.PathLike, step: int, keep_last: 
     """
     checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    remove_crash_leftovers(checkpoints_dir)
     final = checkpoints_dir / checkpoint_name(step)
     temporary = checkpoints_dir / f"{_TEMPORARY_PREFIX}{final.name}.{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
@@ -135,6 +137,26 @@ def atomic_checkpoint(checkpoints_dir: str | os.PathLike, step: int, keep_last: 
         os.replace(temporary, final)
     write_text_atomically(checkpoints_dir / LATEST_POINTER, final.name + "\n")
     prune_checkpoints(checkpoints_dir, keep_last)
+
+
+def remove_crash_leftovers(checkpoints_dir: str | os.PathLike) -> None:
+    """Delete what a writer killed mid-save left behind (there is one writer, so none is still in use).
+
+    A half-written `.tmp-*` folder or file is deleted. An `.old-checkpoint-<step>.*` folder is a complete
+    checkpoint moved aside to be replaced by a re-save of the same step: it is put back if the kill came
+    before its replacement was in place, else deleted.
+    """
+    for leftover in Path(checkpoints_dir).iterdir():
+        if leftover.name.startswith(_TRASH_PREFIX):
+            original = leftover.parent / leftover.name[len(_TRASH_PREFIX) :].rsplit(".", 1)[0]
+            if not original.exists():
+                os.replace(leftover, original)
+                continue
+        if leftover.name.startswith((_TEMPORARY_PREFIX, _TRASH_PREFIX)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def prune_checkpoints(checkpoints_dir: str | os.PathLike, keep_last: int) -> list[Path]:
@@ -238,6 +260,7 @@ __all__ = [
     "list_checkpoints",
     "load_trainer_state",
     "prune_checkpoints",
+    "remove_crash_leftovers",
     "resolve_checkpoint",
     "restore_rng_state",
     "save_trainer_state",
