@@ -14,7 +14,8 @@ A checkpoint is written into a hidden temporary folder and renamed into place on
 then `latest` is replaced (write + os.replace), then older checkpoints beyond `keep_last` are
 deleted: a crash at any point leaves the previous checkpoint and pointer intact, and the next save
 clears what the crashed one left behind (`remove_crash_leftovers`). Every load uses
-`torch.load(..., weights_only=True)`, so state is limited to tensors and plain containers.
+`torch.load(..., weights_only=True)`, so state is limited to tensors and plain containers; DeepSpeed's
+engine files too (`restrict_deepspeed_loads`), with its three state classes allow-listed.
 
     with atomic_checkpoint(run_dir / "checkpoints", step=20, keep_last=2) as folder:
         ...write files into folder...
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -249,6 +251,35 @@ def load_trainer_state(folder: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(folder) / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def deepspeed_state_classes() -> list[type]:
+    """DeepSpeed's own classes inside its optimizer state files (ZeRO 1-3, fp32/bf16/fp16)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_load(path: str | os.PathLike, map_location: Any = None, allowed_classes: list[type] = ()) -> Any:
+    """torch.load(weights_only=True) with `allowed_classes` allow-listed; anything else is refused, naming the file."""
+    try:
+        with torch.serialization.safe_globals(list(allowed_classes)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = next((line for line in str(error).splitlines() if "Unsupported global" in line), "")
+        raise pickle.UnpicklingError(
+            f"{path}: refusing to load: it holds pickled objects beyond tensors, plain containers and "
+            f"DeepSpeed's state classes ({reason.strip() or error}); checkpoints written by fanout-rl never do"
+        ) from None
+
+
+def restrict_deepspeed_loads(engine: Any) -> None:
+    """Make this DeepSpeed engine read checkpoint files with weights_only=True (its default unpickles anything)."""
+    allowed_classes = deepspeed_state_classes()
+    engine.checkpoint_engine.load = lambda path, map_location=None: weights_only_load(
+        path, map_location, allowed_classes)
+
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "LATEST_POINTER",
@@ -261,8 +292,10 @@ __all__ = [
     "load_trainer_state",
     "prune_checkpoints",
     "remove_crash_leftovers",
+    "restrict_deepspeed_loads",
     "resolve_checkpoint",
     "restore_rng_state",
     "save_trainer_state",
+    "weights_only_load",
     "write_text_atomically",
 ]

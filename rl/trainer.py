@@ -32,8 +32,8 @@ them. ZeRO stages 0-3 and bf16 run on CPU; fp16 does not (refused by validation)
 What it simplifies on purpose: dropout is disabled in the policy (as in TRL/verl RL training), so
 the first epoch's ratio is exactly 1; the checkpoint folder is written by a single process (a
 multi-node run needs rank-0-only file handling around the collective engine save); no sequence
-packing. DeepSpeed loads its own engine files with weights_only=False (they are written by this
-trainer); every other state file is loaded with weights_only=True.
+packing. Every state file is loaded with weights_only=True, DeepSpeed's engine files included
+(its own loader would unpickle anything; `rl.checkpoint.restrict_deepspeed_loads`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from rl.checkpoint import (
     load_trainer_state,
     resolve_checkpoint,
     restore_rng_state,
+    restrict_deepspeed_loads,
     save_trainer_state,
 )
 from rl.config import ConfigError, ExperimentConfig
@@ -128,6 +129,7 @@ class GRPOTrainer:
             model=model, model_parameters=trainable, config=self.deepspeed_config
         )
         self.engine.train()
+        restrict_deepspeed_loads(self.engine)  # resuming never unpickles code from a checkpoint file
         if self.reference_model is not None:
             self.reference_model.to(self.engine.device)
         self.advantage_estimator = get_advantage_estimator(config.grpo.advantage_estimator)
