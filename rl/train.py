@@ -236,8 +236,10 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
         groups = manager.get_batch(config.rollout.questions_per_step, current_version=trainer.version)
         wait_s = time.perf_counter() - step_start
         trajectories = [trajectory for group in groups for trajectory in group.trajectories]
+        version_before = trainer.version
         metrics = trainer.step(trajectories, current_version=trainer.version)
-        metrics["perf/weight_sync_s"] = manager.push_weights(trainer.export_weights(), trainer.version)
+        if trainer.version != version_before:  # a skipped (non-finite) step made no new version to push
+            metrics["perf/weight_sync_s"] = manager.push_weights(trainer.export_weights(), trainer.version)
         fault_point("mid_step", step + 1)
         metrics.update(rollout_metrics(groups))
         metrics.update(manager.stats())
