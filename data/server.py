@@ -7,7 +7,8 @@ Request: `{"queries": [str, ...], "topk": int, "return_scores": bool}`. Response
 `{"result": [[{"document": {"id", "contents"}, "score": float}, ...] per query]}` with scores, and
 without scores each item is the document itself `{"id", "contents"}` (what Search-R1's client reads).
 Requests are validated (pydantic): a non-empty batch of at most 512 non-empty strings of at most 2000
-characters, 1 <= topk <= 100; anything else (or malformed JSON) gets a 422 with the reason, and a
+characters, 1 <= topk <= 100; anything else (or malformed JSON) gets a 422 with the reason (field and
+message, without echoing the rejected value), a body declared larger than 16 MiB a 413, and a
 retriever failure a 500 — the server keeps serving. `GET /health` reports the corpus size.
 
 What it simplifies on purpose: one process, BM25 only, no authentication (bind to localhost or a
@@ -19,7 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from data.retriever import BM25Retriever, Retriever, default_index_dir
@@ -29,6 +32,8 @@ logger = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 512
 MAX_QUERY_CHARS = 2000
 MAX_TOPK = 100
+# Larger than the largest valid request (512 queries of 2000 characters, each JSON-escaped to 12 bytes).
+MAX_REQUEST_BYTES = 16 * 1024**2
 
 Query = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_QUERY_CHARS)]
 
@@ -44,6 +49,21 @@ class RetrieveRequest(BaseModel):
 def create_app(retriever: Retriever, num_documents: int | None = None) -> FastAPI:
     """The FastAPI app serving `retriever` (usable in-process with fastapi.testclient.TestClient)."""
     app = FastAPI(title="fanout-rl retrieval server", version="1")
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            detail = (f"request body of {declared} bytes is over the {MAX_REQUEST_BYTES}-byte limit; send at most "
+                      f"{MAX_BATCH_SIZE} queries of at most {MAX_QUERY_CHARS} characters per request")
+            return JSONResponse(status_code=413, content={"detail": detail})
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes each rejected value back: a 1 MB query would come back as a 1 MB error.
+        detail = [{"loc": list(item["loc"]), "msg": item["msg"], "type": item["type"]} for item in error.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.get("/health")
     def health() -> dict:
