@@ -29,6 +29,7 @@ register_suite("trainer", "rl.bench.trainer")
 register_suite("sync", "rl.bench.sync")
 register_suite("memory", "rl.bench.memory")
 register_suite("scaling", "rl.bench.scaling")
+register_suite("retriever", "rl.bench.retriever_load")
 
 
 def run_suite(name: str, quick: bool = False) -> dict:
