@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -156,28 +157,30 @@ def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, world: 
 
     dataset: pre-tokenised trajectories (input_ids, completion_mask); built from `world` when None.
     Returns `out_dir`, which then holds a save_pretrained model, its tokenizer, sft_log.jsonl and
-    sft_summary.json (steps, final loss, time, number of demonstrations).
+    sft_summary.json (steps, final loss, time, number of demonstrations). Everything is written to a
+    staging folder renamed to `out_dir` at the end (replacing an older one).
     """
     from trl import SFTTrainer
 
     set_offline_mode()
     out_dir = Path(out_dir)
+    staging_dir = staging_folder(out_dir)
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(base_model_dir, dtype=config.model.dtype,
                                                 device=config.experiment.device)
     if dataset is None:
         dataset = build_expert_dataset(config, tokenizer, world)
     data_s = time.perf_counter() - started
-    trainer = SFTTrainer(model=model, args=trainer_arguments(config, out_dir), train_dataset=dataset,
+    trainer = SFTTrainer(model=model, args=trainer_arguments(config, staging_dir), train_dataset=dataset,
                          processing_class=tokenizer, data_collator=CausalPaddingCollator(tokenizer.pad_token_id),
                          peft_config=lora_config(config))
     result = trainer.train()
     trained = trainer.model.merge_and_unload() if config.model.lora.enabled else trainer.model
-    out_dir.mkdir(parents=True, exist_ok=True)
+    staging_dir.mkdir(parents=True, exist_ok=True)
     remove_if_empty(Path(trainer.args.output_dir))  # TRL's scratch folder; nothing is saved there (save_strategy=no)
-    trained.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    summary = write_sft_logs(trainer.state.log_history, out_dir, {
+    trained.save_pretrained(staging_dir)
+    tokenizer.save_pretrained(staging_dir)
+    summary = write_sft_logs(trainer.state.log_history, staging_dir, {
         "num_trajectories": len(dataset),
         "steps": result.global_step,
         "train_loss": result.training_loss,
@@ -185,9 +188,23 @@ def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, world: 
         "total_s": round(time.perf_counter() - started, 2),
         "base_model": str(base_model_dir),
     })
+    publish(staging_dir, out_dir)
     logger.info("sft: %d steps in %.0f s, final loss %.4f -> %s", summary["steps"], summary["total_s"],
                 summary["final_loss"], out_dir)
     return out_dir
+
+
+def staging_folder(final_dir: Path) -> Path:
+    """A fresh sibling folder to write into; `publish` renames it, so a killed run never leaves half a model."""
+    staging_dir = final_dir.parent / f".{final_dir.name}.partial"
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    return staging_dir
+
+
+def publish(staging_dir: Path, final_dir: Path) -> None:
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(staging_dir, final_dir)
 
 
 def remove_if_empty(folder: Path) -> None:
@@ -221,7 +238,9 @@ def ensure_warm_start(config: ExperimentConfig, world: Any) -> Path:
         base_dir = run_dir / BASE_MODEL_SUBDIR
         if not is_saved_model(base_dir):
             logger.info("building the tiny model and its tokenizer in %s", base_dir)
-            create_tiny_checkpoint(base_dir, world_texts(world), config.model.tiny, seed=config.experiment.seed)
+            staging_dir = staging_folder(base_dir)
+            create_tiny_checkpoint(staging_dir, world_texts(world), config.model.tiny, seed=config.experiment.seed)
+            publish(staging_dir, base_dir)
     if not config.sft.enabled:
         return base_dir
     sft_dir = run_dir / config.sft.output_subdir
