@@ -34,6 +34,7 @@ import ray
 from data.types import Question
 from rl.config import ExperimentConfig, from_dict
 from rollouts.trajectory import Group
+from rollouts.weight_sync import EncodedWeights, decode_weights
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +123,15 @@ class RolloutWorker:
         return groups
 
     def update_weights(self, weights: Any, version: int) -> float:
-        """Load a state dict (or a Ray ObjectRef of one, resolved by Ray or by the engine); returns seconds."""
+        """Load `EncodedWeights` (what the manager broadcasts), a state dict or a Ray ObjectRef of either.
+
+        Returns the seconds it took.
+        """
         start = time.perf_counter()
+        if type(weights).__name__ == "ObjectRef":
+            weights = ray.get(weights)
+        if isinstance(weights, EncodedWeights):
+            weights = decode_weights(weights)
         self.components.engine.load_weights(weights, version)
         return time.perf_counter() - start
 

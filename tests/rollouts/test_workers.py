@@ -20,8 +20,13 @@ from rollouts.manager import RolloutManager, init_ray
 QUESTIONS = [Question(id=f"q{index}", question=f"Question {index}?", answers=["a"]) for index in range(12)]
 
 
-def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str = "", skip_question: str = ""):
-    """A Ray actor class with RolloutWorker's methods and no model (defined here so it pickles by value)."""
+def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str = "", skip_question: str = "",
+                           hang_worker_id: int = -1, hang_from_version: int = 0):
+    """A Ray actor class with RolloutWorker's methods and no model (defined here so it pickles by value).
+
+    Worker `hang_worker_id` never finishes a generate call from policy `hang_from_version` on, so a test
+    can kill it while it surely has calls in flight.
+    """
 
     class FakeRolloutWorker:
         def __init__(self, config_dict: dict, setup):
@@ -35,6 +40,8 @@ def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str 
             from rollouts.trajectory import Group, Trajectory
 
             time_module.sleep(generate_delay_s)
+            if self.setup.worker_id == hang_worker_id and self.loaded_version >= hang_from_version:
+                time_module.sleep(3600)
             groups = []
             for question in questions:
                 if question.id == fail_on_question:
@@ -48,7 +55,9 @@ def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str 
             return groups
 
         def update_weights(self, weights, version):
-            self.loaded_tensor_sum = float(sum(tensor.sum() for tensor in weights.values()))
+            from rollouts.weight_sync import decode_weights
+
+            self.loaded_tensor_sum = float(sum(tensor.sum() for tensor in decode_weights(weights).values()))
             self.loaded_version = version
             return 0.0
 
@@ -62,6 +71,16 @@ def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str 
             return self.setup.worker_id
 
     return ray.remote(FakeRolloutWorker)
+
+
+def actor_is_dead(actor) -> bool:
+    try:
+        ray.get(actor.ping.remote(), timeout=5)
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:
+        pass
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +162,12 @@ def test_asynchronous_run_stays_within_the_bound_and_the_window(ray_session):
 
 def test_killed_actor_is_replaced_and_its_questions_requeued(ray_session):
     config = small_config(max_staleness=0)
-    actor_class = make_fake_worker_class(generate_delay_s=0.5)
+    actor_class = make_fake_worker_class(hang_worker_id=0, hang_from_version=1)
     with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
         first = manager.get_batch(4, current_version=0, timeout=60)
         manager.push_weights(weights(1.0), version=1)
-        wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] == 4)
-        ray.kill(manager.worker_handles()[0])  # 2 one-question calls in flight on it
+        wait_until(lambda: manager.stats(reset_window=False)["rollout/groups_generated"] == 6)
+        ray.kill(manager.worker_handles()[0])  # 2 one-question calls in flight on it, worker 1 is done
         second = manager.get_batch(4, current_version=1, timeout=60)
         stats = manager.stats()
         replacement = manager.worker_handles()[0]
@@ -175,7 +194,7 @@ def test_an_error_inside_generate_is_raised_by_get_batch(ray_session):
 def test_a_worker_dying_more_often_than_allowed_stops_the_run(ray_session):
     config = small_config(max_staleness=0, num_workers=1)
     config.rollout.max_actor_replacements = 0
-    actor_class = make_fake_worker_class(generate_delay_s=0.5)
+    actor_class = make_fake_worker_class(hang_worker_id=0)
     with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
         manager.start()
         wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] > 0)
@@ -246,7 +265,7 @@ def tiny_model_config(max_staleness: int) -> ExperimentConfig:
     return config
 
 
-def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_survive_a_kill(ray_session, tiny_checkpoint,
+def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_replace_a_killed_one(ray_session, tiny_checkpoint,
                                                                                 tiny_world, tiny_corpus_path):
     from rewards import score_group
     from rl.modeling import load_model_and_tokenizer
@@ -255,11 +274,12 @@ def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_survive_a_kill(r
     questions = tiny_world.splits["train"][:8]
     with RolloutManager(config, questions, model_path=str(tiny_checkpoint), corpus_path=tiny_corpus_path) as manager:
         first = manager.get_batch(2, current_version=0, timeout=300)
+        killed = manager.worker_handles()[1]
+        ray.kill(killed)  # between steps: the manager finds out when its weight update fails
+        wait_until(lambda: actor_is_dead(killed))  # ray.kill is asynchronous
         model, _ = load_model_and_tokenizer(str(tiny_checkpoint))
         state_dict = {name: tensor + 0.01 for name, tensor in model.state_dict().items()}
         manager.push_weights(state_dict, version=1)
-        wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] == 2, timeout_s=120)
-        ray.kill(manager.worker_handles()[1])
         second = manager.get_batch(2, current_version=1, timeout=300)
         versions = ray.get([handle.version.remote() for handle in manager.worker_handles()])
         stats = manager.stats()
