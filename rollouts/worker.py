@@ -34,7 +34,6 @@ import ray
 from data.types import Question
 from rl.config import ExperimentConfig, from_dict
 from rollouts.trajectory import Group
-from rollouts.weight_sync import EncodedWeights, decode_weights
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +126,8 @@ class RolloutWorker:
 
         Returns the seconds it took.
         """
+        from rollouts.weight_sync import EncodedWeights, decode_weights
+
         start = time.perf_counter()
         if type(weights).__name__ == "ObjectRef":
             weights = ray.get(weights)

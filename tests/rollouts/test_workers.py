@@ -217,7 +217,7 @@ def test_groups_a_worker_fails_to_return_are_counted_lost_and_replaced_by_new_qu
 
 
 def test_extra_demand_in_one_version_grows_the_window_instead_of_deadlocking(ray_session):
-    config = small_config(max_staleness=0)
+    config = small_config(max_staleness=0, num_workers=1)
     with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
         manager.get_batch(4, current_version=0, timeout=60)
         extra = manager.get_batch(2, current_version=0, timeout=60)  # e.g. after filtering zero-advantage groups
