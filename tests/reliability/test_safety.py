@@ -90,7 +90,7 @@ def test_a_pickled_object_in_the_trainer_state_is_refused(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1])
+@pytest.mark.parametrize("zero_stage", [0, 1, 3])
 def test_a_pickled_object_in_a_deepspeed_engine_file_is_refused(tmp_path, zero_stage):
     torch.set_num_threads(1)
     trainer = tiny_trainer(zero_stage)
