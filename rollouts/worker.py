@@ -70,7 +70,8 @@ def build_rollout_components(config: ExperimentConfig, setup: WorkerSetup) -> Ro
         engine.load_weights({}, setup.initial_version)  # an empty partial state dict only sets the version
     retriever = build_retriever(config.retriever, corpus_path=setup.corpus_path or None)
     executor = build_tools(config.tools, config.retriever, retriever)
-    protocol = build_protocol(config.rollout.protocol, tool_schemas=executor.tool_schemas())
+    protocol = build_protocol(config.rollout.protocol, prompt_style=config.rollout.prompt_style,
+                              tool_schemas=executor.tool_schemas())
     return RolloutComponents(engine=engine, protocol=protocol, executor=executor)
 
 
