@@ -1,0 +1,97 @@
+"""Benchmark: training throughput at async.max_staleness 0 (synchronous), 1, 2 and 4, side by side.
+
+    fanout bench async            # 8 steps per setting, 4 groups x G=4, 100 ms tool latency
+    fanout bench async --quick    # 2 steps per setting, micro model (test-suite setting)
+
+Each setting is a real `fanout train` run (`rl.train.train`, in this process, one Ray session): the
+quickstart config at benchmark sizes (rl/bench/common.py), starting from the cached SFT warm-start, one
+Ray rollout actor (1 CPU, 1 torch thread), the DeepSpeed trainer in the driver with 1 torch thread, so
+on 2 cores the trainer and the actor each have one. Tools answer after `tools.latency_s`, so generation
+is not pure CPU. No eval, plots or periodic checkpoints.
+
+From each run's metrics.jsonl, over the steady steps (every step but the first, which includes the
+actors' start-up):
+- samples/s = trajectories trained ÷ wall seconds of those steps; ratio = samples/s ÷ samples/s at
+  staleness 0 (the `ratio` figure);
+- trainer waiting for data = Σ perf/trainer_wait_s ÷ Σ perf/step_s;
+- rollout actor waiting for weights = Σ async/worker_idle_s ÷ Σ perf/step_s (time with no generate call
+  in flight, i.e. held back by the staleness window until the next version is pushed);
+- mean staleness of the trained groups and groups dropped as too stale.
+With one actor the best possible ratio is (generation + training) ÷ max(generation, training) per step:
+asynchrony overlaps the two, it does not make either faster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from rl.bench.common import bench_config, load_average, prepare_assets, print_table, ratio
+
+STALENESS_VALUES = (0, 1, 2, 4)
+
+
+def async_overrides(quick: bool) -> list[str]:
+    steps = 2 if quick else 8
+    return [f"grpo.total_steps={steps}", "rollout.num_workers=1", "rollout.worker_num_cpus=1",
+            "rollout.torch_threads_per_worker=1", "async.max_buffered_groups=64"]
+
+
+def steady_figures(metrics_path: Path) -> dict[str, float]:
+    """Throughput and waiting fractions over every logged step but the first."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    steps = [row for row in rows if "perf/step_s" in row]
+    steady = steps[1:] if len(steps) > 1 else steps
+    step_s = sum(row["perf/step_s"] for row in steady)
+    samples = sum(row["perf/samples_per_s"] * row["perf/step_s"] for row in steady)
+    return {
+        "steps": len(steady),
+        "samples_per_s": samples / step_s,
+        "step_s": step_s / len(steady),
+        "trainer_wait_fraction": sum(row["perf/trainer_wait_s"] for row in steady) / step_s,
+        "worker_idle_fraction": sum(row.get("async/worker_idle_s", 0.0) for row in steady) / step_s,
+        "train_step_s": sum(row.get("perf/train_step_s", 0.0) for row in steady) / len(steady),
+        "staleness_mean": sum(row.get("async/staleness_mean", 0.0) for row in steady) / len(steady),
+        "dropped_groups": max((row.get("async/dropped_groups", 0.0) for row in steps), default=0.0),
+    }
+
+
+def run_setting(quick: bool, max_staleness: int, asset_overrides: list[str]) -> dict[str, float]:
+    from rl.train import train
+
+    config = bench_config(quick, [f"experiment.name=bench-async-s{max_staleness}", *asset_overrides,
+                                  *async_overrides(quick), f"async.max_staleness={max_staleness}"])
+    run_dir = train(config)
+    return steady_figures(run_dir / "metrics.jsonl")
+
+
+def run(quick: bool) -> dict:
+    torch.set_num_threads(1)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    assets = prepare_assets(quick)
+    load_before = load_average()
+    results = {staleness: run_setting(quick, staleness, assets.run_overrides()) for staleness in STALENESS_VALUES}
+    base = results[0]["samples_per_s"]
+    config = bench_config(quick, async_overrides(quick))
+    rows = [(staleness, figures["steps"], f"{figures['step_s']:.2f}", f"{figures['train_step_s']:.2f}",
+             f"{figures['samples_per_s']:.2f}", f"{figures['samples_per_s'] / base:.2f}x",
+             f"{figures['trainer_wait_fraction']:.0%}", f"{figures['worker_idle_fraction']:.0%}",
+             f"{figures['staleness_mean']:.2f}", int(figures["dropped_groups"]))
+            for staleness, figures in results.items()]
+    print_table(f"async: {config.rollout.questions_per_step} groups x G={config.rollout.group_size} per step, "
+                f"1 rollout actor + trainer on 2 cores, tool latency {config.tools.latency_s * 1000:.0f} ms, "
+                f"load {load_before}",
+                ["max_staleness", "steady steps", "step s", "train s", "samples/s", "vs sync", "trainer waits",
+                 "actor idle", "mean staleness", "dropped"], rows)
+    print("anchors from the literature (their hardware and models): AReaL 2.77x, AsyncFlow 1.59x over synchronous")
+    return {
+        "ratio": {str(staleness): ratio(results[staleness]["samples_per_s"], base) for staleness in STALENESS_VALUES[1:]},
+        "samples_per_s": {str(staleness): round(figures["samples_per_s"], 3) for staleness, figures in results.items()},
+        "trainer_wait_fraction": {str(s): round(f["trainer_wait_fraction"], 3) for s, f in results.items()},
+        "worker_idle_fraction": {str(s): round(f["worker_idle_fraction"], 3) for s, f in results.items()},
+        "staleness_mean": {str(s): round(f["staleness_mean"], 3) for s, f in results.items()},
+        "load_average": load_before,
+    }

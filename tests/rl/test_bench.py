@@ -1,0 +1,174 @@
+"""Benchmark suites: their pure parts on hand-computed numbers, and each suite's --quick run (slow).
+
+The default tests check the projection formula, the steady-state metrics reader, the step-time medians,
+the scripted fan-out measurement through the real agent loop, and the RSS sampler. The `slow` tests run
+every suite with --quick (Ray actors, DeepSpeed, TRL in a spawned process: minutes on 2 shared cores)
+and check that the last printed line is the JSON object of the contract, with positive figures. No
+timing is asserted anywhere: the figures themselves belong to docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rl.bench import SUITES, run_suite
+from rl.bench.async_bench import steady_figures
+from rl.bench.common import CACHE_ENV, bench_config, cache_dir, prepare_assets
+from rl.bench.memory import sample_tree
+from rl.bench.rollouts import ScriptedEngine, play_behaviour
+from rl.bench.scaling import project
+from rl.bench.trainer import StepTimes
+
+MY_SUITES = ("rollouts", "async", "trainer", "sync", "memory", "scaling")
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory):
+    """Every suite writes its world, models and runs under one temporary cache for the module."""
+    folder = tmp_path_factory.mktemp("bench_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        patch.setenv("WANDB_MODE", "disabled")
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def quick_assets(bench_cache):
+    import torch
+
+    torch.set_num_threads(1)
+    return prepare_assets(quick=True)
+
+
+def test_every_suite_is_registered_with_a_run_function():
+    import importlib
+
+    for name in MY_SUITES:
+        assert name in SUITES
+        assert callable(importlib.import_module(SUITES[name]).run)
+
+
+def test_bench_config_writes_under_the_cache_folder(bench_cache):
+    config = bench_config(quick=True, overrides=["rollout.group_size=3"])
+    assert cache_dir() == bench_cache
+    assert str(config.run_dir).startswith(str(bench_cache / "quick" / "runs"))
+    assert config.data.world_dir == str(bench_cache / "quick" / "world")
+    assert config.rollout.group_size == 3  # the suite's override wins over the setting's
+    assert config.logging.wandb_mode == "disabled" and not config.eval.at_end
+
+
+def test_projection_follows_the_amdahl_formulas():
+    # generation 8 s with one actor, serial part (train + sync) 2 s, perfect efficiency
+    projection = project(generate_s=8.0, serial_s=2.0, efficiency=1.0)
+    assert projection["serial_fraction"] == 0.2 and projection["ceiling"] == 5.0
+    assert projection["sync"]["1"] == 1.0
+    assert projection["sync"]["2"] == round(10 / (4 + 2), 2)  # 1.67
+    assert projection["sync"]["8"] == round(10 / (1 + 2), 2)  # 3.33
+    assert projection["async"]["1"] == round(10 / 8, 2)  # overlap alone: max(8, 2)
+    assert projection["async"]["4"] == 5.0  # generation 2 s = serial 2 s: the ceiling
+    assert projection["async"]["64"] == 5.0
+    # half-efficient actors: N=2 generates as fast as one perfect actor
+    assert project(8.0, 2.0, efficiency=0.5)["sync"]["2"] == 1.0
+
+
+def test_steady_figures_skip_the_first_step_and_weight_by_time(tmp_path):
+    rows = [
+        {"step": 1, "perf/step_s": 10.0, "perf/samples_per_s": 1.6, "perf/trainer_wait_s": 9.0,
+         "async/worker_idle_s": 0.0, "async/staleness_mean": 0.0, "async/dropped_groups": 0.0},
+        {"step": 2, "perf/step_s": 2.0, "perf/samples_per_s": 8.0, "perf/trainer_wait_s": 1.0,
+         "async/worker_idle_s": 0.5, "async/staleness_mean": 1.0, "perf/train_step_s": 1.0},
+        {"step": 3, "perf/step_s": 4.0, "perf/samples_per_s": 4.0, "perf/trainer_wait_s": 2.0,
+         "async/worker_idle_s": 1.0, "async/staleness_mean": 0.5, "perf/train_step_s": 1.5,
+         "async/dropped_groups": 2.0},
+        {"step": 3, "eval/world/all/em": 0.5},  # rows without perf/ figures are ignored
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    figures = steady_figures(path)
+    assert figures["steps"] == 2
+    assert figures["samples_per_s"] == pytest.approx((16 + 16) / 6)
+    assert figures["trainer_wait_fraction"] == pytest.approx(3 / 6)
+    assert figures["worker_idle_fraction"] == pytest.approx(1.5 / 6)
+    assert figures["staleness_mean"] == pytest.approx(0.75)
+    assert figures["train_step_s"] == pytest.approx(1.25)
+    assert figures["dropped_groups"] == 2.0
+
+
+def test_step_times_report_medians_of_per_step_rates():
+    times = StepTimes(seconds=[1.0, 2.0, 4.0], tokens=[100, 100, 100], completions_per_step=8)
+    assert times.completions_per_s() == 4.0  # rates 8, 4, 2
+    assert times.tokens_per_s() == 50.0  # rates 100, 50, 25
+    assert times.mean_completion_length() == pytest.approx(300 / 24)
+
+
+def test_scripted_engine_plays_turns_by_round_and_decodes_through_the_model(quick_assets):
+    from rl.modeling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(quick_assets.model_path)
+    prompt_a, prompt_b = (5, 6, 7), (5, 6, 8)
+    engine = ScriptedEngine(tokenizer, {prompt_a: [[1, 2], [3]], prompt_b: [[4, 4, 4]]}, model=model)
+    first = engine.generate([[5, 6, 7], [5, 6, 8, 9]], max_new_tokens=2, stop_token_ids={3})
+    assert [output.token_ids for output in first] == [[1, 2], [4, 4]]  # the second is cut at the budget
+    assert all(logprob < 0 for output in first for logprob in output.logprobs)  # the model's log-probs
+    second = engine.generate([[5, 6, 7, 1, 2]], max_new_tokens=4, stop_token_ids={3})
+    assert second[0].token_ids == [3] and second[0].finish_reason == "stop"
+    with pytest.raises(KeyError, match="no scripted prompt"):
+        engine.generate([[9, 9]], max_new_tokens=2, stop_token_ids={3})
+
+
+def test_fan_out_answers_parallel_questions_in_one_search_round(quick_assets):
+    config = bench_config(quick=True, overrides=["rollout.max_turns=4", "rollout.max_new_tokens_per_turn=96",
+                                                 "rollout.max_context_tokens=2048", "tools.latency_s=0.0"])
+    questions = [q for q in quick_assets.train_questions if q.structure == "parallel"][:2]
+    sub_questions = sum(len(question.sub_questions) for question in questions) / len(questions)
+    fan_out = play_behaviour(questions, "parallel", config, quick_assets)
+    one_per_turn = play_behaviour(questions, "sequential", config, quick_assets)
+    assert fan_out.model_calls == 2 and fan_out.search_rounds == 1
+    assert one_per_turn.model_calls == sub_questions + 1 and one_per_turn.search_rounds == sub_questions
+    assert fan_out.tool_calls == one_per_turn.tool_calls == sub_questions
+    assert fan_out.answered == one_per_turn.answered == 1.0  # the expert answers with the gold answer
+
+
+def test_rss_sample_covers_the_process_and_its_children():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sample = sample_tree(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert sample.processes >= 2
+    assert sample.by_role["driver"] > 0 and sample.by_role["other"] > 0  # the child is not an actor
+    assert sample.total == sum(sample.by_role.values())
+
+
+CONTRACT_KEYS = {
+    "rollouts": ("actors_ratio", "tokens_per_s"),
+    "async": ("ratio",),
+    "trainer": ("ratio_vs_trl",),
+    "sync": ("sync_fraction_of_step",),
+    "memory": ("peak_rss_gib",),
+    "scaling": ("actors_ratio", "projection"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", MY_SUITES)
+def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
+    run_suite(suite, quick=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    figures = json.loads(lines[-1])
+    assert figures["suite"] == suite
+    for key in CONTRACT_KEYS[suite]:
+        assert key in figures, key
+    if suite == "async":
+        assert set(figures["ratio"]) == {"1", "2", "4"} and all(value > 0 for value in figures["ratio"].values())
+    elif suite == "scaling":
+        assert figures["actors_ratio"] > 0 and figures["projection"]["sync"]["1"] == 1.0
+    else:
+        assert all(figures[key] > 0 for key in CONTRACT_KEYS[suite])
+    assert any(line.startswith("|") for line in lines[:-1])  # a table came before the JSON line
