@@ -28,8 +28,10 @@ def parse_fault_spec(spec: str) -> tuple[str, int]:
     """`"mid_step:2"` -> ("mid_step", 2); raises ValueError naming the variable and the valid points."""
     point, _, step = spec.partition(":")
     if point not in FAULT_POINTS or not step.isdigit():
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected <point>:<step> with point one of "
-                         f"{', '.join(FAULT_POINTS)} (e.g. {FAULT_ENV}=step:2)")
+        raise ValueError(
+            f"{FAULT_ENV}={spec!r}: expected <point>:<step> with point one of "
+            f"{', '.join(FAULT_POINTS)} (e.g. {FAULT_ENV}=step:2)"
+        )
     return point, int(step)
 
 

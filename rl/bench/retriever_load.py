@@ -53,7 +53,9 @@ class LoadResult:
 
     @property
     def server_errors(self) -> int:
-        return self.transport_errors + sum(count for status, count in self.status_counts.items() if status >= 500)
+        return self.transport_errors + sum(
+            count for status, count in self.status_counts.items() if status >= 500
+        )
 
     @property
     def client_errors(self) -> int:
@@ -94,14 +96,30 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float) ->
 
 
 @contextlib.contextmanager
-def retrieval_server(corpus_path: str | os.PathLike, index_dir: str | os.PathLike,
-                     startup_timeout_s: float = 180.0) -> Iterator[str]:
+def retrieval_server(
+    corpus_path: str | os.PathLike, index_dir: str | os.PathLike, startup_timeout_s: float = 180.0
+) -> Iterator[str]:
     """Run `fanout serve-retriever` on a free port of 127.0.0.1 (its default host); yields the base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "rl", "serve-retriever", "--corpus", str(corpus_path), "--port", str(port),
-               "--index-dir", str(index_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "rl",
+        "serve-retriever",
+        "--corpus",
+        str(corpus_path),
+        "--port",
+        str(port),
+        "--index-dir",
+        str(index_dir),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     url = f"http://{LOCALHOST}:{port}"
     try:
         wait_until_healthy(url, process, startup_timeout_s)
@@ -119,7 +137,9 @@ def retrieval_server(corpus_path: str | os.PathLike, index_dir: str | os.PathLik
 async def run_load(url: str, payloads: list[dict], concurrency: int, timeout_s: float = 30.0) -> LoadResult:
     """POST every payload to `url`/retrieve with at most `concurrency` requests in flight."""
     queries_per_request = len(payloads[0]["queries"]) if payloads else 0
-    result = LoadResult(requests=len(payloads), concurrency=concurrency, queries_per_request=queries_per_request)
+    result = LoadResult(
+        requests=len(payloads), concurrency=concurrency, queries_per_request=queries_per_request
+    )
     next_index = iter(range(len(payloads)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
@@ -134,7 +154,9 @@ async def run_load(url: str, payloads: list[dict], concurrency: int, timeout_s: 
                 continue
             result.latencies_s.append(time.perf_counter() - started)
             result.status_counts[response.status_code] += 1
-            if response.status_code == 200 and len(response.json().get("result", [])) != len(payload["queries"]):
+            if response.status_code == 200 and len(response.json().get("result", [])) != len(
+                payload["queries"]
+            ):
                 result.malformed_answers += 1
 
     async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
@@ -144,22 +166,35 @@ async def run_load(url: str, payloads: list[dict], concurrency: int, timeout_s: 
     return result
 
 
-def world_payloads(num_requests: int, queries_per_request: int, topk: int = 3) -> tuple[list[dict], list[dict]]:
+def world_payloads(
+    num_requests: int, queries_per_request: int, topk: int = 3
+) -> tuple[list[dict], list[dict]]:
     """(corpus documents, request payloads) from a small generated world: its sub-questions, in order."""
     from data.world import generate_world
     from rl.config import WorldConfig
 
-    world = generate_world(WorldConfig(seed=0, num_entities_per_kind=50, num_train=400, num_validation=10,
-                                       num_test=10))
-    queries = [sub for question in world.splits["train"] for sub in (question.sub_questions or [question.question])]
-    payloads = [{"queries": [queries[(request * queries_per_request + offset) % len(queries)]
-                             for offset in range(queries_per_request)], "topk": topk}
-                for request in range(num_requests)]
+    world = generate_world(
+        WorldConfig(seed=0, num_entities_per_kind=50, num_train=400, num_validation=10, num_test=10)
+    )
+    queries = [
+        sub for question in world.splits["train"] for sub in (question.sub_questions or [question.question])
+    ]
+    payloads = [
+        {
+            "queries": [
+                queries[(request * queries_per_request + offset) % len(queries)]
+                for offset in range(queries_per_request)
+            ],
+            "topk": topk,
+        }
+        for request in range(num_requests)
+    ]
     return world.documents, payloads
 
 
-def load_test(num_requests: int, concurrency: int, queries_per_request: int = 4,
-              corpus_path: str | None = None) -> LoadResult:
+def load_test(
+    num_requests: int, concurrency: int, queries_per_request: int = 4, corpus_path: str | None = None
+) -> LoadResult:
     """Start a server, warm it up with one request per connection, then time `num_requests` requests."""
     from data.corpus import write_corpus
 
@@ -172,12 +207,22 @@ def load_test(num_requests: int, concurrency: int, queries_per_request: int = 4,
 
 
 def print_table(figures: dict) -> None:
-    print(f"retriever: {figures['requests']} requests, {figures['concurrency']} concurrent, "
-          f"{figures['queries_per_request']} queries each, 127.0.0.1")
+    print(
+        f"retriever: {figures['requests']} requests, {figures['concurrency']} concurrent, "
+        f"{figures['queries_per_request']} queries each, 127.0.0.1"
+    )
     print("| requests/s | queries/s | p50 (ms) | p99 (ms) | server errors | client errors | malformed |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {figures['throughput_rps']} | {figures['queries_per_s']} | {figures['p50_ms']} | {figures['p99_ms']} "
-          f"| {figures['server_errors']} | {figures['client_errors']} | {figures['malformed_answers']} |")
+    columns = (
+        "throughput_rps",
+        "queries_per_s",
+        "p50_ms",
+        "p99_ms",
+        "server_errors",
+        "client_errors",
+        "malformed_answers",
+    )
+    print("| " + " | ".join(str(figures[column]) for column in columns) + " |")
 
 
 def run(quick: bool) -> dict:

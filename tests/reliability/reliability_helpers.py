@@ -16,24 +16,49 @@ SIGKILL_RETURN_CODE = -signal.SIGKILL
 # A run of the whole loop (world, Ray rollout actor, DeepSpeed trainer, checkpoints) that takes tens of
 # seconds: the untrained tiny model (no SFT), two questions of two samples per step, one short turn.
 TINY_TRAINING_OVERRIDES = [
-    "data.world.num_entities_per_kind=20", "data.world.num_train=100", "data.world.num_validation=10",
-    "data.world.num_test=30", "sft.enabled=false", "rollout.questions_per_step=2", "rollout.group_size=2",
-    "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=16", "eval.at_end=false", "logging.plots=false",
-    "logging.progress_bar=false", "logging.wandb_mode=disabled", "checkpoint.every_steps=1",
+    "data.world.num_entities_per_kind=20",
+    "data.world.num_train=100",
+    "data.world.num_validation=10",
+    "data.world.num_test=30",
+    "sft.enabled=false",
+    "rollout.questions_per_step=2",
+    "rollout.group_size=2",
+    "rollout.max_turns=1",
+    "rollout.max_new_tokens_per_turn=16",
+    "eval.at_end=false",
+    "logging.plots=false",
+    "logging.progress_bar=false",
+    "logging.wandb_mode=disabled",
+    "checkpoint.every_steps=1",
 ]
 
 
-def run_fanout(arguments: list[str], env: dict[str, str] | None = None, timeout_s: float = 600,
-               ) -> subprocess.CompletedProcess:
+def run_fanout(
+    arguments: list[str],
+    env: dict[str, str] | None = None,
+    timeout_s: float = 600,
+) -> subprocess.CompletedProcess:
     """`python -m rl ARGS` in its own session; afterwards whatever it left running (Ray) is killed too.
 
     A process killed with SIGKILL cannot stop the Ray processes it started, so the session's process
     group is killed once the command is over (only processes this call started are in it).
     """
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "RAY_DEDUP_LOGS": "0",
-                   **(env or {})}
-    process = subprocess.Popen([sys.executable, "-m", "rl", *arguments], cwd=ROOT, env=environment, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "RAY_DEDUP_LOGS": "0",
+        **(env or {}),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rl", *arguments],
+        cwd=ROOT,
+        env=environment,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     finally:
@@ -56,8 +81,11 @@ def trainer_state(checkpoint_dir: Path) -> dict:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder`, by relative path (to prove nothing was touched)."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -75,7 +103,9 @@ class ScriptedEngine:
     def __init__(self, tokenizer, policy, version: int = 0):
         self.tokenizer, self.policy, self.version = tokenizer, policy, version
 
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
+    def generate(
+        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None
+    ):
         from rollouts.engine import GenerationOutput
 
         outputs = []
@@ -86,12 +116,26 @@ class ScriptedEngine:
             token_ids = token_ids[:max_new_tokens]
             stops = [index for index, token in enumerate(token_ids) if token in stop_token_ids]
             token_ids = token_ids[: stops[0] + 1] if stops else token_ids
-            outputs.append(GenerationOutput(token_ids, [-0.5] * len(token_ids), "stop" if stops else "length"))
+            outputs.append(
+                GenerationOutput(token_ids, [-0.5] * len(token_ids), "stop" if stops else "length")
+            )
         return outputs
 
 
-PROTOCOL_TOKENS = ["<search>", "</search>", "<answer>", "</answer>", "<think>", "</think>", "<information>",
-                   "<tool_call>", "</tool_call>", "<|im_end|>", "<|im_start|>", "<|endoftext|>"]
+PROTOCOL_TOKENS = [
+    "<search>",
+    "</search>",
+    "<answer>",
+    "</answer>",
+    "<think>",
+    "</think>",
+    "<information>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<|endoftext|>",
+]
 
 
 class RandomTokenEngine:
@@ -104,14 +148,19 @@ class RandomTokenEngine:
         vocabulary = tokenizer.get_vocab()
         self.tag_ids = [vocabulary[token] for token in PROTOCOL_TOKENS if token in vocabulary]
 
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
+    def generate(
+        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None
+    ):
         from rollouts.engine import GenerationOutput
 
         outputs = []
         for _ in batch_prompt_ids:
-            token_ids = [self.random.choice(self.tag_ids) if self.random.random() < 0.2
-                         else self.random.randrange(len(self.tokenizer))
-                         for _ in range(self.random.randint(1, max_new_tokens))]
+            token_ids = [
+                self.random.choice(self.tag_ids)
+                if self.random.random() < 0.2
+                else self.random.randrange(len(self.tokenizer))
+                for _ in range(self.random.randint(1, max_new_tokens))
+            ]
             logprobs = [-self.random.uniform(0.0, 12.0) for _ in token_ids]
             outputs.append(GenerationOutput(token_ids, logprobs, "length"))
         return outputs

@@ -37,11 +37,21 @@ def make_slow_worker_class(generate_delay_s: float):
             from rollouts.trajectory import Group, Trajectory
 
             time_module.sleep(generate_delay_s)
-            return [Group(group_id=f"{question.id}-{seed}", question=question, policy_version=self.loaded_version,
-                          worker_id=self.setup.worker_id,
-                          trajectories=[Trajectory(question=question, prompt_ids=[1], reward=1.0,
-                                                   policy_version=self.loaded_version) for _ in range(group_size)])
-                    for question in questions]
+            return [
+                Group(
+                    group_id=f"{question.id}-{seed}",
+                    question=question,
+                    policy_version=self.loaded_version,
+                    worker_id=self.setup.worker_id,
+                    trajectories=[
+                        Trajectory(
+                            question=question, prompt_ids=[1], reward=1.0, policy_version=self.loaded_version
+                        )
+                        for _ in range(group_size)
+                    ],
+                )
+                for question in questions
+            ]
 
         def update_weights(self, weights, version):
             self.loaded_version = version
@@ -86,13 +96,16 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
 def test_repeated_actor_kills_lose_no_group_and_deliver_every_batch(ray_session):
     weights = {"layer.weight": torch.zeros(2, 2)}
     batches = []
-    with RolloutManager(two_worker_config(), QUESTIONS, model_path="unused",
-                        actor_class=make_slow_worker_class(0.5)) as manager:
+    with RolloutManager(
+        two_worker_config(), QUESTIONS, model_path="unused", actor_class=make_slow_worker_class(0.5)
+    ) as manager:
         batches.append(manager.get_batch(QUESTIONS_PER_STEP, current_version=0, timeout=120))
         for version in range(1, KILLS + 1):
             manager.push_weights(weights, version=version)
             # the new version's 4 questions are in flight, 2 on each actor: kill one of them
-            wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] == QUESTIONS_PER_STEP)
+            wait_until(
+                lambda: manager.stats(reset_window=False)["async/inflight_groups"] == QUESTIONS_PER_STEP
+            )
             ray.kill(manager.worker_handles()[version % 2])
             batches.append(manager.get_batch(QUESTIONS_PER_STEP, current_version=version, timeout=120))
         replacement_versions = ray.get([handle.version.remote() for handle in manager.worker_handles()])
@@ -110,4 +123,3 @@ def test_repeated_actor_kills_lose_no_group_and_deliver_every_batch(ray_session)
     assert stats["async/dropped_groups"] == 0
     assert replacement_versions == [KILLS, KILLS]  # replacements loaded the current weights
     assert sorted(worker_ids) == [3, 4]  # ids 0, 1 started; 2, 3, 4 replaced a killed actor in turn
-

@@ -35,7 +35,9 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
 
 
 def unknown_key(tmp_path):
-    return ["grpo.learnig_rate=1e-5"], r"command line: unknown key 'grpo\.learnig_rate'\. Did you mean: grpo\.learning_rate"
+    return [
+        "grpo.learnig_rate=1e-5"
+    ], r"command line: unknown key 'grpo\.learnig_rate'\. Did you mean: grpo\.learning_rate"
 
 
 def wrong_type(tmp_path):
@@ -49,7 +51,10 @@ def wrong_type_in_yaml(tmp_path):
 
 
 def missing_config_file(tmp_path):
-    return ["--config", str(tmp_path / "absent.yaml")], rf"config file '{re.escape(str(tmp_path))}/absent\.yaml' does not exist"
+    return [
+        "--config",
+        str(tmp_path / "absent.yaml"),
+    ], rf"config file '{re.escape(str(tmp_path))}/absent\.yaml' does not exist"
 
 
 def missing_data_file(tmp_path):
@@ -81,12 +86,24 @@ def empty_dataset(tmp_path):
 def corpus_without_contents(tmp_path):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"id": "d1", "text": "Bemo Hall was founded in 1901."}])
     train_file = write_jsonl(tmp_path / "nq.jsonl", [GOOD_ROW])
-    return (files_source(tmp_path, train_file, corpus),
-            rf"{re.escape(str(corpus))}:1: corpus row needs a string 'contents'")
+    return (
+        files_source(tmp_path, train_file, corpus),
+        rf"{re.escape(str(corpus))}:1: corpus row needs a string 'contents'",
+    )
 
 
-CASES = [unknown_key, wrong_type, wrong_type_in_yaml, missing_config_file, missing_data_file, malformed_jsonl_row,
-         broken_json_line, malformed_parquet_row, empty_dataset, corpus_without_contents]
+CASES = [
+    unknown_key,
+    wrong_type,
+    wrong_type_in_yaml,
+    missing_config_file,
+    missing_data_file,
+    malformed_jsonl_row,
+    broken_json_line,
+    malformed_parquet_row,
+    empty_dataset,
+    corpus_without_contents,
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.__name__ for case in CASES])
@@ -96,7 +113,9 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(case, tmp_path, c
     if arguments[:1] == ["--config"]:
         config_path, arguments = arguments[1], arguments[2:]
     output_dir = tmp_path / "runs"
-    code = main(["train", config_path, f"experiment.output_dir={output_dir}", "experiment.name=bad", *arguments])
+    code = main(
+        ["train", config_path, f"experiment.output_dir={output_dir}", "experiment.name=bad", *arguments]
+    )
     stderr = capsys.readouterr().err
     assert code == EXIT_BAD_INPUT
     error_lines = [line for line in stderr.splitlines() if line.startswith("fanout: error:")]
@@ -108,8 +127,16 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(case, tmp_path, c
 
 def test_a_malformed_row_through_the_console_script(tmp_path):
     arguments, expected_message = malformed_jsonl_row(tmp_path)
-    result = run_fanout(["train", QUICKSTART, f"experiment.output_dir={tmp_path / 'runs'}", "experiment.name=bad",
-                         *arguments], timeout_s=300)
+    result = run_fanout(
+        [
+            "train",
+            QUICKSTART,
+            f"experiment.output_dir={tmp_path / 'runs'}",
+            "experiment.name=bad",
+            *arguments,
+        ],
+        timeout_s=300,
+    )
     assert result.returncode == EXIT_BAD_INPUT
     assert re.search(expected_message, result.stderr.strip().splitlines()[-1])
 
@@ -118,13 +145,19 @@ def test_an_existing_run_folder_is_refused_and_left_untouched(tmp_path):
     run_dir = tmp_path / "runs" / "existing"
     (run_dir / "checkpoints" / "checkpoint-4").mkdir(parents=True)
     (run_dir / "config.yaml").write_text("experiment:\n  name: existing\n")
-    write_jsonl(run_dir / "metrics.jsonl", [{"step": step, "reward/total": 0.1 * step} for step in range(1, 5)])
-    (run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text('{"step": 4, "version": 4}\n')
+    write_jsonl(
+        run_dir / "metrics.jsonl", [{"step": step, "reward/total": 0.1 * step} for step in range(1, 5)]
+    )
+    (run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text(
+        '{"step": 4, "version": 4}\n'
+    )
     (run_dir / "checkpoints" / "latest").write_text("checkpoint-4\n")
     before = file_hashes(run_dir)
 
-    result = run_fanout(["train", QUICKSTART, f"experiment.output_dir={tmp_path / 'runs'}",
-                         "experiment.name=existing"], timeout_s=300)
+    result = run_fanout(
+        ["train", QUICKSTART, f"experiment.output_dir={tmp_path / 'runs'}", "experiment.name=existing"],
+        timeout_s=300,
+    )
     assert result.returncode == EXIT_BAD_INPUT
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("fanout: error: run folder") and "experiment.resume=true" in message

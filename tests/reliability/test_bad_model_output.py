@@ -33,8 +33,9 @@ def make_worker(tiny_checkpoint, corpus_path: str, protocol: str, temperature: f
     config.rollout.max_turns = 2
     config.rollout.max_new_tokens_per_turn = 24
     config.rollout.max_context_tokens = MAX_CONTEXT_TOKENS
-    return RolloutWorker(to_dict(config), WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint),
-                                                      corpus_path=corpus_path))
+    return RolloutWorker(
+        to_dict(config), WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint), corpus_path=corpus_path)
+    )
 
 
 def check_scored_groups(groups, num_questions: int) -> None:
@@ -42,7 +43,11 @@ def check_scored_groups(groups, num_questions: int) -> None:
     for group in groups:
         assert len(group.trajectories) == GROUP_SIZE
         for trajectory in group.trajectories:
-            assert len(trajectory.response_ids) == len(trajectory.loss_mask) == len(trajectory.behaviour_logprobs)
+            assert (
+                len(trajectory.response_ids)
+                == len(trajectory.loss_mask)
+                == len(trajectory.behaviour_logprobs)
+            )
             assert len(trajectory.prompt_ids) + len(trajectory.response_ids) <= MAX_CONTEXT_TOKENS
             assert all(math.isfinite(value) and value <= 0 for value in trajectory.behaviour_logprobs)
             assert 1 <= trajectory.model_calls <= 3
@@ -58,8 +63,9 @@ def test_untrained_model_at_high_temperature_gives_finite_rewards(tiny_checkpoin
 
 
 @pytest.mark.parametrize("protocol", ["tags", "function_call"])
-def test_random_token_streams_through_the_worker_give_finite_rewards(tiny_checkpoint, tiny_world, corpus_path,
-                                                                      protocol):
+def test_random_token_streams_through_the_worker_give_finite_rewards(
+    tiny_checkpoint, tiny_world, corpus_path, protocol
+):
     worker = make_worker(tiny_checkpoint, corpus_path, protocol, temperature=1.0)
     tokenizer = worker.components.engine.tokenizer
     questions = tiny_world.splits["train"][:4]

@@ -36,7 +36,11 @@ def test_a_half_written_save_is_ignored_then_cleared_by_the_next_save(tmp_path):
     assert load_trainer_state(first)["version"] == 1
 
     write_checkpoint(checkpoints_dir, 2)
-    assert sorted(path.name for path in checkpoints_dir.iterdir()) == ["checkpoint-1", "checkpoint-2", LATEST_POINTER]
+    assert sorted(path.name for path in checkpoints_dir.iterdir()) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        LATEST_POINTER,
+    ]
     assert find_latest_checkpoint(tmp_path).name == "checkpoint-2"
 
 
@@ -49,6 +53,10 @@ def test_a_checkpoint_moved_aside_by_a_killed_re_save_is_put_back(tmp_path):
     assert find_latest_checkpoint(tmp_path).name == "checkpoint-1"  # `latest` names a missing folder
     write_checkpoint(checkpoints_dir, 3)
     assert sorted(path.name for path in checkpoints_dir.iterdir()) == [
-        "checkpoint-1", "checkpoint-2", "checkpoint-3", LATEST_POINTER]
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+        LATEST_POINTER,
+    ]
     assert (second / "weights.bin").read_bytes() == bytes([2]) * 8
     assert load_trainer_state(second)["version"] == 2

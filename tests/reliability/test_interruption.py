@@ -39,11 +39,27 @@ def world_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("shared_world")
 
 
-def train(output_dir: Path, world_dir: Path, model_path: Path, total_steps: int, *extra: str,
-          fault: str = "", env: dict | None = None):
-    arguments = ["train", "configs/quickstart.yaml", f"experiment.output_dir={output_dir}", "experiment.name=run",
-                 f"data.world_dir={world_dir}", f"model.path={model_path}", f"grpo.total_steps={total_steps}",
-                 "async.max_staleness=0", *TINY_TRAINING_OVERRIDES, *extra]
+def train(
+    output_dir: Path,
+    world_dir: Path,
+    model_path: Path,
+    total_steps: int,
+    *extra: str,
+    fault: str = "",
+    env: dict | None = None,
+):
+    arguments = [
+        "train",
+        "configs/quickstart.yaml",
+        f"experiment.output_dir={output_dir}",
+        "experiment.name=run",
+        f"data.world_dir={world_dir}",
+        f"model.path={model_path}",
+        f"grpo.total_steps={total_steps}",
+        "async.max_staleness=0",
+        *TINY_TRAINING_OVERRIDES,
+        *extra,
+    ]
     environment = {**(env or {}), **({FAULT_ENV: fault} if fault else {})}
     return run_fanout(arguments, env=environment)
 
@@ -52,7 +68,9 @@ def questions_trained(checkpoint_dir: Path) -> set[int]:
     """Indices of the questions trained on up to this checkpoint: handed out and not re-queued."""
     cursor_state = trainer_state(checkpoint_dir)["extra_state"]["rollout_manager"]["cursor"]
     assert cursor_state["epoch"] == 0
-    handed_out = DataCursor(cursor_state["num_items"], seed=cursor_state["seed"]).take(cursor_state["position"])
+    handed_out = DataCursor(cursor_state["num_items"], seed=cursor_state["seed"]).take(
+        cursor_state["position"]
+    )
     return set(handed_out) - set(cursor_state["requeued"])
 
 
@@ -75,9 +93,16 @@ def test_the_fault_hook_kills_only_at_its_point_and_refuses_a_malformed_spec(mon
     monkeypatch.setenv(FAULT_ENV, "save:3")
     fault_point("save", 2)  # another step or point: nothing happens
     fault_point("step", 3)
-    program = "from rl.faults import fault_point; fault_point('save', 2); fault_point('save', 3); print('alive')"
-    result = subprocess.run([sys.executable, "-c", program], env={**os.environ, FAULT_ENV: "save:3"},
-                            capture_output=True, text=True, timeout=120)
+    program = (
+        "from rl.faults import fault_point; fault_point('save', 2); fault_point('save', 3); print('alive')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, FAULT_ENV: "save:3"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == SIGKILL_RETURN_CODE and "alive" not in result.stdout
 
 
@@ -104,8 +129,9 @@ def killed_between_steps(tmp_path_factory, world_dir, tiny_checkpoint) -> Interr
     rows_after_kill = metrics_rows(run_dir)
     latest_after_kill = (run_dir / "checkpoints" / "latest").read_text().strip()
     resumed = train(output_dir, world_dir, tiny_checkpoint, 2, "experiment.resume=true", env=secret_env)
-    return InterruptedRun(run_dir, killed.returncode, rows_after_kill, latest_after_kill, resumed.returncode,
-                          resumed.stderr)
+    return InterruptedRun(
+        run_dir, killed.returncode, rows_after_kill, latest_after_kill, resumed.returncode, resumed.stderr
+    )
 
 
 def test_a_kill_between_steps_leaves_the_checkpoint_of_the_last_step(killed_between_steps):
@@ -144,7 +170,9 @@ def test_no_secret_from_the_environment_reaches_the_run_folder(killed_between_st
 
 
 @pytest.mark.slow
-def test_kills_inside_a_checkpoint_save_and_after_an_update_lose_nothing(tmp_path, world_dir, tiny_checkpoint):
+def test_kills_inside_a_checkpoint_save_and_after_an_update_lose_nothing(
+    tmp_path, world_dir, tiny_checkpoint
+):
     run_dir = tmp_path / "run"
     checkpoints = run_dir / "checkpoints"
     secret_env = {"WANDB_API_KEY": SECRET}
@@ -161,8 +189,9 @@ def test_kills_inside_a_checkpoint_save_and_after_an_update_lose_nothing(tmp_pat
     assert load_trainer_state(checkpoints / "checkpoint-1")["version"] == 1  # the previous one still loads
 
     # 2. resumed from checkpoint-1, killed after the optimizer update of step 3 (not logged, not saved)
-    killed = train(tmp_path, world_dir, tiny_checkpoint, 3, "experiment.resume=true", fault="mid_step:3",
-                   env=secret_env)
+    killed = train(
+        tmp_path, world_dir, tiny_checkpoint, 3, "experiment.resume=true", fault="mid_step:3", env=secret_env
+    )
     assert killed.returncode == SIGKILL_RETURN_CODE, killed.stderr[-3000:]
     assert training_steps(run_dir) == [1, 2]  # step 2 redone and logged once, step 3 never logged
     assert find_latest_checkpoint(run_dir).name == "checkpoint-2"
@@ -170,8 +199,15 @@ def test_kills_inside_a_checkpoint_save_and_after_an_update_lose_nothing(tmp_pat
     assert questions_trained(checkpoints / "checkpoint-2") == first_questions_of_the_cursor(4)
 
     # 3. resumed from checkpoint-2 (wandb offline this time): completes
-    finished = train(tmp_path, world_dir, tiny_checkpoint, 3, "experiment.resume=true",
-                     "logging.wandb_mode=offline", env={**secret_env, "WANDB_MODE": "offline"})
+    finished = train(
+        tmp_path,
+        world_dir,
+        tiny_checkpoint,
+        3,
+        "experiment.resume=true",
+        "logging.wandb_mode=offline",
+        env={**secret_env, "WANDB_MODE": "offline"},
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     rows = metrics_rows(run_dir)
     assert [row["step"] for row in rows] == [1, 2, 3]

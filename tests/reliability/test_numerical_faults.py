@@ -30,9 +30,17 @@ QUESTION = Question(id="q", question="Who?", answers=["x"])
 
 def tiny_model() -> transformers.Qwen2ForCausalLM:
     torch.manual_seed(0)
-    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=64))
+    return transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def trainer_config(zero_stage: int = 0) -> ExperimentConfig:
@@ -50,8 +58,9 @@ def group_of_trajectories(question: Question, group_id: str, rewards: list[float
     """One GRPO group: prompt [1, 2, 3], a 3-token response with behaviour log-prob -2 per token."""
     trajectories = []
     for member, reward in enumerate(rewards):
-        trajectory = Trajectory(question=question, prompt_ids=[1, 2, 3], group_id=group_id, reward=reward,
-                                policy_version=version)
+        trajectory = Trajectory(
+            question=question, prompt_ids=[1, 2, 3], group_id=group_id, reward=reward, policy_version=version
+        )
         trajectory.append([4 + member, 5, 6], True, [-2.0, -2.0, -2.0])
         trajectories.append(trajectory)
     return trajectories
@@ -127,14 +136,28 @@ def make_actor_with_a_nan_second_batch():
             for question in questions:
                 group_id = f"{question.id}-{self.calls}"
                 trajectories = []
-                for member in range(group_size):  # as group_of_trajectories (a module function does not pickle)
+                for member in range(
+                    group_size
+                ):  # as group_of_trajectories (a module function does not pickle)
                     reward = math_module.nan if self.calls == 2 and member == 0 else float(member % 2)
-                    trajectory = Trajectory(question=question, prompt_ids=[1, 2, 3], group_id=group_id,
-                                            reward=reward, policy_version=self.loaded_version)
+                    trajectory = Trajectory(
+                        question=question,
+                        prompt_ids=[1, 2, 3],
+                        group_id=group_id,
+                        reward=reward,
+                        policy_version=self.loaded_version,
+                    )
                     trajectory.append([4 + member, 5, 6], True, [-2.0, -2.0, -2.0])
                     trajectories.append(trajectory)
-                groups.append(Group(group_id=group_id, question=question, trajectories=trajectories,
-                                    policy_version=self.loaded_version, worker_id=self.setup.worker_id))
+                groups.append(
+                    Group(
+                        group_id=group_id,
+                        question=question,
+                        trajectories=trajectories,
+                        policy_version=self.loaded_version,
+                        worker_id=self.setup.worker_id,
+                    )
+                )
             return groups
 
         def update_weights(self, weights, version):
@@ -158,8 +181,9 @@ def test_a_nan_batch_in_the_training_loop_is_logged_as_skipped_and_the_run_goes_
     questions = [Question(id=f"q{index}", question=f"Question {index}?", answers=["x"]) for index in range(8)]
     trainer = GRPOTrainer(config, model=tiny_model())
     try:
-        with RolloutManager(config, questions, model_path="unused",
-                            actor_class=make_actor_with_a_nan_second_batch()) as manager:
+        with RolloutManager(
+            config, questions, model_path="unused", actor_class=make_actor_with_a_nan_second_batch()
+        ) as manager:
             with MetricsLogger(tmp_path, LoggingConfig(wandb_mode="disabled")) as metrics_logger:
                 _loop(config, trainer, manager, metrics_logger, tmp_path, start_step=0)
     finally:

@@ -26,19 +26,22 @@ def client():
     return TestClient(create_app(BM25Retriever(DOCUMENTS), num_documents=len(DOCUMENTS)))
 
 
-@pytest.mark.parametrize("payload, field, reason", [
-    ({"queries": ["q"], "return_scores": "maybe"}, ["body", "return_scores"], "valid boolean"),
-    ({"queries": ["q"], "return_scores": [1]}, ["body", "return_scores"], "valid boolean"),
-    ({"queries": ["q"], "topk": 2.5}, ["body", "topk"], "valid integer"),
-    ({"queries": ["q"], "topk": True}, ["body", "topk"], "valid integer"),
-    ({"queries": ["q"], "topk": None}, ["body", "topk"], "valid integer"),
-    ({"queries": [["nested"]]}, ["body", "queries", 0], "valid string"),
-    ({"queries": None}, ["body", "queries"], "valid list"),
-    ({"queries": ["q"] * 100_000}, ["body", "queries"], "at most 512 items"),
-    ({"queries": ["word " * 200_000]}, ["body", "queries", 0], "at most 2000 characters"),
-    ("queries", ["body"], "valid dictionary"),
-    (3, ["body"], "valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "payload, field, reason",
+    [
+        ({"queries": ["q"], "return_scores": "maybe"}, ["body", "return_scores"], "valid boolean"),
+        ({"queries": ["q"], "return_scores": [1]}, ["body", "return_scores"], "valid boolean"),
+        ({"queries": ["q"], "topk": 2.5}, ["body", "topk"], "valid integer"),
+        ({"queries": ["q"], "topk": True}, ["body", "topk"], "valid integer"),
+        ({"queries": ["q"], "topk": None}, ["body", "topk"], "valid integer"),
+        ({"queries": [["nested"]]}, ["body", "queries", 0], "valid string"),
+        ({"queries": None}, ["body", "queries"], "valid list"),
+        ({"queries": ["q"] * 100_000}, ["body", "queries"], "at most 512 items"),
+        ({"queries": ["word " * 200_000]}, ["body", "queries", 0], "at most 2000 characters"),
+        ("queries", ["body"], "valid dictionary"),
+        (3, ["body"], "valid dictionary"),
+    ],
+)
 def test_wrong_types_and_shapes_get_a_422_naming_the_field(client, payload, field, reason):
     response = client.post("/retrieve", json=payload)
     assert response.status_code == 422
@@ -48,8 +51,12 @@ def test_wrong_types_and_shapes_get_a_422_naming_the_field(client, payload, fiel
 
 
 def test_broken_bodies_get_a_4xx_and_the_server_keeps_serving(client):
-    for body, content_type in [(b'{"queries": ["q"', "application/json"), (b"\xff\xfe\x00", "application/json"),
-                               (b'{"queries": ["q"]}', "text/plain"), (b"", "application/json")]:
+    for body, content_type in [
+        (b'{"queries": ["q"', "application/json"),
+        (b"\xff\xfe\x00", "application/json"),
+        (b'{"queries": ["q"]}', "text/plain"),
+        (b"", "application/json"),
+    ]:
         response = client.post("/retrieve", content=body, headers={"content-type": content_type})
         assert 400 <= response.status_code < 500 and response.json()["detail"]
     assert client.get("/retrieve").status_code == 405
@@ -65,7 +72,7 @@ def test_an_oversized_body_is_refused_before_it_is_parsed(client):
 
 
 def test_largest_valid_request_is_under_the_body_limit(client):
-    queries = ["\U0001F600" * 2000] * 512  # 512 queries of 2000 astral characters, 12 bytes each as JSON
+    queries = ["\U0001f600" * 2000] * 512  # 512 queries of 2000 astral characters, 12 bytes each as JSON
     response = client.post("/retrieve", json={"queries": queries, "topk": 1})
     assert response.status_code == 200 and len(response.json()["result"]) == 512
 

@@ -44,8 +44,20 @@ def test_the_retrieval_server_binds_localhost_unless_told_otherwise(tmp_path, mo
     bound = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: bound.append(options["host"]))
     assert main(["serve-retriever", "--corpus", str(corpus), "--index-dir", str(tmp_path / "index")]) == 0
-    assert main(["serve-retriever", "--corpus", str(corpus), "--index-dir", str(tmp_path / "index"),
-                 "--host", "0.0.0.0"]) == 0
+    assert (
+        main(
+            [
+                "serve-retriever",
+                "--corpus",
+                str(corpus),
+                "--index-dir",
+                str(tmp_path / "index"),
+                "--host",
+                "0.0.0.0",
+            ]
+        )
+        == 0
+    )
     assert bound == ["127.0.0.1", "0.0.0.0"]  # only an explicit --host opens it to the network
     assert build_parser().parse_args(["serve-retriever", "--corpus", "c"]).host == "127.0.0.1"
     assert RetrieverConfig().url.startswith("http://127.0.0.1:")
@@ -69,9 +81,17 @@ def tiny_trainer(zero_stage: int):
     from rl.trainer import GRPOTrainer
 
     torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=64))
+    model = transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     config = ExperimentConfig()
     config.deepspeed.zero_stage = zero_stage
     config.rollout.questions_per_step, config.rollout.group_size = 1, 2
@@ -82,8 +102,10 @@ def test_a_pickled_object_in_the_trainer_state_is_refused(tmp_path):
     checkpoint = tmp_path / "checkpoints" / "checkpoint-1"
     checkpoint.mkdir(parents=True)
     marker = tmp_path / "code-ran"
-    torch.save({"version": 1, "step": 1, "extra_state": {"x": CreatesAFileWhenUnpickled(marker)}},
-               checkpoint / "trainer_state.pt")
+    torch.save(
+        {"version": 1, "step": 1, "extra_state": {"x": CreatesAFileWhenUnpickled(marker)}},
+        checkpoint / "trainer_state.pt",
+    )
     assert find_latest_checkpoint(tmp_path) == checkpoint  # it looks like a checkpoint ...
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_trainer_state(checkpoint)  # ... but loading it refuses the object
@@ -114,9 +136,19 @@ def test_a_pickled_object_in_a_deepspeed_engine_file_is_refused(tmp_path, zero_s
 
 MODEL_TEXT_PACKAGES = ("rollouts", "rewards", "data")
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "breakpoint"}
-FORBIDDEN_ATTRIBUTE_CALLS = {("pickle", "loads"), ("pickle", "load"), ("marshal", "loads"), ("os", "system"),
-                             ("os", "popen"), ("yaml", "load"), ("yaml", "unsafe_load"), ("subprocess", "run"),
-                             ("subprocess", "Popen"), ("subprocess", "call"), ("subprocess", "check_output")}
+FORBIDDEN_ATTRIBUTE_CALLS = {
+    ("pickle", "loads"),
+    ("pickle", "load"),
+    ("marshal", "loads"),
+    ("os", "system"),
+    ("os", "popen"),
+    ("yaml", "load"),
+    ("yaml", "unsafe_load"),
+    ("subprocess", "run"),
+    ("subprocess", "Popen"),
+    ("subprocess", "call"),
+    ("subprocess", "check_output"),
+}
 
 
 def forbidden_calls_in(path: Path) -> list[str]:
@@ -142,8 +174,11 @@ def test_no_code_execution_calls_where_model_text_is_handled():
 def test_the_scan_finds_what_it_looks_for(tmp_path):
     source = tmp_path / "sample.py"
     source.write_text("import os, pickle\nx = eval(text)\npickle.loads(blob)\nos.system(command)\n")
-    assert forbidden_calls_in(source) == [f"{source}:2: eval(...)", f"{source}:3: pickle.loads(...)",
-                                          f"{source}:4: os.system(...)"]
+    assert forbidden_calls_in(source) == [
+        f"{source}:2: eval(...)",
+        f"{source}:3: pickle.loads(...)",
+        f"{source}:4: os.system(...)",
+    ]
 
 
 def test_python_in_a_completion_is_only_ever_text(tmp_path, tiny_checkpoint):
@@ -153,14 +188,24 @@ def test_python_in_a_completion_is_only_ever_text(tmp_path, tiny_checkpoint):
     marker = tmp_path / "code-ran"
     code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
     completions = {0: f"<search> {code} ## exec({code!r})</search>", 1: f"<answer> {code}</answer>"}
-    engine = ScriptedEngine(load_tokenizer(tiny_checkpoint),
-                            lambda response: completions[min(response.count("<information>"), 1)])
+    engine = ScriptedEngine(
+        load_tokenizer(tiny_checkpoint), lambda response: completions[min(response.count("<information>"), 1)]
+    )
     config = ExperimentConfig()
     config.rollout.max_new_tokens_per_turn = 512
     executor = build_tools(config.tools, config.retriever, BM25Retriever(DOCUMENTS))
-    question = Question(id="q", question="Who founded Bemo Hall?", answers=["Varlo Tenmis"], structure="single")
-    groups = run_episodes(engine, build_protocol("tags"), executor, [question], group_size=2,
-                          rollout_config=config.rollout, policy_version=0)
+    question = Question(
+        id="q", question="Who founded Bemo Hall?", answers=["Varlo Tenmis"], structure="single"
+    )
+    groups = run_episodes(
+        engine,
+        build_protocol("tags"),
+        executor,
+        [question],
+        group_size=2,
+        rollout_config=config.rollout,
+        policy_version=0,
+    )
     breakdowns = score_group(groups[0], config.reward)
     trajectory = groups[0].trajectories[0]
     assert [call.arguments["query"] for call in trajectory.turns[0].calls] == [code, f"exec({code!r})"]

@@ -43,8 +43,10 @@ def faulty_worker(tmp_path_factory, tiny_world, tiny_checkpoint) -> RolloutWorke
     config.tools.timeout_s = TIMEOUT_S
     config.rollout.max_turns = 3
     config.rollout.max_new_tokens_per_turn = 64
-    worker = RolloutWorker(to_dict(config), WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint),
-                                                        corpus_path=str(corpus_path)))
+    worker = RolloutWorker(
+        to_dict(config),
+        WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint), corpus_path=str(corpus_path)),
+    )
     worker.components.engine = ScriptedEngine(worker.components.engine.tokenizer, fan_out_twice_then_answer)
     return worker
 
