@@ -323,6 +323,21 @@ def _full_key(error: OmegaConfBaseException) -> str:
     return _code_to_dotted(str(key))
 
 
+def _clear_replaced_mappings(base: DictConfig, update: Any) -> None:
+    """A mapping-valued field (e.g. reward.weights) given in YAML or on the command line replaces the
+    default mapping instead of being merged into it, so `weights: {exact_match: 1.0}` means exactly that."""
+    if not isinstance(update, dict):
+        return
+    for key, value in update.items():
+        node = base.get(key) if isinstance(key, str) and key in base else None
+        if not isinstance(node, DictConfig):
+            continue
+        if OmegaConf.get_type(node) is dict and isinstance(value, dict):
+            base[key] = {}
+        else:
+            _clear_replaced_mappings(node, value)
+
+
 def _merge_checked(base: DictConfig, update: Any, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, update)
@@ -375,6 +390,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (experiment:, model:, …)")
         raw_dict = _rename_keys(OmegaConf.to_container(raw, resolve=False))
+        _clear_replaced_mappings(merged, raw_dict)
         merged = _merge_checked(merged, raw_dict, str(path))
     for text in overrides or []:
         key, value = _parse_override(text)
@@ -382,6 +398,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         missing = OmegaConf.select(merged, code_key, default="__missing__") == "__missing__"
         if missing and not _is_open_mapping(merged, code_key.rpartition(".")[0]):
             raise ConfigError(_unknown_key_message(key, "command line"))
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value)
+            target = OmegaConf.select(merged, code_key, default=None)
+            if isinstance(target, DictConfig) and OmegaConf.get_type(target) is dict:
+                OmegaConf.update(merged, code_key, {}, merge=False)  # `key={...}` replaces the mapping
         merged = _merge_checked(merged, _nest(code_key, value), f"command line '{text}'")
     config: ExperimentConfig = OmegaConf.to_object(merged)
     validate(config, where=str(path) if path else "config")

@@ -145,3 +145,18 @@ def test_config_reference_is_up_to_date(capsys):
         assert (
             comment
         ), f"config key {key} has no comment in rl/config.py (docs/CONFIG.md would leave it blank)"
+
+
+def test_a_mapping_in_yaml_replaces_the_default_mapping(tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_text("reward:\n  weights: {exact_match: 1.0, format: 0.1}\n")
+    assert load_config(path).reward.weights == {"exact_match": 1.0, "format": 0.1}
+    assert load_config(Path("configs/sequential_baseline.yaml")).reward.weights == {"exact_match": 1.0, "format": 0.1}
+
+
+def test_a_mapping_override_replaces_and_a_dotted_override_adds_one_key():
+    replaced = load_config(Path("configs/quickstart.yaml"), ["reward.weights={exact_match: 2.0}"])
+    assert replaced.reward.weights == {"exact_match": 2.0}
+    added = load_config(Path("configs/quickstart.yaml"), ["reward.weights.f1=0.5"])
+    assert added.reward.weights == {"exact_match": 1.0, "format": 0.1, "efficiency": 0.3, "decomposition": 0.1,
+                                    "f1": 0.5}
