@@ -24,6 +24,7 @@ OWN_SCRIPTS = [
     "slurm_submit.sh",
     "retriever_server.sh",
     "bench.sh",
+    "compare_fanout_sequential.sh",
 ]
 
 
@@ -266,3 +267,14 @@ def test_bench_dry_run_runs_every_registered_suite():
     assert [command[2] for command in bench_commands] == list(SUITES)
     assert all(command[3] == "--quick" for command in bench_commands)
     assert sum(command[0] == "tail" for command in commands) == len(SUITES)
+
+
+def test_comparison_trains_both_policies_from_one_warm_start_and_compares_them():
+    commands = printed_commands("compare_fanout_sequential.sh", "--out", "/tmp/cmp", "grpo.total_steps=5")
+    fanout_train, sequential_train, warm_start_eval, compare = commands
+    assert fanout_train[:3] == ["fanout", "train", "configs/quickstart.yaml"]
+    assert sequential_train[:3] == ["fanout", "train", "configs/sequential_baseline.yaml"]
+    assert "model.path=/tmp/cmp/fanout/sft" in sequential_train and "sft.enabled=false" in sequential_train
+    assert "grpo.total_steps=5" in fanout_train and "grpo.total_steps=5" in sequential_train
+    assert warm_start_eval[warm_start_eval.index("--checkpoint") + 1] == "/tmp/cmp/fanout/sft"
+    assert compare[compare.index("--compare") + 1:][:2] == ["/tmp/cmp/sequential", "/tmp/cmp/fanout"]
