@@ -36,8 +36,13 @@ STALENESS_VALUES = (0, 1, 2, 4)
 
 def async_overrides(quick: bool) -> list[str]:
     steps = 2 if quick else 8
-    return [f"grpo.total_steps={steps}", "rollout.num_workers=1", "rollout.worker_num_cpus=1",
-            "rollout.torch_threads_per_worker=1", "async.max_buffered_groups=64"]
+    return [
+        f"grpo.total_steps={steps}",
+        "rollout.num_workers=1",
+        "rollout.worker_num_cpus=1",
+        "rollout.torch_threads_per_worker=1",
+        "async.max_buffered_groups=64",
+    ]
 
 
 def steady_figures(metrics_path: Path) -> dict[str, float]:
@@ -62,8 +67,15 @@ def steady_figures(metrics_path: Path) -> dict[str, float]:
 def run_setting(quick: bool, max_staleness: int, asset_overrides: list[str]) -> dict[str, float]:
     from rl.train import train
 
-    config = bench_config(quick, [f"experiment.name=bench-async-s{max_staleness}", *asset_overrides,
-                                  *async_overrides(quick), f"async.max_staleness={max_staleness}"])
+    config = bench_config(
+        quick,
+        [
+            f"experiment.name=bench-async-s{max_staleness}",
+            *asset_overrides,
+            *async_overrides(quick),
+            f"async.max_staleness={max_staleness}",
+        ],
+    )
     run_dir = train(config)
     return steady_figures(run_dir / "metrics.jsonl")
 
@@ -73,23 +85,56 @@ def run(quick: bool) -> dict:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     assets = prepare_assets(quick)
     load_before = load_average()
-    results = {staleness: run_setting(quick, staleness, assets.run_overrides()) for staleness in STALENESS_VALUES}
+    results = {
+        staleness: run_setting(quick, staleness, assets.run_overrides()) for staleness in STALENESS_VALUES
+    }
     base = results[0]["samples_per_s"]
     config = bench_config(quick, async_overrides(quick))
-    rows = [(staleness, figures["steps"], f"{figures['step_s']:.2f}", f"{figures['train_step_s']:.2f}",
-             f"{figures['samples_per_s']:.2f}", f"{figures['samples_per_s'] / base:.2f}x",
-             f"{figures['trainer_wait_fraction']:.0%}", f"{figures['worker_idle_fraction']:.0%}",
-             f"{figures['staleness_mean']:.2f}", int(figures["dropped_groups"]))
-            for staleness, figures in results.items()]
-    print_table(f"async: {config.rollout.questions_per_step} groups x G={config.rollout.group_size} per step, "
-                f"1 rollout actor + trainer on 2 cores, tool latency {config.tools.latency_s * 1000:.0f} ms, "
-                f"load {load_before}",
-                ["max_staleness", "steady steps", "step s", "train s", "samples/s", "vs sync", "trainer waits",
-                 "actor idle", "mean staleness", "dropped"], rows)
-    print("anchors from the literature (their hardware and models): AReaL 2.77x, AsyncFlow 1.59x over synchronous")
+    rows = [
+        (
+            staleness,
+            figures["steps"],
+            f"{figures['step_s']:.2f}",
+            f"{figures['train_step_s']:.2f}",
+            f"{figures['samples_per_s']:.2f}",
+            f"{figures['samples_per_s'] / base:.2f}x",
+            f"{figures['trainer_wait_fraction']:.0%}",
+            f"{figures['worker_idle_fraction']:.0%}",
+            f"{figures['staleness_mean']:.2f}",
+            int(figures["dropped_groups"]),
+        )
+        for staleness, figures in results.items()
+    ]
+    print_table(
+        f"async: {config.rollout.questions_per_step} groups x G={config.rollout.group_size} per step, "
+        f"1 rollout actor + trainer on 2 cores, tool latency {config.tools.latency_s * 1000:.0f} ms, "
+        f"load {load_before}",
+        [
+            "max_staleness",
+            "steady steps",
+            "step s",
+            "train s",
+            "samples/s",
+            "vs sync",
+            "trainer waits",
+            "actor idle",
+            "mean staleness",
+            "dropped",
+        ],
+        rows,
+    )
+    print(
+        "anchors from the literature (their hardware and models): AReaL 2.77x, AsyncFlow 1.59x "
+        "over synchronous"
+    )
     return {
-        "ratio": {str(staleness): ratio(results[staleness]["samples_per_s"], base) for staleness in STALENESS_VALUES[1:]},
-        "samples_per_s": {str(staleness): round(figures["samples_per_s"], 3) for staleness, figures in results.items()},
+        "ratio": {
+            str(staleness): ratio(results[staleness]["samples_per_s"], base)
+            for staleness in STALENESS_VALUES[1:]
+        },
+        "samples_per_s": {
+            str(staleness): round(figures["samples_per_s"], 3) for staleness, figures in results.items()
+        },
         "trainer_wait_fraction": {str(s): round(f["trainer_wait_fraction"], 3) for s, f in results.items()},
         "worker_idle_fraction": {str(s): round(f["worker_idle_fraction"], 3) for s, f in results.items()},
         "staleness_mean": {str(s): round(f["staleness_mean"], 3) for s, f in results.items()},

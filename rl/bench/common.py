@@ -39,35 +39,66 @@ QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstar
 # The world, model and SFT settings of each setting (they decide what is cached).
 ASSET_OVERRIDES = {
     "full": [
-        "data.world.num_entities_per_kind=40", "data.world.num_train=600", "data.world.num_validation=20",
-        "data.world.num_test=60", "model.tiny.hidden_size=128", "model.tiny.num_hidden_layers=2",
-        "model.tiny.intermediate_size=512", "model.tiny.vocab_size=2048",
-        "sft.enabled=true", "sft.num_trajectories=800", "sft.max_steps=300", "sft.batch_size=16",
+        "data.world.num_entities_per_kind=40",
+        "data.world.num_train=600",
+        "data.world.num_validation=20",
+        "data.world.num_test=60",
+        "model.tiny.hidden_size=128",
+        "model.tiny.num_hidden_layers=2",
+        "model.tiny.intermediate_size=512",
+        "model.tiny.vocab_size=2048",
+        "sft.enabled=true",
+        "sft.num_trajectories=800",
+        "sft.max_steps=300",
+        "sft.batch_size=16",
         "sft.parallel_fraction=0.3",
     ],
     "quick": [
-        "data.world.num_entities_per_kind=12", "data.world.num_train=40", "data.world.num_validation=6",
-        "data.world.num_test=10", "model.tiny.hidden_size=32", "model.tiny.num_hidden_layers=1",
-        "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1",
-        "model.tiny.intermediate_size=64", "model.tiny.vocab_size=512", "sft.enabled=false",
+        "data.world.num_entities_per_kind=12",
+        "data.world.num_train=40",
+        "data.world.num_validation=6",
+        "data.world.num_test=10",
+        "model.tiny.hidden_size=32",
+        "model.tiny.num_hidden_layers=1",
+        "model.tiny.num_attention_heads=2",
+        "model.tiny.num_key_value_heads=1",
+        "model.tiny.intermediate_size=64",
+        "model.tiny.vocab_size=512",
+        "sft.enabled=false",
     ],
 }
 # Rollout and training sizes of each setting (not cached: suites may change them).
 RUN_OVERRIDES = {
     "full": [
-        "rollout.group_size=4", "rollout.questions_per_step=4", "rollout.questions_per_worker_call=2",
-        "rollout.max_turns=3", "rollout.max_new_tokens_per_turn=32", "rollout.max_context_tokens=768",
-        "tools.latency_s=0.1", "grpo.total_steps=8",
+        "rollout.group_size=4",
+        "rollout.questions_per_step=4",
+        "rollout.questions_per_worker_call=2",
+        "rollout.max_turns=3",
+        "rollout.max_new_tokens_per_turn=32",
+        "rollout.max_context_tokens=768",
+        "tools.latency_s=0.1",
+        "grpo.total_steps=8",
     ],
     "quick": [
-        "rollout.group_size=2", "rollout.questions_per_step=2", "rollout.questions_per_worker_call=1",
-        "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=6", "rollout.max_context_tokens=256",
-        "rollout.max_observation_tokens=32", "tools.latency_s=0.01", "grpo.total_steps=2",
+        "rollout.group_size=2",
+        "rollout.questions_per_step=2",
+        "rollout.questions_per_worker_call=1",
+        "rollout.max_turns=1",
+        "rollout.max_new_tokens_per_turn=6",
+        "rollout.max_context_tokens=256",
+        "rollout.max_observation_tokens=32",
+        "tools.latency_s=0.01",
+        "grpo.total_steps=2",
     ],
 }
 QUIET_OVERRIDES = [
-    "logging.wandb_mode=disabled", "logging.plots=false", "logging.progress_bar=false", "eval.at_end=false",
-    "checkpoint.every_steps=0", "checkpoint.keep_last=1", "experiment.overwrite=true",
+    "logging.wandb_mode=disabled",
+    "logging.plots=false",
+    "logging.progress_bar=false",
+    "eval.at_end=false",
+    "checkpoint.every_steps=0",
+    "checkpoint.keep_last=1",
+    "experiment.overwrite=true",
 ]
 
 
@@ -83,10 +114,15 @@ def cache_dir() -> Path:
 
 
 def bench_overrides(quick: bool, overrides: Sequence[str] = ()) -> list[str]:
-    """The `key=value` overrides that turn configs/quickstart.yaml into the benchmark config (`overrides` last)."""
+    """The `key=value` overrides that turn configs/quickstart.yaml into the benchmark config.
+
+    `overrides` come last, so they win.
+    """
     setting = setting_name(quick)
     return [
-        *ASSET_OVERRIDES[setting], *RUN_OVERRIDES[setting], *QUIET_OVERRIDES,
+        *ASSET_OVERRIDES[setting],
+        *RUN_OVERRIDES[setting],
+        *QUIET_OVERRIDES,
         f"experiment.output_dir={cache_dir() / setting / 'runs'}",
         f"data.world_dir={cache_dir() / setting / 'world'}",
         *overrides,
@@ -127,21 +163,32 @@ def prepare_assets(quick: bool) -> BenchAssets:
 
     set_offline_mode()
     setting = setting_name(quick)
-    config = bench_config(quick, ["experiment.name=assets", "experiment.overwrite=false", "experiment.resume=false"])
+    config = bench_config(
+        quick, ["experiment.name=assets", "experiment.overwrite=false", "experiment.resume=false"]
+    )
     world_dir = Path(config.data.world_dir)
     world = ensure_world(world_dir, config.data.world)
     started = time.perf_counter()
     model_path = ensure_warm_start(config, world)
     elapsed = time.perf_counter() - started
     if elapsed > 5:
-        print(f"[bench setup] built the {setting} world and tiny model in {elapsed:.0f} s (cached in {cache_dir()})")
-    return BenchAssets(world=world, world_dir=world_dir, corpus_path=str(world_dir / "corpus.jsonl"),
-                       model_path=Path(model_path), base_model_path=config.run_dir / BASE_MODEL_SUBDIR,
-                       setting=setting)
+        print(
+            f"[bench setup] built the {setting} world and tiny model in {elapsed:.0f} s "
+            f"(cached in {cache_dir()})"
+        )
+    return BenchAssets(
+        world=world,
+        world_dir=world_dir,
+        corpus_path=str(world_dir / "corpus.jsonl"),
+        model_path=Path(model_path),
+        base_model_path=config.run_dir / BASE_MODEL_SUBDIR,
+        setting=setting,
+    )
 
 
-def generate_training_batch(config: ExperimentConfig, assets: BenchAssets, model_path: str | Path | None = None,
-                            seed: int = 0) -> list:
+def generate_training_batch(
+    config: ExperimentConfig, assets: BenchAssets, model_path: str | Path | None = None, seed: int = 0
+) -> list:
     """One training batch (questions_per_step groups of group_size scored trajectories), generated in this
     process by the HF engine through the agent loop with real search and the configured rewards.
 
@@ -155,12 +202,21 @@ def generate_training_batch(config: ExperimentConfig, assets: BenchAssets, model
     from rollouts.worker import score_groups
 
     engine = build_engine(config.rollout.engine, model_path or assets.model_path, config.rollout)
-    executor = build_tools(config.tools, config.retriever,
-                           build_retriever(config.retriever, documents=assets.world.documents))
+    executor = build_tools(
+        config.tools, config.retriever, build_retriever(config.retriever, documents=assets.world.documents)
+    )
     protocol = build_protocol(config.rollout.protocol, tool_schemas=executor.tool_schemas())
-    questions = assets.train_questions[:config.rollout.questions_per_step]
-    groups = run_episodes(engine, protocol, executor, questions, config.rollout.group_size, config.rollout,
-                          policy_version=0, seed=seed)
+    questions = assets.train_questions[: config.rollout.questions_per_step]
+    groups = run_episodes(
+        engine,
+        protocol,
+        executor,
+        questions,
+        config.rollout.group_size,
+        config.rollout,
+        policy_version=0,
+        seed=seed,
+    )
     score_groups(groups, config)
     return [trajectory for group in groups for trajectory in group.trajectories]
 
@@ -168,6 +224,29 @@ def generate_training_batch(config: ExperimentConfig, assets: BenchAssets, model
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
+
+
+# Set by the trainer's one-process DeepSpeed group (rl/deepspeed_setup.py); a child process must not inherit
+# them, or it would try to join (or re-bind the port of) this process's group.
+DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without the distributed variables, plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}, **extra}
+
+
+@contextmanager
+def clean_spawn_environment(**extra: str) -> Iterator[None]:
+    """Within the block, os.environ is `child_environment(**extra)` (what a spawned process inherits)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(child_environment(**extra))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @contextmanager
@@ -208,5 +287,19 @@ def ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator > 0 else 0.0
 
 
-__all__ = ["BenchAssets", "bench_config", "bench_overrides", "cache_dir", "generate_training_batch", "generated_tokens", "load_average",
-           "prepare_assets", "print_table", "ratio", "setting_name", "timer"]
+__all__ = [
+    "BenchAssets",
+    "bench_config",
+    "bench_overrides",
+    "cache_dir",
+    "child_environment",
+    "clean_spawn_environment",
+    "generate_training_batch",
+    "generated_tokens",
+    "load_average",
+    "prepare_assets",
+    "print_table",
+    "ratio",
+    "setting_name",
+    "timer",
+]

@@ -8,8 +8,9 @@
    SFT warm-start (no SFT, eval, plots or periodic checkpoints). Every 0.2 s the suite sums the resident
    set size (RSS) of that process and all its descendants (the Ray head processes started by its
    `ray.init`, the rollout actor, idle Ray workers) and keeps the peak, with the split at that moment:
-   driver (trainer), rollout actors, other (Ray head processes, idle Ray workers). RSS counts shared pages (libraries, the object
-   store's shared memory) once per process, so the sum is an upper bound on the machine's memory use.
+   driver (trainer), rollout actors, other (Ray head processes, idle Ray workers). RSS counts shared
+   pages (libraries, the object store's shared memory) once per process, so the sum is an upper bound
+   on the machine's memory use.
 2. One trainer step: a freshly spawned process builds `GRPOTrainer` (DeepSpeed, ZeRO stage of the
    quickstart) on the same model and runs one `step` on a quickstart-sized batch generated beforehand;
    its peak is `resource.getrusage(RUSAGE_SELF).ru_maxrss` (imports of torch/DeepSpeed included).
@@ -19,7 +20,6 @@ The target is <= 6 GiB for the whole run on the embedded default (peak_rss_gib).
 
 from __future__ import annotations
 
-import os
 import resource
 import subprocess
 import sys
@@ -32,6 +32,8 @@ from rl.bench.common import (
     QUICKSTART_CONFIG,
     bench_config,
     bench_overrides,
+    child_environment,
+    clean_spawn_environment,
     generate_training_batch,
     load_average,
     prepare_assets,
@@ -44,9 +46,18 @@ GIB = 2**30
 
 def run_overrides(quick: bool) -> list[str]:
     """The quickstart's rollout shape (full) or the micro one (quick); a few steps, one actor."""
-    shape = [] if quick else ["rollout.questions_per_step=16", "rollout.group_size=8", "rollout.max_turns=4",
-                              "rollout.max_new_tokens_per_turn=48", "rollout.max_context_tokens=1024",
-                              "tools.latency_s=0.0"]
+    shape = (
+        []
+        if quick
+        else [
+            "rollout.questions_per_step=16",
+            "rollout.group_size=8",
+            "rollout.max_turns=4",
+            "rollout.max_new_tokens_per_turn=48",
+            "rollout.max_context_tokens=1024",
+            "tools.latency_s=0.0",
+        ]
+    )
     return [*shape, f"grpo.total_steps={2 if quick else 3}", "rollout.num_workers=1"]
 
 
@@ -119,8 +130,15 @@ def measure_run(quick: bool, assets) -> tuple[MemorySample, float, int]:
     """(peak sample, wall seconds, samples taken) of a short `fanout train` in a child process."""
     run_specific = ["experiment.name=bench-memory", *assets.run_overrides(), *run_overrides(quick)]
     config = bench_config(quick, run_specific)  # validates the overrides before the child starts
-    command = [sys.executable, "-m", "rl", "train", str(QUICKSTART_CONFIG), *bench_overrides(quick, run_specific)]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable,
+        "-m",
+        "rl",
+        "train",
+        str(QUICKSTART_CONFIG),
+        *bench_overrides(quick, run_specific),
+    ]
+    environment = child_environment(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
     started = time.perf_counter()
     log_path = Path(config.experiment.output_dir) / "bench-memory.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,9 +169,14 @@ def measure_trainer_step(quick: bool, assets) -> tuple[int, int]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    config = bench_config(quick, ["experiment.name=bench-memory-step", *assets.run_overrides(), *run_overrides(quick)])
+    config = bench_config(
+        quick, ["experiment.name=bench-memory-step", *assets.run_overrides(), *run_overrides(quick)]
+    )
     trajectories = generate_training_batch(config, assets)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with (
+        clean_spawn_environment(),
+        ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool,
+    ):
         peak = pool.submit(one_step_peak_bytes, config, str(assets.model_path), trajectories).result()
     return peak, len(trajectories)
 
@@ -166,8 +189,11 @@ def run(quick: bool) -> dict:
     rows = [("short run: total (driver + Ray processes)", f"{peak.total / GIB:.2f}", peak.processes)]
     rows += [(f"  of which {role}", f"{value / GIB:.2f}", "") for role, value in peak.by_role.items()]
     rows.append((f"one trainer step ({batch} trajectories), fresh process", f"{step_peak / GIB:.2f}", 1))
-    print_table(f"memory: peak RSS, {samples} samples over {wall_s:.0f} s, load {load_before}",
-                ["what", "peak RSS (GiB)", "processes"], rows)
+    print_table(
+        f"memory: peak RSS, {samples} samples over {wall_s:.0f} s, load {load_before}",
+        ["what", "peak RSS (GiB)", "processes"],
+        rows,
+    )
     return {
         "peak_rss_gib": round(peak.total / GIB, 3),
         "peak_rss_by_role_gib": {role: round(value / GIB, 3) for role, value in peak.by_role.items()},

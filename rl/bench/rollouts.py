@@ -23,7 +23,6 @@ latency. Figures: model calls and wall seconds per question for each behaviour, 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +65,18 @@ class ThroughputResult:
 
 def throughput_overrides() -> list[str]:
     """A staleness bound and buffer wide enough that an idle trainer never throttles the actors."""
-    return ["async.max_staleness=1000", "async.max_buffered_groups=64", "rollout.max_inflight_calls_per_worker=2",
-            "rollout.worker_num_cpus=1", "rollout.torch_threads_per_worker=1"]
+    return [
+        "async.max_staleness=1000",
+        "async.max_buffered_groups=64",
+        "rollout.max_inflight_calls_per_worker=2",
+        "rollout.worker_num_cpus=1",
+        "rollout.torch_threads_per_worker=1",
+    ]
 
 
-def measure_actor_throughput(assets: BenchAssets, config, num_workers: int, measured_batches: int) -> ThroughputResult:
+def measure_actor_throughput(
+    assets: BenchAssets, config, num_workers: int, measured_batches: int
+) -> ThroughputResult:
     """Groups, trajectories and generated tokens per second from `num_workers` rollout actors, trainer idle.
 
     The rate is the manager's own count of groups finished inside the measured window (after a warm-up
@@ -83,10 +89,12 @@ def measure_actor_throughput(assets: BenchAssets, config, num_workers: int, meas
     init_ray()
     config.rollout.num_workers = num_workers
     batch_groups = config.rollout.questions_per_step
-    with RolloutManager(config, assets.train_questions, model_path=str(assets.model_path),
-                        corpus_path=assets.corpus_path) as manager:
+    with RolloutManager(
+        config, assets.train_questions, model_path=str(assets.model_path), corpus_path=assets.corpus_path
+    ) as manager:
         with timer() as warmup:
             manager.get_batch(batch_groups, current_version=0, timeout=1800)
+
         def groups_finished() -> float:
             return manager.stats(reset_window=False)["rollout/groups_generated"]
 
@@ -95,20 +103,41 @@ def measure_actor_throughput(assets: BenchAssets, config, num_workers: int, meas
             while groups_finished() - finished_before < measured_batches * batch_groups:
                 received += manager.get_batch(batch_groups, current_version=0, timeout=1800)
         groups_per_s = (groups_finished() - finished_before) / measured["s"]
-    return ThroughputResult(num_workers, groups_per_s, config.rollout.group_size,
-                            generated_tokens(received) / len(received), measured["s"], warmup["s"])
+    return ThroughputResult(
+        num_workers,
+        groups_per_s,
+        config.rollout.group_size,
+        generated_tokens(received) / len(received),
+        measured["s"],
+        warmup["s"],
+    )
 
 
 def actor_rows(results: list[ThroughputResult]) -> list[tuple]:
     base = results[0].trajectories_per_s
-    return [(result.num_workers, f"{result.seconds:.1f}", f"{result.trajectories_per_s:.2f}",
-             f"{result.tokens_per_s:.0f}", f"{result.tokens_per_group / result.trajectories_per_group:.0f}",
-             f"{result.trajectories_per_s / base:.2f}x", f"{result.warmup_s:.1f}")
-            for result in results]
+    return [
+        (
+            result.num_workers,
+            f"{result.seconds:.1f}",
+            f"{result.trajectories_per_s:.2f}",
+            f"{result.tokens_per_s:.0f}",
+            f"{result.tokens_per_group / result.trajectories_per_group:.0f}",
+            f"{result.trajectories_per_s / base:.2f}x",
+            f"{result.warmup_s:.1f}",
+        )
+        for result in results
+    ]
 
 
-ACTOR_HEADER = ["actors", "measured (s)", "trajectories/s", "tokens/s", "tokens/trajectory", "vs 1 actor",
-                "warm-up (s)"]
+ACTOR_HEADER = [
+    "actors",
+    "measured (s)",
+    "trajectories/s",
+    "tokens/s",
+    "tokens/trajectory",
+    "vs 1 actor",
+    "warm-up (s)",
+]
 
 # ----------------------------------------------------------------------------------------------
 # Part 2: fan-out vs one query per turn, through the agent loop
@@ -139,7 +168,7 @@ class ScriptedEngine(InferenceEngine):
 
     def _script_for(self, context_ids: list[int]) -> tuple[tuple[int, ...], list[list[int]]]:
         for prompt, turns in self.scripts.items():
-            if tuple(context_ids[:len(prompt)]) == prompt:
+            if tuple(context_ids[: len(prompt)]) == prompt:
                 return prompt, turns
         raise KeyError("ScriptedEngine: a context matches no scripted prompt")
 
@@ -148,29 +177,39 @@ class ScriptedEngine(InferenceEngine):
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        logits = self.model(input_ids=torch.tensor([context_ids]), past_key_values=cache, use_cache=True,
-                            logits_to_keep=1).logits[:, -1, :]
+        logits = self.model(
+            input_ids=torch.tensor([context_ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+        ).logits[:, -1, :]
         logprobs = []
         for token_id in forced_ids:
             logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[0, token_id]))
-            logits = self.model(input_ids=torch.tensor([[token_id]]), past_key_values=cache,
-                                use_cache=True).logits[:, -1, :]
+            logits = self.model(
+                input_ids=torch.tensor([[token_id]]), past_key_values=cache, use_cache=True
+            ).logits[:, -1, :]
         return logprobs
 
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
+    def generate(
+        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None
+    ):
         outputs = []
         for context_ids in batch_prompt_ids:
             prompt, turns = self._script_for(context_ids)
             round_index = self.rounds_played.get(prompt, 0)
             self.rounds_played[prompt] = round_index + 1
             turn_ids = turns[min(round_index, len(turns) - 1)][:max_new_tokens]
-            logprobs = self._forced_logprobs(context_ids, turn_ids) if self.model is not None else [0.0] * len(turn_ids)
+            logprobs = (
+                self._forced_logprobs(context_ids, turn_ids)
+                if self.model is not None
+                else [0.0] * len(turn_ids)
+            )
             finish_reason = "stop" if turn_ids and turn_ids[-1] in stop_token_ids else "length"
             outputs.append(GenerationOutput(list(turn_ids), logprobs, finish_reason))
         return outputs
 
 
-def expert_scripts(questions: list, mode: str, protocol: Any, tokenizer: Any) -> dict[tuple[int, ...], list[list[int]]]:
+def expert_scripts(
+    questions: list, mode: str, protocol: Any, tokenizer: Any
+) -> dict[tuple[int, ...], list[list[int]]]:
     from rl.expert import expert_plan, plan_actions
     from rollouts.agent_loop import encode
 
@@ -178,7 +217,8 @@ def expert_scripts(questions: list, mode: str, protocol: Any, tokenizer: Any) ->
     for question in questions:
         actions = plan_actions(expert_plan(question, mode))
         scripts[tuple(protocol.render_prompt(question, tokenizer))] = [
-            encode(tokenizer, protocol.render_action(action)) for action in actions]
+            encode(tokenizer, protocol.render_action(action)) for action in actions
+        ]
     return scripts
 
 
@@ -203,15 +243,18 @@ def play_behaviour(questions: list, mode: str, config, assets: BenchAssets) -> B
 
     model, tokenizer = load_model_and_tokenizer(assets.model_path)
     protocol = build_protocol(config.rollout.protocol)
-    executor = build_tools(config.tools, config.retriever, build_retriever(config.retriever,
-                                                                           documents=assets.world.documents))
+    executor = build_tools(
+        config.tools, config.retriever, build_retriever(config.retriever, documents=assets.world.documents)
+    )
     engine = ScriptedEngine(tokenizer, expert_scripts(questions, mode, protocol, tokenizer), model=model)
     run_episodes(engine, protocol, executor, questions[:1], 1, config.rollout, policy_version=0)  # warm-up
     engine.rounds_played.clear()
     trajectories, seconds = [], []
     for question in questions:
         with timer() as elapsed:
-            (group,) = run_episodes(engine, protocol, executor, [question], 1, config.rollout, policy_version=0)
+            (group,) = run_episodes(
+                engine, protocol, executor, [question], 1, config.rollout, policy_version=0
+            )
         seconds.append(elapsed["s"])
         trajectories.append(group.trajectories[0])
     count = len(trajectories)
@@ -227,21 +270,47 @@ def play_behaviour(questions: list, mode: str, config, assets: BenchAssets) -> B
 
 def fanout_figures(quick: bool, assets: BenchAssets) -> dict:
     num_questions = 2 if quick else 24
-    config = bench_config(quick, ["experiment.name=bench-rollouts-fanout", "rollout.max_turns=4",
-                                  "rollout.max_new_tokens_per_turn=96", "rollout.max_context_tokens=2048"])
-    questions = [question for question in assets.train_questions if question.structure == "parallel"][:num_questions]
+    config = bench_config(
+        quick,
+        [
+            "experiment.name=bench-rollouts-fanout",
+            "rollout.max_turns=4",
+            "rollout.max_new_tokens_per_turn=96",
+            "rollout.max_context_tokens=2048",
+        ],
+    )
+    questions = [question for question in assets.train_questions if question.structure == "parallel"][
+        :num_questions
+    ]
     fan_out = play_behaviour(questions, "parallel", config, assets)
     one_per_turn = play_behaviour(questions, "sequential", config, assets)
-    rows = [(label, f"{result.model_calls:.2f}", f"{result.search_rounds:.2f}", f"{result.tool_calls:.2f}",
-             f"{result.wall_s * 1000:.0f}", f"{result.answered:.2f}")
-            for label, result in (("fan-out (one round)", fan_out), ("one query per turn", one_per_turn))]
-    print_table(f"fan-out on {len(questions)} parallel questions, scripted expert through the agent loop, "
-                f"tool latency {config.tools.latency_s * 1000:.0f} ms",
-                ["behaviour", "model calls", "search rounds", "tool calls", "wall ms / question", "EM"], rows)
+    rows = [
+        (
+            label,
+            f"{result.model_calls:.2f}",
+            f"{result.search_rounds:.2f}",
+            f"{result.tool_calls:.2f}",
+            f"{result.wall_s * 1000:.0f}",
+            f"{result.answered:.2f}",
+        )
+        for label, result in (("fan-out (one round)", fan_out), ("one query per turn", one_per_turn))
+    ]
+    print_table(
+        f"fan-out on {len(questions)} parallel questions, scripted expert through the agent loop, "
+        f"tool latency {config.tools.latency_s * 1000:.0f} ms",
+        ["behaviour", "model calls", "search rounds", "tool calls", "wall ms / question", "EM"],
+        rows,
+    )
     return {
         "questions": len(questions),
-        "model_calls": {"fan_out": round(fan_out.model_calls, 2), "one_per_turn": round(one_per_turn.model_calls, 2)},
-        "wall_s_per_question": {"fan_out": round(fan_out.wall_s, 4), "one_per_turn": round(one_per_turn.wall_s, 4)},
+        "model_calls": {
+            "fan_out": round(fan_out.model_calls, 2),
+            "one_per_turn": round(one_per_turn.model_calls, 2),
+        },
+        "wall_s_per_question": {
+            "fan_out": round(fan_out.wall_s, 4),
+            "one_per_turn": round(one_per_turn.wall_s, 4),
+        },
         "model_calls_ratio": ratio(one_per_turn.model_calls, fan_out.model_calls),
         "latency_ratio": ratio(one_per_turn.wall_s, fan_out.wall_s),
     }
@@ -258,12 +327,17 @@ def run(quick: bool) -> dict:
     load_before = load_average()
     results = []
     for num_workers in (1, 2):
-        config = bench_config(quick, [f"experiment.name=bench-rollouts-{num_workers}", *throughput_overrides()])
+        config = bench_config(
+            quick, [f"experiment.name=bench-rollouts-{num_workers}", *throughput_overrides()]
+        )
         results.append(measure_actor_throughput(assets, config, num_workers, measured_batches))
-    print_table(f"rollouts: {measured_batches} batches of {config.rollout.questions_per_step} groups x "
-                f"G={config.rollout.group_size} after a warm-up batch, tool latency "
-                f"{config.tools.latency_s * 1000:.0f} ms, trainer idle, load {load_before}", ACTOR_HEADER,
-                actor_rows(results))
+    print_table(
+        f"rollouts: {measured_batches} batches of {config.rollout.questions_per_step} groups x "
+        f"G={config.rollout.group_size} after a warm-up batch, tool latency "
+        f"{config.tools.latency_s * 1000:.0f} ms, trainer idle, load {load_before}",
+        ACTOR_HEADER,
+        actor_rows(results),
+    )
     fan_out = fanout_figures(quick, assets)
     one, two = results
     return {

@@ -62,8 +62,12 @@ class SyncTimes:
 def sync_overrides(quick: bool) -> list[str]:
     """The quickstart's batch shape (16 questions x 8) in the full setting; the actors stay idle."""
     shape = [] if quick else ["rollout.questions_per_step=16", "rollout.group_size=8", "rollout.max_turns=4"]
-    return [*shape, "rollout.worker_num_cpus=0.5", f"rollout.num_workers={1 if quick else 2}",
-            "tools.latency_s=0.0"]
+    return [
+        *shape,
+        "rollout.worker_num_cpus=0.5",
+        f"rollout.num_workers={1 if quick else 2}",
+        "tools.latency_s=0.0",
+    ]
 
 
 def time_steps(trainer, trajectories: list, repeats: int) -> float:
@@ -78,7 +82,7 @@ def time_steps(trainer, trajectories: list, repeats: int) -> float:
 
 
 def time_push_to_actors(trainer, manager, kind: str, repeats: int) -> tuple[int, float, float, float]:
-    """(bytes, export s, publish s, delivered s), medians; each push is a new version loaded by every actor."""
+    """(bytes, export s, publish s, delivered s), medians; each push is a new version every actor loads."""
     import ray
 
     from rollouts.weight_sync import state_dict_num_bytes
@@ -103,7 +107,7 @@ def time_push_to_actors(trainer, manager, kind: str, repeats: int) -> tuple[int,
 
 
 def time_adapter_transfer(trainer, repeats: int) -> tuple[int, float, float, float]:
-    """(bytes, export s, publish s, delivered s) for LoRA adapters, delivered to a Ray task in another process."""
+    """(bytes, export s, publish s, delivered s) of LoRA adapters, delivered to a Ray task elsewhere."""
     import ray
 
     from rollouts.weight_sync import publish_weights, state_dict_num_bytes
@@ -128,7 +132,9 @@ def time_adapter_transfer(trainer, repeats: int) -> tuple[int, float, float, flo
     return num_bytes, *(statistics.median(values[1:]) for values in (exports, publishes, delivered))
 
 
-def measure_kinds(quick: bool, assets: BenchAssets, lora: bool, trajectories: list, repeats: int) -> list[SyncTimes]:
+def measure_kinds(
+    quick: bool, assets: BenchAssets, lora: bool, trajectories: list, repeats: int
+) -> list[SyncTimes]:
     """Step time and sync times of one trainer (full weights, or LoRA merged + adapter)."""
     import ray
 
@@ -137,15 +143,25 @@ def measure_kinds(quick: bool, assets: BenchAssets, lora: bool, trajectories: li
     from rollouts.manager import RolloutManager, init_ray
 
     name = "lora" if lora else "full"
-    config = bench_config(quick, [f"experiment.name=bench-sync-{name}", *sync_overrides(quick),
-                                  *assets.run_overrides(), f"model.lora.enabled={str(lora).lower()}"])
+    config = bench_config(
+        quick,
+        [
+            f"experiment.name=bench-sync-{name}",
+            *sync_overrides(quick),
+            *assets.run_overrides(),
+            f"model.lora.enabled={str(lora).lower()}",
+        ],
+    )
     trainer = GRPOTrainer(config, model_path=assets.model_path, tokenizer=load_tokenizer(assets.model_path))
     step_s = time_steps(trainer, trajectories, repeats)
     init_ray()
     results = []
-    with RolloutManager(config, assets.train_questions, model_path=str(assets.model_path),
-                        corpus_path=assets.corpus_path) as manager:
-        ray.get([handle.ping.remote() for handle in manager.worker_handles()])  # actors built before any timing
+    with RolloutManager(
+        config, assets.train_questions, model_path=str(assets.model_path), corpus_path=assets.corpus_path
+    ) as manager:
+        ray.get(
+            [handle.ping.remote() for handle in manager.worker_handles()]
+        )  # actors built before any timing
         full = time_push_to_actors(trainer, manager, "full", repeats)
         results.append(SyncTimes("lora merged" if lora else "full", full[0], step_s, *full[1:]))
     if lora:
@@ -164,14 +180,35 @@ def run(quick: bool) -> dict:
     trajectories = generate_training_batch(batch_config, assets)
     results = measure_kinds(quick, assets, False, trajectories, repeats)
     results += measure_kinds(quick, assets, True, trajectories, repeats)
-    rows = [(result.kind, f"{result.num_bytes / 2**20:.2f}", f"{result.step_s * 1000:.0f}",
-             f"{result.export_s * 1000:.1f}", f"{result.publish_s * 1000:.1f}", f"{result.delivered_s * 1000:.1f}",
-             f"{result.blocking_fraction:.2%}", f"{result.delivered_fraction:.2%}") for result in results]
+    rows = [
+        (
+            result.kind,
+            f"{result.num_bytes / 2**20:.2f}",
+            f"{result.step_s * 1000:.0f}",
+            f"{result.export_s * 1000:.1f}",
+            f"{result.publish_s * 1000:.1f}",
+            f"{result.delivered_s * 1000:.1f}",
+            f"{result.blocking_fraction:.2%}",
+            f"{result.delivered_fraction:.2%}",
+        )
+        for result in results
+    ]
     num_actors = batch_config.rollout.num_workers
-    print_table(f"sync: batch of {len(trajectories)} trajectories, {num_actors} idle rollout actor(s), median of "
-                f"{repeats}, load {load_before}",
-                ["weights", "MiB", "step ms", "export ms", "publish ms", "delivered ms", "blocking / step",
-                 "delivered / step"], rows)
+    print_table(
+        f"sync: batch of {len(trajectories)} trajectories, {num_actors} idle rollout actor(s), median of "
+        f"{repeats}, load {load_before}",
+        [
+            "weights",
+            "MiB",
+            "step ms",
+            "export ms",
+            "publish ms",
+            "delivered ms",
+            "blocking / step",
+            "delivered / step",
+        ],
+        rows,
+    )
     by_kind = {result.kind.replace(" ", "_"): result for result in results}
     return {
         "sync_fraction_of_step": round(by_kind["full"].delivered_fraction, 4),

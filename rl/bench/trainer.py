@@ -21,7 +21,8 @@ One step, as each side runs it:
   `model.generate`, reward, loss, backward, optimizer step, all inside TRL's step).
 
 Figures: completions/s and generated tokens/s per side (median over the measured steps; the first step
-of each side is a warm-up), and ratio_vs_trl = fanout completions/s ÷ TRL completions/s. Both sides run
+of each side is a warm-up), the generation part of the step (fanout: the engine call; TRL: its
+`model.generate` call) and the rest (rewards, loss, backward, optimizer, fanout's weight sync), and ratio_vs_trl = fanout completions/s ÷ TRL completions/s. Both sides run
 with one torch thread, one after the other: fanout, TRL, fanout again (the two fanout blocks bracket
 TRL so load changes on a shared machine show up as a spread, not a bias). TRL runs in a freshly spawned
 process, as a user's single-process script would (see `run_trl_in_clean_process`).
@@ -37,7 +38,14 @@ from typing import Any
 
 import torch
 
-from rl.bench.common import bench_config, load_average, prepare_assets, print_table, ratio
+from rl.bench.common import (
+    bench_config,
+    clean_spawn_environment,
+    load_average,
+    prepare_assets,
+    print_table,
+    ratio,
+)
 from rollouts.trajectory import Trajectory
 
 REWARD_WEIGHTS = "reward.weights={exact_match: 1.0, format: 0.1}"
@@ -58,7 +66,14 @@ class StepTimes:
 
     seconds: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
+    generate_seconds: list[float] = field(default_factory=list)  # the generation part of each step
     completions_per_step: int = 0
+
+    def median_step_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    def median_generate_s(self) -> float:
+        return statistics.median(self.generate_seconds) if self.generate_seconds else 0.0
 
     def completions_per_s(self) -> float:
         return statistics.median(self.completions_per_step / s for s in self.seconds)
@@ -98,20 +113,32 @@ class FanoutSingleTurn:
         self.stop_token_ids = {tokenizer.eos_token_id}  # the TRL side stops on EOS only, so do we
         self.prompt_ids = [self.protocol.render_prompt(question, tokenizer) for question in questions]
         self.step_index = 0
+        self.last_generate_s = 0.0
 
     def _trajectories(self) -> list[Trajectory]:
         settings = self.settings
         start = (self.step_index * settings.prompts_per_step) % len(self.questions)
         chosen = [(start + offset) % len(self.questions) for offset in range(settings.prompts_per_step)]
         batch = [self.prompt_ids[index] for index in chosen for _ in range(settings.group_size)]
-        outputs = self.engine.generate(batch, settings.completion_tokens, self.stop_token_ids,
-                                       temperature=1.0, top_p=1.0, seed=self.step_index)
+        started = time.perf_counter()
+        outputs = self.engine.generate(
+            batch,
+            settings.completion_tokens,
+            self.stop_token_ids,
+            temperature=1.0,
+            top_p=1.0,
+            seed=self.step_index,
+        )
+        self.last_generate_s = time.perf_counter() - started
         trajectories = []
         for row, output in enumerate(outputs):
             question_index = chosen[row // settings.group_size]
-            trajectory = Trajectory(question=self.questions[question_index], prompt_ids=list(batch[row]),
-                                    group_id=f"step{self.step_index}-q{question_index}",
-                                    policy_version=self.trainer.version)
+            trajectory = Trajectory(
+                question=self.questions[question_index],
+                prompt_ids=list(batch[row]),
+                group_id=f"step{self.step_index}-q{question_index}",
+                policy_version=self.trainer.version,
+            )
             trajectory.append(list(output.token_ids), trainable=True, logprobs=list(output.logprobs))
             trajectory.response_text = self.engine.tokenizer.decode(output.token_ids)
             trajectories.append(trajectory)
@@ -136,6 +163,7 @@ class FanoutSingleTurn:
             if index >= warmup_steps:
                 times.seconds.append(time.perf_counter() - started)
                 times.tokens.append(tokens)
+                times.generate_seconds.append(self.last_generate_s)
         return times
 
 
@@ -164,7 +192,9 @@ def trl_step_timer(times: StepTimes, warmup_steps: int):
     return StepTimer()
 
 
-def run_trl(config, model_path: str, questions: list, settings: TrainerBenchSettings, output_dir: str) -> StepTimes:
+def run_trl(
+    config, model_path: str, questions: list, settings: TrainerBenchSettings, output_dir: str
+) -> StepTimes:
     """TRL's GRPOTrainer on the same model, prompts, G, completion budget and reward; per-step times."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -174,9 +204,16 @@ def run_trl(config, model_path: str, questions: list, settings: TrainerBenchSett
     from rollouts.protocols import build_protocol
 
     model, tokenizer = load_model_and_tokenizer(model_path)
+    generate_seconds = time_calls(model, "generate")  # TRL generates with this model object (no wrapper)
     protocol = build_protocol(config.rollout.protocol)
-    rows = [{"prompt": protocol.prompt_messages(question.question), "golden_answers": list(question.answers),
-             "structure": question.structure} for question in questions]
+    rows = [
+        {
+            "prompt": protocol.prompt_messages(question.question),
+            "golden_answers": list(question.answers),
+            "structure": question.structure,
+        }
+        for question in questions
+    ]
     completions_per_step = settings.prompts_per_step * settings.group_size
     times = StepTimes(completions_per_step=completions_per_step)
     reward = to_trl("total", config.reward, protocol=config.rollout.protocol)
@@ -188,25 +225,66 @@ def run_trl(config, model_path: str, questions: list, settings: TrainerBenchSett
 
     counted_reward.__name__ = "total"
     arguments = GRPOConfig(
-        output_dir=output_dir, max_steps=settings.warmup_steps + settings.measured_steps,
-        per_device_train_batch_size=completions_per_step, gradient_accumulation_steps=1,
-        num_generations=settings.group_size, max_completion_length=settings.completion_tokens,
-        temperature=1.0, top_p=1.0, top_k=0, learning_rate=config.grpo.learning_rate, beta=0.0,
-        num_iterations=1, epsilon=config.grpo.clip_eps_low, epsilon_high=config.grpo.clip_eps_high,
-        loss_type="dapo", scale_rewards="group", max_grad_norm=config.grpo.max_grad_norm,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        gradient_checkpointing=False, use_cpu=True, bf16=False, fp16=False, report_to="none", logging_steps=10_000, save_strategy="no",
-        disable_tqdm=True, dataloader_num_workers=0, seed=config.experiment.seed, log_completions=False,
+        output_dir=output_dir,
+        max_steps=settings.warmup_steps + settings.measured_steps,
+        per_device_train_batch_size=completions_per_step,
+        gradient_accumulation_steps=1,
+        num_generations=settings.group_size,
+        max_completion_length=settings.completion_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=config.grpo.learning_rate,
+        beta=0.0,
+        num_iterations=1,
+        epsilon=config.grpo.clip_eps_low,
+        epsilon_high=config.grpo.clip_eps_high,
+        loss_type="dapo",
+        scale_rewards="group",
+        max_grad_norm=config.grpo.max_grad_norm,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to="none",
+        logging_steps=10_000,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=config.experiment.seed,
+        log_completions=False,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=[counted_reward], args=arguments,
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          callbacks=[trl_step_timer(times, settings.warmup_steps)])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[counted_reward],
+        args=arguments,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[trl_step_timer(times, settings.warmup_steps)],
+    )
     trainer.train()
-    times.tokens = token_counts[settings.warmup_steps:]
+    times.tokens = token_counts[settings.warmup_steps :]
+    times.generate_seconds = generate_seconds[settings.warmup_steps :]
     return times
 
 
-DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+def time_calls(owner: Any, method_name: str) -> list[float]:
+    """Replace owner.method_name with a wrapper that appends each call's wall seconds to the returned list."""
+    seconds: list[float] = []
+    method = getattr(owner, method_name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    setattr(owner, method_name, timed)
+    return seconds
 
 
 def run_trl_in_clean_process(*arguments: Any) -> StepTimes:
@@ -216,21 +294,11 @@ def run_trl_in_clean_process(*arguments: Any) -> StepTimes:
     would make Accelerate wrap TRL's model in a one-process DDP. A fresh spawned process avoids that.
     """
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
-    saved = {name: os.environ.pop(name) for name in DISTRIBUTED_VARIABLES if name in os.environ}
-    saved_threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
+    with clean_spawn_environment(OMP_NUM_THREADS="1"):
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(_run_trl_single_thread, *arguments).result()
-    finally:
-        os.environ.update(saved)
-        if saved_threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved_threads
 
 
 def _run_trl_single_thread(*arguments: Any) -> StepTimes:
@@ -248,12 +316,20 @@ def run(quick: bool) -> dict:
     torch.set_num_threads(1)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     assets = prepare_assets(quick)
-    config = bench_config(quick, [
-        "experiment.name=bench-trainer", f"rollout.group_size={settings.group_size}",
-        f"rollout.questions_per_step={settings.prompts_per_step}", "rollout.temperature=1.0",
-        REWARD_WEIGHTS, "grpo.kl_coef=0.0",
-        "grpo.loss_aggregation=token_mean", "grpo.epochs_per_batch=1", "grpo.minibatches_per_step=1",
-    ])
+    config = bench_config(
+        quick,
+        [
+            "experiment.name=bench-trainer",
+            f"rollout.group_size={settings.group_size}",
+            f"rollout.questions_per_step={settings.prompts_per_step}",
+            "rollout.temperature=1.0",
+            REWARD_WEIGHTS,
+            "grpo.kl_coef=0.0",
+            "grpo.loss_aggregation=token_mean",
+            "grpo.epochs_per_batch=1",
+            "grpo.minibatches_per_step=1",
+        ],
+    )
     questions = assets.train_questions
     model_path = str(assets.base_model_path)
     load_before = load_average()
@@ -262,16 +338,23 @@ def run(quick: bool) -> dict:
     fanout_times = fanout.run(settings.measured_steps, settings.warmup_steps)
     trl_times = run_trl_in_clean_process(config, model_path, questions, settings, str(config.run_dir / "trl"))
     second_block = fanout.run(settings.measured_steps, 0)
-    fanout_times.seconds += second_block.seconds
-    fanout_times.tokens += second_block.tokens
+    for name in ("seconds", "tokens", "generate_seconds"):
+        getattr(fanout_times, name).extend(getattr(second_block, name))
 
-    completions = settings.prompts_per_step * settings.group_size
-    rows = []
-    for name, times in (("fanout (HF engine + DeepSpeed GRPOTrainer)", fanout_times),
-                        ("TRL GRPOTrainer", trl_times)):
-        rows.append((name, len(times.seconds), f"{statistics.median(times.seconds):.2f}",
-                     f"{times.completions_per_s():.1f}", f"{times.tokens_per_s():.0f}",
-                     f"{times.mean_completion_length():.1f}"))
+    sides = (("fanout (HF engine + DeepSpeed GRPOTrainer)", fanout_times), ("TRL GRPOTrainer", trl_times))
+    rows = [
+        (
+            name,
+            len(times.seconds),
+            f"{times.median_step_s():.2f}",
+            f"{times.median_generate_s():.2f}",
+            f"{times.median_step_s() - times.median_generate_s():.2f}",
+            f"{times.completions_per_s():.1f}",
+            f"{times.tokens_per_s():.0f}",
+            f"{times.mean_completion_length():.1f}",
+        )
+        for name, times in sides
+    ]
     figures = {
         "ratio_vs_trl": ratio(fanout_times.completions_per_s(), trl_times.completions_per_s()),
         "tokens_ratio_vs_trl": ratio(fanout_times.tokens_per_s(), trl_times.tokens_per_s()),
@@ -279,14 +362,30 @@ def run(quick: bool) -> dict:
         "trl_completions_per_s": round(trl_times.completions_per_s(), 2),
         "fanout_tokens_per_s": round(fanout_times.tokens_per_s(), 1),
         "trl_tokens_per_s": round(trl_times.tokens_per_s(), 1),
-        "prompts_per_step": settings.prompts_per_step, "group_size": settings.group_size,
-        "completion_tokens": settings.completion_tokens, "zero_stage": config.deepspeed.zero_stage,
+        "generate_s": {
+            "fanout": round(fanout_times.median_generate_s(), 3),
+            "trl": round(trl_times.median_generate_s(), 3),
+        },
+        "step_s": {
+            "fanout": round(fanout_times.median_step_s(), 3),
+            "trl": round(trl_times.median_step_s(), 3),
+        },
+        "prompts_per_step": settings.prompts_per_step,
+        "group_size": settings.group_size,
+        "completion_tokens": settings.completion_tokens,
+        "zero_stage": config.deepspeed.zero_stage,
         "load_average": load_before,
     }
+    completions = settings.prompts_per_step * settings.group_size
     print_table(
-        f"trainer: {settings.prompts_per_step} prompts x G={settings.group_size} = {completions} completions of "
+        f"trainer: {settings.prompts_per_step} prompts x G={settings.group_size} = {completions} "
+        f"completions of "
         f"<= {settings.completion_tokens} tokens per step, single-turn, 1 torch thread, load {load_before}",
-        ["side", "steps", "median step (s)", "completions/s", "tokens/s", "mean completion length"], rows)
-    print(f"ratio fanout / TRL: {figures['ratio_vs_trl']:.2f}x completions/s, "
-          f"{figures['tokens_ratio_vs_trl']:.2f}x tokens/s")
+        ["side", "steps", "step s", "generate s", "rest s", "completions/s", "tokens/s", "mean length"],
+        rows,
+    )
+    print(
+        f"ratio fanout / TRL: {figures['ratio_vs_trl']:.2f}x completions/s, "
+        f"{figures['tokens_ratio_vs_trl']:.2f}x tokens/s"
+    )
     return figures

@@ -78,13 +78,34 @@ def test_projection_follows_the_amdahl_formulas():
 
 def test_steady_figures_skip_the_first_step_and_weight_by_time(tmp_path):
     rows = [
-        {"step": 1, "perf/step_s": 10.0, "perf/samples_per_s": 1.6, "perf/trainer_wait_s": 9.0,
-         "async/worker_idle_s": 0.0, "async/staleness_mean": 0.0, "async/dropped_groups": 0.0},
-        {"step": 2, "perf/step_s": 2.0, "perf/samples_per_s": 8.0, "perf/trainer_wait_s": 1.0,
-         "async/worker_idle_s": 0.5, "async/staleness_mean": 1.0, "perf/train_step_s": 1.0},
-        {"step": 3, "perf/step_s": 4.0, "perf/samples_per_s": 4.0, "perf/trainer_wait_s": 2.0,
-         "async/worker_idle_s": 1.0, "async/staleness_mean": 0.5, "perf/train_step_s": 1.5,
-         "async/dropped_groups": 2.0},
+        {
+            "step": 1,
+            "perf/step_s": 10.0,
+            "perf/samples_per_s": 1.6,
+            "perf/trainer_wait_s": 9.0,
+            "async/worker_idle_s": 0.0,
+            "async/staleness_mean": 0.0,
+            "async/dropped_groups": 0.0,
+        },
+        {
+            "step": 2,
+            "perf/step_s": 2.0,
+            "perf/samples_per_s": 8.0,
+            "perf/trainer_wait_s": 1.0,
+            "async/worker_idle_s": 0.5,
+            "async/staleness_mean": 1.0,
+            "perf/train_step_s": 1.0,
+        },
+        {
+            "step": 3,
+            "perf/step_s": 4.0,
+            "perf/samples_per_s": 4.0,
+            "perf/trainer_wait_s": 2.0,
+            "async/worker_idle_s": 1.0,
+            "async/staleness_mean": 0.5,
+            "perf/train_step_s": 1.5,
+            "async/dropped_groups": 2.0,
+        },
         {"step": 3, "eval/world/all/em": 0.5},  # rows without perf/ figures are ignored
     ]
     path = tmp_path / "metrics.jsonl"
@@ -122,8 +143,15 @@ def test_scripted_engine_plays_turns_by_round_and_decodes_through_the_model(quic
 
 
 def test_fan_out_answers_parallel_questions_in_one_search_round(quick_assets):
-    config = bench_config(quick=True, overrides=["rollout.max_turns=4", "rollout.max_new_tokens_per_turn=96",
-                                                 "rollout.max_context_tokens=2048", "tools.latency_s=0.0"])
+    config = bench_config(
+        quick=True,
+        overrides=[
+            "rollout.max_turns=4",
+            "rollout.max_new_tokens_per_turn=96",
+            "rollout.max_context_tokens=2048",
+            "tools.latency_s=0.0",
+        ],
+    )
     questions = [q for q in quick_assets.train_questions if q.structure == "parallel"][:2]
     sub_questions = sum(len(question.sub_questions) for question in questions) / len(questions)
     fan_out = play_behaviour(questions, "parallel", config, quick_assets)
@@ -166,7 +194,9 @@ def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
     for key in CONTRACT_KEYS[suite]:
         assert key in figures, key
     if suite == "async":
-        assert set(figures["ratio"]) == {"1", "2", "4"} and all(value > 0 for value in figures["ratio"].values())
+        assert set(figures["ratio"]) == {"1", "2", "4"} and all(
+            value > 0 for value in figures["ratio"].values()
+        )
     elif suite == "scaling":
         assert figures["actors_ratio"] > 0 and figures["projection"]["sync"]["1"] == 1.0
     else:
