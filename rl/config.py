@@ -124,7 +124,9 @@ class ToolsConfig:
 @dataclass
 class RolloutConfig:
     protocol: str = "tags"  # "tags" (<search>a ## b</search>) or "function_call" (<tool_call>{json})
-    prompt_style: str = "compact"  # "compact" (short instruction, fits the tiny model) or "full" (ParallelSearch-style)
+    # "minimal" (the question only: for a model SFT'd on the protocol, like the tiny default),
+    # "compact" (a short instruction) or "full" (ParallelSearch-style instruction, for real chat models)
+    prompt_style: str = "compact"
     engine: str = "hf"  # "hf" (transformers, CPU default) or "vllm" (GPU)
     num_workers: int = 1  # Ray rollout actors
     worker_num_cpus: float = 1.0  # CPUs reserved per actor
@@ -266,7 +268,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_malformed_row": ("error", "skip"),
     "retriever.backend": ("bm25", "http"),
     "rollout.protocol": ("tags", "function_call"),
-    "rollout.prompt_style": ("compact", "full"),
+    "rollout.prompt_style": ("minimal", "compact", "full"),
     "rollout.engine": ("hf", "vllm"),
     "reward.preset": ("", "parallelsearch", "searchr1"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),

@@ -31,7 +31,7 @@ from data.types import Question
 from rollouts.trajectory import ToolCall
 
 ACTION_KINDS = ("search", "answer", "invalid")
-PROMPT_STYLES = ("compact", "full")
+PROMPT_STYLES = ("minimal", "compact", "full")
 SUBQUERY_SEPARATOR = "##"
 
 # JSON schema of the search tool, shown to function-calling models (the tools module may pass its own).
@@ -197,6 +197,8 @@ class TagsProtocol(AgentProtocol):
     stop_markers = ("</search>", "</answer>")
 
     def prompt_messages(self, question_text: str) -> list[dict]:
+        if self.prompt_style == "minimal":  # a model SFT'd on the protocol needs no instruction
+            return [{"role": "user", "content": f"Question: {question_text}"}]
         instruction = TAGS_FULL_INSTRUCTION if self.prompt_style == "full" else TAGS_COMPACT_INSTRUCTION
         return [{"role": "user", "content": f"{instruction}\nQuestion: {question_text}"}]
 
@@ -296,6 +298,8 @@ class FunctionCallProtocol(AgentProtocol):
             schemas = "\n".join(json.dumps(schema) for schema in self.tool_schemas)
             system = FUNCTION_CALL_FULL_INSTRUCTION.format(schemas=schemas)
             return [{"role": "system", "content": system}, {"role": "user", "content": question_text}]
+        if self.prompt_style == "minimal":
+            return [{"role": "user", "content": f"Question: {question_text}"}]
         return [{"role": "user", "content": f"{FUNCTION_CALL_COMPACT_INSTRUCTION}\nQuestion: {question_text}"}]
 
     def _parse(self, turn_text: str) -> Action:
