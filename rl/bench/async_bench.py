@@ -1,6 +1,6 @@
 """Benchmark: training throughput at async.max_staleness 0 (synchronous), 1, 2 and 4, side by side.
 
-    fanout bench async            # 8 steps per setting, 4 groups x G=4, 100 ms tool latency
+    fanout bench async            # 12 steps per setting, 4 groups x G=4, 100 ms tool latency
     fanout bench async --quick    # 2 steps per setting, micro model (test-suite setting)
 
 Each setting is a real `fanout train` run (`rl.train.train`, in this process, one Ray session): the
@@ -35,7 +35,7 @@ STALENESS_VALUES = (0, 1, 2, 4)
 
 
 def async_overrides(quick: bool) -> list[str]:
-    steps = 2 if quick else 8
+    steps = 2 if quick else 12
     return [
         f"grpo.total_steps={steps}",
         "rollout.num_workers=1",

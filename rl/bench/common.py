@@ -12,9 +12,10 @@ Every suite measures ratios side by side in one run, on inputs built here:
   untrained tiny model (figures are not meaningful then, only well formed).
 - small helpers: a timer, a Markdown table printer, the trajectories' token counts.
 
-What it simplifies on purpose: the cache is keyed by the setting name ("quick"/"full") and the world/model
-configs are fixed here; two benchmark processes building the same cache at the same moment would both
-build it (the last writer wins, each file is complete when written).
+What it simplifies on purpose: the cache is keyed by the setting name ("quick"/"full") and a hash of
+the config sections the world and the warm-start depend on (`assets_key`), so an edit to
+configs/quickstart.yaml rebuilds them; two benchmark processes building the same cache at the same
+moment would both build it (the last writer wins, each file is complete when written).
 
     from rl.bench.common import bench_config, prepare_assets
     assets = prepare_assets(quick=True)
@@ -48,8 +49,8 @@ ASSET_OVERRIDES = {
         "model.tiny.intermediate_size=512",
         "model.tiny.vocab_size=2048",
         "sft.enabled=true",
-        "sft.num_trajectories=800",
-        "sft.max_steps=300",
+        "sft.num_trajectories=600",
+        "sft.max_steps=200",
         "sft.batch_size=16",
         "sft.parallel_fraction=0.3",
     ],
@@ -155,6 +156,19 @@ class BenchAssets:
         return [f"model.path={self.model_path}", "sft.enabled=false", f"data.world_dir={self.world_dir}"]
 
 
+def assets_key(config: ExperimentConfig) -> str:
+    """A short hash of everything the world and the warm-start depend on (a changed config rebuilds them)."""
+    import hashlib
+    import json
+
+    from rl.config import to_dict
+
+    values = to_dict(config)
+    relevant = {section: values[section] for section in ("model", "sft", "retriever", "rollout", "tools")}
+    relevant["world"] = values["data"]["world"]
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def prepare_assets(quick: bool) -> BenchAssets:
     """Build (once) and return the world and the tiny model of the setting; later calls reuse the cache."""
     from data.world import ensure_world
@@ -163,9 +177,8 @@ def prepare_assets(quick: bool) -> BenchAssets:
 
     set_offline_mode()
     setting = setting_name(quick)
-    config = bench_config(
-        quick, ["experiment.name=assets", "experiment.overwrite=false", "experiment.resume=false"]
-    )
+    config = bench_config(quick, ["experiment.overwrite=false", "experiment.resume=false"])
+    config.experiment.name = f"assets-{assets_key(config)}"
     world_dir = Path(config.data.world_dir)
     world = ensure_world(world_dir, config.data.world)
     started = time.perf_counter()
@@ -205,7 +218,11 @@ def generate_training_batch(
     executor = build_tools(
         config.tools, config.retriever, build_retriever(config.retriever, documents=assets.world.documents)
     )
-    protocol = build_protocol(config.rollout.protocol, tool_schemas=executor.tool_schemas())
+    protocol = build_protocol(
+        config.rollout.protocol,
+        prompt_style=config.rollout.prompt_style,
+        tool_schemas=executor.tool_schemas(),
+    )
     questions = assets.train_questions[: config.rollout.questions_per_step]
     groups = run_episodes(
         engine,

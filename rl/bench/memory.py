@@ -13,7 +13,9 @@
    on the machine's memory use.
 2. One trainer step: a freshly spawned process builds `GRPOTrainer` (DeepSpeed, ZeRO stage of the
    quickstart) on the same model and runs one `step` on a quickstart-sized batch generated beforehand;
-   its peak is `resource.getrusage(RUSAGE_SELF).ru_maxrss` (imports of torch/DeepSpeed included).
+   its peak is `resource.getrusage(RUSAGE_SELF).ru_maxrss` (imports of torch/DeepSpeed included). Once
+   with the quickstart's `grpo.minibatches_per_step` (1: the whole batch's logits at once) and once with
+   4 micro-batches, the knob that bounds the activation memory.
 
 The target is <= 6 GiB for the whole run on the embedded default (peak_rss_gib).
 """
@@ -164,8 +166,11 @@ def one_step_peak_bytes(config, model_path: str, trajectories: list) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def measure_trainer_step(quick: bool, assets) -> tuple[int, int]:
-    """(peak bytes of one trainer step in a fresh process, batch trajectories)."""
+MICRO_BATCH_SETTINGS = (1, 4)  # grpo.minibatches_per_step: the quickstart's, and a split batch
+
+
+def measure_trainer_steps(quick: bool, assets) -> tuple[dict[int, int], int]:
+    """({minibatches_per_step: peak bytes of one trainer step in a fresh process}, batch trajectories)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -173,22 +178,30 @@ def measure_trainer_step(quick: bool, assets) -> tuple[int, int]:
         quick, ["experiment.name=bench-memory-step", *assets.run_overrides(), *run_overrides(quick)]
     )
     trajectories = generate_training_batch(config, assets)
-    with (
-        clean_spawn_environment(),
-        ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool,
-    ):
-        peak = pool.submit(one_step_peak_bytes, config, str(assets.model_path), trajectories).result()
-    return peak, len(trajectories)
+    peaks = {}
+    for minibatches in MICRO_BATCH_SETTINGS:
+        config.grpo.minibatches_per_step = minibatches
+        with (
+            clean_spawn_environment(),
+            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool,
+        ):
+            peaks[minibatches] = pool.submit(
+                one_step_peak_bytes, config, str(assets.model_path), trajectories
+            ).result()
+    return peaks, len(trajectories)
 
 
 def run(quick: bool) -> dict:
     assets = prepare_assets(quick)
     load_before = load_average()
     peak, wall_s, samples = measure_run(quick, assets)
-    step_peak, batch = measure_trainer_step(quick, assets)
+    step_peaks, batch = measure_trainer_steps(quick, assets)
     rows = [("short run: total (driver + Ray processes)", f"{peak.total / GIB:.2f}", peak.processes)]
     rows += [(f"  of which {role}", f"{value / GIB:.2f}", "") for role, value in peak.by_role.items()]
-    rows.append((f"one trainer step ({batch} trajectories), fresh process", f"{step_peak / GIB:.2f}", 1))
+    rows += [
+        (f"one trainer step, {batch} trajectories in {count} micro-batch(es)", f"{value / GIB:.2f}", 1)
+        for count, value in step_peaks.items()
+    ]
     print_table(
         f"memory: peak RSS, {samples} samples over {wall_s:.0f} s, load {load_before}",
         ["what", "peak RSS (GiB)", "processes"],
@@ -197,7 +210,10 @@ def run(quick: bool) -> dict:
     return {
         "peak_rss_gib": round(peak.total / GIB, 3),
         "peak_rss_by_role_gib": {role: round(value / GIB, 3) for role, value in peak.by_role.items()},
-        "trainer_step_peak_rss_gib": round(step_peak / GIB, 3),
+        "trainer_step_peak_rss_gib": round(step_peaks[MICRO_BATCH_SETTINGS[0]] / GIB, 3),
+        "trainer_step_peak_rss_gib_by_minibatches": {
+            str(count): round(value / GIB, 3) for count, value in step_peaks.items()
+        },
         "processes_at_peak": peak.processes,
         "batch_trajectories": batch,
         "load_average": load_before,

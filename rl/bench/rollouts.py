@@ -23,6 +23,7 @@ latency. Figures: model calls and wall seconds per question for each behaviour, 
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,14 +76,14 @@ def throughput_overrides() -> list[str]:
 
 
 def measure_actor_throughput(
-    assets: BenchAssets, config, num_workers: int, measured_batches: int
+    assets: BenchAssets, config, num_workers: int, measured_batches: int, min_seconds: float = 0.0
 ) -> ThroughputResult:
     """Groups, trajectories and generated tokens per second from `num_workers` rollout actors, trainer idle.
 
     The rate is the manager's own count of groups finished inside the measured window (after a warm-up
-    batch; the driver keeps taking batches until `measured_batches` batches' worth were finished), so
-    groups generated ahead during the warm-up do not inflate it; tokens per group come from the groups
-    the driver took in that window.
+    batch; the driver keeps taking batches until `measured_batches` batches' worth were finished and at
+    least `min_seconds` passed), so groups generated ahead during the warm-up do not inflate it; tokens
+    per group come from the groups the driver took in that window.
     """
     from rollouts.manager import RolloutManager, init_ray
 
@@ -99,16 +100,20 @@ def measure_actor_throughput(
             return manager.stats(reset_window=False)["rollout/groups_generated"]
 
         finished_before, received = groups_finished(), []
-        with timer() as measured:
-            while groups_finished() - finished_before < measured_batches * batch_groups:
-                received += manager.get_batch(batch_groups, current_version=0, timeout=1800)
-        groups_per_s = (groups_finished() - finished_before) / measured["s"]
+        window_start = time.perf_counter()
+        while (
+            groups_finished() - finished_before < measured_batches * batch_groups
+            or time.perf_counter() - window_start < min_seconds
+        ):
+            received += manager.get_batch(batch_groups, current_version=0, timeout=1800)
+        measured_s = time.perf_counter() - window_start
+        groups_per_s = (groups_finished() - finished_before) / measured_s
     return ThroughputResult(
         num_workers,
         groups_per_s,
         config.rollout.group_size,
         generated_tokens(received) / len(received),
-        measured["s"],
+        measured_s,
         warmup["s"],
     )
 
@@ -242,7 +247,7 @@ def play_behaviour(questions: list, mode: str, config, assets: BenchAssets) -> B
     from rollouts.tools import build_tools
 
     model, tokenizer = load_model_and_tokenizer(assets.model_path)
-    protocol = build_protocol(config.rollout.protocol)
+    protocol = build_protocol(config.rollout.protocol, prompt_style=config.rollout.prompt_style)
     executor = build_tools(
         config.tools, config.retriever, build_retriever(config.retriever, documents=assets.world.documents)
     )
@@ -323,16 +328,17 @@ def fanout_figures(quick: bool, assets: BenchAssets) -> dict:
 
 def run(quick: bool) -> dict:
     assets = prepare_assets(quick)
-    measured_batches = 1 if quick else 8
+    measured_batches, min_seconds = (1, 0.0) if quick else (8, 30.0)
     load_before = load_average()
     results = []
     for num_workers in (1, 2):
         config = bench_config(
             quick, [f"experiment.name=bench-rollouts-{num_workers}", *throughput_overrides()]
         )
-        results.append(measure_actor_throughput(assets, config, num_workers, measured_batches))
+        results.append(measure_actor_throughput(assets, config, num_workers, measured_batches, min_seconds))
     print_table(
-        f"rollouts: {measured_batches} batches of {config.rollout.questions_per_step} groups x "
+        f"rollouts: >= {measured_batches} batches and >= {min_seconds:.0f} s of "
+        f"{config.rollout.questions_per_step} groups x "
         f"G={config.rollout.group_size} after a warm-up batch, tool latency "
         f"{config.tools.latency_s * 1000:.0f} ms, trainer idle, load {load_before}",
         ACTOR_HEADER,

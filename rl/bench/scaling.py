@@ -93,7 +93,7 @@ def run(quick: bool) -> dict:
     torch.set_num_threads(1)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     assets = prepare_assets(quick)
-    measured_batches = 1 if quick else 8
+    measured_batches, min_seconds = (1, 0.0) if quick else (8, 30.0)
     load_before = load_average()
     results = []
     for num_workers in (1, 2):
@@ -101,7 +101,7 @@ def run(quick: bool) -> dict:
             quick,
             [f"experiment.name=bench-scaling-{num_workers}", *throughput_overrides(), "tools.latency_s=0.0"],
         )
-        results.append(measure_actor_throughput(assets, config, num_workers, measured_batches))
+        results.append(measure_actor_throughput(assets, config, num_workers, measured_batches, min_seconds))
     one, two = results
     actors_ratio = ratio(two.trajectories_per_s, one.trajectories_per_s)
     print_table(

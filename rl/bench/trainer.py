@@ -109,7 +109,7 @@ class FanoutSingleTurn:
         model, tokenizer = load_model_and_tokenizer(model_path)
         self.engine = HFEngine(model, tokenizer)
         self.trainer = GRPOTrainer(config, model_path=model_path, tokenizer=tokenizer)
-        self.protocol = build_protocol(config.rollout.protocol)
+        self.protocol = build_protocol(config.rollout.protocol, prompt_style=config.rollout.prompt_style)
         self.stop_token_ids = {tokenizer.eos_token_id}  # the TRL side stops on EOS only, so do we
         self.prompt_ids = [self.protocol.render_prompt(question, tokenizer) for question in questions]
         self.step_index = 0
@@ -205,7 +205,7 @@ def run_trl(
 
     model, tokenizer = load_model_and_tokenizer(model_path)
     generate_seconds = time_calls(model, "generate")  # TRL generates with this model object (no wrapper)
-    protocol = build_protocol(config.rollout.protocol)
+    protocol = build_protocol(config.rollout.protocol, prompt_style=config.rollout.prompt_style)
     rows = [
         {
             "prompt": protocol.prompt_messages(question.question),
