@@ -67,7 +67,8 @@ def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, world: Any) -
 
     retriever = build_retriever(config.retriever, documents=world.documents)
     executor = build_tools(config.tools, config.retriever, retriever)
-    protocol = build_protocol(config.rollout.protocol, tool_schemas=executor.tool_schemas())  # as the rollout workers
+    protocol = build_protocol(config.rollout.protocol, prompt_style=config.rollout.prompt_style,
+                              tool_schemas=executor.tool_schemas())  # as the rollout workers
     try:
         return write_expert_dataset(
             world.splits["train"], protocol, tokenizer, executor, config.rollout,
@@ -217,8 +218,9 @@ def write_sft_logs(log_history: list[dict], out_dir: Path, summary: dict) -> dic
     rows = [row for row in log_history if "loss" in row]
     with open(out_dir / SFT_LOG_FILE_NAME, "w") as handle:
         for row in rows:
-            handle.write(json.dumps({"step": row.get("step"), **{f"sft/{k}": v for k, v in row.items() if k != "step"}})
-                         + "\n")
+            # TRL's num_tokens assumes padding-free rows once position_ids replace the attention mask: dropped.
+            kept = {f"sft/{key}": value for key, value in row.items() if key not in ("step", "num_tokens")}
+            handle.write(json.dumps({"step": row.get("step"), **kept}) + "\n")
     summary = {**summary, "final_loss": rows[-1]["loss"] if rows else summary.get("train_loss")}
     (out_dir / SFT_SUMMARY_FILE_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
