@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rl.bench.common import DISTRIBUTED_VARIABLES
+
 ROOT = Path(__file__).resolve().parents[2]
 SIGKILL_RETURN_CODE = -signal.SIGKILL
 
@@ -44,7 +46,8 @@ def run_fanout(
     group is killed once the command is over (only processes this call started are in it).
     """
     environment = {
-        **os.environ,
+        # never the distributed variables of an in-process trainer test: its MASTER_PORT is still bound
+        **{key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES},
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "disabled",
         "RAY_DEDUP_LOGS": "0",

@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rl.bench.common import DISTRIBUTED_VARIABLES
+
 STEPS = 3
 MAX_STALENESS = 1
 TINY_RUN = [
@@ -40,7 +42,10 @@ def run_dir(tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("runs")
     command = [sys.executable, "-m", "rl", "train", "configs/quickstart.yaml", f"experiment.output_dir={output_dir}",
                "experiment.name=e2e", *TINY_RUN]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    # A fresh process: the distributed variables an in-process trainer test set must not leak into it
+    # (its MASTER_PORT is still bound by this process's store).
+    inherited = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES}
+    environment = {**inherited, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     result = subprocess.run(command, cwd=Path(__file__).resolve().parents[2], env=environment, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
