@@ -35,10 +35,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-run() {
-  echo "+ $*"
-  if [[ "$dry_run" -eq 0 ]]; then "$@"; fi
-}
+# shellcheck source=lib/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/run.sh"
 
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -73,15 +73,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# Print a command (quoted so it can be copied) and run it unless --dry-run.
-run() {
-  local shown="+" argument
-  for argument in "$@"; do
-    if [[ "$argument" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then shown+=" $argument"; else shown+=" '${argument//\'/\'\\\'\'}'"; fi
-  done
-  echo "$shown"
-  if [[ "$dry_run" -eq 0 ]]; then "$@"; fi
-}
+# shellcheck source=lib/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/run.sh"
 
 gpu_args=()
 if [[ -n "$num_gpus" ]]; then gpu_args=(--num-gpus "$num_gpus"); fi

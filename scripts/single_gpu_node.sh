@@ -62,15 +62,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# Print a command (quoted so it can be copied) and run it unless --dry-run.
-run() {
-  local shown="+" argument
-  for argument in "$@"; do
-    if [[ "$argument" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then shown+=" $argument"; else shown+=" '${argument//\'/\'\\\'\'}'"; fi
-  done
-  echo "$shown"
-  if [[ "$dry_run" -eq 0 ]]; then "$@"; fi
-}
+# shellcheck source=lib/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/run.sh"
 
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE="${WANDB_MODE:-offline}"

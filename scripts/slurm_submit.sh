@@ -47,15 +47,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ ${#arguments[@]} -ge 1 ]] || { echo "slurm_submit.sh: needs a CONFIG file (see --help)" >&2; exit 2; }
 
-# Print a command (quoted so it can be copied) and run it unless --dry-run.
-run() {
-  local shown="+" argument
-  for argument in "$@"; do
-    if [[ "$argument" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then shown+=" $argument"; else shown+=" '${argument//\'/\'\\\'\'}'"; fi
-  done
-  echo "$shown"
-  if [[ "$dry_run" -eq 0 ]]; then "$@"; fi
-}
+# shellcheck source=lib/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/run.sh"
 
 # The job runs from the repository root (sbatch records it as SLURM_SUBMIT_DIR): paths are relative to it.
 cd "$(dirname "$0")/.."
