@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from rl.core_algos import entropy_from_logits
+from rl.lm_head import has_compact_lm_head
 from rollouts.trajectory import Trajectory
 
 
@@ -175,7 +176,11 @@ def response_logprobs_and_entropy(
     shortest prompt on are projected to the vocabulary (`logits_to_keep`), and log-probs are
     computed as logit - logsumexp without materialising the full log-softmax. Logits are divided by
     the sampling temperature so the log-probs match the distribution the rollout sampled from.
+    A model with rl/lm_head.py's compact head projects only the loss-mask positions instead (see
+    `loss_token_logprobs_and_entropy`; log-probs and entropy are then 0 where the loss mask is 0).
     """
+    if has_compact_lm_head(model):
+        return loss_token_logprobs_and_entropy(model, batch, temperature, compute_entropy)
     sequence_length = batch.input_ids_BS.shape[1]
     response_length = batch.response_ids_BT.shape[1]
     first_logit_position = int(batch.response_start_B.min()) - 1
@@ -204,6 +209,40 @@ def response_logprobs_and_entropy(
     return logprobs_BT, entropy_BT
 
 
+def loss_token_logprobs_and_entropy(
+    model: torch.nn.Module,
+    batch: TrainBatch,
+    temperature: float = 1.0,
+    compute_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """As response_logprobs_and_entropy, projecting only the positions that predict a loss-mask token.
+
+    Needs a model with a compact head (rl.lm_head.install_compact_lm_head). Response token t of row b
+    is predicted at input position start_b + t - 1; those positions, for the tokens with loss mask 1,
+    are the only ones sent through the LM head (row-major order, the same order as the loss mask's).
+    Log-probs and entropies of tokens with loss mask 0 are 0: every GRPO quantity is masked anyway.
+    """
+    loss_mask_BT = batch.loss_mask_BT.bool()
+    rows_N, columns_N = loss_mask_BT.nonzero(as_tuple=True)
+    logits_at_BS = torch.zeros_like(batch.input_ids_BS, dtype=torch.bool)
+    logits_at_BS[rows_N, batch.response_start_B[rows_N] + columns_N - 1] = True
+    logits_NV = model(
+        input_ids=batch.input_ids_BS, attention_mask=batch.attention_mask_BS, logits_at_BS=logits_at_BS,
+        use_cache=False,
+    ).logits.float()
+    if temperature != 1.0:
+        logits_NV = logits_NV / temperature
+    targets_N = batch.response_ids_BT[loss_mask_BT].to(logits_NV.device)
+    token_logprobs_N = logits_NV.gather(-1, targets_N.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_NV, dim=-1)
+    mask_BT = loss_mask_BT.to(logits_NV.device)
+    logprobs_BT = token_logprobs_N.new_zeros(mask_BT.shape).masked_scatter(mask_BT, token_logprobs_N)
+    entropy_BT = None
+    if compute_entropy:
+        entropy_N = entropy_from_logits(logits_NV)
+        entropy_BT = entropy_N.new_zeros(mask_BT.shape).masked_scatter(mask_BT, entropy_N)
+    return logprobs_BT, entropy_BT
+
+
 def sequence_logprobs(model: torch.nn.Module, batch: TrainBatch, temperature: float = 1.0) -> torch.Tensor:
     """Per-token log-probs of the response tokens, shape (B, T); see response_logprobs_and_entropy."""
     logprobs_BT, _ = response_logprobs_and_entropy(model, batch, temperature, compute_entropy=False)
@@ -213,6 +252,7 @@ def sequence_logprobs(model: torch.nn.Module, batch: TrainBatch, temperature: fl
 __all__ = [
     "TrainBatch",
     "collate",
+    "loss_token_logprobs_and_entropy",
     "response_logprobs_and_entropy",
     "sequence_logprobs",
     "split_micro_batches",

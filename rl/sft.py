@@ -11,6 +11,9 @@ mostly searches one sub-query per turn and RL has something to learn.
 on the world's texts) when `model.path` is empty, runs SFT into <run_dir>/<sft.output_subdir> (reused if
 it is already there and `sft.reuse`), and returns the folder GRPO starts from.
 
+On CPU, TRL's fused LM head is wrapped by rl/lm_head.py's compact one (the vocabulary projection only
+on the model's turns; the same loss, about 3x the steps per second).
+
 What it simplifies on purpose: one process on the configured device (no DeepSpeed for this short
 stage), length-grouped right-padded batches without an attention mask (see `CausalPaddingCollator`),
 no evaluation inside the trainer (the GRPO run evaluates), TRL's own progress bar, and the trainer's
@@ -34,6 +37,7 @@ from typing import Any
 
 from rl.config import ExperimentConfig
 from rl.modeling import create_tiny_checkpoint, load_model_and_tokenizer, set_offline_mode
+from rl.lm_head import install_compact_lm_head
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +179,8 @@ def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, world: 
     trainer = SFTTrainer(model=model, args=trainer_arguments(config, staging_dir), train_dataset=dataset,
                          processing_class=tokenizer, data_collator=CausalPaddingCollator(tokenizer.pad_token_id),
                          peft_config=lora_config(config))
+    if install_compact_lm_head(trainer.model):  # after SFTTrainer added its fused head, which it wraps
+        logger.info("sft: compact LM head (the vocabulary projection on the model's turns only, rl/lm_head.py)")
     result = trainer.train()
     trained = trainer.model.merge_and_unload() if config.model.lora.enabled else trainer.model
     staging_dir.mkdir(parents=True, exist_ok=True)

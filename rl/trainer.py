@@ -75,6 +75,7 @@ from rl.deepspeed_setup import (
     init_distributed,
     validate_trainer_config,
 )
+from rl.lm_head import install_compact_lm_head
 from rl.lora import adapter_config_dict, adapter_state_dict, apply_lora, is_lora_model, merged_state_dict
 from rollouts.trajectory import Trajectory
 
@@ -103,6 +104,7 @@ class GRPOTrainer:
         # DeepSpeed prints its whole config at INFO for every engine; keep warnings and errors.
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         model = self._load_model(model, model_path)
+        install_compact_lm_head(model)  # log-probs projected at loss-mask positions only (rl/lm_head.py)
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer_next_to_model(model_path or config.model.path)
         self.pad_token_id = self._pad_token_id(model, self.tokenizer)

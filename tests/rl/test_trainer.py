@@ -218,9 +218,11 @@ def test_lora_trains_only_adapters_and_exports_adapter_and_merged_weights(tmp_pa
     plain.load_state_dict(merged)
     trajectories = synthetic_trajectories(seed=3)
     batch = collate(trajectories, pad_token_id=0)
+    model_tokens_BT = batch.loss_mask_BT.bool()  # the trainer's compact head projects only these
     with torch.no_grad():
         torch.testing.assert_close(
-            sequence_logprobs(plain, batch), sequence_logprobs(trainer.module, batch), atol=1e-5, rtol=0
+            sequence_logprobs(plain, batch)[model_tokens_BT], sequence_logprobs(trainer.module, batch)[model_tokens_BT],
+            atol=1e-5, rtol=0,
         )
     with pytest.raises(ValueError, match="kind"):
         trainer.export_weights("everything")
@@ -236,8 +238,10 @@ def test_full_export_loads_into_the_base_architecture(trainer):
     plain = tiny_model(seed=99)
     plain.load_state_dict(trainer.state_dict_for_rollout())
     batch = collate(synthetic_trajectories(seed=4), pad_token_id=0)
+    model_tokens_BT = batch.loss_mask_BT.bool()
     with torch.no_grad():
-        torch.testing.assert_close(sequence_logprobs(plain, batch), sequence_logprobs(trainer.module, batch))
+        torch.testing.assert_close(sequence_logprobs(plain, batch)[model_tokens_BT],
+                                   sequence_logprobs(trainer.module, batch)[model_tokens_BT])
     with pytest.raises(ValueError, match="lora.enabled"):
         trainer.export_weights("adapter")
 
