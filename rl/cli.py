@@ -62,7 +62,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rl.evaluate import evaluate_command
 
     return evaluate_command(load_config(args.config, args.overrides), checkpoint=args.checkpoint, out=args.out,
-                            compare=args.compare)
+                            compare=args.compare, group_by=args.group_by)
 
 
 def _cmd_build_world(args: argparse.Namespace) -> int:
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", help="model folder (a checkpoint or any HF model path)")
     evaluate.add_argument("--out", help="write the results JSON here")
     evaluate.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate two checkpoints side by side")
+    evaluate.add_argument("--group-by", default="structure", metavar="KEY",
+                          help="table rows: 'structure' (parallel/sequential/single, the default) or 'hops' "
+                               "(structure and number of gold sub-questions, e.g. parallel/2)")
     evaluate.set_defaults(handler=_cmd_eval)
 
     data = commands.add_parser("data", help="data tools")

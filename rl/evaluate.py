@@ -24,6 +24,7 @@ Simplifications on purpose: evaluation runs in this process (no Ray actors) with
     fanout eval configs/quickstart.yaml                       # the run's latest checkpoint
     fanout eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/checkpoint-60
     fanout eval configs/quickstart.yaml --compare runs/sync runs/async     # latest checkpoint of each run
+    fanout eval configs/quickstart.yaml --group-by hops     # rows per structure and number of sub-questions
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ METRIC_NAMES = (
     "format_valid",
 )
 STRUCTURE_ORDER = ("parallel", "sequential", "single", "all")
+# `--group-by`: the row key of a question. "hops" splits each structure by its number of gold
+# sub-questions ("parallel/2" = two-entity comparisons, "sequential/3" = 3-hop chains).
+GROUPINGS: dict[str, Callable] = {
+    "structure": lambda question: question.structure,
+    "hops": lambda question: f"{question.structure}/{max(len(question.sub_questions), 1)}",
+}
 _COLUMN_TITLES = {
     "n": "n",
     "em": "EM",
@@ -117,23 +124,24 @@ def summarize(
     trajectories: Iterable[Trajectory],
     dataset_name: str,
     format_validator: Callable[[Trajectory], bool] | None = None,
+    group_by: str = "structure",
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """`{dataset_name: {structure | "all": figures}}` for one greedy trajectory per question.
+    """`{dataset_name: {group | "all": figures}}` for one greedy trajectory per question.
 
-    Only the structures present appear, in the order parallel, sequential, single, then "all".
+    Groups are question structures (the contract), or another key of GROUPINGS. Only the groups present
+    appear: structures in the order parallel, sequential, single, other groups sorted, then "all".
     """
+    if group_by not in GROUPINGS:
+        raise ConfigError(f"--group-by {group_by!r} is not one of {', '.join(GROUPINGS)}")
     validator = format_validator or protocol_format_is_valid
-    by_structure: dict[str, list[dict[str, float]]] = {}
+    group_of = GROUPINGS[group_by]
+    by_group: dict[str, list[dict[str, float]]] = {}
     everything = []
     for trajectory in trajectories:
         figures = question_figures(trajectory, validator)
-        by_structure.setdefault(trajectory.question.structure, []).append(figures)
+        by_group.setdefault(group_of(trajectory.question), []).append(figures)
         everything.append(figures)
-    summary = {
-        structure: aggregate(by_structure[structure])
-        for structure in STRUCTURE_ORDER
-        if structure in by_structure
-    }
+    summary = {group: aggregate(by_group[group]) for group in _ordered(by_group)}
     summary["all"] = aggregate(everything)
     return {dataset_name: summary}
 
@@ -178,9 +186,10 @@ def compare_table(results_a: dict, results_b: dict) -> str:
     return "\n".join(lines)
 
 
-def _ordered(by_structure: dict) -> list[str]:
-    known = [structure for structure in STRUCTURE_ORDER if structure in by_structure]
-    return known + [structure for structure in by_structure if structure not in STRUCTURE_ORDER]
+def _ordered(by_group: dict) -> list[str]:
+    known = [group for group in STRUCTURE_ORDER if group in by_group and group != "all"]
+    others = sorted(group for group in by_group if group not in STRUCTURE_ORDER)
+    return known + others + (["all"] if "all" in by_group else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +286,8 @@ def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
 
 
 def evaluate(
-    config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None
+    config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None,
+    group_by: str = "structure",
 ) -> dict:
     """Greedy episodes (one per question) with the model at checkpoint_path; the contract summary."""
     from rollouts.agent_loop import run_episodes
@@ -304,7 +314,7 @@ def evaluate(
                 greedy=True,
             )
             trajectories.extend(group.trajectories[0] for group in groups)
-        results.update(summarize(trajectories, dataset_name))
+        results.update(summarize(trajectories, dataset_name, group_by=group_by))
     return results
 
 
@@ -320,18 +330,21 @@ def evaluate_command(
     checkpoint: str | None = None,
     out: str | None = None,
     compare: list[str] | tuple[str, str] | None = None,
+    group_by: str = "structure",
 ) -> int:
     """`fanout eval`: print the table (or the A/B comparison) and write the JSON; returns the exit code."""
+    if group_by not in GROUPINGS:
+        raise ConfigError(f"--group-by {group_by!r} is not one of {', '.join(GROUPINGS)}")
     if compare:
         path_a, path_b = (resolve_model_path(config, path) for path in compare)
-        results_a, results_b = evaluate(config, path_a), evaluate(config, path_b)
+        results_a, results_b = (evaluate(config, path, group_by=group_by) for path in (path_a, path_b))
         print(compare_table(results_a, results_b))
         written = write_results(
             {"checkpoints": {"A": compare[0], "B": compare[1]}, "A": results_a, "B": results_b},
             out or config.run_dir / "eval_compare.json",
         )
     else:
-        results = evaluate(config, resolve_model_path(config, checkpoint))
+        results = evaluate(config, resolve_model_path(config, checkpoint), group_by=group_by)
         print(format_table(results))
         written = write_results(results, out or config.run_dir / "eval.json")
     print(f"wrote {written}")

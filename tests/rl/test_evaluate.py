@@ -341,7 +341,7 @@ def test_compare_command_writes_both_results_and_prints_ratios(tmp_path, monkeyp
         str(model_a): {"world": {"all": figures}},
         str(model_b): {"world": {"all": {**figures, "model_calls": 2.0, "subqueries_per_round": 2.0}}},
     }
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda config, path: canned[path])
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda config, path, group_by: canned[path])
     config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}"])
     out = tmp_path / "comparison.json"
 
@@ -355,3 +355,16 @@ def test_compare_command_writes_both_results_and_prints_ratios(tmp_path, monkeyp
     printed = capsys.readouterr().out
     assert "| world | all | model calls | 4.000 | 2.000 | 0.50× |" in printed
     assert "| world | all | sub-queries/round | 1.000 | 2.000 | 2.00× |" in printed
+
+
+def test_group_by_hops_splits_structures_by_number_of_sub_questions(handcrafted):
+    handcrafted[0].question.sub_questions = ["When was a born?", "When was b born?"]
+    handcrafted[1].question.sub_questions = ["a?", "b?", "c?"]
+    results = summarize(handcrafted, "world", group_by="hops")["world"]
+    assert list(results) == ["parallel/2", "parallel/3", "sequential/1", "single/1", "all"]
+    assert results["parallel/2"]["n"] == 1 and results["parallel/2"]["em"] == 1.0
+    assert results["parallel/3"]["f1"] == pytest.approx(2 / 3)
+    assert results["parallel/3"]["subqueries_per_round"] == 2.0  # 3 + 1 queries over 2 rounds
+    assert results["all"] == summarize(handcrafted, "world")["world"]["all"]
+    with pytest.raises(ConfigError, match="group-by 'colour'"):
+        summarize(handcrafted, "world", group_by="colour")
