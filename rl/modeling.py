@@ -12,6 +12,7 @@ fanout-rl loads "a model path" the same way, whether it is this tiny model or a 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -118,10 +119,26 @@ def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tin
     return out_dir
 
 
+# tokenizer_config.json classes that mean "the tokenizer.json as saved" (what build_tokenizer writes)
+_PLAIN_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in a model folder, exactly as saved.
+
+    A tokenizer written by build_tokenizer is loaded as a plain fast tokenizer: AutoTokenizer would pick
+    the class of the model type (Qwen2Tokenizer for the tiny Qwen2) and rebuild its pre-tokenizer, which
+    splits numbers into single digits, so the trained merges for years would never apply. Real
+    checkpoints name their own class and go through AutoTokenizer.
+    """
     set_offline_mode()
     _require_local_model(path)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    config_file = Path(path) / "tokenizer_config.json"
+    saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if saved_class in _PLAIN_TOKENIZER_CLASSES:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:  # real checkpoints often lack one; left padding for generation
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
