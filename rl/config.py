@@ -202,7 +202,7 @@ class SFTConfig:
     enabled: bool = True  # warm-start with TRL's SFTTrainer on scripted-expert trajectories
     num_trajectories: int = 4000  # expert trajectories written from the training split
     parallel_fraction: float = 0.3  # share of parallel questions the expert answers in one fanned-out round
-    max_steps: int = 1500  # optimizer steps of the warm-start (quickstart: ~20 min on 2 shared cores, test EM ~0.47)
+    max_steps: int = 1500  # optimizer steps of the warm-start (tiny model: about 5 steps/s on 2 CPU cores)
     batch_size: int = 32  # expert trajectories per SFT step
     learning_rate: float = 3e-3  # SFT learning rate (high: the tiny model starts from scratch)
     output_subdir: str = "sft"  # the warm-start model is saved to <run_dir>/<output_subdir>
@@ -493,8 +493,14 @@ def to_yaml(config: ExperimentConfig) -> str:
 
 
 def from_dict(values: dict) -> ExperimentConfig:
-    """Inverse of `to_dict` (used when a Ray actor or a resumed run receives a config)."""
-    merged = _merge_checked(OmegaConf.structured(ExperimentConfig), _rename_keys(values), "config dict")
+    """Inverse of `to_dict` (used when a Ray actor or a resumed run receives a config).
+
+    Mapping fields replace the default mapping, as in load_config: a config whose reward.weights drop a
+    default component must not get it back when it crosses to a Ray actor.
+    """
+    base, renamed = OmegaConf.structured(ExperimentConfig), _rename_keys(values)
+    _clear_replaced_mappings(base, renamed)
+    merged = _merge_checked(base, renamed, "config dict")
     return OmegaConf.to_object(merged)
 
 

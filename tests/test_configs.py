@@ -160,3 +160,20 @@ def test_a_mapping_override_replaces_and_a_dotted_override_adds_one_key():
     added = load_config(Path("configs/quickstart.yaml"), ["reward.weights.f1=0.5"])
     assert added.reward.weights == {"exact_match": 1.0, "format": 0.1, "efficiency": 0.3, "decomposition": 0.1,
                                     "f1": 0.5}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_config_crosses_to_a_ray_actor_unchanged(path):
+    """Actors and resumed runs rebuild the config with from_dict: a mapping must not regain default keys."""
+    from rl.config import from_dict, to_dict
+
+    config = load_config(path)
+    assert to_dict(from_dict(to_dict(config))) == to_dict(config)
+
+
+def test_sequential_baseline_rewards_correctness_and_format_only():
+    from rl.config import from_dict, to_dict
+
+    config = from_dict(to_dict(load_config(CONFIGS / "sequential_baseline.yaml")))
+    assert config.reward.weights == {"exact_match": 1.0, "format": 0.1}
+    assert config.tools.max_calls_per_turn == 1
