@@ -197,6 +197,7 @@ def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
         assert set(figures["ratio"]) == {"1", "2", "4"} and all(
             value > 0 for value in figures["ratio"].values()
         )
+        assert figures["by_actors"]["1"]["ratio"] == figures["ratio"]  # quick: the 1-actor block only
     elif suite == "scaling":
         assert figures["actors_ratio"] > 0 and figures["projection"]["sync"]["1"] == 1.0
     else:
