@@ -7,7 +7,12 @@ staleness, throughput, losses and evaluation figures, plus `overview.png`, one p
 total reward, model calls, sub-queries per round and staleness with the parallel / sequential /
 single curves overlaid. Non-numeric and missing values are skipped.
 
+`plot_runs` draws several runs on one figure (a panel per key, a curve per run), e.g. the fanout and
+sequential policies of scripts/compare_fanout_sequential.sh.
+
     python -m rl.plots runs/quickstart/metrics.jsonl runs/quickstart/plots
+    python -m rl.plots --compare runs/fanout_vs_sequential.png fanout=runs/fanout/metrics.jsonl \
+        sequential=runs/sequential/metrics.jsonl
 """
 
 from __future__ import annotations
@@ -159,10 +164,55 @@ def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str]
     return written
 
 
+# Two policies side by side (scripts/compare_fanout_sequential.sh): what fanning out changes, per structure.
+COMPARE_PANELS = (
+    "reward/exact_match/parallel",
+    "rollout/model_calls/parallel",
+    "rollout/subqueries_per_round/parallel",
+    "rollout/model_calls/sequential",
+)
+
+
+def plot_runs(metrics_by_label: dict[str, str | Path], path: str | Path,
+              keys: tuple[str, ...] | list[str] = COMPARE_PANELS) -> Path | None:
+    """One figure, a panel per key, one curve per run (label -> its metrics.jsonl); None if no key is logged."""
+    rows_by_label = {label: read_metrics(metrics) for label, metrics in metrics_by_label.items()}
+    panels = [key for key in keys if any(metric_series(rows, key)[0] for rows in rows_by_label.values())]
+    if not panels:
+        return None
+    plt = _pyplot()
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100, squeeze=False)
+    for axes, key in zip(axes_list[0], panels):
+        for label, rows in rows_by_label.items():
+            steps, values = metric_series(rows, key)
+            if steps:
+                _draw_series(axes, steps, values, label)
+        axes.set_title(key, fontsize="small")
+        axes.legend(fontsize="x-small")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+USAGE = ("usage: python -m rl.plots METRICS_JSONL OUT_DIR [KEY_OR_PATTERN ...]\n"
+         "       python -m rl.plots --compare OUT_PNG LABEL=METRICS_JSONL LABEL=METRICS_JSONL ...")
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["--compare"]:
+        runs = [argument.split("=", 1) for argument in arguments[2:]]
+        if len(arguments) < 4 or any(len(run) != 2 or not run[0] for run in runs):
+            print(USAGE, file=sys.stderr)
+            return 2
+        written = plot_runs(dict(runs), arguments[1])
+        print(f"wrote {written}" if written else "no compared metric was logged by these runs")
+        return 0
     if len(arguments) < 2:
-        print("usage: python -m rl.plots METRICS_JSONL OUT_DIR [KEY_OR_PATTERN ...]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     paths = plot_metrics(arguments[0], arguments[1], arguments[2:] or None)
     print(f"wrote {len(paths)} plot(s) to {arguments[1]}")

@@ -2,7 +2,8 @@
 # The fanout vs sequential comparison on the embedded generated world (docs/RESULTS.md).
 # 1. fanout: the quickstart (SFT warm-start, then GRPO with decomposition + efficiency rewards);
 # 2. sequential: GRPO from the SAME warm-start with correctness + format rewards only (Search-R1 style);
-# 3. greedy evaluation of the warm-start and of both policies on the same test split.
+# 3. their training curves side by side (DIR/fanout_vs_sequential.png);
+# 4. greedy evaluation of the warm-start and of both policies on the same test split.
 set -euo pipefail
 
 usage() {
@@ -12,6 +13,7 @@ Usage: scripts/compare_fanout_sequential.sh [--dry-run] [--out DIR] [key=value .
 Runs, from the repository root:
   fanout train configs/quickstart.yaml          experiment.name=fanout     [key=value ...]
   fanout train configs/sequential_baseline.yaml experiment.name=sequential model.path=DIR/fanout/sft sft.enabled=false
+  python -m rl.plots --compare DIR/fanout_vs_sequential.png ... (training curves side by side)
   fanout eval  ... --checkpoint DIR/fanout/sft                  (the shared warm-start)
   fanout eval  ... --compare DIR/sequential DIR/fanout          (B = fanout, ratios B / A)
 
@@ -44,6 +46,8 @@ common=(experiment.output_dir="$out" experiment.overwrite=true)
 run fanout train configs/quickstart.yaml experiment.name=fanout "${common[@]}" "${overrides[@]}"
 run fanout train configs/sequential_baseline.yaml experiment.name=sequential "${common[@]}" \
   model.path="$out/fanout/sft" sft.enabled=false data.world_dir="$out/fanout/world" "${overrides[@]}"
+run python -m rl.plots --compare "$out/fanout_vs_sequential.png" \
+  fanout="$out/fanout/metrics.jsonl" sequential="$out/sequential/metrics.jsonl"
 run fanout eval configs/quickstart.yaml experiment.name=fanout experiment.output_dir="$out" \
   --checkpoint "$out/fanout/sft" --out "$out/fanout/eval_warm_start.json"
 run fanout eval configs/quickstart.yaml experiment.name=fanout experiment.output_dir="$out" \

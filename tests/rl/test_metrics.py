@@ -11,7 +11,7 @@ import torch
 
 from rl.config import LoggingConfig
 from rl.metrics import MetricsLogger, read_metrics, redact_secrets, to_json_value
-from rl.plots import moving_average, plot_metrics, select_keys
+from rl.plots import main as plots_main, moving_average, plot_metrics, plot_runs, select_keys
 
 DISABLED = LoggingConfig(wandb_mode="disabled")
 
@@ -131,3 +131,18 @@ def test_plot_metrics_writes_non_empty_pngs(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
     only = plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "only", keys=["rollout/model_calls"])
     assert [path.name for path in only] == ["rollout__model_calls.png"]
+
+
+def test_plot_runs_draws_one_panel_per_logged_key_and_one_curve_per_run(tmp_path):
+    for name, calls in (("fanout", 2.0), ("sequential", 3.0)):
+        with MetricsLogger(tmp_path / name, DISABLED) as logger:
+            for step in range(4):
+                logger.log(step, {"rollout/model_calls/parallel": calls, "reward/exact_match/parallel": 0.5})
+    runs = {name: tmp_path / name / "metrics.jsonl" for name in ("fanout", "sequential")}
+    written = plot_runs(runs, tmp_path / "compare.png")
+    assert written == tmp_path / "compare.png" and written.stat().st_size > 1000
+    assert plot_runs(runs, tmp_path / "none.png", keys=["not/logged"]) is None
+    assert not (tmp_path / "none.png").exists()
+    assert plots_main(["--compare", str(tmp_path / "cli.png"), *(f"{k}={v}" for k, v in runs.items())]) == 0
+    assert (tmp_path / "cli.png").is_file()
+    assert plots_main(["--compare", str(tmp_path / "bad.png"), "no-label-here"]) == 2
