@@ -168,6 +168,7 @@ def response_logprobs_and_entropy(
     batch: TrainBatch,
     temperature: float = 1.0,
     compute_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and optionally entropies) of the response tokens under `model`, one forward pass.
 
@@ -178,9 +179,11 @@ def response_logprobs_and_entropy(
     the sampling temperature so the log-probs match the distribution the rollout sampled from.
     A model with rl/lm_head.py's compact head projects only the loss-mask positions instead (see
     `loss_token_logprobs_and_entropy`; log-probs and entropy are then 0 where the loss mask is 0).
+    entropy_grad=False computes the entropy as a metric only: outside autograd, so the backward pass
+    neither keeps nor walks through its softmax.
     """
     if has_compact_lm_head(model):
-        return loss_token_logprobs_and_entropy(model, batch, temperature, compute_entropy)
+        return loss_token_logprobs_and_entropy(model, batch, temperature, compute_entropy, entropy_grad)
     sequence_length = batch.input_ids_BS.shape[1]
     response_length = batch.response_ids_BT.shape[1]
     first_logit_position = int(batch.response_start_B.min()) - 1
@@ -204,9 +207,17 @@ def response_logprobs_and_entropy(
     token_logits_BT = logits_BTV.gather(
         -1, batch.response_ids_BT.to(logits_BTV.device).unsqueeze(-1)
     ).squeeze(-1)
-    logprobs_BT = token_logits_BT - torch.logsumexp(logits_BTV, dim=-1)
-    entropy_BT = entropy_from_logits(logits_BTV) if compute_entropy else None
+    logsumexp_BT = torch.logsumexp(logits_BTV, dim=-1)
+    logprobs_BT = token_logits_BT - logsumexp_BT
+    entropy_BT = _entropy(logits_BTV, logsumexp_BT, entropy_grad) if compute_entropy else None
     return logprobs_BT, entropy_BT
+
+
+def _entropy(logits_XV: torch.Tensor, logsumexp_X: torch.Tensor, with_grad: bool) -> torch.Tensor:
+    if with_grad:
+        return entropy_from_logits(logits_XV, logsumexp_X)
+    with torch.no_grad():
+        return entropy_from_logits(logits_XV.detach(), logsumexp_X.detach())
 
 
 def loss_token_logprobs_and_entropy(
@@ -214,6 +225,7 @@ def loss_token_logprobs_and_entropy(
     batch: TrainBatch,
     temperature: float = 1.0,
     compute_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """As response_logprobs_and_entropy, projecting only the positions that predict a loss-mask token.
 
@@ -233,12 +245,13 @@ def loss_token_logprobs_and_entropy(
     if temperature != 1.0:
         logits_NV = logits_NV / temperature
     targets_N = batch.response_ids_BT[loss_mask_BT].to(logits_NV.device)
-    token_logprobs_N = logits_NV.gather(-1, targets_N.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_NV, dim=-1)
+    logsumexp_N = torch.logsumexp(logits_NV, dim=-1)
+    token_logprobs_N = logits_NV.gather(-1, targets_N.unsqueeze(-1)).squeeze(-1) - logsumexp_N
     mask_BT = loss_mask_BT.to(logits_NV.device)
     logprobs_BT = token_logprobs_N.new_zeros(mask_BT.shape).masked_scatter(mask_BT, token_logprobs_N)
     entropy_BT = None
     if compute_entropy:
-        entropy_N = entropy_from_logits(logits_NV)
+        entropy_N = _entropy(logits_NV, logsumexp_N, entropy_grad)
         entropy_BT = entropy_N.new_zeros(mask_BT.shape).masked_scatter(mask_BT, entropy_N)
     return logprobs_BT, entropy_BT
 

@@ -290,10 +290,16 @@ def kl_k3(logprobs_BT: torch.Tensor, reference_logprobs_BT: torch.Tensor) -> tor
     return torch.exp(log_ratio_BT) - log_ratio_BT - 1.0
 
 
-def entropy_from_logits(logits_BTV: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution at each position: H = logsumexp(z) - sum_v softmax(z)_v z_v."""
-    probabilities_BTV = torch.softmax(logits_BTV.float(), dim=-1)
-    return torch.logsumexp(logits_BTV.float(), dim=-1) - (probabilities_BTV * logits_BTV.float()).sum(dim=-1)
+def entropy_from_logits(logits_BTV: torch.Tensor, logsumexp_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position: H = logsumexp(z) - sum_v softmax(z)_v z_v.
+
+    logsumexp_BT: logsumexp(z) over the vocabulary when the caller already has it (the log-prob pass).
+    """
+    logits_BTV = logits_BTV.float()
+    if logsumexp_BT is None:
+        logsumexp_BT = torch.logsumexp(logits_BTV, dim=-1)
+    probabilities_BTV = torch.exp(logits_BTV - logsumexp_BT.unsqueeze(-1))
+    return logsumexp_BT - (probabilities_BTV * logits_BTV).sum(dim=-1)
 
 
 def is_finite_loss(*values: torch.Tensor | float) -> bool:

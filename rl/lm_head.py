@@ -29,6 +29,7 @@ TRL's pre-shifted `shift_labels` (sequence parallelism) defers to TRL; temperatu
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import Any
 
@@ -44,10 +45,9 @@ _SCALING_ATTRIBUTES = ("final_logit_softcapping", "logit_scale", "output_multipl
 
 def causal_lm_of(model: Any) -> Any:
     """The transformers causal LM inside a DeepSpeed engine and/or a peft model."""
-    from accelerate.utils import is_peft_model
-
     model = getattr(model, "module", model)  # DeepSpeed engine
-    return model.get_base_model() if is_peft_model(model) else model
+    peft = sys.modules.get("peft")  # a PeftModel exists only once peft is imported (no metadata lookup per call)
+    return model.get_base_model() if peft is not None and isinstance(model, peft.PeftModel) else model
 
 
 def supports_compact_head(model: Any) -> bool:

@@ -393,6 +393,7 @@ class GRPOTrainer:
         logprobs_BT, entropy_BT = response_logprobs_and_entropy(
             self.engine, micro_batch, self.sampling_temperature,
             compute_entropy=grpo.entropy_coef > 0 or single_pass,
+            entropy_grad=grpo.entropy_coef > 0,  # otherwise a metric: kept out of the backward pass
         )
         proximal_BT = logprobs_BT.detach() if single_pass else micro_batch.proximal_logprobs_BT
         policy, policy_metrics = policy_loss(

@@ -241,6 +241,10 @@ def test_entropy_from_logits_hand_computed():
     entropy_BT = entropy_from_logits(torch.nan_to_num(logits_BTV, neginf=-1e9))
     # uniform over 4: ln 4; probabilities [0.25, 0.75]: -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335
     torch.testing.assert_close(entropy_BT, torch.tensor([[math.log(4.0), 0.562335]]), atol=1e-5, rtol=0)
+    logits_BTV = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(0)) * 4
+    given_BT = entropy_from_logits(logits_BTV, torch.logsumexp(logits_BTV, dim=-1))
+    torch.testing.assert_close(given_BT, entropy_from_logits(logits_BTV), atol=1e-6, rtol=0)
+    torch.testing.assert_close(given_BT, torch.distributions.Categorical(logits=logits_BTV).entropy(), atol=1e-5, rtol=0)
 
 
 def test_masked_mean_and_finiteness_helper():

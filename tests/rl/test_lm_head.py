@@ -126,6 +126,18 @@ def test_grpo_logprobs_and_entropy_equal_the_full_projection_on_model_tokens(tin
         torch.testing.assert_close(compact_grads[key], gradient, atol=1e-6, rtol=0, msg=key)
 
 
+def test_a_metric_only_entropy_stays_out_of_autograd_with_the_same_values(tiny_checkpoint):
+    full_model, _ = load_model_and_tokenizer(tiny_checkpoint)
+    compact_model = copy.deepcopy(full_model)
+    install_compact_lm_head(compact_model)
+    batch = collate(trajectories(full_model.config.vocab_size), pad_token_id=0)
+    for model in (full_model, compact_model):
+        logprobs_BT, with_grad_BT = response_logprobs_and_entropy(model, batch, compute_entropy=True)
+        _, metric_BT = response_logprobs_and_entropy(model, batch, compute_entropy=True, entropy_grad=False)
+        assert logprobs_BT.requires_grad and with_grad_BT.requires_grad and not metric_BT.requires_grad
+        torch.testing.assert_close(metric_BT, with_grad_BT.detach(), atol=1e-6, rtol=0)
+
+
 def test_a_deep_copy_has_its_own_working_head(tiny_checkpoint):
     """The trainer deep-copies the model for its frozen KL reference: the copy must not run the original."""
     model, _ = load_model_and_tokenizer(tiny_checkpoint)
