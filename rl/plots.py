@@ -13,6 +13,11 @@ sequential policies of scripts/compare_fanout_sequential.sh.
     python -m rl.plots runs/quickstart/metrics.jsonl runs/quickstart/plots
     python -m rl.plots --compare runs/fanout_vs_sequential.png fanout=runs/fanout/metrics.jsonl \
         sequential=runs/sequential/metrics.jsonl
+
+`curve_summary` / `--summary` prints the same story as numbers: for each run, the mean of each key over
+the first and the last N logged steps (the tables of docs/RESULTS.md).
+
+    python -m rl.plots --summary 10 fanout=runs/fanout/metrics.jsonl sequential=runs/sequential/metrics.jsonl
 """
 
 from __future__ import annotations
@@ -197,18 +202,80 @@ def plot_runs(metrics_by_label: dict[str, str | Path], path: str | Path,
     return path
 
 
+# The figures of a run's training curve that docs/RESULTS.md reports (first vs last steps).
+SUMMARY_KEYS = (
+    "reward/total",
+    "reward/exact_match",
+    "reward/exact_match/parallel",
+    "reward/exact_match/sequential",
+    "reward/exact_match/single",
+    "rollout/model_calls/parallel",
+    "rollout/subqueries_per_round/parallel",
+    "rollout/model_calls/sequential",
+    "rollout/subqueries_per_round/sequential",
+    "async/staleness_mean",
+    "perf/samples_per_s",
+    "perf/step_s",
+)
+
+
+def curve_summary(rows: list[dict], window: int,
+                  keys: tuple[str, ...] | list[str] = SUMMARY_KEYS) -> dict[str, tuple[float, float]]:
+    """key -> (mean over the first `window` logged values, mean over the last `window`), for logged keys."""
+    if window < 1:
+        raise ValueError(f"summary window must be at least 1 step, got {window}")
+    summary = {}
+    for key in keys:
+        _, values = metric_series(rows, key)
+        if values:
+            head, tail = values[:window], values[-window:]
+            summary[key] = (sum(head) / len(head), sum(tail) / len(tail))
+    return summary
+
+
+def summary_table(metrics_by_label: dict[str, str | Path], window: int) -> str:
+    """Markdown: a row per key, first-N and last-N columns per run (blank where a run did not log the key)."""
+    summaries = {label: curve_summary(read_metrics(path), window) for label, path in metrics_by_label.items()}
+    keys = [key for key in SUMMARY_KEYS if any(key in summary for summary in summaries.values())]
+    header = ["figure"] + [f"{label} {part} {window}" for label in summaries for part in ("first", "last")]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for key in keys:
+        cells = [f"`{key}`"]
+        for summary in summaries.values():
+            first, last = summary.get(key, (None, None))
+            cells.extend(["", ""] if first is None else [f"{first:.3f}", f"{last:.3f}"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 USAGE = ("usage: python -m rl.plots METRICS_JSONL OUT_DIR [KEY_OR_PATTERN ...]\n"
-         "       python -m rl.plots --compare OUT_PNG LABEL=METRICS_JSONL LABEL=METRICS_JSONL ...")
+         "       python -m rl.plots --compare OUT_PNG LABEL=METRICS_JSONL LABEL=METRICS_JSONL ...\n"
+         "       python -m rl.plots --summary STEPS LABEL=METRICS_JSONL [LABEL=METRICS_JSONL ...]")
+
+
+def _labelled_runs(arguments: list[str]) -> dict[str, str] | None:
+    """LABEL=PATH arguments as a dict, or None if one is malformed."""
+    runs = [argument.split("=", 1) for argument in arguments]
+    if any(len(run) != 2 or not run[0] or not run[1] for run in runs):
+        return None
+    return dict(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["--compare"]:
-        runs = [argument.split("=", 1) for argument in arguments[2:]]
-        if len(arguments) < 4 or any(len(run) != 2 or not run[0] for run in runs):
+    if arguments[:1] == ["--summary"]:
+        runs = _labelled_runs(arguments[2:])
+        if len(arguments) < 3 or not runs or not arguments[1].isdigit() or int(arguments[1]) < 1:
             print(USAGE, file=sys.stderr)
             return 2
-        written = plot_runs(dict(runs), arguments[1])
+        print(summary_table(runs, int(arguments[1])))
+        return 0
+    if arguments[:1] == ["--compare"]:
+        runs = _labelled_runs(arguments[2:])
+        if len(arguments) < 4 or not runs:
+            print(USAGE, file=sys.stderr)
+            return 2
+        written = plot_runs(runs, arguments[1])
         print(f"wrote {written}" if written else "no compared metric was logged by these runs")
         return 0
     if len(arguments) < 2:

@@ -271,7 +271,7 @@ def test_bench_dry_run_runs_every_registered_suite():
 
 def test_comparison_trains_both_policies_from_one_warm_start_and_compares_them():
     commands = printed_commands("compare_fanout_sequential.sh", "--out", "/tmp/cmp", "grpo.total_steps=5")
-    fanout_train, sequential_train, plot, warm_start_eval, compare = commands
+    fanout_train, sequential_train, plot, summary, warm_start_eval, compare, compare_hops = commands
     assert fanout_train[:3] == ["fanout", "train", "configs/quickstart.yaml"]
     assert sequential_train[:3] == ["fanout", "train", "configs/sequential_baseline.yaml"]
     assert "model.path=/tmp/cmp/fanout/sft" in sequential_train and "sft.enabled=false" in sequential_train
@@ -280,3 +280,5 @@ def test_comparison_trains_both_policies_from_one_warm_start_and_compares_them()
     assert compare[compare.index("--compare") + 1:][:2] == ["/tmp/cmp/sequential", "/tmp/cmp/fanout"]
     assert plot[:4] == ["python", "-m", "rl.plots", "--compare"]
     assert plot[5:] == ["fanout=/tmp/cmp/fanout/metrics.jsonl", "sequential=/tmp/cmp/sequential/metrics.jsonl"]
+    assert summary[:5] == ["python", "-m", "rl.plots", "--summary", "10"] and summary[5:] == plot[5:]
+    assert compare_hops[:-2] == compare[:-2] + ["--group-by", "hops"]

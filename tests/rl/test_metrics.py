@@ -11,7 +11,15 @@ import torch
 
 from rl.config import LoggingConfig
 from rl.metrics import MetricsLogger, read_metrics, redact_secrets, to_json_value
-from rl.plots import main as plots_main, moving_average, plot_metrics, plot_runs, select_keys
+from rl.plots import (
+    curve_summary,
+    main as plots_main,
+    moving_average,
+    plot_metrics,
+    plot_runs,
+    select_keys,
+    summary_table,
+)
 
 DISABLED = LoggingConfig(wandb_mode="disabled")
 
@@ -146,3 +154,27 @@ def test_plot_runs_draws_one_panel_per_logged_key_and_one_curve_per_run(tmp_path
     assert plots_main(["--compare", str(tmp_path / "cli.png"), *(f"{k}={v}" for k, v in runs.items())]) == 0
     assert (tmp_path / "cli.png").is_file()
     assert plots_main(["--compare", str(tmp_path / "bad.png"), "no-label-here"]) == 2
+
+
+def test_curve_summary_means_the_first_and_last_logged_steps(tmp_path):
+    rows = [{"step": step, "reward/total": float(step)} for step in range(1, 7)]
+    rows.insert(3, {"step": 99, "reward/total": None, "perf/step_s": 2.0})  # a gap is skipped, not a zero
+    assert curve_summary(rows, window=2) == {"reward/total": (1.5, 5.5), "perf/step_s": (2.0, 2.0)}
+    assert curve_summary(rows, window=10)["reward/total"] == (3.5, 3.5)
+    with pytest.raises(ValueError, match="at least 1"):
+        curve_summary(rows, window=0)
+
+
+def test_summary_table_puts_runs_side_by_side(tmp_path, capsys):
+    for name, calls in (("fanout", [3.0, 2.0, 2.0]), ("sequential", [3.0, 3.0, 4.0])):
+        with MetricsLogger(tmp_path / name, DISABLED) as logger:
+            for step, value in enumerate(calls):
+                logger.log(step, {"rollout/model_calls/parallel": value})
+    runs = {name: tmp_path / name / "metrics.jsonl" for name in ("fanout", "sequential")}
+    lines = summary_table(runs, window=1).splitlines()
+    assert lines[0] == "| figure | fanout first 1 | fanout last 1 | sequential first 1 | sequential last 1 |"
+    assert lines[2:] == ["| `rollout/model_calls/parallel` | 3.000 | 2.000 | 3.000 | 4.000 |"]
+    assert plots_main(["--summary", "1", *(f"{k}={v}" for k, v in runs.items())]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == lines[2]
+    assert plots_main(["--summary", "0", f"fanout={runs['fanout']}"]) == 2
+    assert plots_main(["--summary", "2", "no-label-here"]) == 2
