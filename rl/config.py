@@ -215,6 +215,9 @@ class EvalConfig:
     split: str = "test"  # split of the generated world / eval_files to evaluate on
     num_questions: int = 300  # 0: the whole split
     at_end: bool = True  # evaluate the final policy when training ends
+    # questions generated together (0: the training batch, questions_per_step * group_size). Batching is
+    # faster, but then latency_s is the wall time of a batch's rounds; 1 measures each question alone.
+    batch_questions: int = 0
 
 
 @dataclass
@@ -465,6 +468,8 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
          "data.source=files needs data.train_files and/or data.eval_files ({name: path})")
     need(config.data.source != "files" or bool(config.data.corpus_path) or config.retriever.backend == "http",
          "data.corpus_path", "data.source=files needs a corpus (data.corpus_path) or retriever.backend=http")
+    need(config.eval.batch_questions >= 0, "eval.batch_questions",
+         "must be >= 0 (0: the training batch; 1: one question at a time)")
     mix = config.data.world.structure_mix
     need(set(mix) <= {"parallel", "sequential", "single"} and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")

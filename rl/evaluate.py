@@ -13,7 +13,9 @@ Definitions (per question, then averaged over the questions of a structure):
   em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
   model_calls        generation rounds of the episode; tool_calls: tool calls over all rounds;
   latency_s          wall seconds of the episode's rounds (generation + tools, as the agent loop measured
-                     them; questions run in batches of rollout.questions_per_step x group_size);
+                     them; questions run in batches of eval.batch_questions, by default
+                     rollout.questions_per_step x group_size, so a batched figure includes waiting
+                     for the batch's other episodes: eval.batch_questions=1 times each question alone);
   format_valid       1 if the response follows the agent protocol (the reward package's validator).
   subqueries_per_round is a ratio of totals: all tool calls ÷ all rounds that made at least one call,
   so a model that fans out 3 sub-queries in one round scores 3 and a strictly sequential one scores 1.
@@ -297,7 +299,7 @@ def evaluate(
         questions_by_dataset = load_eval_questions(config)
     setup = WorkerSetup(worker_id=0, model_path=str(checkpoint_path), corpus_path=eval_corpus_path(config))
     components = build_rollout_components(config, setup)
-    batch_questions = max(1, config.batch_size)  # the training batch bounds the generation batch
+    batch_questions = config.eval.batch_questions or config.batch_size  # default: the training batch
     results: dict = {}
     for dataset_name, questions in questions_by_dataset.items():
         trajectories = []

@@ -368,3 +368,42 @@ def test_group_by_hops_splits_structures_by_number_of_sub_questions(handcrafted)
     assert results["all"] == summarize(handcrafted, "world")["world"]["all"]
     with pytest.raises(ConfigError, match="group-by 'colour'"):
         summarize(handcrafted, "world", group_by="colour")
+
+
+@pytest.mark.parametrize(("batch_questions", "expected_batches"), [(0, [5]), (1, [1, 1, 1, 1, 1]), (2, [2, 2, 1])])
+def test_eval_batch_questions_sets_how_many_questions_generate_together(
+    tmp_path, tiny_checkpoint, monkeypatch, batch_questions, expected_batches
+):
+    import torch
+
+    import rollouts.agent_loop
+
+    torch.set_num_threads(1)
+    batches = []
+    real_run_episodes = rollouts.agent_loop.run_episodes
+
+    def counting_run_episodes(engine, protocol, executor, questions, **kwargs):
+        batches.append(len(questions))
+        return real_run_episodes(engine, protocol, executor, questions, **kwargs)
+
+    monkeypatch.setattr(rollouts.agent_loop, "run_episodes", counting_run_episodes)
+    config = load_config(
+        QUICKSTART,
+        [
+            f"experiment.output_dir={tmp_path}",
+            f"eval.batch_questions={batch_questions}",
+            "eval.num_questions=5",
+            "rollout.questions_per_step=4",
+            "rollout.group_size=2",  # a training batch of 8 questions: the default takes all 5 at once
+            "rollout.max_turns=1",
+            "rollout.max_new_tokens_per_turn=4",
+            "data.world.seed=0",
+            "data.world.num_entities_per_kind=20",
+            "data.world.num_train=120",
+            "data.world.num_validation=20",
+            "data.world.num_test=40",
+        ],
+    )
+    assert evaluate_command(config, checkpoint=tiny_checkpoint) == 0  # builds the world, then evaluates
+    assert batches == expected_batches
+    assert json.loads((tmp_path / "quickstart" / "eval.json").read_text())["world"]["all"]["n"] == 5
