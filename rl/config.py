@@ -269,11 +269,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("world", "files"),
     "data.on_malformed_row": ("error", "skip"),
-    "retriever.backend": ("bm25", "http"),
-    "rollout.protocol": ("tags", "function_call"),
     "rollout.prompt_style": ("minimal", "compact", "full"),
-    "rollout.engine": ("hf", "vllm"),
-    "reward.preset": ("", "parallelsearch", "searchr1"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
@@ -416,7 +412,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def validate(config: ExperimentConfig, where: str = "config") -> None:
     """Cross-field checks; raises ConfigError saying which key to change."""
-    for dotted, choices in _CHOICES.items():
+    for dotted, choices in {**_CHOICES, **_registered_choices()}.items():
         section, name = dotted.split(".")
         value = getattr(getattr(config, _YAML_RENAMES.get(section, section)), name)
         if value not in choices:
@@ -477,6 +473,34 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
     unknown_rewards = set(config.reward.weights) - set(known_rewards or config.reward.weights)
     need(not unknown_rewards, "reward.weights",
          f"unknown reward(s) {sorted(unknown_rewards)}; registered: {sorted(known_rewards or [])}")
+
+
+def _registered_choices() -> dict[str, tuple[str, ...]]:
+    """Keys chosen from a name registry: their valid values are whatever is registered, so an extension
+    registered with its decorator (docs/EXTENDING.md) is accepted without editing this file. A registry
+    whose module cannot be imported here is left to the code that builds from it."""
+    readers = {
+        "retriever.backend": lambda: _names("data.retriever", "RETRIEVER_BUILDERS"),
+        "rollout.protocol": lambda: _names("rollouts.protocols", "PROTOCOLS"),
+        # engines register when their module is imported (vLLM only on demand), so count both
+        "rollout.engine": lambda: _names("rollouts.engine", "ENGINES") + _names("rollouts.engine", "ENGINE_MODULES"),
+        "reward.preset": lambda: ("",) + _names("rewards.presets", "PRESETS"),
+        "grpo.advantage_estimator": lambda: _names("rl.core_algos", "ADVANTAGE_ESTIMATORS"),
+    }
+    choices = {}
+    for dotted, read in readers.items():
+        try:
+            choices[dotted] = tuple(sorted(set(read())))
+        except ImportError:
+            continue
+    return choices
+
+
+def _names(module_name: str, registry_name: str) -> tuple[str, ...]:
+    import importlib
+
+    registry = getattr(importlib.import_module(module_name), registry_name)
+    return tuple(registry.names() if hasattr(registry, "names") else registry)
 
 
 def _known_reward_names() -> list[str] | None:

@@ -177,3 +177,40 @@ def test_sequential_baseline_rewards_correctness_and_format_only():
     config = from_dict(to_dict(load_config(CONFIGS / "sequential_baseline.yaml")))
     assert config.reward.weights == {"exact_match": 1.0, "format": 0.1}
     assert config.tools.max_calls_per_turn == 1
+
+
+@pytest.mark.parametrize(
+    ("dotted", "built_in"),
+    [
+        ("rollout.protocol", "tags"),
+        ("rollout.engine", "hf"),
+        ("retriever.backend", "bm25"),
+        ("reward.preset", "parallelsearch"),
+        ("grpo.advantage_estimator", "rloo"),
+    ],
+)
+def test_registry_backed_keys_accept_what_is_registered_and_nothing_else(dotted, built_in, monkeypatch):
+    import importlib
+
+    from rl.config import validate
+
+    def config_with(value: str) -> ExperimentConfig:
+        config = ExperimentConfig()
+        section, name = dotted.split(".")
+        setattr(getattr(config, section), name, value)
+        return config
+
+    validate(config_with(built_in))
+    with pytest.raises(ConfigError, match=rf"key '{dotted}' is 'newly_added'; valid choices: .*'{built_in}'"):
+        validate(config_with("newly_added"))
+    module_name, registry_name = {
+        "rollout.protocol": ("rollouts.protocols", "PROTOCOLS"),
+        "rollout.engine": ("rollouts.engine", "ENGINES"),
+        "retriever.backend": ("data.retriever", "RETRIEVER_BUILDERS"),
+        "reward.preset": ("rewards.presets", "PRESETS"),
+        "grpo.advantage_estimator": ("rl.core_algos", "ADVANTAGE_ESTIMATORS"),
+    }[dotted]
+    registry = getattr(importlib.import_module(module_name), registry_name)
+    entries = registry._entries if hasattr(registry, "_entries") else registry
+    monkeypatch.setitem(entries, "newly_added", object())  # what a decorator does for an extension
+    validate(config_with("newly_added"))  # accepted without editing rl/config.py
