@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 from data.corpus import iter_jsonl, load_corpus  # noqa: F401  (load_corpus is part of this module's API)
 from data.errors import DataError
+from data.registry import Registry
 from data.types import Question
 
 logger = logging.getLogger(__name__)
@@ -42,21 +43,12 @@ ON_MALFORMED_CHOICES = ("error", "skip")
 # ----------------------------------------------------------------------------------------------
 
 StructureMapper = Callable[[dict], str]
-STRUCTURE_MAPPERS: dict[str, StructureMapper] = {}
+STRUCTURE_MAPPERS: Registry[StructureMapper] = Registry("dataset structure mapper")
 
 
 def register_dataset(*names: str) -> Callable[[StructureMapper], StructureMapper]:
     """Register the structure mapper of one or more dataset names (lower case); duplicates are refused."""
-
-    def decorator(mapper: StructureMapper) -> StructureMapper:
-        for name in names:
-            if name in STRUCTURE_MAPPERS:
-                owner = STRUCTURE_MAPPERS[name].__name__
-                raise ValueError(f"dataset {name!r} already has a structure mapper ({owner})")
-            STRUCTURE_MAPPERS[name] = mapper
-        return mapper
-
-    return decorator
+    return STRUCTURE_MAPPERS.register(*names)
 
 
 def _question_type(row: dict) -> str:
@@ -100,18 +92,11 @@ def structure_mapper(dataset_name: str) -> StructureMapper:
 # ----------------------------------------------------------------------------------------------
 
 RowReader = Callable[[Path], Iterator[tuple[int, dict]]]
-ROW_READERS: dict[str, RowReader] = {}
+ROW_READERS: Registry[RowReader] = Registry("row reader")  # keyed by file suffix
 
 
 def register_reader(*suffixes: str) -> Callable[[RowReader], RowReader]:
-    def decorator(reader: RowReader) -> RowReader:
-        for suffix in suffixes:
-            if suffix in ROW_READERS:
-                raise ValueError(f"a row reader for {suffix!r} files is already registered")
-            ROW_READERS[suffix] = reader
-        return reader
-
-    return decorator
+    return ROW_READERS.register(*suffixes)
 
 
 @register_reader(".jsonl", ".json")

@@ -31,6 +31,7 @@ import Stemmer
 
 from data.corpus import corpus_fingerprint, load_corpus
 from data.errors import DataError
+from data.registry import Registry
 
 BM25_INDEX_FORMAT = "bm25s-en-snowball-v1"  # part of the index key: change it when tokenisation changes
 
@@ -176,17 +177,11 @@ class HttpRetriever:
 # ----------------------------------------------------------------------------------------------
 
 RetrieverBuilder = Callable[..., Retriever]
-RETRIEVER_BUILDERS: dict[str, RetrieverBuilder] = {}
+RETRIEVER_BUILDERS: Registry[RetrieverBuilder] = Registry("retriever backend")
 
 
 def register_retriever(backend: str) -> Callable[[RetrieverBuilder], RetrieverBuilder]:
-    def decorator(builder: RetrieverBuilder) -> RetrieverBuilder:
-        if backend in RETRIEVER_BUILDERS:
-            raise ValueError(f"retriever backend {backend!r} is already registered")
-        RETRIEVER_BUILDERS[backend] = builder
-        return builder
-
-    return decorator
+    return RETRIEVER_BUILDERS.register(backend)
 
 
 def default_index_dir(corpus_path: str | os.PathLike) -> Path:

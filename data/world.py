@@ -37,6 +37,7 @@ import Stemmer
 
 from data.corpus import iter_jsonl, load_corpus, write_corpus, write_jsonl
 from data.errors import DataError
+from data.registry import Registry
 from data.types import Question
 from data.world_templates import (
     CHAINS_BY_HOPS,
@@ -182,17 +183,11 @@ class EntityIndex:
 # A draft is (uniqueness key, question with an empty id); None means "tie or degenerate sample, draw again".
 Draft = tuple[tuple, Question]
 QuestionSampler = Callable[[EntityIndex, random.Random], "Draft | None"]
-QUESTION_SAMPLERS: dict[str, QuestionSampler] = {}
+QUESTION_SAMPLERS: Registry[QuestionSampler] = Registry("question sampler")  # keyed by question structure
 
 
 def register_question_sampler(structure: str) -> Callable[[QuestionSampler], QuestionSampler]:
-    def decorator(sampler: QuestionSampler) -> QuestionSampler:
-        if structure in QUESTION_SAMPLERS:
-            raise ValueError(f"a question sampler for structure {structure!r} is already registered")
-        QUESTION_SAMPLERS[structure] = sampler
-        return sampler
-
-    return decorator
+    return QUESTION_SAMPLERS.register(structure)
 
 
 def _count_answers(count: int) -> list[str]:

@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+from data.registry import Registry
+
 
 @dataclass(frozen=True)
 class FactSpec:
@@ -116,17 +118,11 @@ COMPARISONS = (
 # ----------------------------------------------------------------------------------------------
 
 DocumentRenderer = Callable[[object, random.Random], str]
-DOCUMENT_RENDERERS: dict[str, DocumentRenderer] = {}
+DOCUMENT_RENDERERS: Registry[DocumentRenderer] = Registry("document renderer")  # keyed by entity kind
 
 
 def register_document_renderer(kind: str) -> Callable[[DocumentRenderer], DocumentRenderer]:
-    def decorator(renderer: DocumentRenderer) -> DocumentRenderer:
-        if kind in DOCUMENT_RENDERERS:
-            raise ValueError(f"a document renderer for entity kind {kind!r} is already registered")
-        DOCUMENT_RENDERERS[kind] = renderer
-        return renderer
-
-    return decorator
+    return DOCUMENT_RENDERERS.register(kind)
 
 
 def _pick(rng: random.Random, templates: tuple[str, ...], **values) -> str:

@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from rewards.registry import NamedRegistry
+from data.registry import Registry
 
 DEFAULT_TOOL_NAMES: tuple[str, ...] = ("search",)
 # End-of-message tokens a turn may end with when decoded with special tokens (Qwen, Llama, SentencePiece).
@@ -97,7 +97,7 @@ class ProtocolGrammar:
     observation_delimiters: tuple[tuple[str, str], ...]
 
 
-PROTOCOLS: NamedRegistry[ProtocolGrammar] = NamedRegistry("agent protocol")
+PROTOCOLS: Registry[ProtocolGrammar] = Registry("agent protocol")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def parse_episode(
 def _parse_episode_cached(
     turn_texts: tuple[str, ...], protocol: str, invalid_flags: tuple[bool, ...], tool_names: tuple[str, ...]
 ) -> ParsedEpisode:
-    grammar = PROTOCOLS.get(protocol)
+    grammar = PROTOCOLS[protocol]
     turns = tuple(grammar.parse_turn(text, tool_names) for text in turn_texts)
     answers = [turn.answer for turn in turns if turn.answer is not None]
     answer = answers[-1] if answers else None
@@ -362,7 +362,7 @@ def model_turn_texts(trajectory) -> list[str]:
 
 @functools.lru_cache(maxsize=4096)
 def _split_response_cached(response_text: str, protocol: str) -> tuple[str, ...]:
-    return tuple(split_model_segments(response_text, PROTOCOLS.get(protocol).observation_delimiters))
+    return tuple(split_model_segments(response_text, PROTOCOLS[protocol].observation_delimiters))
 
 
 def parse_trajectory(trajectory, tool_names: Sequence[str] = DEFAULT_TOOL_NAMES) -> ParsedEpisode:

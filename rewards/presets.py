@@ -41,7 +41,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from rewards.parsing import parse_trajectory
-from rewards.registry import NamedRegistry, register_reward
+from data.registry import Registry
+from rewards.registry import register_reward
 
 PARALLELSEARCH_ALPHA = 3.0  # multiplier of the decomposition term when a parallel question is fanned out
 PARALLELSEARCH_LAMBDA_DECOMPOSITION = 0.15
@@ -58,7 +59,7 @@ class RewardPreset:
     format_score_wrong_valid: float = 0.1
 
 
-PRESETS: NamedRegistry[RewardPreset] = NamedRegistry("reward preset")
+PRESETS: Registry[RewardPreset] = Registry("reward preset")
 
 
 def parallelsearch_decomposition_term(structure: str, queries_per_round: list[int]) -> float:
@@ -109,7 +110,7 @@ def resolve_preset(config):
     """The RewardConfig to score with: `config` itself, or a copy with the preset's weights and scores."""
     if not config.preset:
         return config
-    preset = PRESETS.get(config.preset)
+    preset = PRESETS[config.preset]
     return dataclasses.replace(
         config,
         weights=dict(preset.weights),

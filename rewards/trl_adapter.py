@@ -119,7 +119,7 @@ def _message_text(message: Any) -> str:
 def _turns_from_completion(completion: Any, protocol: str) -> tuple[list[Turn], str]:
     """Model turns and full response text of a TRL completion (a string or a list of chat messages)."""
     if isinstance(completion, str):
-        segments = split_model_segments(completion, PROTOCOLS.get(protocol).observation_delimiters)
+        segments = split_model_segments(completion, PROTOCOLS[protocol].observation_delimiters)
         return [Turn(text=segment) for segment in segments], completion
     messages = [message for message in completion or [] if isinstance(message, dict)]
     turns = [Turn(text=_message_text(message)) for message in messages if message.get("role") == "assistant"]
@@ -181,7 +181,7 @@ class ToTrlReward:
     def __init__(self, reward: str | Callable, reward_config: Any, protocol: str = "tags") -> None:
         if isinstance(reward, str) and reward != "total":
             get_reward(reward)  # fail now, listing the registered names, not at the first training step
-        PROTOCOLS.get(protocol)
+        self.grammar = PROTOCOLS[protocol]  # fail now: a KeyError naming the registered protocols
         self.reward, self.reward_config, self.protocol = reward, reward_config, protocol
         self.__name__ = reward if isinstance(reward, str) else _callable_name(reward)
 

@@ -500,7 +500,7 @@ def _names(module_name: str, registry_name: str) -> tuple[str, ...]:
     import importlib
 
     registry = getattr(importlib.import_module(module_name), registry_name)
-    return tuple(registry.names() if hasattr(registry, "names") else registry)
+    return tuple(registry)
 
 
 def _known_reward_names() -> list[str] | None:

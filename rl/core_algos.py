@@ -25,6 +25,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from data.registry import Registry
+
 # ----------------------------------------------------------------------------------------------
 # Advantage estimators (registered by name)
 # ----------------------------------------------------------------------------------------------
@@ -34,32 +36,16 @@ class AdvantageEstimator(Protocol):
     def __call__(self, rewards_BG: torch.Tensor, *, scale_by_std: bool, eps: float) -> torch.Tensor: ...
 
 
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 
 
 def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator: make an estimator selectable as `grpo.advantage_estimator: <name>`; refuses duplicates."""
-
-    def register(estimator: AdvantageEstimator) -> AdvantageEstimator:
-        if name in ADVANTAGE_ESTIMATORS:
-            existing = ADVANTAGE_ESTIMATORS[name]
-            raise ValueError(
-                f"advantage estimator {name!r} is already registered (by {existing.__module__}."
-                f"{existing.__qualname__}); choose another name"
-            )
-        ADVANTAGE_ESTIMATORS[name] = estimator
-        return estimator
-
-    return register
+    return ADVANTAGE_ESTIMATORS.register(name)
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise KeyError(
-            f"unknown advantage estimator {name!r} (key 'grpo.advantage_estimator'); "
-            f"registered: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}"
-        )
-    return ADVANTAGE_ESTIMATORS[name]
+    return ADVANTAGE_ESTIMATORS[name]  # a miss names the registered estimators
 
 
 @register_advantage_estimator("grpo")

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from data.registry import Registry
 from rl.config import RolloutConfig
 
 FINISH_REASONS = ("stop", "length")
@@ -87,17 +88,15 @@ def resolve_state_dict(state_dict_or_ref: Any) -> Mapping:
                     f"{type(state_dict_or_ref).__name__}")
 
 
-ENGINES: dict[str, type[InferenceEngine]] = {}
+ENGINES: Registry[type[InferenceEngine]] = Registry("inference engine")
 # engine name -> module that registers it (imported on demand: vllm is heavy and often absent)
 ENGINE_MODULES: dict[str, str] = {"hf": "rollouts.engine_hf", "vllm": "rollouts.engine_vllm"}
 
 
 def register_engine(name: str) -> Callable[[type[InferenceEngine]], type[InferenceEngine]]:
     def decorator(engine_class: type[InferenceEngine]) -> type[InferenceEngine]:
-        if name in ENGINES:
-            raise ValueError(f"inference engine {name!r} is already registered by {ENGINES[name].__qualname__}")
+        ENGINES.add(name, engine_class)
         engine_class.name = name
-        ENGINES[name] = engine_class
         return engine_class
 
     return decorator

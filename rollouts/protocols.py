@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
+from data.registry import Registry
 from data.types import Question
 from rollouts.trajectory import ToolCall
 
@@ -144,15 +145,13 @@ class AgentProtocol(ABC):
         """The text injected after an invalid turn; with final=True it ends with the forced-answer cue."""
 
 
-PROTOCOLS: dict[str, type[AgentProtocol]] = {}
+PROTOCOLS: Registry[type[AgentProtocol]] = Registry("agent protocol")
 
 
 def register_protocol(name: str) -> Callable[[type[AgentProtocol]], type[AgentProtocol]]:
     def decorator(protocol_class: type[AgentProtocol]) -> type[AgentProtocol]:
-        if name in PROTOCOLS:
-            raise ValueError(f"agent protocol {name!r} is already registered by {PROTOCOLS[name].__qualname__}")
+        PROTOCOLS.add(name, protocol_class)
         protocol_class.name = name
-        PROTOCOLS[name] = protocol_class
         return protocol_class
 
     return decorator

@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 import jsonschema
 
 from data.corpus import format_passages
+from data.registry import Registry
 from data.retriever import Document, Retriever
 from rollouts.trajectory import ToolCall
 
@@ -75,17 +76,11 @@ def error_observation(message: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 ToolBuilder = Callable[..., Tool]  # (tools_config, retriever_config, retriever) -> Tool
-TOOL_BUILDERS: dict[str, ToolBuilder] = {}
+TOOL_BUILDERS: Registry[ToolBuilder] = Registry("tool")
 
 
 def register_tool(name: str) -> Callable[[ToolBuilder], ToolBuilder]:
-    def decorator(builder: ToolBuilder) -> ToolBuilder:
-        if name in TOOL_BUILDERS:
-            raise ValueError(f"tool {name!r} is already registered (by {TOOL_BUILDERS[name].__name__})")
-        TOOL_BUILDERS[name] = builder
-        return builder
-
-    return decorator
+    return TOOL_BUILDERS.register(name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,14 +12,14 @@ from __future__ import annotations
 import importlib
 import json
 
+from data.registry import Registry
+
 # suite name -> module (relative to rl.bench) with run(quick) -> dict
-SUITES: dict[str, str] = {}
+SUITES: Registry[str] = Registry("benchmark suite")
 
 
 def register_suite(name: str, module: str) -> None:
-    if name in SUITES:
-        raise ValueError(f"benchmark suite {name!r} is already registered (by {SUITES[name]})")
-    SUITES[name] = module
+    SUITES.add(name, module)
 
 
 register_suite("tools", "rl.bench.tools")

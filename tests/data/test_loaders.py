@@ -123,7 +123,7 @@ def test_missing_id_gets_a_stable_generated_id(tmp_path):
 
 
 def test_registering_a_dataset_twice_is_refused():
-    with pytest.raises(ValueError, match="already has a structure mapper"):
+    with pytest.raises(ValueError, match="already registered"):
         register_dataset("hotpotqa")(lambda row: "single")
 
 

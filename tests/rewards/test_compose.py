@@ -24,7 +24,7 @@ def extra_rewards(monkeypatch):
     """Register throw-away rewards for one test only."""
 
     def add(name, function):
-        monkeypatch.setitem(REWARDS._entries, name, function)
+        monkeypatch.setitem(REWARDS, name, function)
 
     return add
 

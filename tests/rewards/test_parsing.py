@@ -202,7 +202,7 @@ def test_unknown_protocol_names_the_registered_ones():
     ],
 )
 def test_split_model_segments(protocol, response, segments):
-    assert split_model_segments(response, PROTOCOLS.get(protocol).observation_delimiters) == segments
+    assert split_model_segments(response, PROTOCOLS[protocol].observation_delimiters) == segments
 
 
 def test_parse_trajectory_uses_the_trajectory_protocol(make_trajectory):

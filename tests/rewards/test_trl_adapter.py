@@ -54,8 +54,8 @@ def test_from_trl_completion_falls_back_to_turn_texts(make_trajectory):
 
 
 def test_from_trl_function_registered_and_weighted(make_trajectory, monkeypatch):
-    monkeypatch.setitem(REWARDS._entries, "contains_gold", from_trl(contains_gold))
-    monkeypatch.setitem(REWARDS._entries, "never", from_trl(lambda prompts, completions, **k: [None]))
+    monkeypatch.setitem(REWARDS, "contains_gold", from_trl(contains_gold))
+    monkeypatch.setitem(REWARDS, "never", from_trl(lambda prompts, completions, **k: [None]))
     config = RewardConfig(weights={"exact_match": 1.0, "contains_gold": 0.5, "never": 1.0})
     breakdown = score_trajectory(make_trajectory(["x <answer>Paris</answer>"]), config)
     assert breakdown.components == {"exact_match": 1.0, "contains_gold": 1.0}  # None: not applicable
@@ -64,7 +64,7 @@ def test_from_trl_function_registered_and_weighted(make_trajectory, monkeypatch)
 
 def test_from_trl_wrong_output_length_is_a_flagged_error(make_trajectory, monkeypatch):
     monkeypatch.setitem(
-        REWARDS._entries, "two_values", from_trl(lambda prompts, completions, **k: [1.0, 1.0])
+        REWARDS, "two_values", from_trl(lambda prompts, completions, **k: [1.0, 1.0])
     )
     breakdown = score_trajectory(
         make_trajectory(["<answer>Paris</answer>"]), RewardConfig(weights={"two_values": 1.0})
