@@ -46,7 +46,7 @@ def validate_trainer_config(config: ExperimentConfig) -> None:
     try:
         get_advantage_estimator(config.grpo.advantage_estimator)
     except KeyError as error:
-        raise ConfigError(str(error.args[0])) from None
+        raise ConfigError(f"key 'grpo.advantage_estimator': {error.args[0]}") from None
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
