@@ -181,7 +181,7 @@ class ToTrlReward:
     def __init__(self, reward: str | Callable, reward_config: Any, protocol: str = "tags") -> None:
         if isinstance(reward, str) and reward != "total":
             get_reward(reward)  # fail now, listing the registered names, not at the first training step
-        self.grammar = PROTOCOLS[protocol]  # fail now: a KeyError naming the registered protocols
+        PROTOCOLS[protocol]  # noqa: B018  (fail now: a KeyError naming the registered protocols)
         self.reward, self.reward_config, self.protocol = reward, reward_config, protocol
         self.__name__ = reward if isinstance(reward, str) else _callable_name(reward)
 

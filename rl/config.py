@@ -15,6 +15,7 @@ Each field is documented once, in the comment beside it; docs/CONFIG.md is gener
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -497,8 +498,6 @@ def _registered_choices() -> dict[str, tuple[str, ...]]:
 
 
 def _names(module_name: str, registry_name: str) -> tuple[str, ...]:
-    import importlib
-
     registry = getattr(importlib.import_module(module_name), registry_name)
     return tuple(registry)
 

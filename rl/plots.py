@@ -123,18 +123,32 @@ def _draw_series(axes, steps: list[int], values: list[float], label: str) -> Non
 def plot_overview(rows: list[dict], path: Path) -> Path | None:
     """One figure with a panel per OVERVIEW_PANELS key present (per-structure curves overlaid)."""
     panels = [key for key in OVERVIEW_PANELS if metric_series(rows, key)[0]]
-    if not panels:
+    curves = {
+        key: [
+            (label.rsplit("/", 1)[-1] if label != key else "all", *metric_series(rows, label))
+            for label in (key, *(f"{key}/{structure}" for structure in STRUCTURES))
+        ]
+        for key in panels
+    }
+    return _save_panels(curves, path, title_size="large")  # matplotlib's default title size
+
+
+def _save_panels(curves: dict[str, list[tuple[str, list[int], list[float]]]], path: str | Path,
+                 title_size: str) -> Path | None:
+    """One figure, a panel per key (left to right), each with its (label, steps, values) curves; None if empty."""
+    if not curves:
         return None
     plt = _pyplot()
-    figure, axes_list = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100, squeeze=False)
-    for axes, key in zip(axes_list[0], panels):
-        for label in (key, *(f"{key}/{structure}" for structure in STRUCTURES)):
-            steps, values = metric_series(rows, label)
+    figure, axes_list = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), dpi=100, squeeze=False)
+    for axes, (key, panel_curves) in zip(axes_list[0], curves.items()):
+        for label, steps, values in panel_curves:
             if steps:
-                _draw_series(axes, steps, values, label.rsplit("/", 1)[-1] if label != key else "all")
-        axes.set_title(key)
+                _draw_series(axes, steps, values, label)
+        axes.set_title(key, fontsize=title_size)
         axes.legend(fontsize="x-small")
     figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
     return path
@@ -183,23 +197,8 @@ def plot_runs(metrics_by_label: dict[str, str | Path], path: str | Path,
     """One figure, a panel per key, one curve per run (label -> its metrics.jsonl); None if no key is logged."""
     rows_by_label = {label: read_metrics(metrics) for label, metrics in metrics_by_label.items()}
     panels = [key for key in keys if any(metric_series(rows, key)[0] for rows in rows_by_label.values())]
-    if not panels:
-        return None
-    plt = _pyplot()
-    figure, axes_list = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), dpi=100, squeeze=False)
-    for axes, key in zip(axes_list[0], panels):
-        for label, rows in rows_by_label.items():
-            steps, values = metric_series(rows, key)
-            if steps:
-                _draw_series(axes, steps, values, label)
-        axes.set_title(key, fontsize="small")
-        axes.legend(fontsize="x-small")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    curves = {key: [(label, *metric_series(rows, key)) for label, rows in rows_by_label.items()] for key in panels}
+    return _save_panels(curves, path, title_size="small")
 
 
 # The figures of a run's training curve that docs/RESULTS.md reports (first vs last steps).
