@@ -134,7 +134,13 @@ class RolloutConfig:
     worker_num_gpus: float = 0.0  # GPUs per actor (vLLM on clusters)
     torch_threads_per_worker: int = 1  # intra-op threads inside each actor
     questions_per_worker_call: int = 2  # questions (= groups) in one generate call to a rollout actor
-    max_inflight_calls_per_worker: int = 2  # generate calls queued per actor (2: busy while results travel)
+    # Generate calls in flight per actor. With continuous batching they run at once (more calls: larger
+    # engine batches, more tool waits hidden), within the staleness window; without, they queue.
+    max_inflight_calls_per_worker: int = 4
+    # Run an actor's in-flight calls concurrently: their model turns share engine batches and one call's
+    # tool waits overlap the others' generation; new weights load between model turns (rollouts/batcher.py).
+    # false: one call at a time, each group entirely from one policy version.
+    continuous_batching: bool = True
     max_actor_replacements: int = 8  # dead rollout actors replaced (with the current weights) before failing
     group_size: int = 8  # G: trajectories sampled per question (the GRPO group)
     questions_per_step: int = 16  # questions per training step (batch = questions_per_step * G)

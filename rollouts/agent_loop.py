@@ -15,6 +15,10 @@ mask 0, so nothing is ever recovered by re-tokenising the response. Nothing the 
 the loop: unparseable turns are invalid actions, failing tools are error observations, and contexts
 are bounded by rollout.max_context_tokens (the trajectory is then cut and marked `truncated`).
 
+`run_episodes_async` is the same loop as a coroutine over a shared engine (rollouts/batcher.py): a
+rollout actor runs several calls at once, their model turns are merged into shared engine batches and
+one call's tool waits overlap the others' generation (`rollout.continuous_batching`).
+
 What is simplified on purpose: each round re-prefills the whole context (no KV cache kept across
 rounds), and the round waits for the slowest tool call of the batch.
 
@@ -30,7 +34,8 @@ from typing import Any
 
 from data.types import Question
 from rl.config import RolloutConfig
-from rollouts.engine import InferenceEngine
+from rollouts.batcher import mix_seed
+from rollouts.engine import GenerationOutput, InferenceEngine
 from rollouts.protocols import AgentProtocol
 from rollouts.trajectory import Group, ToolCall, Trajectory, Turn
 
@@ -64,6 +69,26 @@ def start_groups(protocol: AgentProtocol, tokenizer: Any, questions: list[Questi
     return groups
 
 
+def turn_budgets(trajectories: list[Trajectory], rollout_config: RolloutConfig) -> list[int]:
+    """Each trajectory's token budget for its next model call (never beyond its context budget)."""
+    return [min(rollout_config.max_new_tokens_per_turn, rollout_config.max_context_tokens - context_length(t))
+            for t in trajectories]
+
+
+def record_turns(tokenizer: Any, trajectories: list[Trajectory], outputs: list[GenerationOutput], budgets: list[int],
+                 generate_s: float, policy_version: int | None = None) -> list[Turn]:
+    """Append each output (cut at its trajectory's budget) with its log-probs; one Turn per trajectory."""
+    turns = []
+    for trajectory, output, budget in zip(trajectories, outputs, budgets):
+        token_ids, logprobs = list(output.token_ids[:budget]), [float(lp) for lp in output.logprobs[:budget]]
+        trajectory.append(token_ids, trainable=True, logprobs=logprobs)
+        turn = Turn(text=decode(tokenizer, token_ids), generate_s=generate_s, policy_version=policy_version)
+        trajectory.turns.append(turn)
+        trajectory.generate_s += generate_s
+        turns.append(turn)
+    return turns
+
+
 def generate_turns(engine: InferenceEngine, trajectories: list[Trajectory], stop_token_ids: set[int],
                    rollout_config: RolloutConfig, temperature: float, seed: int | None) -> list[Turn]:
     """One batched model call for `trajectories`; appends the generated tokens and returns one Turn each.
@@ -71,21 +96,39 @@ def generate_turns(engine: InferenceEngine, trajectories: list[Trajectory], stop
     Every trajectory gets at most its remaining context budget (the callers only pass trajectories with
     a budget >= 1); a completion cut at that budget is simply shorter.
     """
-    budgets = [min(rollout_config.max_new_tokens_per_turn, rollout_config.max_context_tokens - context_length(t))
-               for t in trajectories]
+    budgets = turn_budgets(trajectories, rollout_config)
     started = time.perf_counter()
     outputs = engine.generate([t.prompt_ids + t.response_ids for t in trajectories], max(budgets), stop_token_ids,
                               temperature=temperature, top_p=rollout_config.top_p, seed=seed)
-    generate_s = time.perf_counter() - started
-    turns = []
-    for trajectory, output, budget in zip(trajectories, outputs, budgets):
-        token_ids, logprobs = list(output.token_ids[:budget]), [float(lp) for lp in output.logprobs[:budget]]
-        trajectory.append(token_ids, trainable=True, logprobs=logprobs)
-        turn = Turn(text=decode(engine.tokenizer, token_ids), generate_s=generate_s)
-        trajectory.turns.append(turn)
-        trajectory.generate_s += generate_s
-        turns.append(turn)
-    return turns
+    return record_turns(engine.tokenizer, trajectories, outputs, budgets, time.perf_counter() - started)
+
+
+async def generate_turns_async(engine: Any, trajectories: list[Trajectory], stop_token_ids: set[int],
+                               rollout_config: RolloutConfig, temperature: float, seed: int | None) -> list[Turn]:
+    """generate_turns through a shared engine (rollouts.batcher.CoalescingEngine) that may batch it with others."""
+    budgets = turn_budgets(trajectories, rollout_config)
+    started = time.perf_counter()
+    outputs, version = await engine.generate([t.prompt_ids + t.response_ids for t in trajectories], max(budgets),
+                                             stop_token_ids, temperature=temperature, top_p=rollout_config.top_p,
+                                             seed=seed)
+    return record_turns(engine.tokenizer, trajectories, outputs, budgets, time.perf_counter() - started, version)
+
+
+def apply_tool_results(turns: list[Turn], results: list[list[ToolCall]] | None, error: Exception | None,
+                       tools_s: float) -> None:
+    """Fill each turn's calls from the executor's results; an executor failure becomes an error observation."""
+    if error is None and results is not None:
+        if len(results) != len(turns) or any(len(res) != len(turn.calls) for res, turn in zip(results, turns)):
+            error = RuntimeError("the tool executor returned a different number of results than calls")
+        else:
+            for turn, calls in zip(turns, results):
+                turn.calls = list(calls)
+    if error is not None:  # a broken tool backend must not kill the rollout
+        for turn in turns:
+            for call in turn.calls:
+                call.error = call.error or f"tool execution failed: {type(error).__name__}: {error}"
+    for turn in turns:
+        turn.tools_s = tools_s
 
 
 def run_tool_round(executor: Any, turns: list[Turn]) -> float:
@@ -94,19 +137,26 @@ def run_tool_round(executor: Any, turns: list[Turn]) -> float:
     An executor failure becomes an error observation on each of its calls, never an exception.
     """
     started = time.perf_counter()
+    results, failure = None, None
     try:
         results = executor.run_turns_sync([turn.calls for turn in turns])
-        if len(results) != len(turns) or any(len(res) != len(turn.calls) for res, turn in zip(results, turns)):
-            raise RuntimeError("the tool executor returned a different number of results than calls")
-        for turn, calls in zip(turns, results):
-            turn.calls = list(calls)
-    except Exception as error:  # a broken tool backend must not kill the rollout
-        for turn in turns:
-            for call in turn.calls:
-                call.error = call.error or f"tool execution failed: {type(error).__name__}: {error}"
+    except Exception as error:
+        failure = error
     tools_s = time.perf_counter() - started
-    for turn in turns:
-        turn.tools_s = tools_s
+    apply_tool_results(turns, results, failure, tools_s)
+    return tools_s
+
+
+async def run_tool_round_async(executor: Any, turns: list[Turn]) -> float:
+    """run_tool_round on the running event loop (executor.run_turns), so other episodes go on meanwhile."""
+    started = time.perf_counter()
+    results, failure = None, None
+    try:
+        results = await executor.run_turns([turn.calls for turn in turns])
+    except Exception as error:
+        failure = error
+    tools_s = time.perf_counter() - started
+    apply_tool_results(turns, results, failure, tools_s)
     return tools_s
 
 
@@ -145,21 +195,12 @@ def act_on_turns(protocol: AgentProtocol, trajectories: list[Trajectory], turns:
     return searching
 
 
-def play_round(engine: InferenceEngine, protocol: AgentProtocol, executor: Any, active: list[Trajectory],
-               rollout_config: RolloutConfig, round_index: int, temperature: float, seed: int | None) -> list[Trajectory]:
-    """One generate → tools → observe round; returns the trajectories that continue."""
-    tokenizer = engine.tokenizer
-    forced_answer_round = round_index == rollout_config.max_turns
-    cue_next = round_index == rollout_config.max_turns - 1  # the next round is the forced-answer round
-    round_seed = None if seed is None else seed + round_index
-    turns = generate_turns(engine, active, protocol.stop_token_ids(tokenizer), rollout_config, temperature, round_seed)
-    searching = act_on_turns(protocol, active, turns, forced_answer_round)
-    if searching:
-        tools_s = run_tool_round(executor, [turn for _, turn in searching])
-        for trajectory, _ in searching:
-            trajectory.tools_s += tools_s
-    if forced_answer_round:
+def observe(protocol: AgentProtocol, tokenizer: Any, active: list[Trajectory], turns: list[Turn],
+            rollout_config: RolloutConfig, round_index: int) -> list[Trajectory]:
+    """Append each unfinished trajectory's observation (or a corrective text); returns those that continue."""
+    if round_index == rollout_config.max_turns:  # that was the forced-answer round
         return []
+    cue_next = round_index == rollout_config.max_turns - 1  # the next round is the forced-answer round
     continuing = []
     for trajectory, turn in zip(active, turns):
         if turn.answer is not None:
@@ -174,6 +215,66 @@ def play_round(engine: InferenceEngine, protocol: AgentProtocol, executor: Any, 
     return continuing
 
 
+def play_round(engine: InferenceEngine, protocol: AgentProtocol, executor: Any, active: list[Trajectory],
+               rollout_config: RolloutConfig, round_index: int, temperature: float, seed: int | None) -> list[Trajectory]:
+    """One generate → tools → observe round; returns the trajectories that continue."""
+    round_seed = None if seed is None else mix_seed(seed, round_index)
+    turns = generate_turns(engine, active, protocol.stop_token_ids(engine.tokenizer), rollout_config, temperature,
+                           round_seed)
+    searching = act_on_turns(protocol, active, turns, round_index == rollout_config.max_turns)
+    if searching:
+        tools_s = run_tool_round(executor, [turn for _, turn in searching])
+        for trajectory, _ in searching:
+            trajectory.tools_s += tools_s
+    return observe(protocol, engine.tokenizer, active, turns, rollout_config, round_index)
+
+
+async def play_round_async(engine: Any, protocol: AgentProtocol, executor: Any, active: list[Trajectory],
+                           rollout_config: RolloutConfig, round_index: int, temperature: float,
+                           seed: int | None) -> list[Trajectory]:
+    """play_round with a shared engine and the executor's async API (see run_episodes_async)."""
+    round_seed = None if seed is None else mix_seed(seed, round_index)
+    turns = await generate_turns_async(engine, active, protocol.stop_token_ids(engine.tokenizer), rollout_config,
+                                       temperature, round_seed)
+    searching = act_on_turns(protocol, active, turns, round_index == rollout_config.max_turns)
+    if searching:
+        tools_s = await run_tool_round_async(executor, [turn for _, turn in searching])
+        for trajectory, _ in searching:
+            trajectory.tools_s += tools_s
+    return observe(protocol, engine.tokenizer, active, turns, rollout_config, round_index)
+
+
+def still_running(active: list[Trajectory], rollout_config: RolloutConfig) -> list[Trajectory]:
+    """The trajectories with context left; the others are marked truncated."""
+    running = []
+    for trajectory in active:
+        if context_length(trajectory) < rollout_config.max_context_tokens:
+            running.append(trajectory)
+        else:
+            trajectory.truncated = True
+    return running
+
+
+def finish_episodes(tokenizer: Any, groups: list[Group], elapsed_s: float) -> list[Group]:
+    """Decode the responses, mark unanswered trajectories truncated, tag each with its oldest policy version."""
+    for group in groups:
+        for trajectory in group.trajectories:
+            trajectory.response_text = decode(tokenizer, trajectory.response_ids)
+            trajectory.truncated = trajectory.truncated or trajectory.final_answer is None
+            versions = [turn.policy_version for turn in trajectory.turns if turn.policy_version is not None]
+            if versions:
+                trajectory.policy_version = min(versions)
+        group.policy_version = min(trajectory.policy_version for trajectory in group.trajectories)
+        group.generate_s = elapsed_s
+    return groups
+
+
+def sampling_temperature(rollout_config: RolloutConfig, greedy: bool, temperature: float | None) -> float:
+    if greedy:
+        return 0.0
+    return rollout_config.temperature if temperature is None else temperature
+
+
 def run_episodes(engine: InferenceEngine, protocol: AgentProtocol, executor: Any, questions: list[Question],
                  group_size: int, rollout_config: RolloutConfig, policy_version: int, seed: int | None = None,
                  greedy: bool = False, temperature: float | None = None) -> list[Group]:
@@ -183,26 +284,40 @@ def run_episodes(engine: InferenceEngine, protocol: AgentProtocol, executor: Any
     executor: anything with run_turns_sync(list[list[ToolCall]]) -> list[list[ToolCall]].
     """
     started = time.perf_counter()
-    tokenizer = engine.tokenizer
-    groups = start_groups(protocol, tokenizer, questions, group_size, policy_version)
-    trajectories = [trajectory for group in groups for trajectory in group.trajectories]
-    sampling_temperature = 0.0 if greedy else (rollout_config.temperature if temperature is None else temperature)
-    active = trajectories
+    groups = start_groups(protocol, engine.tokenizer, questions, group_size, policy_version)
+    active = [trajectory for group in groups for trajectory in group.trajectories]
     for round_index in range(rollout_config.max_turns + 1):
-        has_room = [context_length(t) < rollout_config.max_context_tokens for t in active]
-        for trajectory, room in zip(active, has_room):
-            trajectory.truncated = trajectory.truncated or not room
-        active = [trajectory for trajectory, room in zip(active, has_room) if room]
+        active = still_running(active, rollout_config)
         if not active:
             break
-        active = play_round(engine, protocol, executor, active, rollout_config, round_index, sampling_temperature, seed)
-    elapsed_s = time.perf_counter() - started
-    for trajectory in trajectories:
-        trajectory.response_text = decode(tokenizer, trajectory.response_ids)
-        trajectory.truncated = trajectory.truncated or trajectory.final_answer is None
-    for group in groups:
-        group.generate_s = elapsed_s
-    return groups
+        active = play_round(engine, protocol, executor, active, rollout_config, round_index,
+                            sampling_temperature(rollout_config, greedy, temperature), seed)
+    return finish_episodes(engine.tokenizer, groups, time.perf_counter() - started)
 
 
-__all__ = ["run_episodes", "start_groups", "generate_turns", "run_tool_round", "act_on_turns", "play_round"]
+async def run_episodes_async(engine: Any, protocol: AgentProtocol, executor: Any, questions: list[Question],
+                             group_size: int, rollout_config: RolloutConfig, policy_version: int,
+                             seed: int | None = None, greedy: bool = False,
+                             temperature: float | None = None) -> list[Group]:
+    """run_episodes as a coroutine, so that many calls run at once on one event loop.
+
+    engine: a shared engine whose `async generate(...)` returns (outputs, policy version), i.e.
+    rollouts.batcher.CoalescingEngine, which merges the model turns of concurrent calls into one batch.
+    executor: anything with `async run_turns(list[list[ToolCall]])`. While this call waits for its tools,
+    the others generate. Each turn records the policy version that generated it; a trajectory (and its
+    group) is tagged with the oldest one, so the staleness bound holds for every token.
+    """
+    started = time.perf_counter()
+    groups = start_groups(protocol, engine.tokenizer, questions, group_size, policy_version)
+    active = [trajectory for group in groups for trajectory in group.trajectories]
+    for round_index in range(rollout_config.max_turns + 1):
+        active = still_running(active, rollout_config)
+        if not active:
+            break
+        active = await play_round_async(engine, protocol, executor, active, rollout_config, round_index,
+                                        sampling_temperature(rollout_config, greedy, temperature), seed)
+    return finish_episodes(engine.tokenizer, groups, time.perf_counter() - started)
+
+
+__all__ = ["run_episodes", "run_episodes_async", "start_groups", "generate_turns", "generate_turns_async",
+           "run_tool_round", "run_tool_round_async", "act_on_turns", "play_round", "play_round_async"]

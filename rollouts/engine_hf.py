@@ -20,6 +20,7 @@ sampling setting per batch, prompts of very different lengths are grouped into l
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -107,6 +108,11 @@ def length_sorted_chunks(lengths: list[int], extra_tokens: int, max_batch_tokens
     return chunks
 
 
+def cache_argument_name(model: torch.nn.Module) -> str:
+    """The forward argument that takes the KV cache: "cache" (transformers >= 5.2x) or "past_key_values"."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @register_engine("hf")
 class HFEngine(InferenceEngine):
     """Batched sampling with a KV cache on a transformers model (any causal LM that takes position_ids)."""
@@ -118,6 +124,7 @@ class HFEngine(InferenceEngine):
         self.max_batch_tokens = max_batch_tokens
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad_token_id or 0)
+        self.cache_argument = cache_argument_name(model)
 
     @classmethod
     def from_pretrained(cls, model_path: str | os.PathLike, rollout_config: RolloutConfig, dtype: str = "float32",
@@ -154,7 +161,7 @@ class HFEngine(InferenceEngine):
     def _forward(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, position_ids_BL: torch.Tensor,
                  cache: DynamicCache) -> torch.Tensor:
         output = self.model(input_ids=input_ids_BL, attention_mask=attention_mask_BL, position_ids=position_ids_BL,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+                            use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
         return output.logits[:, -1, :]
 
     def _generate_chunk(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_ids: torch.Tensor,
@@ -211,4 +218,4 @@ class HFEngine(InferenceEngine):
         self._version = int(version)
 
 
-__all__ = ["HFEngine", "left_pad", "nucleus_filter", "sample_next_tokens", "first_stop_lengths", "length_sorted_chunks"]
+__all__ = ["HFEngine", "cache_argument_name", "left_pad", "nucleus_filter", "sample_next_tokens", "first_stop_lengths", "length_sorted_chunks"]

@@ -15,8 +15,12 @@ v can train versions v..v+s, so the manager starts a new generate call only whil
 
 Nothing beyond what the window can consume is generated, and with s = 0 the run is exactly
 synchronous: the B groups of version v are issued only after `push_weights(..., v)`, and all are
-consumed at version v. Weight updates are queued on each actor behind the calls it already has, under
-the same lock that issues calls, so every call issued after a push runs with the pushed weights.
+consumed at version v. Weight updates are sent to every actor under the same lock that issues calls,
+and each call carries the version it was issued for, so every call issued after a push runs with the
+pushed weights. An actor that runs one call at a time loads an update after the calls it already has;
+a continuous-batching actor (`rollout.continuous_batching`, the default) loads it between two model
+turns, so calls already running finish with the new weights and their groups keep the older version
+as their tag (staleness is counted from a group's oldest token).
 If the trainer asks for more groups in one version than the window holds (e.g. a filter that discards
 groups and asks again), the window grows by the shortfall instead of deadlocking ("extra demand").
 
@@ -57,7 +61,7 @@ from rollouts.buffer import DROP_REASONS, BufferTimeout, StalenessBuffer
 from rollouts.data_cursor import DataCursor
 from rollouts.trajectory import Group
 from rollouts.weight_sync import PublishedWeights, publish_weights
-from rollouts.worker import RolloutWorkerActor, WorkerSetup
+from rollouts.worker import WorkerSetup, worker_actor_class
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +135,7 @@ class RolloutManager:
         self._question_index_by_id = {question.id: index for index, question in reversed(list(enumerate(questions)))}
         self._config_dict = to_dict(config)
         self._model_path, self._corpus_path = str(model_path), str(corpus_path)
-        self._actor_class = actor_class or RolloutWorkerActor
+        self._actor_class = actor_class or worker_actor_class(rollout.continuous_batching)
         self._initial_version = self._latest_version = initial_version
         self._published: PublishedWeights | None = None
 

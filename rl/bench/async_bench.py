@@ -17,10 +17,14 @@ actors' start-up):
 - rollout actor waiting for weights = Σ async/worker_idle_s ÷ Σ perf/step_s (time with no generate call
   in flight, i.e. held back by the staleness window until the next version is pushed);
 - mean staleness of the trained groups and groups dropped as too stale.
-With one actor the best possible ratio is (generation + training) ÷ max(generation, training) per step:
-asynchrony overlaps the two, it does not make either faster. So the whole sweep runs twice: with the
-quickstart's one actor (the `ratio` figure), and with two actors, which on this machine generate about
-as fast as the trainer trains (`by_actors["2"]`; every ratio there is against staleness 0 with 2 actors).
+The sweep runs with the quickstart's one actor (the `ratio` figure) and with two (`by_actors["2"]`),
+both with continuous batching (the default: an actor's in-flight calls share engine batches, see
+rollouts/batcher.py), then once more with one actor running one call at a time
+(`rollout.continuous_batching=false`, `one_call_at_a_time`), the reference that shows what the
+batching adds. Every ratio is against staleness 0 in the same block. Overlapping generation with
+training alone gives at most (generation + training) ÷ max(generation, training) per step; beyond it,
+the staleness window lets an actor hold more calls in flight, so its engine batches grow and one call's
+tool waits are filled by the others' generation.
 """
 
 from __future__ import annotations
@@ -36,16 +40,19 @@ from rl.bench.common import bench_config, load_average, prepare_assets, print_ta
 STALENESS_VALUES = (0, 1, 2, 4)
 
 
-def actor_counts(quick: bool) -> tuple[int, ...]:
-    """Rollout actors per measured block: the quickstart's 1, and 2 (the generator/trainer balance on 2 cores)."""
-    return (1,) if quick else (1, 2)
+def blocks(quick: bool) -> dict[str, tuple[int, bool]]:
+    """Measured blocks: name -> (rollout actors, continuous batching)."""
+    if quick:
+        return {"1": (1, True)}
+    return {"1": (1, True), "2": (2, True), "one_call_at_a_time": (1, False)}
 
 
-def async_overrides(quick: bool, num_workers: int = 1) -> list[str]:
+def async_overrides(quick: bool, num_workers: int = 1, continuous_batching: bool = True) -> list[str]:
     steps = 2 if quick else 12
     return [
         f"grpo.total_steps={steps}",
         f"rollout.num_workers={num_workers}",
+        f"rollout.continuous_batching={str(continuous_batching).lower()}",
         "rollout.worker_num_cpus=1",
         "rollout.torch_threads_per_worker=1",
         "async.max_buffered_groups=64",
@@ -71,15 +78,16 @@ def steady_figures(metrics_path: Path) -> dict[str, float]:
     }
 
 
-def run_setting(quick: bool, max_staleness: int, num_workers: int, asset_overrides: list[str]) -> dict[str, float]:
+def run_setting(quick: bool, max_staleness: int, num_workers: int, continuous_batching: bool,
+                asset_overrides: list[str]) -> dict[str, float]:
     from rl.train import train
 
     config = bench_config(
         quick,
         [
-            f"experiment.name=bench-async-a{num_workers}-s{max_staleness}",
+            f"experiment.name=bench-async-a{num_workers}{'' if continuous_batching else '-serial'}-s{max_staleness}",
             *asset_overrides,
-            *async_overrides(quick, num_workers),
+            *async_overrides(quick, num_workers, continuous_batching),
             f"async.max_staleness={max_staleness}",
         ],
     )
@@ -92,29 +100,33 @@ def run(quick: bool) -> dict:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     assets = prepare_assets(quick)
     load_before = load_average()
-    by_actors = {
-        actors: {
-            staleness: run_setting(quick, staleness, actors, assets.run_overrides())
+    measured = {
+        name: {
+            staleness: run_setting(quick, staleness, actors, continuous, assets.run_overrides())
             for staleness in STALENESS_VALUES
         }
-        for actors in actor_counts(quick)
+        for name, (actors, continuous) in blocks(quick).items()
     }
     config = bench_config(quick, async_overrides(quick))
-    for actors, results in by_actors.items():
-        print_block(config, actors, results, load_before)
+    for name, results in measured.items():
+        actors, continuous = blocks(quick)[name]
+        print_block(config, actors, continuous, results, load_before)
     print(
         "anchors from the literature (their hardware and models): AReaL 2.77x, AsyncFlow 1.59x "
         "over synchronous"
     )
-    figures = {str(actors): block_figures(results) for actors, results in by_actors.items()}
+    figures = {name: block_figures(results) for name, results in measured.items()}
     return {
         **figures["1"],  # the quickstart's one actor: the contract's "ratio"
-        "by_actors": figures,
+        "by_actors": {name: block for name, block in figures.items() if name.isdigit()},
+        **({"one_call_at_a_time": figures["one_call_at_a_time"]} if "one_call_at_a_time" in figures else {}),
+        "inflight_calls_per_actor": config.rollout.max_inflight_calls_per_worker,
         "load_average": load_before,
     }
 
 
-def print_block(config, actors: int, results: dict[int, dict[str, float]], load_before: float) -> None:
+def print_block(config, actors: int, continuous: bool, results: dict[int, dict[str, float]],
+                load_before: float) -> None:
     base = results[0]["samples_per_s"]
     rows = [
         (
@@ -133,7 +145,10 @@ def print_block(config, actors: int, results: dict[int, dict[str, float]], load_
     ]
     print_table(
         f"async: {config.rollout.questions_per_step} groups x G={config.rollout.group_size} per step, "
-        f"{actors} rollout actor(s) + trainer on 2 cores, tool latency {config.tools.latency_s * 1000:.0f} ms, "
+        f"{actors} rollout actor(s) + trainer on 2 cores, "
+        f"{'continuous batching' if continuous else 'one call at a time'} "
+        f"(up to {config.rollout.max_inflight_calls_per_worker} calls of {config.rollout.questions_per_worker_call} "
+        f"questions in flight per actor), tool latency {config.tools.latency_s * 1000:.0f} ms, "
         f"load {load_before}",
         ["max_staleness", "steady steps", "step s", "train s", "samples/s", "vs sync", "trainer waits",
          "actor idle", "mean staleness", "dropped"],

@@ -181,15 +181,18 @@ class ScriptedEngine(InferenceEngine):
     def _forced_logprobs(self, context_ids: list[int], forced_ids: list[int]) -> list[float]:
         from transformers import DynamicCache
 
+        from rollouts.engine_hf import cache_argument_name
+
         cache = DynamicCache()
+        cache_kwargs = {cache_argument_name(self.model): cache}
         logits = self.model(
-            input_ids=torch.tensor([context_ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=torch.tensor([context_ids]), use_cache=True, logits_to_keep=1, **cache_kwargs
         ).logits[:, -1, :]
         logprobs = []
         for token_id in forced_ids:
             logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[0, token_id]))
             logits = self.model(
-                input_ids=torch.tensor([[token_id]]), past_key_values=cache, use_cache=True
+                input_ids=torch.tensor([[token_id]]), use_cache=True, **cache_kwargs
             ).logits[:, -1, :]
         return logprobs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from typing import Callable
@@ -11,7 +12,8 @@ import torch
 
 from data.types import Question
 from rl.config import RolloutConfig
-from rollouts.agent_loop import run_episodes
+from rollouts.agent_loop import run_episodes, run_episodes_async
+from rollouts.batcher import CoalescingEngine
 from rollouts.engine import GenerationOutput, build_engine
 from rollouts.protocols import build_protocol
 from rollouts.trajectory import ToolCall, Trajectory
@@ -49,6 +51,9 @@ class ScriptedEngine:
                                             "stop" if stops else "length"))
         return outputs
 
+    def load_weights(self, state_dict, version):
+        self.version = version
+
 
 class FakeExecutor:
     """Answers each search with one passage naming the query; records the calls of each round."""
@@ -67,6 +72,9 @@ class FakeExecutor:
                 else:
                     call.observation = f"Doc 1(Title: {query}) result for {query}"
         return turn_calls
+
+    async def run_turns(self, turn_calls: list[list[ToolCall]]) -> list[list[ToolCall]]:
+        return self.run_turns_sync(turn_calls)
 
 
 class BrokenExecutor:
@@ -328,3 +336,52 @@ def test_real_tool_executor_with_bm25_over_the_generated_world(tiny_world, token
     observation = check_token_invariants(trajectory, tokenizer)[0]
     assert search_a.observation in observation and search_b.observation in observation
     assert trajectory.final_answer == "x"
+
+
+# ------------------------------------------------------------------ concurrent calls on one shared engine
+
+
+def comparable(trajectory: Trajectory) -> tuple:
+    return (trajectory.response_ids, trajectory.loss_mask, trajectory.behaviour_logprobs, trajectory.final_answer,
+            [[call.arguments for call in turn.calls] for turn in trajectory.turns], trajectory.truncated)
+
+
+def test_the_concurrent_loop_plays_the_same_episodes_as_the_batched_one(tokenizer):
+    protocol = build_protocol("tags")
+    reference = run_episodes(ScriptedEngine(tokenizer, two_rounds_then_answer), protocol, FakeExecutor(),
+                             questions(2), group_size=2, rollout_config=config(), policy_version=0)
+    engine = ScriptedEngine(tokenizer, two_rounds_then_answer)
+    shared = CoalescingEngine(engine)
+
+    async def two_calls():
+        return await asyncio.gather(*(
+            run_episodes_async(shared, protocol, FakeExecutor(), [question], group_size=2, rollout_config=config(),
+                               policy_version=0)
+            for question in questions(2)
+        ))
+
+    concurrent = [group for groups in asyncio.run(two_calls()) for group in groups]
+    assert [comparable(t) for g in concurrent for t in g.trajectories] == \
+        [comparable(t) for g in reference for t in g.trajectories]
+    assert engine.batch_sizes == [4, 4, 4]  # each round of the two calls ran as one engine batch
+    for trajectory in (t for group in concurrent for t in group.trajectories):
+        check_token_invariants(trajectory, tokenizer)
+        assert [turn.policy_version for turn in trajectory.turns] == [0, 0, 0]
+
+
+def test_weights_loaded_mid_episode_apply_to_later_turns_and_the_trajectory_keeps_the_oldest_version(tokenizer):
+    engine = ScriptedEngine(tokenizer, two_rounds_then_answer)
+    shared = CoalescingEngine(engine)
+
+    class UpdatingExecutor(FakeExecutor):
+        async def run_turns(self, turn_calls):  # new weights arrive while the first tool round runs
+            if not self.rounds:
+                await shared.load_weights({}, version=1)
+            return self.run_turns_sync(turn_calls)
+
+    (group,) = asyncio.run(run_episodes_async(shared, build_protocol("tags"), UpdatingExecutor(), questions(1),
+                                              group_size=2, rollout_config=config(), policy_version=0))
+    for trajectory in group.trajectories:
+        assert [turn.policy_version for turn in trajectory.turns] == [0, 1, 1]
+        assert trajectory.policy_version == 0
+    assert group.policy_version == 0

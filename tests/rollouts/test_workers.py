@@ -14,8 +14,9 @@ import ray
 import torch
 
 from data.types import Question
-from rl.config import ExperimentConfig
+from rl.config import ExperimentConfig, to_dict
 from rollouts.manager import RolloutManager, init_ray
+from rollouts.worker import WorkerSetup
 
 QUESTIONS = [Question(id=f"q{index}", question=f"Question {index}?", answers=["a"]) for index in range(12)]
 
@@ -298,3 +299,39 @@ def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_replace_a_killed
     assert stats["rollout/actors_replaced"] == 1
     assert stats["rollout/groups_lost"] == 0
     assert stats["async/dropped_groups"] == 0
+
+
+def test_the_concurrent_actor_merges_calls_and_waits_for_the_weights_a_call_was_issued_for(tiny_checkpoint, tiny_world,
+                                                                                         tiny_corpus_path):
+    import asyncio
+
+    from rl.modeling import load_model_and_tokenizer
+    from rollouts.worker import AsyncRolloutWorker
+
+    config = tiny_model_config(max_staleness=1)
+    worker = AsyncRolloutWorker(to_dict(config), WorkerSetup(worker_id=5, model_path=str(tiny_checkpoint),
+                                                             corpus_path=tiny_corpus_path))
+    questions = tiny_world.splits["train"][:3]
+    model, _ = load_model_and_tokenizer(str(tiny_checkpoint))
+    state_dict = {name: tensor + 0.01 for name, tensor in model.state_dict().items()}
+
+    async def main():
+        at_version_0 = [asyncio.create_task(worker.generate([question], 2, version=0, seed=index))
+                        for index, question in enumerate(questions[:2])]
+        at_version_1 = asyncio.create_task(worker.generate(questions[2:], 2, version=1, seed=7))
+        await asyncio.sleep(0.2)
+        assert not at_version_1.done()  # issued for weights the actor does not hold yet
+        load_s = await worker.update_weights(state_dict, 1)
+        return [await task for task in at_version_0], await at_version_1, load_s
+
+    first_calls, later_call, load_s = asyncio.run(main())
+    assert [len(groups) for groups in first_calls] == [1, 1]
+    assert later_call[0].policy_version == 1 and later_call[0].worker_id == 5
+    assert {trajectory.policy_version for trajectory in later_call[0].trajectories} == {1}
+    for groups in first_calls:
+        assert groups[0].policy_version in (0, 1) and groups[0].worker_id == 5
+        assert all(trajectory.reward_components for trajectory in groups[0].trajectories)
+    counters = asyncio.run(worker.engine_counters())
+    assert counters["requests"] > counters["engine_batches"]  # the two version-0 calls shared batches
+    assert counters["weight_loads"] == 1 and load_s > 0
+    assert asyncio.run(worker.version()) == 1
