@@ -266,12 +266,15 @@ def tiny_model_config(max_staleness: int) -> ExperimentConfig:
     return config
 
 
+@pytest.mark.parametrize("continuous_batching", [True, False], ids=["continuous", "one-call-at-a-time"])
 def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_replace_a_killed_one(ray_session, tiny_checkpoint,
-                                                                                tiny_world, tiny_corpus_path):
+                                                                                tiny_world, tiny_corpus_path,
+                                                                                continuous_batching):
     from rewards import score_group
     from rl.modeling import load_model_and_tokenizer
 
     config = tiny_model_config(max_staleness=0)
+    config.rollout.continuous_batching = continuous_batching
     questions = tiny_world.splits["train"][:8]
     with RolloutManager(config, questions, model_path=str(tiny_checkpoint), corpus_path=tiny_corpus_path) as manager:
         first = manager.get_batch(2, current_version=0, timeout=300)
