@@ -79,7 +79,7 @@ class CoalescingEngine:
         self._pending: list[GenerateRequest] = []
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-engine")
         self._drainer: asyncio.Task | None = None
-        self._version_changed: asyncio.Condition | None = None
+        self._version_changed: tuple[asyncio.AbstractEventLoop, asyncio.Condition] | None = None
         self.counters = {"engine_batches": 0, "requests": 0, "rows": 0, "weight_loads": 0}
 
     @property
@@ -160,8 +160,9 @@ class CoalescingEngine:
             return time.perf_counter() - started
 
         seconds = await asyncio.get_running_loop().run_in_executor(self._thread, load)
-        async with self._condition():
-            self._condition().notify_all()
+        condition = self._condition()
+        async with condition:
+            condition.notify_all()
         return seconds
 
     async def wait_for_version(self, version: int, timeout_s: float) -> bool:
@@ -175,9 +176,11 @@ class CoalescingEngine:
         return True
 
     def _condition(self) -> asyncio.Condition:
-        if self._version_changed is None:  # created on first use, inside the event loop that uses it
-            self._version_changed = asyncio.Condition()
-        return self._version_changed
+        """The version condition of the running event loop (asyncio primitives belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._version_changed is None or self._version_changed[0] is not loop:
+            self._version_changed = (loop, asyncio.Condition())
+        return self._version_changed[1]
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)

@@ -159,6 +159,10 @@ class RolloutWorker:
     def version(self) -> int:
         return self.components.engine.version
 
+    def wait_for_version(self, version: int, timeout_s: float) -> int:
+        """The version held; calls run in order here, so an update sent before this call is already loaded."""
+        return self.components.engine.version
+
     def ping(self) -> int:
         """The worker id; a call that returns proves the actor process is alive and its queue moves."""
         return self.setup.worker_id
@@ -202,6 +206,12 @@ class AsyncRolloutWorker:
         return await self.engine.load_weights(resolve_weights(weights), version)
 
     async def version(self) -> int:
+        """The version held now (an update still queued behind a model turn is not counted)."""
+        return self.engine.version
+
+    async def wait_for_version(self, version: int, timeout_s: float) -> int:
+        """The version held once it is `version` or newer (or after timeout_s): when an update has landed."""
+        await self.engine.wait_for_version(version, timeout_s)
         return self.engine.version
 
     async def ping(self) -> int:

@@ -95,7 +95,7 @@ def time_push_to_actors(trainer, manager, kind: str, repeats: int) -> tuple[int,
         version = manager.latest_version + 1
         manager.push_weights(weights, version)
         published = time.perf_counter()
-        loaded = ray.get([handle.version.remote() for handle in manager.worker_handles()])
+        loaded = ray.get([handle.wait_for_version.remote(version, 60) for handle in manager.worker_handles()])
         finished = time.perf_counter()
         if loaded != [version] * len(loaded):
             raise RuntimeError(f"sync bench: actors report versions {loaded} after pushing version {version}")

@@ -338,3 +338,5 @@ def test_the_concurrent_actor_merges_calls_and_waits_for_the_weights_a_call_was_
     assert counters["requests"] > counters["engine_batches"]  # the two version-0 calls shared batches
     assert counters["weight_loads"] == 1 and load_s > 0
     assert asyncio.run(worker.version()) == 1
+    assert asyncio.run(worker.wait_for_version(1, timeout_s=1)) == 1
+    assert asyncio.run(worker.wait_for_version(2, timeout_s=0.05)) == 1  # never pushed: times out
