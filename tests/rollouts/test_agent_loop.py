@@ -81,6 +81,9 @@ class BrokenExecutor:
     def run_turns_sync(self, turn_calls):
         raise RuntimeError("backend down")
 
+    async def run_turns(self, turn_calls):
+        raise RuntimeError("backend down")
+
 
 def questions(count: int) -> list[Question]:
     return [Question(id=f"q{i}", question=f"Who founded Bemo Hall {i}?", answers=["x"], structure="parallel")
@@ -385,3 +388,13 @@ def test_weights_loaded_mid_episode_apply_to_later_turns_and_the_trajectory_keep
         assert [turn.policy_version for turn in trajectory.turns] == [0, 1, 1]
         assert trajectory.policy_version == 0
     assert group.policy_version == 0
+
+
+def test_a_failing_executor_is_an_error_observation_in_the_concurrent_loop_too(tokenizer):
+    shared = CoalescingEngine(ScriptedEngine(tokenizer, two_rounds_then_answer))
+    (group,) = asyncio.run(run_episodes_async(shared, build_protocol("tags"), BrokenExecutor(), questions(1),
+                                              group_size=2, rollout_config=config(), policy_version=0))
+    trajectory = group.trajectories[0]
+    observations = check_token_invariants(trajectory, tokenizer)
+    assert "Error: tool execution failed: RuntimeError: backend down" in observations[0]
+    assert trajectory.final_answer == "x"
