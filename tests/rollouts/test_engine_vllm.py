@@ -41,9 +41,6 @@ def compare_engines(model_path: str) -> dict:
     vllm_engine = VLLMEngine.from_pretrained(model_path, rollout_config, device="cpu")
     prompts = [hf_engine.tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
 
-    def as_lists(outputs) -> list:
-        return [[o.token_ids, o.logprobs, o.finish_reason] for o in outputs]
-
     result = {"vllm_before": as_lists(vllm_engine.generate(prompts, MAX_NEW_TOKENS, set(), temperature=0.0))}
     # sampling from the untrained (flat) model: diverse samples, whose log-probs the HF model recomputes
     def sample(seed: int) -> list:
@@ -61,7 +58,30 @@ def compare_engines(model_path: str) -> dict:
     stop_token = result["hf_greedy"][0][0][3]
     result["stop_token"] = stop_token
     result["vllm_stopped"] = as_lists(vllm_engine.generate(prompts, MAX_NEW_TOKENS, {stop_token}, temperature=0.0))
+    result["vllm_coalesced"] = coalesced_greedy(vllm_engine, prompts)
     return result
+
+
+def coalesced_greedy(engine, prompts: list[list[int]]) -> dict:
+    """Two concurrent greedy requests through CoalescingEngine (the engine driven from its worker thread)."""
+    import asyncio
+
+    from rollouts.batcher import CoalescingEngine
+
+    shared = CoalescingEngine(engine)
+
+    async def two_requests():
+        return await asyncio.gather(shared.generate(prompts[:1], MAX_NEW_TOKENS, set(), temperature=0.0),
+                                    shared.generate(prompts[1:], MAX_NEW_TOKENS, set(), temperature=0.0))
+
+    (first, first_version), (rest, rest_version) = asyncio.run(two_requests())
+    shared.close()
+    return {"outputs": as_lists(first) + as_lists(rest), "versions": [first_version, rest_version],
+            "engine_batches": shared.counters["engine_batches"]}
+
+
+def as_lists(outputs) -> list:
+    return [[o.token_ids, o.logprobs, o.finish_reason] for o in outputs]
 
 
 def hf_logprobs(hf_engine, prompts: list[list[int]], completions: list) -> list[list[float]]:
@@ -129,6 +149,15 @@ def test_seeded_sampling_is_reproducible_and_logprobs_match_the_model(comparison
     assert first[0][0] != first[3][0]  # the same prompt twice in a batch: rows draw different samples
     for (_, vllm_logprobs_row, _), hf_row in zip(first, comparison["hf_logprobs_of_vllm_samples"]):
         assert vllm_logprobs_row == pytest.approx(hf_row, abs=2e-3)
+
+
+def test_concurrent_requests_through_the_coalescing_engine_match_one_direct_call(comparison):
+    coalesced = comparison["vllm_coalesced"]
+    assert coalesced["engine_batches"] == 1 and coalesced["versions"] == [1, 1]
+    for (tokens, logprobs_row, _), (direct_tokens, direct_logprobs, _) in zip(coalesced["outputs"],
+                                                                             comparison["vllm_greedy"]):
+        assert tokens == direct_tokens
+        assert logprobs_row == pytest.approx(direct_logprobs, abs=1e-4)
 
 
 if __name__ == "__main__":
