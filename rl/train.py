@@ -139,6 +139,9 @@ def rollout_metrics(groups: list[Group]) -> dict[str, float]:
                 "rollout/answered": float(trajectory.final_answer is not None),
                 "rollout/tool_errors": sum(1 for turn in trajectory.turns for call in turn.calls if call.error),
             }
+            batch_rows = [turn.batch_rows for turn in trajectory.turns if turn.batch_rows]
+            if batch_rows:  # how full the engine batches were (continuous batching merges calls)
+                values["rollout/engine_batch_rows"] = sum(batch_rows) / len(batch_rows)
             if rounds:
                 values["rollout/subqueries_per_round"] = subqueries / rounds
             for key, value in values.items():

@@ -76,13 +76,14 @@ def turn_budgets(trajectories: list[Trajectory], rollout_config: RolloutConfig) 
 
 
 def record_turns(tokenizer: Any, trajectories: list[Trajectory], outputs: list[GenerationOutput], budgets: list[int],
-                 generate_s: float, policy_version: int | None = None) -> list[Turn]:
+                 generate_s: float, policy_version: int | None = None, batch_rows: int | None = None) -> list[Turn]:
     """Append each output (cut at its trajectory's budget) with its log-probs; one Turn per trajectory."""
     turns = []
     for trajectory, output, budget in zip(trajectories, outputs, budgets):
         token_ids, logprobs = list(output.token_ids[:budget]), [float(lp) for lp in output.logprobs[:budget]]
         trajectory.append(token_ids, trainable=True, logprobs=logprobs)
-        turn = Turn(text=decode(tokenizer, token_ids), generate_s=generate_s, policy_version=policy_version)
+        turn = Turn(text=decode(tokenizer, token_ids), generate_s=generate_s, policy_version=policy_version,
+                    batch_rows=len(trajectories) if batch_rows is None else batch_rows)
         trajectory.turns.append(turn)
         trajectory.generate_s += generate_s
         turns.append(turn)
@@ -108,10 +109,10 @@ async def generate_turns_async(engine: Any, trajectories: list[Trajectory], stop
     """generate_turns through a shared engine (rollouts.batcher.CoalescingEngine) that may batch it with others."""
     budgets = turn_budgets(trajectories, rollout_config)
     started = time.perf_counter()
-    outputs, version = await engine.generate([t.prompt_ids + t.response_ids for t in trajectories], max(budgets),
-                                             stop_token_ids, temperature=temperature, top_p=rollout_config.top_p,
-                                             seed=seed)
-    return record_turns(engine.tokenizer, trajectories, outputs, budgets, time.perf_counter() - started, version)
+    result = await engine.generate([t.prompt_ids + t.response_ids for t in trajectories], max(budgets),
+                                   stop_token_ids, temperature=temperature, top_p=rollout_config.top_p, seed=seed)
+    return record_turns(engine.tokenizer, trajectories, result.outputs, budgets, time.perf_counter() - started,
+                        result.policy_version, result.batch_rows)
 
 
 def apply_tool_results(turns: list[Turn], results: list[list[ToolCall]] | None, error: Exception | None,

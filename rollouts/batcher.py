@@ -21,7 +21,7 @@ that is already decoding); a merged batch is sampled with one seed, so a call's 
 other calls share its batches (runs are reproducible only with one call in flight per actor).
 
     shared = CoalescingEngine(engine)
-    outputs, version = await shared.generate(prompts, 48, {stop_id}, temperature=1.0, seed=0)
+    outputs, version, batch_rows = await shared.generate(prompts, 48, {stop_id}, temperature=1.0, seed=0)
     await shared.load_weights(state_dict, version=3)
 """
 
@@ -31,7 +31,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from rollouts.engine import GenerationOutput, InferenceEngine
 
@@ -39,6 +39,14 @@ from rollouts.engine import GenerationOutput, InferenceEngine
 def mix_seed(seed: int, salt: int) -> int:
     """A seed for stream `salt` of `seed` that does not collide with stream salt + 1 of seed - 1."""
     return (seed * 0x9E3779B1 + salt) % (2**63)
+
+
+class GenerateResult(NamedTuple):
+    """What one request gets back: its outputs, the weights' version and the merged batch's size."""
+
+    outputs: list[GenerationOutput]
+    policy_version: int
+    batch_rows: int  # rows (trajectories) of the engine batch this request ran in
 
 
 @dataclass
@@ -88,10 +96,10 @@ class CoalescingEngine:
 
     async def generate(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_token_ids: set[int],
                        temperature: float = 1.0, top_p: float = 1.0,
-                       seed: int | None = None) -> tuple[list[GenerationOutput], int]:
-        """(outputs, policy version that generated them), like InferenceEngine.generate for these prompts."""
+                       seed: int | None = None) -> GenerateResult:
+        """The outputs (like InferenceEngine.generate for these prompts) and the version that generated them."""
         if not batch_prompt_ids:
-            return [], self.engine.version
+            return GenerateResult([], self.engine.version, 0)
         loop = asyncio.get_running_loop()
         request = GenerateRequest([list(ids) for ids in batch_prompt_ids], max_new_tokens, frozenset(stop_token_ids),
                                   float(temperature), float(top_p), seed, loop.create_future())
@@ -106,7 +114,7 @@ class CoalescingEngine:
             await asyncio.sleep(0)  # requests woken by the same event (e.g. one tool round) join this batch
             batch = self._take_batch()
             try:
-                outputs, version = await loop.run_in_executor(self._thread, self._generate_batch, batch)
+                outputs, version, rows = await loop.run_in_executor(self._thread, self._generate_batch, batch)
             except Exception as error:  # the callers' episodes decide; the drain goes on with the next batch
                 for request in batch:
                     if not request.future.done():
@@ -114,7 +122,7 @@ class CoalescingEngine:
                 continue
             for request, request_outputs in zip(batch, outputs):
                 if not request.future.done():  # its caller may have been cancelled
-                    request.future.set_result((request_outputs, version))
+                    request.future.set_result(GenerateResult(request_outputs, version, rows))
 
     def _take_batch(self) -> list[GenerateRequest]:
         """The oldest request and every other pending one with its sampling settings, within max_batch_rows."""
@@ -132,7 +140,7 @@ class CoalescingEngine:
         self._pending = remaining
         return batch
 
-    def _generate_batch(self, batch: list[GenerateRequest]) -> tuple[list[list[GenerationOutput]], int]:
+    def _generate_batch(self, batch: list[GenerateRequest]) -> tuple[list[list[GenerationOutput]], int, int]:
         """Runs in the engine thread: one engine call for every row of `batch`, split back per request."""
         first = batch[0]
         prompts = [prompt_ids for request in batch for prompt_ids in request.batch_prompt_ids]
@@ -149,7 +157,7 @@ class CoalescingEngine:
             end = start + len(request.batch_prompt_ids)
             per_request.append([cut_to_budget(output, request.max_new_tokens) for output in outputs[start:end]])
             start = end
-        return per_request, version
+        return per_request, version, len(prompts)
 
     async def load_weights(self, state_dict: Any, version: int) -> float:
         """Load new weights between two engine batches; returns the seconds the load took."""
@@ -186,4 +194,4 @@ class CoalescingEngine:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["CoalescingEngine", "GenerateRequest", "cut_to_budget", "mix_seed"]
+__all__ = ["CoalescingEngine", "GenerateRequest", "GenerateResult", "cut_to_budget", "mix_seed"]

@@ -36,6 +36,7 @@ class Turn:
     generate_s: float = 0.0
     tools_s: float = 0.0
     policy_version: int | None = None  # weights that generated this turn (set by the concurrent agent loop)
+    batch_rows: int = 0  # rows of the engine batch this turn was generated in (merged calls included)
 
 
 @dataclass

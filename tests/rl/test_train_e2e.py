@@ -66,6 +66,8 @@ def test_every_step_logs_the_contract_metrics(run_dir):
         assert 0 <= row["async/staleness_mean"] <= MAX_STALENESS
         assert row["perf/samples_per_s"] > 0
         assert row["rollout/model_calls"] >= 1
+        # an engine batch holds at most the actor's in-flight trajectories (4 calls x 2 questions x G=4)
+        assert 1 <= row["rollout/engine_batch_rows"] <= 4 * 2 * 4
 
 
 def test_staleness_bound_held_and_nothing_was_lost(run_dir):

@@ -370,6 +370,7 @@ def test_the_concurrent_loop_plays_the_same_episodes_as_the_batched_one(tokenize
     for trajectory in (t for group in concurrent for t in group.trajectories):
         check_token_invariants(trajectory, tokenizer)
         assert [turn.policy_version for turn in trajectory.turns] == [0, 0, 0]
+        assert [turn.batch_rows for turn in trajectory.turns] == [4, 4, 4]
 
 
 def test_weights_loaded_mid_episode_apply_to_later_turns_and_the_trajectory_keeps_the_oldest_version(tokenizer):

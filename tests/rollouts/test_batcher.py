@@ -61,12 +61,13 @@ def test_concurrent_requests_share_one_engine_batch_and_get_their_own_rows_back(
             shared.generate([[4], [5], [6]], 4, {STOP}, seed=5),
         )
 
-    (first, v1), (second, v2), (third, v3) = asyncio.run(main())
+    (first, v1, rows1), (second, v2, rows2), (third, v3, rows3) = asyncio.run(main())
     assert [call["rows"] for call in engine.calls] == [6]
     assert [output.token_ids[0] for output in first] == [1, 2]
     assert [output.token_ids[0] for output in second] == [3]
     assert [output.token_ids[0] for output in third] == [4, 5, 6]
     assert v1 == v2 == v3 == 0
+    assert rows1 == rows2 == rows3 == 6  # each request learns the size of the batch it shared
     assert engine.calls[0]["seed"] == mix_seed(3, 0)
     assert shared.counters == {"engine_batches": 1, "requests": 3, "rows": 6, "weight_loads": 0}
 
@@ -78,7 +79,7 @@ def test_a_smaller_budget_is_cut_and_reported_as_length():
     async def main():
         return await asyncio.gather(shared.generate([[1], [2]], 2, {STOP}), shared.generate([[3]], 6, {STOP}))
 
-    (short, _), (long, _) = asyncio.run(main())
+    (short, _, _), (long, _, _) = asyncio.run(main())
     assert engine.calls[0]["max_new_tokens"] == 6
     assert [len(output.token_ids) for output in short] == [2, 2]
     assert [output.finish_reason for output in short] == ["length", "length"]  # row 2 stopped at 4 > 2 tokens
@@ -100,7 +101,8 @@ def test_requests_with_other_sampling_settings_or_beyond_the_row_limit_wait_for_
 
     results = asyncio.run(main())
     assert [(call["rows"], call["temperature"]) for call in engine.calls] == [(3, 1.0), (1, 0.0), (2, 1.0)]
-    assert [[output.token_ids[0] for output in outputs] for outputs, _ in results] == [[1, 2], [3], [4, 5], [6]]
+    assert [[output.token_ids[0] for output in result.outputs] for result in results] == [[1, 2], [3], [4, 5], [6]]
+    assert [result.batch_rows for result in results] == [3, 1, 2, 3]
 
 
 def test_new_weights_load_between_batches_and_later_turns_report_the_new_version():
@@ -120,7 +122,7 @@ def test_new_weights_load_between_batches_and_later_turns_report_the_new_version
         engine.hold.set()
         return await running, await load, await queued
 
-    (first, first_version), load_s, (second, second_version) = asyncio.run(main())
+    (first, first_version, _), load_s, (second, second_version, _) = asyncio.run(main())
     assert (first_version, first[0].token_ids[1]) == (0, 0)
     assert (second_version, second[0].token_ids[1]) == (1, 1)
     assert [call["version"] for call in engine.calls] == [0, 1]
@@ -151,7 +153,7 @@ def test_an_engine_error_fails_only_the_requests_of_its_batch():
     async def main():
         failed = await asyncio.gather(shared.generate([[1]], 2, {STOP}), shared.generate([[2]], 2, {STOP}),
                                       return_exceptions=True)
-        later, _ = await shared.generate([[3]], 2, {STOP})
+        later = (await shared.generate([[3]], 2, {STOP})).outputs
         return failed, later
 
     failed, later = asyncio.run(main())
@@ -167,5 +169,5 @@ def test_mix_seed_separates_neighbouring_streams():
 
 def test_an_empty_request_needs_no_engine_call():
     engine = RecordingEngine()
-    assert asyncio.run(CoalescingEngine(engine).generate([], 4, {STOP})) == ([], 0)
+    assert asyncio.run(CoalescingEngine(engine).generate([], 4, {STOP})) == ([], 0, 0)
     assert engine.calls == []

@@ -74,7 +74,7 @@ def coalesced_greedy(engine, prompts: list[list[int]]) -> dict:
         return await asyncio.gather(shared.generate(prompts[:1], MAX_NEW_TOKENS, set(), temperature=0.0),
                                     shared.generate(prompts[1:], MAX_NEW_TOKENS, set(), temperature=0.0))
 
-    (first, first_version), (rest, rest_version) = asyncio.run(two_requests())
+    (first, first_version, _), (rest, rest_version, _) = asyncio.run(two_requests())
     shared.close()
     return {"outputs": as_lists(first) + as_lists(rest), "versions": [first_version, rest_version],
             "engine_batches": shared.counters["engine_batches"]}
