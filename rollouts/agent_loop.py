@@ -15,9 +15,10 @@ mask 0, so nothing is ever recovered by re-tokenising the response. Nothing the 
 the loop: unparseable turns are invalid actions, failing tools are error observations, and contexts
 are bounded by rollout.max_context_tokens (the trajectory is then cut and marked `truncated`).
 
-`run_episodes_async` is the same loop as a coroutine over a shared engine (rollouts/batcher.py): a
-rollout actor runs several calls at once, their model turns are merged into shared engine batches and
-one call's tool waits overlap the others' generation (`rollout.continuous_batching`).
+The loop is written once, as the coroutine `run_episodes_async`. Over a shared engine
+(rollouts/batcher.py) a rollout actor runs several calls at once: their model turns are merged into
+shared engine batches and one call's tool waits overlap the others' generation
+(`rollout.continuous_batching`). `run_episodes` runs it from blocking code on a plain engine.
 
 What is simplified on purpose: each round re-prefills the whole context (no KV cache kept across
 rounds), and the round waits for the slowest tool call of the batch.
@@ -34,9 +35,10 @@ from typing import Any
 
 from data.types import Question
 from rl.config import RolloutConfig
-from rollouts.batcher import mix_seed
+from rollouts.batcher import DirectEngine, mix_seed
 from rollouts.engine import GenerationOutput, InferenceEngine
 from rollouts.protocols import AgentProtocol
+from rollouts.tools import run_sync
 from rollouts.trajectory import Group, ToolCall, Trajectory, Turn
 
 
@@ -76,37 +78,29 @@ def turn_budgets(trajectories: list[Trajectory], rollout_config: RolloutConfig) 
 
 
 def record_turns(tokenizer: Any, trajectories: list[Trajectory], outputs: list[GenerationOutput], budgets: list[int],
-                 generate_s: float, policy_version: int | None = None, batch_rows: int | None = None) -> list[Turn]:
+                 generate_s: float, policy_version: int | None, batch_rows: int) -> list[Turn]:
     """Append each output (cut at its trajectory's budget) with its log-probs; one Turn per trajectory."""
     turns = []
     for trajectory, output, budget in zip(trajectories, outputs, budgets):
         token_ids, logprobs = list(output.token_ids[:budget]), [float(lp) for lp in output.logprobs[:budget]]
         trajectory.append(token_ids, trainable=True, logprobs=logprobs)
         turn = Turn(text=decode(tokenizer, token_ids), generate_s=generate_s, policy_version=policy_version,
-                    batch_rows=len(trajectories) if batch_rows is None else batch_rows)
+                    batch_rows=batch_rows)
         trajectory.turns.append(turn)
         trajectory.generate_s += generate_s
         turns.append(turn)
     return turns
 
 
-def generate_turns(engine: InferenceEngine, trajectories: list[Trajectory], stop_token_ids: set[int],
-                   rollout_config: RolloutConfig, temperature: float, seed: int | None) -> list[Turn]:
-    """One batched model call for `trajectories`; appends the generated tokens and returns one Turn each.
+async def generate_turns(engine: Any, trajectories: list[Trajectory], stop_token_ids: set[int],
+                         rollout_config: RolloutConfig, temperature: float, seed: int | None) -> list[Turn]:
+    """One model call for `trajectories`; appends the generated tokens and returns one Turn each.
 
-    Every trajectory gets at most its remaining context budget (the callers only pass trajectories with
-    a budget >= 1); a completion cut at that budget is simply shorter.
+    engine: an engine with `async generate(...) -> GenerateResult` (rollouts.batcher: DirectEngine, or
+    CoalescingEngine, which may batch the call with other episodes'). Every trajectory gets at most its
+    remaining context budget (the callers only pass trajectories with a budget >= 1); a completion cut at
+    that budget is simply shorter.
     """
-    budgets = turn_budgets(trajectories, rollout_config)
-    started = time.perf_counter()
-    outputs = engine.generate([t.prompt_ids + t.response_ids for t in trajectories], max(budgets), stop_token_ids,
-                              temperature=temperature, top_p=rollout_config.top_p, seed=seed)
-    return record_turns(engine.tokenizer, trajectories, outputs, budgets, time.perf_counter() - started)
-
-
-async def generate_turns_async(engine: Any, trajectories: list[Trajectory], stop_token_ids: set[int],
-                               rollout_config: RolloutConfig, temperature: float, seed: int | None) -> list[Turn]:
-    """generate_turns through a shared engine (rollouts.batcher.CoalescingEngine) that may batch it with others."""
     budgets = turn_budgets(trajectories, rollout_config)
     started = time.perf_counter()
     result = await engine.generate([t.prompt_ids + t.response_ids for t in trajectories], max(budgets),
@@ -132,15 +126,16 @@ def apply_tool_results(turns: list[Turn], results: list[list[ToolCall]] | None, 
         turn.tools_s = tools_s
 
 
-def run_tool_round(executor: Any, turns: list[Turn]) -> float:
+async def run_tool_round_async(executor: Any, turns: list[Turn]) -> float:
     """Run every call of every turn concurrently; fills the calls in place; returns the wall time.
 
-    An executor failure becomes an error observation on each of its calls, never an exception.
+    Runs on the caller's event loop (executor.run_turns), so other episodes go on meanwhile. An executor
+    failure becomes an error observation on each of its calls, never an exception.
     """
     started = time.perf_counter()
     results, failure = None, None
     try:
-        results = executor.run_turns_sync([turn.calls for turn in turns])
+        results = await as_async_executor(executor).run_turns([turn.calls for turn in turns])
     except Exception as error:
         failure = error
     tools_s = time.perf_counter() - started
@@ -148,17 +143,24 @@ def run_tool_round(executor: Any, turns: list[Turn]) -> float:
     return tools_s
 
 
-async def run_tool_round_async(executor: Any, turns: list[Turn]) -> float:
-    """run_tool_round on the running event loop (executor.run_turns), so other episodes go on meanwhile."""
-    started = time.perf_counter()
-    results, failure = None, None
-    try:
-        results = await executor.run_turns([turn.calls for turn in turns])
-    except Exception as error:
-        failure = error
-    tools_s = time.perf_counter() - started
-    apply_tool_results(turns, results, failure, tools_s)
-    return tools_s
+def run_tool_round(executor: Any, turns: list[Turn]) -> float:
+    """run_tool_round_async from blocking code (the scripted expert)."""
+    return run_sync(run_tool_round_async(executor, turns))
+
+
+class SyncExecutorAdapter:
+    """`async run_turns` for an executor that only has `run_turns_sync` (e.g. a test double)."""
+
+    def __init__(self, executor: Any):
+        self.executor = executor
+
+    async def run_turns(self, turns: list[list[ToolCall]]) -> list[list[ToolCall]]:
+        return self.executor.run_turns_sync(turns)
+
+
+def as_async_executor(executor: Any) -> Any:
+    """The executor itself if it has `async run_turns` (rollouts.tools.ToolExecutor), else an adapter."""
+    return executor if hasattr(executor, "run_turns") else SyncExecutorAdapter(executor)
 
 
 def bound_observations(calls: list[ToolCall], tokenizer: Any, max_observation_tokens: int) -> None:
@@ -216,26 +218,12 @@ def observe(protocol: AgentProtocol, tokenizer: Any, active: list[Trajectory], t
     return continuing
 
 
-def play_round(engine: InferenceEngine, protocol: AgentProtocol, executor: Any, active: list[Trajectory],
-               rollout_config: RolloutConfig, round_index: int, temperature: float, seed: int | None) -> list[Trajectory]:
+async def play_round(engine: Any, protocol: AgentProtocol, executor: Any, active: list[Trajectory],
+                     rollout_config: RolloutConfig, round_index: int, temperature: float,
+                     seed: int | None) -> list[Trajectory]:
     """One generate → tools → observe round; returns the trajectories that continue."""
     round_seed = None if seed is None else mix_seed(seed, round_index)
-    turns = generate_turns(engine, active, protocol.stop_token_ids(engine.tokenizer), rollout_config, temperature,
-                           round_seed)
-    searching = act_on_turns(protocol, active, turns, round_index == rollout_config.max_turns)
-    if searching:
-        tools_s = run_tool_round(executor, [turn for _, turn in searching])
-        for trajectory, _ in searching:
-            trajectory.tools_s += tools_s
-    return observe(protocol, engine.tokenizer, active, turns, rollout_config, round_index)
-
-
-async def play_round_async(engine: Any, protocol: AgentProtocol, executor: Any, active: list[Trajectory],
-                           rollout_config: RolloutConfig, round_index: int, temperature: float,
-                           seed: int | None) -> list[Trajectory]:
-    """play_round with a shared engine and the executor's async API (see run_episodes_async)."""
-    round_seed = None if seed is None else mix_seed(seed, round_index)
-    turns = await generate_turns_async(engine, active, protocol.stop_token_ids(engine.tokenizer), rollout_config,
+    turns = await generate_turns(engine, active, protocol.stop_token_ids(engine.tokenizer), rollout_config,
                                        temperature, round_seed)
     searching = act_on_turns(protocol, active, turns, round_index == rollout_config.max_turns)
     if searching:
@@ -281,19 +269,14 @@ def run_episodes(engine: InferenceEngine, protocol: AgentProtocol, executor: Any
                  greedy: bool = False, temperature: float | None = None) -> list[Group]:
     """Play `group_size` trajectories per question to an answer (or the turn/context limit); one Group each.
 
+    The blocking form of run_episodes_async, on a plain InferenceEngine: every round is one engine call
+    for all the trajectories still running. Trajectories keep `policy_version`.
     temperature: sampling temperature (default rollout.temperature; greedy=True means 0).
-    executor: anything with run_turns_sync(list[list[ToolCall]]) -> list[list[ToolCall]].
+    executor: anything with `async run_turns` or `run_turns_sync(list[list[ToolCall]]) -> list[list[ToolCall]]`.
     """
-    started = time.perf_counter()
-    groups = start_groups(protocol, engine.tokenizer, questions, group_size, policy_version)
-    active = [trajectory for group in groups for trajectory in group.trajectories]
-    for round_index in range(rollout_config.max_turns + 1):
-        active = still_running(active, rollout_config)
-        if not active:
-            break
-        active = play_round(engine, protocol, executor, active, rollout_config, round_index,
-                            sampling_temperature(rollout_config, greedy, temperature), seed)
-    return finish_episodes(engine.tokenizer, groups, time.perf_counter() - started)
+    return run_sync(run_episodes_async(DirectEngine(engine), protocol, executor, questions, group_size,
+                                       rollout_config, policy_version, seed=seed, greedy=greedy,
+                                       temperature=temperature))
 
 
 async def run_episodes_async(engine: Any, protocol: AgentProtocol, executor: Any, questions: list[Question],
@@ -302,11 +285,11 @@ async def run_episodes_async(engine: Any, protocol: AgentProtocol, executor: Any
                              temperature: float | None = None) -> list[Group]:
     """run_episodes as a coroutine, so that many calls run at once on one event loop.
 
-    engine: a shared engine whose `async generate(...)` returns (outputs, policy version), i.e.
-    rollouts.batcher.CoalescingEngine, which merges the model turns of concurrent calls into one batch.
-    executor: anything with `async run_turns(list[list[ToolCall]])`. While this call waits for its tools,
-    the others generate. Each turn records the policy version that generated it; a trajectory (and its
-    group) is tagged with the oldest one, so the staleness bound holds for every token.
+    engine: an engine with `async generate(...) -> GenerateResult`: rollouts.batcher.CoalescingEngine,
+    which merges the model turns of concurrent calls into one batch, or DirectEngine. While this call
+    waits for its tools, the others generate. When the engine reports the policy version of each turn
+    (CoalescingEngine), a trajectory (and its group) is tagged with the oldest one, so the staleness
+    bound holds for every token.
     """
     started = time.perf_counter()
     groups = start_groups(protocol, engine.tokenizer, questions, group_size, policy_version)
@@ -315,10 +298,10 @@ async def run_episodes_async(engine: Any, protocol: AgentProtocol, executor: Any
         active = still_running(active, rollout_config)
         if not active:
             break
-        active = await play_round_async(engine, protocol, executor, active, rollout_config, round_index,
-                                        sampling_temperature(rollout_config, greedy, temperature), seed)
+        active = await play_round(engine, protocol, executor, active, rollout_config, round_index,
+                                  sampling_temperature(rollout_config, greedy, temperature), seed)
     return finish_episodes(engine.tokenizer, groups, time.perf_counter() - started)
 
 
-__all__ = ["run_episodes", "run_episodes_async", "start_groups", "generate_turns", "generate_turns_async",
-           "run_tool_round", "run_tool_round_async", "act_on_turns", "play_round", "play_round_async"]
+__all__ = ["run_episodes", "run_episodes_async", "start_groups", "generate_turns", "run_tool_round",
+           "run_tool_round_async", "act_on_turns", "play_round", "as_async_executor"]

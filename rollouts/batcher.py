@@ -45,8 +45,26 @@ class GenerateResult(NamedTuple):
     """What one request gets back: its outputs, the weights' version and the merged batch's size."""
 
     outputs: list[GenerationOutput]
-    policy_version: int
+    policy_version: int | None  # None: not reported (DirectEngine; the caller's version stands)
     batch_rows: int  # rows (trajectories) of the engine batch this request ran in
+
+
+class DirectEngine:
+    """The `async generate` interface over a plain engine, one call per request (no merging, no thread).
+
+    What `rollouts.agent_loop.run_episodes` plays on: the engine call blocks the event loop, which runs
+    nothing else. It reports no policy version, so trajectories keep the one their caller gave.
+    """
+
+    def __init__(self, engine: InferenceEngine):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+
+    async def generate(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_token_ids: set[int],
+                       temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> GenerateResult:
+        outputs = self.engine.generate(batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=temperature,
+                                       top_p=top_p, seed=seed)
+        return GenerateResult(outputs, None, len(batch_prompt_ids))
 
 
 @dataclass
@@ -194,4 +212,4 @@ class CoalescingEngine:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["CoalescingEngine", "GenerateRequest", "GenerateResult", "cut_to_budget", "mix_seed"]
+__all__ = ["CoalescingEngine", "DirectEngine", "GenerateRequest", "GenerateResult", "cut_to_budget", "mix_seed"]

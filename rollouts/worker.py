@@ -141,8 +141,6 @@ class RolloutWorker:
         groups = run_episodes(engine, self.components.protocol, self.components.executor, questions, group_size,
                               self.config.rollout, policy_version=engine.version, seed=seed)
         score_groups(groups, self.config)
-        for group in groups:
-            group.policy_version = engine.version
         return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start)
 
     def update_weights(self, weights: Any, version: int) -> float:
