@@ -9,3 +9,7 @@ class DataError(ValueError):
         super().__init__(f"{where}{message}")
         self.path = path
         self.line = line
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that says where it is and what to change (CLI: exit 2)."""

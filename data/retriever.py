@@ -29,8 +29,9 @@ import bm25s
 import httpx
 import Stemmer
 
+from data.config import RetrieverConfig
 from data.corpus import corpus_fingerprint, load_corpus
-from data.errors import DataError
+from data.errors import ConfigError, DataError
 from data.registry import Registry
 
 BM25_INDEX_FORMAT = "bm25s-en-snowball-v1"  # part of the index key: change it when tokenisation changes
@@ -189,7 +190,7 @@ def default_index_dir(corpus_path: str | os.PathLike) -> Path:
 
 
 @register_retriever("bm25")
-def build_bm25(retriever_config, documents: list[dict] | None, corpus_path: str | None) -> Retriever:
+def build_bm25(retriever_config: RetrieverConfig, documents: list[dict] | None, corpus_path: str | None) -> Retriever:
     if documents is None:
         if not corpus_path:
             raise DataError("the bm25 retriever needs documents or a corpus path (data.corpus_path)")
@@ -199,19 +200,17 @@ def build_bm25(retriever_config, documents: list[dict] | None, corpus_path: str 
 
 
 @register_retriever("http")
-def build_http(retriever_config, documents: list[dict] | None, corpus_path: str | None) -> Retriever:
+def build_http(retriever_config: RetrieverConfig, documents: list[dict] | None, corpus_path: str | None) -> Retriever:
     return HttpRetriever(retriever_config.url, timeout_s=retriever_config.timeout_s,
                          retries=retriever_config.retries)
 
 
 def build_retriever(
-    retriever_config, documents: list[dict] | None = None, corpus_path: str | None = None
+    retriever_config: RetrieverConfig, documents: list[dict] | None = None, corpus_path: str | None = None
 ) -> Retriever:
-    """The retriever named by `retriever_config.backend` (rl.config.RetrieverConfig)."""
+    """The retriever named by `retriever_config.backend` (data.config.RetrieverConfig)."""
     builder = RETRIEVER_BUILDERS.get(retriever_config.backend)
     if builder is None:
-        from rl.config import ConfigError
-
         raise ConfigError(f"key 'retriever.backend' is {retriever_config.backend!r}; "
                           f"registered backends: {', '.join(sorted(RETRIEVER_BUILDERS))}")
     return builder(retriever_config, documents, corpus_path)

@@ -35,6 +35,7 @@ from typing import Callable
 
 import Stemmer
 
+from data.config import WorldConfig
 from data.corpus import iter_jsonl, load_corpus, write_corpus, write_jsonl
 from data.errors import DataError
 from data.registry import Registry
@@ -309,7 +310,7 @@ def _sample_unique(
     return questions
 
 
-def generate_questions(entities: list[Entity], config) -> dict[str, list[Question]]:
+def generate_questions(entities: list[Entity], config: WorldConfig) -> dict[str, list[Question]]:
     index, used_keys, splits = EntityIndex(entities), set(), {}
     sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
     for split in GENERATION_ORDER:
@@ -329,8 +330,8 @@ def generate_questions(entities: list[Entity], config) -> dict[str, list[Questio
 # ----------------------------------------------------------------------------------------------
 
 
-def generate_world(config) -> World:
-    """The whole world for a `rl.config.WorldConfig` (seeded, deterministic)."""
+def generate_world(config: WorldConfig) -> World:
+    """The whole world for a `data.config.WorldConfig` (seeded, deterministic)."""
     if config.num_entities_per_kind < 4:
         raise DataError(f"data.world.num_entities_per_kind is {config.num_entities_per_kind}; use at least 4")
     entity_rng = random.Random(f"fanout-world:{config.seed}:entities")
@@ -339,12 +340,12 @@ def generate_world(config) -> World:
     return World(documents=documents, splits=generate_questions(entities, config), entities=entities)
 
 
-def world_config_hash(config) -> str:
+def world_config_hash(config: WorldConfig) -> str:
     payload = {"format_version": WORLD_FORMAT_VERSION, **asdict(config)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
-def _save(world: World, out_dir: Path, config) -> None:
+def _save(world: World, out_dir: Path, config: WorldConfig) -> None:
     write_corpus(out_dir / "corpus.jsonl", world.documents)
     for split, questions in world.splits.items():
         write_jsonl(out_dir / f"{split}.jsonl", (question.to_row() for question in questions))
@@ -355,7 +356,7 @@ def _save(world: World, out_dir: Path, config) -> None:
     os.replace(temporary, out_dir / "world_config.json")  # written last: its presence means "complete"
 
 
-def write_world(out_dir: str | os.PathLike, config) -> Path:
+def write_world(out_dir: str | os.PathLike, config: WorldConfig) -> Path:
     """Write DIR/corpus.jsonl, DIR/{train,validation,test}.jsonl and DIR/world_config.json; return DIR."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,15 +14,13 @@ shows up as a wrong reward curve). Importing `rewards` registers every built-in 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from data.registry import Registry
+from data.trajectory import Trajectory
+from rewards.config import RewardConfig
 
-if TYPE_CHECKING:
-    from rl.config import RewardConfig
-    from rollouts.trajectory import Trajectory
-
-RewardFunction = Callable[["Trajectory", "RewardConfig"], "float | None"]
+RewardFunction = Callable[[Trajectory, RewardConfig], "float | None"]
 
 
 REWARDS: Registry[RewardFunction] = Registry("reward")
@@ -38,7 +36,7 @@ def get_reward(name: str) -> RewardFunction:
 
 
 def registered_reward_names() -> list[str]:
-    """Sorted names of every registered reward (rl/config.py validates `reward.weights` against it)."""
+    """Sorted names of every registered reward (rl/app/registries.py checks `reward.weights` against it)."""
     import rewards  # noqa: F401  (importing the package registers the built-in rewards)
 
     return REWARDS.names()

@@ -27,7 +27,7 @@ from rewards.compose import safe_reward_value, score_trajectory
 from rewards.parsing import PROTOCOLS, split_model_segments
 from rewards.presets import resolve_preset
 from rewards.registry import get_reward
-from rollouts.trajectory import Trajectory, Turn
+from data.trajectory import Trajectory, Turn
 
 _ANSWER_COLUMNS = ("golden_answers", "answers", "answer")
 

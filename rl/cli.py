@@ -21,16 +21,18 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    from rl.config import load_config, to_yaml
+    from rl.app.registries import load_experiment
+    from rl.config import to_yaml
 
-    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    print(to_yaml(load_experiment(args.config, args.overrides)), end="")
     return 0
 
 
 CONFIG_DOCS_HEADER = """# Configuration reference
 
-Generated from the field comments in `rl/config.py` by `fanout config docs > docs/CONFIG.md` (do not edit by
-hand; tests/test_configs.py checks it is current). Every key can be set in a YAML file under `configs/` or on
+Generated from the field comments in the packages' config modules (`data/config.py`, `rollouts/config.py`,
+`rewards/config.py`, `rl/config.py`) by `fanout config docs > docs/CONFIG.md` (do not edit by hand;
+tests/test_configs.py checks it is current). Every key can be set in a YAML file under `configs/` or on
 the command line as `section.key=value`; `fanout config show CONFIG [key=value ...]` prints the result."""
 
 
@@ -50,24 +52,24 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rl.config import load_config
-    from rl.train import train
+    from rl.app.registries import load_experiment
+    from rl.app.train import train
 
-    train(load_config(args.config, args.overrides))
+    train(load_experiment(args.config, args.overrides))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from rl.config import load_config
-    from rl.evaluate import evaluate_command
+    from rl.app.registries import load_experiment
+    from rl.app.evaluate import evaluate_command
 
-    return evaluate_command(load_config(args.config, args.overrides), checkpoint=args.checkpoint, out=args.out,
+    return evaluate_command(load_experiment(args.config, args.overrides), checkpoint=args.checkpoint, out=args.out,
                             compare=args.compare, group_by=args.group_by)
 
 
 def _cmd_build_world(args: argparse.Namespace) -> int:
     from data.world import write_world
-    from rl.config import WorldConfig
+    from data.config import WorldConfig
 
     world_config = WorldConfig(seed=args.seed)
     if args.num_train is not None:

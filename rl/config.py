@@ -15,8 +15,9 @@ Each field is documented once, in the comment beside it; docs/CONFIG.md is gener
 from __future__ import annotations
 
 import difflib
-import importlib
+import inspect
 import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message that says where it is and what to change."""
+from data.config import DataConfig, RetrieverConfig, WorldConfig
+from data.errors import ConfigError
+from rewards.config import RewardConfig
+from rollouts.config import RolloutConfig, ToolsConfig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,98 +78,6 @@ class ModelConfig:
 
 
 @dataclass
-class WorldConfig:
-    seed: int = 0  # seed of the generated world (entities, documents, questions)
-    num_entities_per_kind: int = 100  # entities of each kind (people, films, cities, companies)
-    num_train: int = 4000  # training questions
-    num_validation: int = 200  # validation questions
-    num_test: int = 300  # test questions
-    # Share of each question structure in every split.
-    structure_mix: dict[str, float] = field(
-        default_factory=lambda: {"parallel": 0.5, "sequential": 0.35, "single": 0.15}
-    )
-
-
-@dataclass
-class DataConfig:
-    source: str = "world"  # "world" (generated, no download) or "files" (local benchmark files)
-    world: WorldConfig = field(default_factory=WorldConfig)
-    world_dir: str = ""  # where the generated world is written/cached; empty: <run_dir>/world
-    # Local benchmark files for source=files: {dataset_name: path.jsonl|.parquet}.
-    train_files: dict[str, str] = field(default_factory=dict)
-    eval_files: dict[str, str] = field(default_factory=dict)  # evaluated by `fanout eval` (same format)
-    corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
-    on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
-    max_train_questions: int = 0  # 0: all
-
-
-@dataclass
-class RetrieverConfig:
-    backend: str = "bm25"  # "bm25" (in-process bm25s) or "http" (a retrieval server)
-    url: str = "http://127.0.0.1:8000/retrieve"  # retrieval server endpoint for backend=http
-    topk: int = 3  # passages returned per sub-query
-    index_dir: str = ""  # where the BM25 index is saved/loaded; empty: next to the corpus
-    timeout_s: float = 10.0  # per-request timeout of the HTTP client
-    retries: int = 2  # HTTP client retries on connection errors / 5xx
-    max_passage_chars: int = 300  # each passage is truncated to this many characters for the model
-
-
-@dataclass
-class ToolsConfig:
-    enabled: list[str] = field(default_factory=lambda: ["search"])  # registered tool names
-    timeout_s: float = 5.0  # per-call timeout; a timed-out call becomes an error observation
-    latency_s: float = 0.0  # artificial latency per call (models a remote search API in benchmarks)
-    max_calls_per_turn: int = 4  # extra calls in one turn are refused with an error observation
-    fault_rate: float = 0.0  # fault injection (reliability tests): share of tool calls that raise an error
-    fault_timeout_rate: float = 0.0  # fault injection: share of tool calls that hang until tools.timeout_s
-
-
-@dataclass
-class RolloutConfig:
-    protocol: str = "tags"  # "tags" (<search>a ## b</search>) or "function_call" (<tool_call>{json})
-    # "minimal" (the question only: for a model SFT'd on the protocol, like the tiny default),
-    # "compact" (a short instruction) or "full" (ParallelSearch-style instruction, for real chat models)
-    prompt_style: str = "compact"
-    engine: str = "hf"  # "hf" (transformers, CPU default) or "vllm" (GPU)
-    num_workers: int = 1  # Ray rollout actors
-    worker_num_cpus: float = 1.0  # CPUs reserved per actor
-    worker_num_gpus: float = 0.0  # GPUs per actor (vLLM on clusters)
-    torch_threads_per_worker: int = 1  # intra-op threads inside each actor
-    questions_per_worker_call: int = 2  # questions (= groups) in one generate call to a rollout actor
-    # Generate calls in flight per actor. With continuous batching they run at once (more calls: larger
-    # engine batches, more tool waits hidden), within the staleness window; without, they queue.
-    max_inflight_calls_per_worker: int = 4
-    # Run an actor's in-flight calls concurrently: their model turns share engine batches and one call's
-    # tool waits overlap the others' generation; new weights load between model turns (rollouts/batcher.py).
-    # false: one call at a time, each group entirely from one policy version.
-    continuous_batching: bool = True
-    max_actor_replacements: int = 8  # dead rollout actors replaced (with the current weights) before failing
-    group_size: int = 8  # G: trajectories sampled per question (the GRPO group)
-    questions_per_step: int = 16  # questions per training step (batch = questions_per_step * G)
-    max_turns: int = 4  # tool-calling rounds before the final forced-answer turn
-    max_new_tokens_per_turn: int = 48  # generation budget of one model call
-    max_context_tokens: int = 1024  # prompt + response; longer trajectories are truncated and marked
-    max_observation_tokens: int = 160  # tokens of one <information> block
-    temperature: float = 1.0  # sampling temperature for training rollouts
-    top_p: float = 1.0  # nucleus sampling
-    eval_temperature: float = 0.0  # 0: greedy
-    vllm_gpu_memory_utilization: float = 0.5  # vLLM engine only
-
-
-@dataclass
-class RewardConfig:
-    # Named preset that sets the weights/scores below ("", "parallelsearch", "searchr1").
-    preset: str = ""
-    # {registered reward name: weight}; the total is the weighted sum of applicable components.
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"exact_match": 1.0, "format": 0.1, "efficiency": 0.3, "decomposition": 0.1}
-    )
-    format_score_wrong_valid: float = 0.1  # Search-R1 graded format score: wrong answer, valid format
-    format_score_correct_invalid: float = 0.8  # correct answer, invalid format
-    gold_document_credit: bool = True  # decomposition credits sub-queries that retrieve gold documents
-
-
-@dataclass
 class GRPOConfig:
     total_steps: int = 60  # optimizer steps (policy versions) of the run
     learning_rate: float = 2e-4  # AdamW learning rate of the policy
@@ -179,7 +89,7 @@ class GRPOConfig:
     kl_coef: float = 0.0  # weight of the k3 KL to a frozen reference (0: no reference model)
     entropy_coef: float = 0.0  # entropy bonus weight
     scale_rewards: bool = True  # divide advantages by the group std (False: Dr. GRPO)
-    advantage_estimator: str = "grpo"  # registered estimator name (rl.core_algos): "grpo", "rloo", ...
+    advantage_estimator: str = "grpo"  # registered estimator name (rl.grpo.core_algos): "grpo", "rloo", ...
     # Token aggregation: "token_mean" (DAPO), "seq_mean" (GRPO paper), "constant" (Dr. GRPO).
     loss_aggregation: str = "token_mean"
     minibatches_per_step: int = 1  # gradient accumulation micro-batches per optimizer step
@@ -419,7 +329,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def validate(config: ExperimentConfig, where: str = "config") -> None:
     """Cross-field checks; raises ConfigError saying which key to change."""
-    for dotted, choices in {**_CHOICES, **_registered_choices()}.items():
+    for dotted, choices in _CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(config, _YAML_RENAMES.get(section, section)), name)
         if value not in choices:
@@ -476,44 +386,6 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
     mix = config.data.world.structure_mix
     need(set(mix) <= {"parallel", "sequential", "single"} and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")
-    known_rewards = _known_reward_names()
-    unknown_rewards = set(config.reward.weights) - set(known_rewards or config.reward.weights)
-    need(not unknown_rewards, "reward.weights",
-         f"unknown reward(s) {sorted(unknown_rewards)}; registered: {sorted(known_rewards or [])}")
-
-
-def _registered_choices() -> dict[str, tuple[str, ...]]:
-    """Keys chosen from a name registry: their valid values are whatever is registered, so an extension
-    registered with its decorator (docs/EXTENDING.md) is accepted without editing this file. A registry
-    whose module cannot be imported here is left to the code that builds from it."""
-    readers = {
-        "retriever.backend": lambda: _names("data.retriever", "RETRIEVER_BUILDERS"),
-        "rollout.protocol": lambda: _names("rollouts.protocols", "PROTOCOLS"),
-        # engines register when their module is imported (vLLM only on demand), so count both
-        "rollout.engine": lambda: _names("rollouts.engine", "ENGINES") + _names("rollouts.engine", "ENGINE_MODULES"),
-        "reward.preset": lambda: ("",) + _names("rewards.presets", "PRESETS"),
-        "grpo.advantage_estimator": lambda: _names("rl.core_algos", "ADVANTAGE_ESTIMATORS"),
-    }
-    choices = {}
-    for dotted, read in readers.items():
-        try:
-            choices[dotted] = tuple(sorted(set(read())))
-        except ImportError:
-            continue
-    return choices
-
-
-def _names(module_name: str, registry_name: str) -> tuple[str, ...]:
-    registry = getattr(importlib.import_module(module_name), registry_name)
-    return tuple(registry)
-
-
-def _known_reward_names() -> list[str] | None:
-    try:
-        from rewards.registry import registered_reward_names
-    except ImportError:  # rewards registry not importable: leave the check to the reward loader
-        return None
-    return registered_reward_names()
 
 
 def to_dict(config: ExperimentConfig) -> dict:
@@ -542,16 +414,12 @@ def save_config(config: ExperimentConfig, path: str | os.PathLike) -> None:
     Path(path).write_text(to_yaml(config))
 
 
-def field_docs() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, comment) for every leaf field, read from this file's comments."""
-    import inspect
-    import re
-
-    source_lines = inspect.getsource(__import__(__name__, fromlist=["x"])).splitlines()
+def _field_comments(module_source: str) -> dict[tuple[str, str], str]:
+    """{(class name, field name): comment} read from a module's source (trailing comment or lines above)."""
     comments: dict[tuple[str, str], str] = {}
     current_class = ""
     comment_above: list[str] = []  # a field without a trailing comment is described by the lines above it
-    for line in source_lines:
+    for line in module_source.splitlines():
         class_match = re.match(r"class (\w+)", line)
         if class_match:
             current_class = class_match.group(1)
@@ -563,8 +431,20 @@ def field_docs() -> list[tuple[str, str, str, str]]:
                 comments[(current_class, field_match.group(1))] = text
         stripped = line.strip()
         comment_above = comment_above + [stripped.lstrip("#").strip()] if stripped.startswith("#") else []
+    return comments
 
+
+def field_docs() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, comment) for every leaf field, read from the comments of the modules
+    that own the sections (data/config.py, rollouts/config.py, rewards/config.py and this file)."""
     rows = []
+    comments_by_module: dict[str, dict[tuple[str, str], str]] = {}
+
+    def comments_of(schema: Any) -> dict[tuple[str, str], str]:
+        module = inspect.getmodule(type(schema))
+        if module.__name__ not in comments_by_module:
+            comments_by_module[module.__name__] = _field_comments(inspect.getsource(module))
+        return comments_by_module[module.__name__]
 
     def walk(schema: Any, prefix: str) -> None:
         for f in fields(schema):
@@ -574,7 +454,7 @@ def field_docs() -> list[tuple[str, str, str, str]]:
                 walk(value, key + ".")
             else:
                 type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-                rows.append((key, type_name, repr(value), comments.get((type(schema).__name__, f.name), "")))
+                rows.append((key, type_name, repr(value), comments_of(schema).get((type(schema).__name__, f.name), "")))
 
     walk(ExperimentConfig(), "")
     return rows

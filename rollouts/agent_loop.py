@@ -34,12 +34,12 @@ import uuid
 from typing import Any
 
 from data.types import Question
-from rl.config import RolloutConfig
+from rollouts.config import RolloutConfig
 from rollouts.batcher import DirectEngine, mix_seed
 from rollouts.engine import GenerationOutput, InferenceEngine
 from rollouts.protocols import AgentProtocol
 from rollouts.tools import run_sync
-from rollouts.trajectory import Group, ToolCall, Trajectory, Turn
+from data.trajectory import Group, ToolCall, Trajectory, Turn
 
 
 def decode(tokenizer: Any, token_ids: list[int]) -> str:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections import Counter
 
-from rollouts.trajectory import Group
+from data.trajectory import Group
 
 DROP_STALE_ON_ARRIVAL = "stale_on_arrival"  # too stale already when the actor delivered it
 DROP_STALE_IN_BUFFER = "stale_in_buffer"  # became too stale while waiting for the trainer

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from data.registry import Registry
-from rl.config import RolloutConfig
+from rollouts.config import RolloutConfig
 
 FINISH_REASONS = ("stop", "length")
 

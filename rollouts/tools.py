@@ -34,10 +34,13 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import jsonschema
 
+from data.config import RetrieverConfig
 from data.corpus import format_passages
+from data.errors import ConfigError
 from data.registry import Registry
 from data.retriever import Document, Retriever
-from rollouts.trajectory import ToolCall
+from data.trajectory import ToolCall
+from rollouts.config import ToolsConfig
 
 T = TypeVar("T")
 
@@ -75,7 +78,7 @@ def error_observation(message: str) -> str:
 # Registry
 # ----------------------------------------------------------------------------------------------
 
-ToolBuilder = Callable[..., Tool]  # (tools_config, retriever_config, retriever) -> Tool
+ToolBuilder = Callable[["ToolsConfig", "RetrieverConfig", "Retriever | None"], Tool]
 TOOL_BUILDERS: Registry[ToolBuilder] = Registry("tool")
 
 
@@ -170,10 +173,9 @@ class SearchTool:
 
 
 @register_tool("search")
-def build_search_tool(tools_config, retriever_config, retriever: Retriever | None) -> Tool:
+def build_search_tool(tools_config: ToolsConfig, retriever_config: RetrieverConfig,
+                      retriever: Retriever | None) -> Tool:
     if retriever is None:
-        from rl.config import ConfigError
-
         raise ConfigError("tools.enabled lists 'search' but no retriever was built (check the retriever "
                           "section)")
     return SearchTool(retriever, topk=retriever_config.topk,
@@ -302,14 +304,12 @@ class ToolExecutor:
             call.latency_s = time.perf_counter() - started
 
 
-def build_tools(tools_config, retriever_config, retriever: Retriever | None) -> ToolExecutor:
-    """The executor of the tools named in `tools.enabled` (rl.config.ToolsConfig / RetrieverConfig)."""
+def build_tools(tools_config: ToolsConfig, retriever_config: RetrieverConfig, retriever: Retriever | None) -> ToolExecutor:
+    """The executor of the tools named in `tools.enabled` (rollouts.config.ToolsConfig, data.config.RetrieverConfig)."""
     tools = {}
     for name in tools_config.enabled:
         builder = TOOL_BUILDERS.get(name)
         if builder is None:
-            from rl.config import ConfigError
-
             registered = ", ".join(sorted(TOOL_BUILDERS))
             raise ConfigError(f"key 'tools.enabled' lists {name!r}; registered tools: {registered}")
         tools[name] = builder(tools_config, retriever_config, retriever)

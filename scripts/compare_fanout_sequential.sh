@@ -14,8 +14,8 @@ Usage: scripts/compare_fanout_sequential.sh [--dry-run] [--out DIR] [key=value .
 Runs, from the repository root:
   fanout train configs/quickstart.yaml          experiment.name=fanout     [key=value ...]
   fanout train configs/sequential_baseline.yaml experiment.name=sequential model.path=DIR/fanout/sft sft.enabled=false
-  python -m rl.plots --compare DIR/fanout_vs_sequential.png ... (training curves side by side)
-  python -m rl.plots --summary 10 ...                           (first vs last 10 steps of each run)
+  python -m rl.app.plots --compare DIR/fanout_vs_sequential.png ... (training curves side by side)
+  python -m rl.app.plots --summary 10 ...                           (first vs last 10 steps of each run)
   fanout eval  ... --checkpoint DIR/fanout/sft                  (the shared warm-start)
   fanout eval  ... --compare DIR/sequential DIR/fanout          (B = fanout, ratios B / A)
   fanout eval  ... --compare DIR/sequential DIR/fanout --group-by hops
@@ -49,9 +49,9 @@ common=(experiment.output_dir="$out" experiment.overwrite=true)
 run fanout train configs/quickstart.yaml experiment.name=fanout "${common[@]}" "${overrides[@]}"
 run fanout train configs/sequential_baseline.yaml experiment.name=sequential "${common[@]}" \
   model.path="$out/fanout/sft" sft.enabled=false data.world_dir="$out/fanout/world" "${overrides[@]}"
-run python -m rl.plots --compare "$out/fanout_vs_sequential.png" \
+run python -m rl.app.plots --compare "$out/fanout_vs_sequential.png" \
   fanout="$out/fanout/metrics.jsonl" sequential="$out/sequential/metrics.jsonl"
-run python -m rl.plots --summary 10 \
+run python -m rl.app.plots --summary 10 \
   fanout="$out/fanout/metrics.jsonl" sequential="$out/sequential/metrics.jsonl"
 run fanout eval configs/quickstart.yaml experiment.name=fanout experiment.output_dir="$out" \
   --checkpoint "$out/fanout/sft" --out "$out/fanout/eval_warm_start.json"

@@ -37,7 +37,7 @@ def tiny_world():
         from data.world import generate_world
     except ImportError:
         return None
-    from rl.config import WorldConfig
+    from data.config import WorldConfig
 
     return generate_world(WorldConfig(seed=0, num_entities_per_kind=20, num_train=120, num_validation=20, num_test=40))
 
@@ -48,7 +48,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_world):
     import torch
 
     from rl.config import TinyModelConfig
-    from rl.modeling import create_tiny_checkpoint
+    from rl.app.modeling import create_tiny_checkpoint
 
     torch.set_num_threads(1)
     texts = _world_texts(tiny_world) if tiny_world is not None else FALLBACK_TEXTS

@@ -278,7 +278,7 @@ def test_comparison_trains_both_policies_from_one_warm_start_and_compares_them()
     assert "grpo.total_steps=5" in fanout_train and "grpo.total_steps=5" in sequential_train
     assert warm_start_eval[warm_start_eval.index("--checkpoint") + 1] == "/tmp/cmp/fanout/sft"
     assert compare[compare.index("--compare") + 1:][:2] == ["/tmp/cmp/sequential", "/tmp/cmp/fanout"]
-    assert plot[:4] == ["python", "-m", "rl.plots", "--compare"]
+    assert plot[:4] == ["python", "-m", "rl.app.plots", "--compare"]
     assert plot[5:] == ["fanout=/tmp/cmp/fanout/metrics.jsonl", "sequential=/tmp/cmp/sequential/metrics.jsonl"]
-    assert summary[:5] == ["python", "-m", "rl.plots", "--summary", "10"] and summary[5:] == plot[5:]
+    assert summary[:5] == ["python", "-m", "rl.app.plots", "--summary", "10"] and summary[5:] == plot[5:]
     assert compare_hops[:-2] == compare[:-2] + ["--group-by", "hops"]

@@ -3,7 +3,7 @@
     fanout bench async            # 12 steps per setting, 4 groups x G=4, 100 ms tool latency, 1 then 2 actors
     fanout bench async --quick    # 2 steps per setting, micro model (test-suite setting)
 
-Each setting is a real `fanout train` run (`rl.train.train`, in this process, one Ray session): the
+Each setting is a real `fanout train` run (`rl.app.train.train`, in this process, one Ray session): the
 quickstart config at benchmark sizes (rl/bench/common.py), starting from the cached SFT warm-start, one
 Ray rollout actor (1 CPU, 1 torch thread), the DeepSpeed trainer in the driver with 1 torch thread, so
 on 2 cores the trainer and the actor each have one. Tools answer after `tools.latency_s`, so generation
@@ -80,7 +80,7 @@ def steady_figures(metrics_path: Path) -> dict[str, float]:
 
 def run_setting(quick: bool, max_staleness: int, num_workers: int, continuous_batching: bool,
                 asset_overrides: list[str]) -> dict[str, float]:
-    from rl.train import train
+    from rl.app.train import train
 
     config = bench_config(
         quick,

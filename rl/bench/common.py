@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from rl.config import ExperimentConfig, load_config
+from rl.app.registries import load_experiment
+from rl.config import ExperimentConfig
 
 CACHE_ENV = "FANOUT_BENCH_CACHE"
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -133,7 +134,7 @@ def bench_overrides(quick: bool, overrides: Sequence[str] = ()) -> list[str]:
 def bench_config(quick: bool, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The quickstart config at benchmark sizes, writing under the cache folder; `overrides` win."""
     path = QUICKSTART_CONFIG if QUICKSTART_CONFIG.is_file() else None
-    return load_config(path, bench_overrides(quick, overrides))
+    return load_experiment(path, bench_overrides(quick, overrides))
 
 
 @dataclass
@@ -172,8 +173,8 @@ def assets_key(config: ExperimentConfig) -> str:
 def prepare_assets(quick: bool) -> BenchAssets:
     """Build (once) and return the world and the tiny model of the setting; later calls reuse the cache."""
     from data.world import ensure_world
-    from rl.modeling import set_offline_mode
-    from rl.sft import BASE_MODEL_SUBDIR, ensure_warm_start
+    from rollouts.model_loading import set_offline_mode
+    from rl.app.sft import BASE_MODEL_SUBDIR, ensure_warm_start
 
     set_offline_mode()
     setting = setting_name(quick)
@@ -207,22 +208,14 @@ def generate_training_batch(
 
     What a rollout actor would return for one step, without Ray: the suites that time a trainer step use it.
     """
-    from data.retriever import build_retriever
     from rollouts.agent_loop import run_episodes
     from rollouts.engine import build_engine
-    from rollouts.protocols import build_protocol
-    from rollouts.tools import build_tools
+    from rollouts.environment import build_environment
     from rollouts.worker import score_groups
 
     engine = build_engine(config.rollout.engine, model_path or assets.model_path, config.rollout)
-    executor = build_tools(
-        config.tools, config.retriever, build_retriever(config.retriever, documents=assets.world.documents)
-    )
-    protocol = build_protocol(
-        config.rollout.protocol,
-        prompt_style=config.rollout.prompt_style,
-        tool_schemas=executor.tool_schemas(),
-    )
+    environment = build_environment(config.rollout, config.tools, config.retriever, documents=assets.world.documents)
+    protocol, executor = environment.protocol, environment.executor
     questions = assets.train_questions[: config.rollout.questions_per_step]
     groups = run_episodes(
         engine,
@@ -234,7 +227,7 @@ def generate_training_batch(
         policy_version=0,
         seed=seed,
     )
-    score_groups(groups, config)
+    score_groups(groups, config.reward)
     return [trajectory for group in groups for trajectory in group.trajectories]
 
 

@@ -157,8 +157,8 @@ def one_step_peak_bytes(config, model_path: str, trajectories: list) -> int:
     """Runs in a fresh process: build the trainer, one step; returns the process's peak RSS in bytes."""
     import torch
 
-    from rl.modeling import load_tokenizer
-    from rl.trainer import GRPOTrainer
+    from rollouts.model_loading import load_tokenizer
+    from rl.grpo.trainer import GRPOTrainer
 
     torch.set_num_threads(1)
     trainer = GRPOTrainer(config, model_path=model_path, tokenizer=load_tokenizer(model_path))

@@ -171,7 +171,7 @@ def world_payloads(
 ) -> tuple[list[dict], list[dict]]:
     """(corpus documents, request payloads) from a small generated world: its sub-questions, in order."""
     from data.world import generate_world
-    from rl.config import WorldConfig
+    from data.config import WorldConfig
 
     world = generate_world(
         WorldConfig(seed=0, num_entities_per_kind=50, num_train=400, num_validation=10, num_test=10)

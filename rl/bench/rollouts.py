@@ -85,12 +85,13 @@ def measure_actor_throughput(
     least `min_seconds` passed), so groups generated ahead during the warm-up do not inflate it; tokens
     per group come from the groups the driver took in that window.
     """
-    from rollouts.manager import RolloutManager, init_ray
+    from rollouts.manager import init_ray
+    from rl.app.rollout_setup import build_rollout_manager
 
     init_ray()
     config.rollout.num_workers = num_workers
     batch_groups = config.rollout.questions_per_step
-    with RolloutManager(
+    with build_rollout_manager(
         config, assets.train_questions, model_path=str(assets.model_path), corpus_path=assets.corpus_path
     ) as manager:
         with timer() as warmup:
@@ -218,7 +219,7 @@ class ScriptedEngine(InferenceEngine):
 def expert_scripts(
     questions: list, mode: str, protocol: Any, tokenizer: Any
 ) -> dict[tuple[int, ...], list[list[int]]]:
-    from rl.expert import expert_plan, plan_actions
+    from rl.app.expert import expert_plan, plan_actions
     from rollouts.agent_loop import encode
 
     scripts = {}
@@ -242,18 +243,14 @@ class BehaviourResult:
 
 def play_behaviour(questions: list, mode: str, config, assets: BenchAssets) -> BehaviourResult:
     """Each question alone through run_episodes with the scripted expert in `mode`; means per question."""
-    from data.retriever import build_retriever
     from rewards import exact_match
-    from rl.modeling import load_model_and_tokenizer
     from rollouts.agent_loop import run_episodes
-    from rollouts.protocols import build_protocol
-    from rollouts.tools import build_tools
+    from rollouts.environment import build_environment
+    from rollouts.model_loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(assets.model_path)
-    protocol = build_protocol(config.rollout.protocol, prompt_style=config.rollout.prompt_style)
-    executor = build_tools(
-        config.tools, config.retriever, build_retriever(config.retriever, documents=assets.world.documents)
-    )
+    environment = build_environment(config.rollout, config.tools, config.retriever, documents=assets.world.documents)
+    protocol, executor = environment.protocol, environment.executor
     engine = ScriptedEngine(tokenizer, expert_scripts(questions, mode, protocol, tokenizer), model=model)
     run_episodes(engine, protocol, executor, questions[:1], 1, config.rollout, policy_version=0)  # warm-up
     engine.rounds_played.clear()

@@ -63,9 +63,10 @@ def measure_serial_part(quick: bool, assets, repeats: int) -> tuple[float, float
     """(train step s, weight sync s, batch trajectories) on a batch of the benchmark's step shape."""
     import ray
 
-    from rl.modeling import load_tokenizer
-    from rl.trainer import GRPOTrainer
-    from rollouts.manager import RolloutManager, init_ray
+    from rollouts.model_loading import load_tokenizer
+    from rl.grpo.trainer import GRPOTrainer
+    from rollouts.manager import init_ray
+    from rl.app.rollout_setup import build_rollout_manager
 
     config = bench_config(
         quick,
@@ -81,7 +82,7 @@ def measure_serial_part(quick: bool, assets, repeats: int) -> tuple[float, float
     trainer = GRPOTrainer(config, model_path=assets.model_path, tokenizer=load_tokenizer(assets.model_path))
     train_s = time_steps(trainer, trajectories, repeats)
     init_ray()
-    with RolloutManager(
+    with build_rollout_manager(
         config, assets.train_questions, model_path=str(assets.model_path), corpus_path=assets.corpus_path
     ) as manager:
         ray.get([handle.ping.remote() for handle in manager.worker_handles()])

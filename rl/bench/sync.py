@@ -138,9 +138,10 @@ def measure_kinds(
     """Step time and sync times of one trainer (full weights, or LoRA merged + adapter)."""
     import ray
 
-    from rl.modeling import load_tokenizer
-    from rl.trainer import GRPOTrainer
-    from rollouts.manager import RolloutManager, init_ray
+    from rollouts.model_loading import load_tokenizer
+    from rl.grpo.trainer import GRPOTrainer
+    from rollouts.manager import init_ray
+    from rl.app.rollout_setup import build_rollout_manager
 
     name = "lora" if lora else "full"
     config = bench_config(
@@ -156,7 +157,7 @@ def measure_kinds(
     step_s = time_steps(trainer, trajectories, repeats)
     init_ray()
     results = []
-    with RolloutManager(
+    with build_rollout_manager(
         config, assets.train_questions, model_path=str(assets.model_path), corpus_path=assets.corpus_path
     ) as manager:
         ray.get(

@@ -17,9 +17,9 @@ import time
 
 from data.retriever import BM25Retriever
 from data.world import generate_world
-from rl.config import WorldConfig
+from data.config import WorldConfig
 from rollouts.tools import SearchTool, ToolExecutor
-from rollouts.trajectory import ToolCall
+from data.trajectory import ToolCall
 
 CALL_COUNTS = (1, 2, 4, 8)
 

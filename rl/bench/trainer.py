@@ -14,7 +14,7 @@ both sides generate the full budget: equal work per completion (the table shows 
 One step, as each side runs it:
 - fanout, in one process, no Ray (the rollout actor's work done in-line): the HF engine
   (rollouts/engine_hf.py) samples G completions per prompt with behaviour log-probs, the rewards score
-  them, `rl.trainer.GRPOTrainer.step` (DeepSpeed engine, ZeRO stage of the quickstart) computes the
+  them, `rl.grpo.trainer.GRPOTrainer.step` (DeepSpeed engine, ZeRO stage of the quickstart) computes the
   proximal log-probs, the loss, the backward and the optimizer step, then the new weights are
   exported and loaded into the engine's copy of the model (the weight sync of the real loop).
 - TRL: `trl.GRPOTrainer.train()` with a callback timing each optimizer step (generation with
@@ -46,7 +46,7 @@ from rl.bench.common import (
     print_table,
     ratio,
 )
-from rollouts.trajectory import Trajectory
+from data.trajectory import Trajectory
 
 REWARD_WEIGHTS = "reward.weights={exact_match: 1.0, format: 0.1}"
 
@@ -100,8 +100,8 @@ class FanoutSingleTurn:
     """fanout's GRPO step on single-turn completions, everything in this process."""
 
     def __init__(self, config, model_path: str, questions: list, settings: TrainerBenchSettings):
-        from rl.modeling import load_model_and_tokenizer
-        from rl.trainer import GRPOTrainer
+        from rollouts.model_loading import load_model_and_tokenizer
+        from rl.grpo.trainer import GRPOTrainer
         from rollouts.engine_hf import HFEngine
         from rollouts.protocols import build_protocol
 
@@ -200,7 +200,7 @@ def run_trl(
     from trl import GRPOConfig, GRPOTrainer
 
     from rewards.trl_adapter import to_trl
-    from rl.modeling import load_model_and_tokenizer
+    from rollouts.model_loading import load_model_and_tokenizer
     from rollouts.protocols import build_protocol
 
     model, tokenizer = load_model_and_tokenizer(model_path)

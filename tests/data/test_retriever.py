@@ -9,7 +9,8 @@ import pytest
 
 from data.corpus import write_corpus
 from data.retriever import BM25Retriever, build_retriever, register_retriever
-from rl.config import ConfigError, RetrieverConfig
+from rl.config import ConfigError
+from data.config import RetrieverConfig
 
 DOCUMENTS = [
     {"id": "person-0", "contents": "Varlo Tenmis\nVarlo Tenmis was born in Quenbridge in 1850."},

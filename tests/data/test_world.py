@@ -11,7 +11,7 @@ import data.world as world_module
 from data.errors import DataError
 from data.retriever import BM25Retriever
 from data.world import ensure_world, generate_world, load_world, structure_counts, write_world
-from rl.config import WorldConfig
+from data.config import WorldConfig
 
 SMALL = dict(num_entities_per_kind=30, num_train=200, num_validation=30, num_test=30)
 YEAR = re.compile(r"^\d{4}$")

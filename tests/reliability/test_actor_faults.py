@@ -16,7 +16,8 @@ import torch
 
 from data.types import Question
 from rl.config import ExperimentConfig
-from rollouts.manager import RolloutManager, init_ray
+from rollouts.manager import init_ray
+from rl.app.rollout_setup import build_rollout_manager
 
 QUESTIONS = [Question(id=f"q{index}", question=f"Question {index}?", answers=["a"]) for index in range(40)]
 QUESTIONS_PER_STEP = 4
@@ -34,7 +35,7 @@ def make_slow_worker_class(generate_delay_s: float):
         def generate(self, questions, group_size, version, seed):
             import time as time_module
 
-            from rollouts.trajectory import Group, Trajectory
+            from data.trajectory import Group, Trajectory
 
             time_module.sleep(generate_delay_s)
             return [
@@ -96,7 +97,7 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
 def test_repeated_actor_kills_lose_no_group_and_deliver_every_batch(ray_session):
     weights = {"layer.weight": torch.zeros(2, 2)}
     batches = []
-    with RolloutManager(
+    with build_rollout_manager(
         two_worker_config(), QUESTIONS, model_path="unused", actor_class=make_slow_worker_class(0.5)
     ) as manager:
         batches.append(manager.get_batch(QUESTIONS_PER_STEP, current_version=0, timeout=120))

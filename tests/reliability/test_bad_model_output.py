@@ -14,7 +14,8 @@ import pytest
 from reliability_helpers import RandomTokenEngine
 
 from data.corpus import write_corpus
-from rl.config import ExperimentConfig, to_dict
+from rl.config import ExperimentConfig
+from rl.app.rollout_setup import worker_config
 from rollouts.worker import RolloutWorker, WorkerSetup
 
 GROUP_SIZE = 4
@@ -34,7 +35,7 @@ def make_worker(tiny_checkpoint, corpus_path: str, protocol: str, temperature: f
     config.rollout.max_new_tokens_per_turn = 24
     config.rollout.max_context_tokens = MAX_CONTEXT_TOKENS
     return RolloutWorker(
-        to_dict(config), WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint), corpus_path=corpus_path)
+        worker_config(config), WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint), corpus_path=corpus_path)
     )
 
 

@@ -8,7 +8,7 @@ by a re-save of the same step that died before putting the new one in place.
 
 from __future__ import annotations
 
-from rl.checkpoint import (
+from rl.grpo.checkpoint import (
     LATEST_POINTER,
     atomic_checkpoint,
     find_latest_checkpoint,

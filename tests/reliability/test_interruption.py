@@ -26,8 +26,8 @@ from reliability_helpers import (
     trainer_state,
 )
 
-from rl.checkpoint import find_latest_checkpoint, load_trainer_state
-from rl.faults import FAULT_ENV, fault_point, parse_fault_spec
+from rl.grpo.checkpoint import find_latest_checkpoint, load_trainer_state
+from rl.grpo.faults import FAULT_ENV, fault_point, parse_fault_spec
 from rollouts.data_cursor import DataCursor
 
 QUESTIONS_PER_STEP = 2
@@ -94,7 +94,7 @@ def test_the_fault_hook_kills_only_at_its_point_and_refuses_a_malformed_spec(mon
     fault_point("save", 2)  # another step or point: nothing happens
     fault_point("step", 3)
     program = (
-        "from rl.faults import fault_point; fault_point('save', 2); fault_point('save', 3); print('alive')"
+        "from rl.grpo.faults import fault_point; fault_point('save', 2); fault_point('save', 3); print('alive')"
     )
     result = subprocess.run(
         [sys.executable, "-c", program],

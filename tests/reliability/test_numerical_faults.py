@@ -1,7 +1,7 @@
 """Numerical faults: a NaN/inf reward, log-prob or loss skips the step, logs it, and changes no parameter.
 
 The trainer-level tests feed GRPOTrainer a batch with one poisoned value and compare every parameter
-before and after. The loop-level test runs the real training loop (`rl.train`'s step loop, a real
+before and after. The loop-level test runs the real training loop (`rl.app.train`'s step loop, a real
 RolloutManager with one model-free Ray actor, the DeepSpeed trainer on a tiny Qwen2) for three steps
 where the actor's second batch carries a NaN reward: step 2 must be logged as skipped in
 metrics.jsonl with the policy version unchanged, and the run must go on to train step 3.
@@ -16,13 +16,14 @@ import ray
 import torch
 import transformers
 
-import rl.trainer as trainer_module
+import rl.grpo.trainer as trainer_module
 from data.types import Question
 from rl.config import ExperimentConfig, LoggingConfig
-from rl.metrics import MetricsLogger, read_metrics
-from rl.trainer import GRPOTrainer
-from rollouts.manager import RolloutManager, init_ray
-from rollouts.trajectory import Trajectory
+from rl.app.metrics import MetricsLogger, read_metrics
+from rl.grpo.trainer import GRPOTrainer
+from rollouts.manager import init_ray
+from rl.app.rollout_setup import build_rollout_manager
+from data.trajectory import Trajectory
 
 VOCAB_SIZE = 64
 QUESTION = Question(id="q", question="Who?", answers=["x"])
@@ -129,7 +130,7 @@ def make_actor_with_a_nan_second_batch():
         def generate(self, questions, group_size, version, seed):
             import math as math_module
 
-            from rollouts.trajectory import Group, Trajectory
+            from data.trajectory import Group, Trajectory
 
             self.calls += 1
             groups = []
@@ -168,7 +169,7 @@ def make_actor_with_a_nan_second_batch():
 
 
 def test_a_nan_batch_in_the_training_loop_is_logged_as_skipped_and_the_run_goes_on(tmp_path):
-    from rl.train import _loop
+    from rl.app.train import _loop
 
     torch.set_num_threads(1)
     started_here = not ray.is_initialized()
@@ -181,7 +182,7 @@ def test_a_nan_batch_in_the_training_loop_is_logged_as_skipped_and_the_run_goes_
     questions = [Question(id=f"q{index}", question=f"Question {index}?", answers=["x"]) for index in range(8)]
     trainer = GRPOTrainer(config, model=tiny_model())
     try:
-        with RolloutManager(
+        with build_rollout_manager(
             config, questions, model_path="unused", actor_class=make_actor_with_a_nan_second_batch()
         ) as manager:
             with MetricsLogger(tmp_path, LoggingConfig(wandb_mode="disabled")) as metrics_logger:

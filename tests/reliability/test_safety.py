@@ -25,9 +25,10 @@ from reliability_helpers import ROOT, ScriptedEngine
 
 from data.retriever import BM25Retriever
 from data.types import Question
-from rl.checkpoint import find_latest_checkpoint, load_trainer_state
+from rl.grpo.checkpoint import find_latest_checkpoint, load_trainer_state
 from rl.cli import build_parser, main
-from rl.config import ExperimentConfig, RetrieverConfig
+from rl.config import ExperimentConfig
+from data.config import RetrieverConfig
 from rollouts.agent_loop import run_episodes
 from rollouts.protocols import build_protocol
 from rollouts.tools import build_tools
@@ -78,7 +79,7 @@ class CreatesAFileWhenUnpickled:
 
 
 def tiny_trainer(zero_stage: int):
-    from rl.trainer import GRPOTrainer
+    from rl.grpo.trainer import GRPOTrainer
 
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(
@@ -182,7 +183,7 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
 
 
 def test_python_in_a_completion_is_only_ever_text(tmp_path, tiny_checkpoint):
-    from rl.modeling import load_tokenizer
+    from rollouts.model_loading import load_tokenizer
     from rewards import score_group
 
     marker = tmp_path / "code-ran"

@@ -15,9 +15,10 @@ import pytest
 from reliability_helpers import ScriptedEngine
 
 from data.corpus import write_corpus
-from rl.config import ExperimentConfig, to_dict
-from rl.train import rollout_metrics
+from rl.config import ExperimentConfig
+from rl.app.train import rollout_metrics
 from rollouts.tools import FaultInjectingTool
+from rl.app.rollout_setup import worker_config
 from rollouts.worker import RolloutWorker, WorkerSetup
 
 FAILURE_RATE = 0.2
@@ -44,7 +45,7 @@ def faulty_worker(tmp_path_factory, tiny_world, tiny_checkpoint) -> RolloutWorke
     config.rollout.max_turns = 3
     config.rollout.max_new_tokens_per_turn = 64
     worker = RolloutWorker(
-        to_dict(config),
+        worker_config(config),
         WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint), corpus_path=str(corpus_path)),
     )
     worker.components.engine = ScriptedEngine(worker.components.engine.tokenizer, fan_out_twice_then_answer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data.types import Question
-from rollouts.trajectory import ToolCall, Trajectory, Turn
+from data.trajectory import ToolCall, Trajectory, Turn
 
 
 def build_trajectory(

@@ -11,8 +11,9 @@ import pytest
 from rewards import RewardBreakdown, get_reward, register_reward, registered_reward_names, score_trajectory
 from rewards.compose import mean_metrics, score_group
 from rewards.registry import REWARDS
-from rl.config import ConfigError, RewardConfig, load_config
-from rollouts.trajectory import Group
+from rl.config import ConfigError, load_config
+from rewards.config import RewardConfig
+from data.trajectory import Group
 
 FAN_OUT = ["<search>age of A ## age of B</search>", "<answer>Paris</answer>"]
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -171,6 +172,9 @@ def test_registry_refuses_duplicates_and_names_valid_choices():
 
 
 def test_config_validation_uses_the_registry():
-    assert load_config(QUICKSTART, []).reward.weights["decomposition"] == 0.1
-    with pytest.raises(ConfigError, match="unknown reward"):
-        load_config(QUICKSTART, ["reward.weights={bogus: 1.0}"])
+    from rl.app.registries import load_experiment
+
+    assert load_experiment(QUICKSTART, []).reward.weights["decomposition"] == 0.1
+    with pytest.raises(ConfigError, match=r"key 'reward.weights': unknown reward\(s\) \['bogus'\]; registered: .*'exact_match'"):
+        load_experiment(QUICKSTART, ["reward.weights={bogus: 1.0}"])
+    load_config(QUICKSTART, ["reward.weights={bogus: 1.0}"])  # the schema alone does not know the registry

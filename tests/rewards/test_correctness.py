@@ -6,7 +6,7 @@ import pytest
 
 from rewards import exact_match, f1_score, get_reward
 from rewards.correctness import answer_is_correct, normalize_answer, substring_exact_match
-from rl.config import RewardConfig
+from rewards.config import RewardConfig
 
 
 @pytest.mark.parametrize(

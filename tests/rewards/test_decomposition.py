@@ -6,7 +6,7 @@ import pytest
 
 from rewards import get_reward
 from rewards.decomposition import gold_document_recall, round_shape_score
-from rl.config import RewardConfig
+from rewards.config import RewardConfig
 
 
 @pytest.mark.parametrize(

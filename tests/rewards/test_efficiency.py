@@ -7,7 +7,7 @@ import pytest
 from rewards import get_reward
 from rewards.efficiency import efficiency_score, episode_counts, needed_search_rounds
 from rewards.parsing import parse_episode
-from rl.config import RewardConfig
+from rewards.config import RewardConfig
 
 
 @pytest.mark.parametrize(

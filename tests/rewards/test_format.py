@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rewards import get_reward, graded_format_score
-from rl.config import RewardConfig
+from rewards.config import RewardConfig
 
 CALL = '<tool_call>{"name": "search", "arguments": {"query": "eiffel"}}</tool_call><|im_end|>'
 

@@ -13,7 +13,7 @@ import random
 from data.types import STRUCTURES
 from rewards import get_reward, registered_reward_names, score_trajectory, to_trl
 from rewards.parsing import parse_trajectory
-from rl.config import RewardConfig
+from rewards.config import RewardConfig
 
 NUM_RESPONSES = 10_000
 PIECES = [

@@ -6,7 +6,7 @@ import pytest
 
 from rewards import resolve_preset, score_trajectory
 from rewards.presets import parallelsearch_decomposition_term, parallelsearch_search_count_term
-from rl.config import RewardConfig
+from rewards.config import RewardConfig
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from rewards import from_trl, score_trajectory, to_trl
 from rewards.registry import REWARDS
 from rewards.trl_adapter import question_columns
-from rl.config import RewardConfig
+from rewards.config import RewardConfig
 
 # What GRPOTrainer._calculate_rewards passes besides prompts, completions and the dataset columns.
 TRL_EXTRAS = {"trainer_state": None, "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None}

@@ -11,19 +11,19 @@ import pytest
 import torch
 
 from data.types import Question
-from rl.config import RolloutConfig
+from rollouts.config import RolloutConfig
 from rollouts.agent_loop import run_episodes, run_episodes_async
 from rollouts.batcher import CoalescingEngine
 from rollouts.engine import GenerationOutput, build_engine
 from rollouts.protocols import build_protocol
-from rollouts.trajectory import ToolCall, Trajectory
+from data.trajectory import ToolCall, Trajectory
 
 SCRIPTED_LOGPROB = -0.25
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_checkpoint):
-    from rl.modeling import load_tokenizer
+    from rollouts.model_loading import load_tokenizer
 
     return load_tokenizer(tiny_checkpoint)
 
@@ -313,7 +313,8 @@ def test_untrained_tiny_model_smoke(tiny_checkpoint, tokenizer):
 
 def test_real_tool_executor_with_bm25_over_the_generated_world(tiny_world, tokenizer):
     from data.retriever import BM25Retriever
-    from rl.config import RetrieverConfig, ToolsConfig
+    from data.config import RetrieverConfig
+    from rollouts.config import ToolsConfig
     from rollouts.tools import build_tools
 
     executor = build_tools(ToolsConfig(), RetrieverConfig(topk=2), BM25Retriever(tiny_world.documents))

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from data.types import Question
 from rollouts.buffer import BufferTimeout, StalenessBuffer
-from rollouts.trajectory import Group
+from data.trajectory import Group
 
 
 def make_group(policy_version: int, name: str = "") -> Group:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rl.config import RolloutConfig
+from rollouts.config import RolloutConfig
 from rollouts.engine import GenerationOutput, build_engine, engine_class, register_engine
 from rollouts.engine_hf import (
     HFEngine,

@@ -32,7 +32,7 @@ def sharpened_state_dict(model) -> dict:
 
 def compare_engines(model_path: str) -> dict:
     """Run both engines on the same prompts, before and after a weight update; returns plain lists."""
-    from rl.config import RolloutConfig
+    from rollouts.config import RolloutConfig
     from rollouts.engine_hf import HFEngine
     from rollouts.engine_vllm import VLLMEngine
 
@@ -100,7 +100,7 @@ def hf_logprobs(hf_engine, prompts: list[list[int]], completions: list) -> list[
 def vllm_checkpoint(tmp_path_factory) -> Path:
     """A tiny model with head_dim 32: vLLM's CPU attention kernels do not support the shared fixture's 16."""
     from rl.config import TinyModelConfig
-    from rl.modeling import create_tiny_checkpoint
+    from rl.app.modeling import create_tiny_checkpoint
 
     texts = ["Varlo Tenmis was born in 1873 in Quenbridge.", "Which was founded earlier, Aldrin Works or Bemo Hall?",
              "The film Ostrava Nights was directed by Keli Marno and released in 1954."] * 20

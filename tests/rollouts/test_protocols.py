@@ -12,12 +12,12 @@ from rollouts.protocols import (
     build_protocol,
     register_protocol,
 )
-from rollouts.trajectory import ToolCall
+from data.trajectory import ToolCall
 
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tiny_checkpoint):
-    from rl.modeling import load_tokenizer
+    from rollouts.model_loading import load_tokenizer
 
     return load_tokenizer(tiny_checkpoint)
 

@@ -7,7 +7,9 @@ import asyncio
 import pytest
 
 from data.retriever import BM25Retriever, Document
-from rl.config import ConfigError, RetrieverConfig, ToolsConfig
+from rl.config import ConfigError
+from data.config import RetrieverConfig
+from rollouts.config import ToolsConfig
 from rollouts.tools import (
     FaultInjectingTool,
     SearchTool,
@@ -16,7 +18,7 @@ from rollouts.tools import (
     build_tools,
     register_tool,
 )
-from rollouts.trajectory import ToolCall
+from data.trajectory import ToolCall
 
 DOCUMENTS = [
     {"id": "person-0", "contents": "Varlo Tenmis\nVarlo Tenmis was born in Quenbridge in 1850."},

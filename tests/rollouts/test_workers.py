@@ -14,8 +14,10 @@ import ray
 import torch
 
 from data.types import Question
-from rl.config import ExperimentConfig, to_dict
-from rollouts.manager import RolloutManager, init_ray
+from rl.config import ExperimentConfig
+from rollouts.manager import init_ray
+from rl.app.rollout_setup import build_rollout_manager
+from rl.app.rollout_setup import worker_config
 from rollouts.worker import WorkerSetup
 
 QUESTIONS = [Question(id=f"q{index}", question=f"Question {index}?", answers=["a"]) for index in range(12)]
@@ -38,7 +40,7 @@ def make_fake_worker_class(generate_delay_s: float = 0.0, fail_on_question: str 
         def generate(self, questions, group_size, version, seed):
             import time as time_module
 
-            from rollouts.trajectory import Group, Trajectory
+            from data.trajectory import Group, Trajectory
 
             time_module.sleep(generate_delay_s)
             if self.setup.worker_id == hang_worker_id and self.loaded_version >= hang_from_version:
@@ -120,7 +122,7 @@ def wait_until(condition, timeout_s: float = 30.0) -> None:
 
 def test_synchronous_run_generates_exactly_one_batch_per_version(ray_session):
     config = small_config(max_staleness=0)
-    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class(0.01)) as manager:
+    with build_rollout_manager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class(0.01)) as manager:
         with pytest.raises(ValueError, match=r"call push_weights\(state_dict, 1\) first"):
             manager.get_batch(4, current_version=1, timeout=5)
         for version in range(3):
@@ -145,7 +147,7 @@ def test_synchronous_run_generates_exactly_one_batch_per_version(ray_session):
 
 def test_asynchronous_run_stays_within_the_bound_and_the_window(ray_session):
     config = small_config(max_staleness=1, max_inflight_calls_per_worker=4)  # the whole first window at once
-    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class(0.01)) as manager:
+    with build_rollout_manager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class(0.01)) as manager:
         stalenesses = []
         for version in range(4):
             batch = manager.get_batch(4, current_version=version, timeout=60)
@@ -164,7 +166,7 @@ def test_asynchronous_run_stays_within_the_bound_and_the_window(ray_session):
 def test_killed_actor_is_replaced_and_its_questions_requeued(ray_session):
     config = small_config(max_staleness=0)
     actor_class = make_fake_worker_class(hang_worker_id=0, hang_from_version=1)
-    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
+    with build_rollout_manager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
         first = manager.get_batch(4, current_version=0, timeout=60)
         manager.push_weights(weights(1.0), version=1)
         wait_until(lambda: manager.stats(reset_window=False)["rollout/groups_generated"] == 6)
@@ -187,7 +189,7 @@ def test_an_error_inside_generate_is_raised_by_get_batch(ray_session):
     config = small_config(max_staleness=0, num_workers=1)
     actor_class = make_fake_worker_class(fail_on_question="q3")
     questions = [QUESTIONS[3]]
-    with RolloutManager(config, questions, model_path="unused", actor_class=actor_class) as manager:
+    with build_rollout_manager(config, questions, model_path="unused", actor_class=actor_class) as manager:
         with pytest.raises(RuntimeError, match="cannot generate for q3"):
             manager.get_batch(4, current_version=0, timeout=60)
 
@@ -196,7 +198,7 @@ def test_a_worker_dying_more_often_than_allowed_stops_the_run(ray_session):
     config = small_config(max_staleness=0, num_workers=1)
     config.rollout.max_actor_replacements = 0
     actor_class = make_fake_worker_class(hang_worker_id=0)
-    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
+    with build_rollout_manager(config, QUESTIONS, model_path="unused", actor_class=actor_class) as manager:
         manager.start()
         wait_until(lambda: manager.stats(reset_window=False)["async/inflight_groups"] > 0)
         ray.kill(manager.worker_handles()[0])
@@ -208,7 +210,7 @@ def test_groups_a_worker_fails_to_return_are_counted_lost_and_replaced_by_new_qu
     config = small_config(max_staleness=0, num_workers=1)
     actor_class = make_fake_worker_class(skip_question="q2")
     questions = QUESTIONS[:6]
-    with RolloutManager(config, questions, model_path="unused", actor_class=actor_class) as manager:
+    with build_rollout_manager(config, questions, model_path="unused", actor_class=actor_class) as manager:
         batch = manager.get_batch(4, current_version=0, timeout=60)
         stats = manager.stats()
     # seed 0 orders the 6 questions [4, 2, 1, 0, 5, 3]: q2 is lost and its place in the window goes to q5
@@ -219,7 +221,7 @@ def test_groups_a_worker_fails_to_return_are_counted_lost_and_replaced_by_new_qu
 
 def test_extra_demand_in_one_version_grows_the_window_instead_of_deadlocking(ray_session):
     config = small_config(max_staleness=0, num_workers=1)
-    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
+    with build_rollout_manager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
         manager.get_batch(4, current_version=0, timeout=60)
         extra = manager.get_batch(2, current_version=0, timeout=60)  # e.g. after filtering zero-advantage groups
         assert [group.policy_version for group in extra] == [0, 0]
@@ -229,7 +231,7 @@ def test_extra_demand_in_one_version_grows_the_window_instead_of_deadlocking(ray
 def test_state_dict_requeues_unconsumed_questions_for_an_exact_resume(ray_session):
     config = small_config(max_staleness=1, num_workers=1, questions_per_step=2, questions_per_worker_call=2,
                           max_inflight_calls_per_worker=2)
-    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
+    with build_rollout_manager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as manager:
         consumed = manager.get_batch(2, current_version=0, timeout=60)
         state = manager.state_dict()  # the window issued 4 questions: 2 consumed, 2 buffered or in flight
     requeued = state["cursor"]["requeued"]
@@ -237,7 +239,7 @@ def test_state_dict_requeues_unconsumed_questions_for_an_exact_resume(ray_sessio
     consumed_ids = {group.question.id for group in consumed}
     assert consumed_ids.isdisjoint(QUESTIONS[index].id for index in requeued)
 
-    with RolloutManager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as resumed:
+    with build_rollout_manager(config, QUESTIONS, model_path="unused", actor_class=make_fake_worker_class()) as resumed:
         resumed.load_state_dict(state)
         first_after_resume = resumed.get_batch(2, current_version=0, timeout=60)
         with pytest.raises(RuntimeError, match="before the manager starts"):
@@ -271,12 +273,12 @@ def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_replace_a_killed
                                                                                 tiny_world, tiny_corpus_path,
                                                                                 continuous_batching):
     from rewards import score_group
-    from rl.modeling import load_model_and_tokenizer
+    from rollouts.model_loading import load_model_and_tokenizer
 
     config = tiny_model_config(max_staleness=0)
     config.rollout.continuous_batching = continuous_batching
     questions = tiny_world.splits["train"][:8]
-    with RolloutManager(config, questions, model_path=str(tiny_checkpoint), corpus_path=tiny_corpus_path) as manager:
+    with build_rollout_manager(config, questions, model_path=str(tiny_checkpoint), corpus_path=tiny_corpus_path) as manager:
         first = manager.get_batch(2, current_version=0, timeout=300)
         killed = manager.worker_handles()[1]
         ray.kill(killed)  # between steps: the manager finds out when its weight update fails
@@ -308,11 +310,11 @@ def test_the_concurrent_actor_merges_calls_and_waits_for_the_weights_a_call_was_
                                                                                          tiny_corpus_path):
     import asyncio
 
-    from rl.modeling import load_model_and_tokenizer
+    from rollouts.model_loading import load_model_and_tokenizer
     from rollouts.worker import AsyncRolloutWorker
 
     config = tiny_model_config(max_staleness=1)
-    worker = AsyncRolloutWorker(to_dict(config), WorkerSetup(worker_id=5, model_path=str(tiny_checkpoint),
+    worker = AsyncRolloutWorker(worker_config(config), WorkerSetup(worker_id=5, model_path=str(tiny_checkpoint),
                                                              corpus_path=tiny_corpus_path))
     questions = tiny_world.splits["train"][:3]
     model, _ = load_model_and_tokenizer(str(tiny_checkpoint))

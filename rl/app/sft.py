@@ -19,7 +19,7 @@ stage), length-grouped right-padded batches without an attention mask (see `Caus
 no evaluation inside the trainer (the GRPO run evaluates), TRL's own progress bar, and the trainer's
 log history written to <out_dir>/sft_log.jsonl instead of the run's metrics file (whose steps are GRPO's).
 
-    python -c "from rl.config import load_config; from rl.sft import ensure_warm_start; \
+    python -c "from rl.config import load_config; from rl.app.sft import ensure_warm_start; \
                from data.world import ensure_world; c = load_config('configs/quickstart.yaml'); \
                print(ensure_warm_start(c, ensure_world(c.run_dir / 'world', c.data.world)))"
 """
@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from rl.config import ExperimentConfig
-from rl.modeling import create_tiny_checkpoint, load_model_and_tokenizer, set_offline_mode
-from rl.lm_head import install_compact_lm_head
+from rl.app.modeling import create_tiny_checkpoint
+from rollouts.model_loading import load_model_and_tokenizer, set_offline_mode
+from rl.grpo.lm_head import install_compact_lm_head
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +65,11 @@ def is_saved_model(path: Path) -> bool:
 
 def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, world: Any) -> Any:
     """Expert demonstrations on the training split, observed through the same tools as rollouts."""
-    from data.retriever import build_retriever
-    from rl.expert import write_expert_dataset
-    from rollouts.protocols import build_protocol
-    from rollouts.tools import build_tools
+    from rl.app.expert import write_expert_dataset
+    from rollouts.environment import build_environment
 
-    retriever = build_retriever(config.retriever, documents=world.documents)
-    executor = build_tools(config.tools, config.retriever, retriever)
-    protocol = build_protocol(config.rollout.protocol, prompt_style=config.rollout.prompt_style,
-                              tool_schemas=executor.tool_schemas())  # as the rollout workers
+    environment = build_environment(config.rollout, config.tools, config.retriever, documents=world.documents)
+    protocol, executor = environment.protocol, environment.executor
     try:
         return write_expert_dataset(
             world.splits["train"], protocol, tokenizer, executor, config.rollout,

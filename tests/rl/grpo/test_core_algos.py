@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rl.core_algos import (
+from rl.grpo.core_algos import (
     aggregate_loss,
     entropy_from_logits,
     get_advantage_estimator,

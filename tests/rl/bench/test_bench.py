@@ -128,7 +128,7 @@ def test_step_times_report_medians_of_per_step_rates():
 
 
 def test_scripted_engine_plays_turns_by_round_and_decodes_through_the_model(quick_assets):
-    from rl.modeling import load_model_and_tokenizer
+    from rollouts.model_loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(quick_assets.model_path)
     prompt_a, prompt_b = (5, 6, 7), (5, 6, 8)

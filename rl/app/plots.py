@@ -10,14 +10,14 @@ single curves overlaid. Non-numeric and missing values are skipped.
 `plot_runs` draws several runs on one figure (a panel per key, a curve per run), e.g. the fanout and
 sequential policies of scripts/compare_fanout_sequential.sh.
 
-    python -m rl.plots runs/quickstart/metrics.jsonl runs/quickstart/plots
-    python -m rl.plots --compare runs/fanout_vs_sequential.png fanout=runs/fanout/metrics.jsonl \
+    python -m rl.app.plots runs/quickstart/metrics.jsonl runs/quickstart/plots
+    python -m rl.app.plots --compare runs/fanout_vs_sequential.png fanout=runs/fanout/metrics.jsonl \
         sequential=runs/sequential/metrics.jsonl
 
 `curve_summary` / `--summary` prints the same story as numbers: for each run, the mean of each key over
 the first and the last N logged steps (the tables of docs/RESULTS.md).
 
-    python -m rl.plots --summary 10 fanout=runs/fanout/metrics.jsonl sequential=runs/sequential/metrics.jsonl
+    python -m rl.app.plots --summary 10 fanout=runs/fanout/metrics.jsonl sequential=runs/sequential/metrics.jsonl
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import fnmatch
 import sys
 from pathlib import Path
 
-from rl.metrics import read_metrics
+from rl.app.metrics import read_metrics
 
 DEFAULT_KEY_PATTERNS = (
     "reward/*",
@@ -247,9 +247,9 @@ def summary_table(metrics_by_label: dict[str, str | Path], window: int) -> str:
     return "\n".join(lines)
 
 
-USAGE = ("usage: python -m rl.plots METRICS_JSONL OUT_DIR [KEY_OR_PATTERN ...]\n"
-         "       python -m rl.plots --compare OUT_PNG LABEL=METRICS_JSONL LABEL=METRICS_JSONL ...\n"
-         "       python -m rl.plots --summary STEPS LABEL=METRICS_JSONL [LABEL=METRICS_JSONL ...]")
+USAGE = ("usage: python -m rl.app.plots METRICS_JSONL OUT_DIR [KEY_OR_PATTERN ...]\n"
+         "       python -m rl.app.plots --compare OUT_PNG LABEL=METRICS_JSONL LABEL=METRICS_JSONL ...\n"
+         "       python -m rl.app.plots --summary STEPS LABEL=METRICS_JSONL [LABEL=METRICS_JSONL ...]")
 
 
 def _labelled_runs(arguments: list[str]) -> dict[str, str] | None:

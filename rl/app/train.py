@@ -34,8 +34,8 @@ import torch
 
 from data.types import Question
 from rl.config import ConfigError, ExperimentConfig, save_config
-from rl.faults import fault_point
-from rollouts.trajectory import Group
+from rl.grpo.faults import fault_point
+from data.trajectory import Group
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +177,14 @@ def _save(trainer, manager, run_dir: Path, step: int) -> Path:
 
 def train(config: ExperimentConfig) -> Path:
     """Run the whole experiment; returns the run folder."""
-    from rl.checkpoint import find_latest_checkpoint
-    from rl.modeling import load_tokenizer
-    from rl.metrics import MetricsLogger
-    from rl.modeling import set_offline_mode
-    from rl.sft import ensure_warm_start
-    from rl.trainer import GRPOTrainer
-    from rollouts.manager import RolloutManager, init_ray
+    from rl.grpo.checkpoint import find_latest_checkpoint
+    from rollouts.model_loading import load_tokenizer
+    from rl.app.metrics import MetricsLogger
+    from rollouts.model_loading import set_offline_mode
+    from rl.app.sft import ensure_warm_start
+    from rl.grpo.trainer import GRPOTrainer
+    from rollouts.manager import init_ray
+    from rl.app.rollout_setup import build_rollout_manager
 
     set_offline_mode()
     run_dir = prepare_run_dir(config)
@@ -201,7 +202,7 @@ def train(config: ExperimentConfig) -> Path:
         logger.info("resuming from %s at step %d (policy version %d)", latest, start_step, trainer.version)
 
     init_ray(num_cpus=None)
-    manager = RolloutManager(config, data.train_questions, model_path=str(model_path),
+    manager = build_rollout_manager(config, data.train_questions, model_path=str(model_path),
                              corpus_path=data.corpus_path, initial_version=trainer.version)
     if manager_state is not None:
         manager.load_state_dict(manager_state)
@@ -219,7 +220,7 @@ def train(config: ExperimentConfig) -> Path:
         _final_eval(config, final_checkpoint, metrics_logger)
     metrics_logger.close()
     if config.logging.plots:
-        from rl.plots import plot_metrics
+        from rl.app.plots import plot_metrics
 
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
     return run_dir
@@ -266,7 +267,7 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
 
 
 def _final_eval(config: ExperimentConfig, checkpoint: Path, metrics_logger) -> dict:
-    from rl.evaluate import evaluate, format_table, write_results
+    from rl.app.evaluate import evaluate, format_table, write_results
 
     results = evaluate(config, str(Path(checkpoint) / "model"))
     write_results(results, config.run_dir / "eval.json")

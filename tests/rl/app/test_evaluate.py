@@ -10,7 +10,7 @@ import pytest
 from data.types import Question
 from rl.cli import main as cli_main
 from rl.config import ConfigError, load_config
-from rl.evaluate import (
+from rl.app.evaluate import (
     METRIC_NAMES,
     compare_table,
     evaluate_command,
@@ -18,9 +18,9 @@ from rl.evaluate import (
     resolve_model_path,
     summarize,
 )
-from rollouts.trajectory import ToolCall, Trajectory, Turn
+from data.trajectory import ToolCall, Trajectory, Turn
 
-QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+QUICKSTART = str(Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml")
 
 
 def search(*queries: str) -> list[ToolCall]:
@@ -321,7 +321,7 @@ def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint
 
 
 def test_compare_command_writes_both_results_and_prints_ratios(tmp_path, monkeypatch, capsys):
-    import rl.evaluate as evaluate_module
+    import rl.app.evaluate as evaluate_module
 
     model_a, model_b = tmp_path / "model_a", tmp_path / "model_b"
     for folder in (model_a, model_b):

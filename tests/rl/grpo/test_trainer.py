@@ -14,11 +14,11 @@ import torch
 import transformers
 from trainer_helpers import parameters, synthetic_trajectories, tiny_model, trainer_config
 
-import rl.trainer as trainer_module
-from rl.batch import collate, sequence_logprobs
+import rl.grpo.trainer as trainer_module
+from rl.grpo.batch import collate, sequence_logprobs
 from rl.config import ConfigError
-from rl.deepspeed_setup import build_deepspeed_config, validate_trainer_config
-from rl.trainer import GRPOTrainer
+from rl.grpo.deepspeed_setup import build_deepspeed_config, validate_trainer_config
+from rl.grpo.trainer import GRPOTrainer
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +289,7 @@ def test_deepspeed_config_is_derived_from_the_experiment_and_the_file_wins(tmp_p
 
 @pytest.mark.parametrize(
     "path",
-    sorted(Path(__file__).resolve().parents[2].glob("configs/deepspeed/*.json")),
+    sorted(Path(__file__).resolve().parents[3].glob("configs/deepspeed/*.json")),
     ids=lambda path: path.name,
 )
 def test_shipped_deepspeed_files_merge_into_a_valid_deepspeed_config(path):

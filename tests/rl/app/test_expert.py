@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from data.types import Question
-from rl.config import RetrieverConfig, RolloutConfig, ToolsConfig
-from rl.expert import ExpertError, expert_trajectory, write_expert_dataset
+from data.config import RetrieverConfig
+from rollouts.config import RolloutConfig, ToolsConfig
+from rl.app.expert import ExpertError, expert_trajectory, write_expert_dataset
 from rollouts.agent_loop import run_episodes
 from rollouts.engine import GenerationOutput
 from rollouts.protocols import build_protocol
@@ -14,7 +15,7 @@ from rollouts.protocols import build_protocol
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_checkpoint):
-    from rl.modeling import load_tokenizer
+    from rollouts.model_loading import load_tokenizer
 
     return load_tokenizer(tiny_checkpoint)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rl.config import ConfigError, TinyModelConfig
-from rl.modeling import PROTOCOL_TAGS, SUBQUERY_SEPARATOR, build_tiny_model, build_tokenizer, load_model_and_tokenizer
+from rl.app.modeling import PROTOCOL_TAGS, SUBQUERY_SEPARATOR, build_tiny_model, build_tokenizer
+from rollouts.model_loading import load_model_and_tokenizer
 
 TEXTS = ["Varlo Tenmis was born in 1873 in Quenbridge.", "Which was founded earlier, Aldrin Works or Bemo Hall?"] * 30
 

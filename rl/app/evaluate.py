@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rl.config import ConfigError, ExperimentConfig
-from rollouts.trajectory import Trajectory
+from data.trajectory import Trajectory
 
 METRIC_NAMES = (
     "n",
@@ -254,7 +254,7 @@ def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
     pointer, a run or checkpoints folder (its latest checkpoint), or any saved HF model folder. Without
     it: the run's latest checkpoint, else model.path.
     """
-    from rl.checkpoint import LATEST_POINTER, find_latest_checkpoint
+    from rl.grpo.checkpoint import LATEST_POINTER, find_latest_checkpoint
 
     if not checkpoint:
         latest = find_latest_checkpoint(config.run_dir)
@@ -293,12 +293,13 @@ def evaluate(
 ) -> dict:
     """Greedy episodes (one per question) with the model at checkpoint_path; the contract summary."""
     from rollouts.agent_loop import run_episodes
+    from rl.app.rollout_setup import worker_config
     from rollouts.worker import WorkerSetup, build_rollout_components
 
     if questions_by_dataset is None:
         questions_by_dataset = load_eval_questions(config)
     setup = WorkerSetup(worker_id=0, model_path=str(checkpoint_path), corpus_path=eval_corpus_path(config))
-    components = build_rollout_components(config, setup)
+    components = build_rollout_components(worker_config(config), setup)
     batch_questions = config.eval.batch_questions or config.batch_size  # default: the training batch
     results: dict = {}
     for dataset_name, questions in questions_by_dataset.items():

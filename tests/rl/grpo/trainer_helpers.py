@@ -7,7 +7,7 @@ import transformers
 
 from data.types import Question
 from rl.config import ExperimentConfig
-from rollouts.trajectory import Trajectory
+from data.trajectory import Trajectory
 
 VOCAB_SIZE = 64
 QUESTION = Question(id="q", question="Who?", answers=["x"])

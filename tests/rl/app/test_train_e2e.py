@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory) -> Path:
     # (its MASTER_PORT is still bound by this process's store).
     inherited = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES}
     environment = {**inherited, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[2], env=environment, capture_output=True,
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[3], env=environment, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return output_dir / "e2e"

@@ -22,9 +22,9 @@ from typing import Sequence
 
 import torch
 
-from rl.core_algos import entropy_from_logits
-from rl.lm_head import has_compact_lm_head
-from rollouts.trajectory import Trajectory
+from rl.grpo.core_algos import entropy_from_logits
+from rl.grpo.lm_head import has_compact_lm_head
+from data.trajectory import Trajectory
 
 
 @dataclass
@@ -229,7 +229,7 @@ def loss_token_logprobs_and_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """As response_logprobs_and_entropy, projecting only the positions that predict a loss-mask token.
 
-    Needs a model with a compact head (rl.lm_head.install_compact_lm_head). Response token t of row b
+    Needs a model with a compact head (rl.grpo.lm_head.install_compact_lm_head). Response token t of row b
     is predicted at input position start_b + t - 1; those positions, for the tokens with loss mask 1,
     are the only ones sent through the LM head (row-major order, the same order as the loss mask's).
     Log-probs and entropies of tokens with loss mask 0 are 0: every GRPO quantity is masked anyway.

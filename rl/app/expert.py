@@ -38,10 +38,10 @@ from typing import Any
 from datasets import Dataset
 
 from data.types import Question
-from rl.config import RolloutConfig
+from rollouts.config import RolloutConfig
 from rollouts.agent_loop import append_observation, bound_observations, decode, encode, run_tool_round
 from rollouts.protocols import Action, AgentProtocol, search_calls
-from rollouts.trajectory import Trajectory, Turn
+from data.trajectory import Trajectory, Turn
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from rl.faults import fault_point
+from rl.grpo.faults import fault_point
 
 CHECKPOINT_PREFIX = "checkpoint-"
 LATEST_POINTER = "latest"

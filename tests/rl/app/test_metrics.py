@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rl.config import LoggingConfig
-from rl.metrics import MetricsLogger, read_metrics, redact_secrets, to_json_value
-from rl.plots import (
+from rl.app.metrics import MetricsLogger, read_metrics, redact_secrets, to_json_value
+from rl.app.plots import (
     curve_summary,
     main as plots_main,
     moving_average,

@@ -6,7 +6,7 @@ then masking most of the result is most of the step for a small model on CPU. `i
 wraps a causal LM's forward so that callers can ask for the projection at chosen positions only:
 
 - `model(input_ids, attention_mask, logits_at_BS=mask_BS)` returns logits of shape (N, V) for the N
-  positions where mask_BS is True, in row-major order (`rl.batch.response_logprobs_and_entropy` uses
+  positions where mask_BS is True, in row-major order (`rl.grpo.batch.response_logprobs_and_entropy` uses
   it for GRPO's log-probs, proximal log-probs and entropy).
 - `model(..., labels=labels, fused_lm_head=True)` is TRL's fused-head protocol (`trl.trainer.utils.
   add_fused_lm_head`, called by SFTTrainer). On CUDA, TRL projects only the counted positions; elsewhere

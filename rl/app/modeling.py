@@ -7,21 +7,20 @@ small Qwen2 initialised from a config. Both are saved with `save_pretrained`, so
 fanout-rl loads "a model path" the same way, whether it is this tiny model or a real HF checkpoint.
 
     path = create_tiny_checkpoint("runs/tiny/base", texts, TinyModelConfig())
-    model, tokenizer = load_model_and_tokenizer(path)
+    model, tokenizer = load_model_and_tokenizer(path)   # rollouts/model_loading.py
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from rl.config import ConfigError, TinyModelConfig
+from rl.config import TinyModelConfig
 
 # The agent protocols' tags. Each is one token, so stopping on a tag is stopping on a token id.
 PROTOCOL_TAGS = [
@@ -44,14 +43,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-def set_offline_mode() -> None:
-    """The default path never reaches a hub; make any accidental attempt fail fast instead of hanging."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
@@ -117,48 +109,3 @@ def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tin
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
-
-
-# tokenizer_config.json classes that mean "the tokenizer.json as saved" (what build_tokenizer writes)
-_PLAIN_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
-
-def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """The tokenizer saved in a model folder, exactly as saved.
-
-    A tokenizer written by build_tokenizer is loaded as a plain fast tokenizer: AutoTokenizer would pick
-    the class of the model type (Qwen2Tokenizer for the tiny Qwen2) and rebuild its pre-tokenizer, which
-    splits numbers into single digits, so the trained merges for years would never apply. Real
-    checkpoints name their own class and go through AutoTokenizer.
-    """
-    set_offline_mode()
-    _require_local_model(path)
-    config_file = Path(path) / "tokenizer_config.json"
-    saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
-    if saved_class in _PLAIN_TOKENIZER_CLASSES:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:  # real checkpoints often lack one; left padding for generation
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
-def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
-    """Load a saved model folder (tiny or real HF checkpoint) and its tokenizer, never from a hub."""
-    if dtype not in _DTYPES:
-        raise ConfigError(f"model.dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype])
-    return model.to(device), tokenizer
-
-
-def _require_local_model(path: str | os.PathLike) -> None:
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"model path '{folder}' is not a saved model folder (no config.json). fanout-rl never downloads "
-            "models: give a local folder written by save_pretrained, or leave model.path empty to build the "
-            "tiny model of the embedded default."
-        )

@@ -9,11 +9,11 @@ import pytest
 import torch
 from trl.trainer.utils import add_fused_lm_head
 
-from rl.modeling import load_model_and_tokenizer
+from rollouts.model_loading import load_model_and_tokenizer
 from data.types import Question
-from rl.batch import collate, response_logprobs_and_entropy
-from rl.lm_head import has_compact_lm_head, install_compact_lm_head, supports_compact_head
-from rollouts.trajectory import Trajectory
+from rl.grpo.batch import collate, response_logprobs_and_entropy
+from rl.grpo.lm_head import has_compact_lm_head, install_compact_lm_head, supports_compact_head
+from data.trajectory import Trajectory
 
 
 @pytest.fixture()

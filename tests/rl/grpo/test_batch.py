@@ -7,8 +7,8 @@ import torch
 import transformers
 
 from data.types import Question
-from rl.batch import collate, response_logprobs_and_entropy, sequence_logprobs, split_micro_batches
-from rollouts.trajectory import Trajectory
+from rl.grpo.batch import collate, response_logprobs_and_entropy, sequence_logprobs, split_micro_batches
+from data.trajectory import Trajectory
 
 PAD = 0
 QUESTION = Question(id="q", question="Who?", answers=["x"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from trainer_helpers import synthetic_trajectories, trainer_config
 
-from rl.checkpoint import (
+from rl.grpo.checkpoint import (
     LATEST_POINTER,
     atomic_checkpoint,
     capture_rng_state,
@@ -21,8 +21,8 @@ from rl.checkpoint import (
     restore_rng_state,
     save_trainer_state,
 )
-from rl.modeling import load_model_and_tokenizer
-from rl.trainer import GRPOTrainer
+from rollouts.model_loading import load_model_and_tokenizer
+from rl.grpo.trainer import GRPOTrainer
 
 
 def _write_checkpoint(checkpoints_dir, step, keep_last=3):

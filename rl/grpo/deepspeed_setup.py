@@ -26,7 +26,7 @@ import deepspeed
 import torch
 
 from rl.config import ConfigError, ExperimentConfig
-from rl.core_algos import get_advantage_estimator
+from rl.grpo.core_algos import get_advantage_estimator
 
 
 def validate_trainer_config(config: ExperimentConfig) -> None:

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
-from rl.config import ExperimentConfig, RetrieverConfig, TinyModelConfig, ToolsConfig
-from rl.expert import write_expert_dataset
-from rl.modeling import load_model_and_tokenizer, load_tokenizer
-from rl.sft import CausalPaddingCollator, ensure_warm_start, run_sft
+from rl.config import ExperimentConfig, TinyModelConfig
+from data.config import RetrieverConfig
+from rollouts.config import ToolsConfig
+from rl.app.expert import write_expert_dataset
+from rollouts.model_loading import load_model_and_tokenizer, load_tokenizer
+from rl.app.sft import CausalPaddingCollator, ensure_warm_start, run_sft
 from rollouts.protocols import build_protocol
 
 
@@ -101,7 +103,7 @@ def test_collated_labels_ignore_prompt_observations_and_padding(expert_dataset):
 def test_trainer_builds_labels_from_the_completion_mask(tmp_path, tiny_checkpoint, expert_dataset):
     from trl import SFTTrainer
 
-    from rl.sft import trainer_arguments
+    from rl.app.sft import trainer_arguments
 
     model, tokenizer = load_model_and_tokenizer(tiny_checkpoint)
     trainer = SFTTrainer(model=model, args=trainer_arguments(small_config(tmp_path), tmp_path), processing_class=tokenizer,

@@ -33,7 +33,7 @@ What it simplifies on purpose: dropout is disabled in the policy (as in TRL/verl
 the first epoch's ratio is exactly 1; the checkpoint folder is written by a single process (a
 multi-node run needs rank-0-only file handling around the collective engine save); no sequence
 packing. Every state file is loaded with weights_only=True, DeepSpeed's engine files included
-(its own loader would unpickle anything; `rl.checkpoint.restrict_deepspeed_loads`).
+(its own loader would unpickle anything; `rl.grpo.checkpoint.restrict_deepspeed_loads`).
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ from typing import Any, Sequence
 import deepspeed
 import torch
 
-from rl.batch import (
+from rl.grpo.batch import (
     TrainBatch,
     collate,
     response_logprobs_and_entropy,
     sequence_logprobs,
     split_micro_batches,
 )
-from rl.checkpoint import (
+from rl.grpo.checkpoint import (
     atomic_checkpoint,
     capture_rng_state,
     checkpoint_name,
@@ -68,16 +68,16 @@ from rl.checkpoint import (
     save_trainer_state,
 )
 from rl.config import ConfigError, ExperimentConfig
-from rl.core_algos import aggregate_loss, get_advantage_estimator, is_finite_loss, kl_k3, policy_loss
-from rl.deepspeed_setup import (
+from rl.grpo.core_algos import aggregate_loss, get_advantage_estimator, is_finite_loss, kl_k3, policy_loss
+from rl.grpo.deepspeed_setup import (
     build_deepspeed_config,
     disable_dropout,
     init_distributed,
     validate_trainer_config,
 )
-from rl.lm_head import install_compact_lm_head
-from rl.lora import adapter_config_dict, adapter_state_dict, apply_lora, is_lora_model, merged_state_dict
-from rollouts.trajectory import Trajectory
+from rl.grpo.lm_head import install_compact_lm_head
+from rl.grpo.lora import adapter_config_dict, adapter_state_dict, apply_lora, is_lora_model, merged_state_dict
+from data.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class GRPOTrainer:
         if not path:
             raise ConfigError(
                 "GRPOTrainer needs a model: pass model=..., model_path=..., or set model.path "
-                "(rl.modeling.create_tiny_checkpoint writes the tiny default)"
+                "(rl.app.modeling.create_tiny_checkpoint writes the tiny default)"
             )
         from transformers import AutoModelForCausalLM
 
@@ -160,7 +160,7 @@ class GRPOTrainer:
         """The tokenizer saved beside a model folder (so checkpoints carry it), or None."""
         if not path or not (Path(path) / "tokenizer_config.json").is_file():
             return None
-        from rl.modeling import load_tokenizer
+        from rollouts.model_loading import load_tokenizer
 
         return load_tokenizer(path)
 

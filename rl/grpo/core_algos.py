@@ -1,7 +1,7 @@
 """The GRPO math: group advantages, the decoupled clipped policy loss, loss aggregation, KL, entropy.
 
 Every function here is pure (tensors in, tensors out, no module state) and documented with its
-formula, so it can be checked by hand; tests/rl/test_core_algos.py does exactly that on CPU.
+formula, so it can be checked by hand; tests/rl/grpo/test_core_algos.py does exactly that on CPU.
 
 Shape letters in tensor names: B = sequences in the (micro-)batch, T = response tokens (the padded
 length of the response part only, prompts are never in these tensors), V = vocabulary, G = samples

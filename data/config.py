@@ -1,0 +1,47 @@
+"""The data package's config sections: the generated world, where questions come from, retrieval.
+
+Typed dataclasses, each field documented once in the comment beside it (docs/CONFIG.md is generated
+from these comments). `rl.config.ExperimentConfig` composes them with the other packages' sections
+and loads YAML onto them; code in data/ takes these sections, never the whole experiment config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0  # seed of the generated world (entities, documents, questions)
+    num_entities_per_kind: int = 100  # entities of each kind (people, films, cities, companies)
+    num_train: int = 4000  # training questions
+    num_validation: int = 200  # validation questions
+    num_test: int = 300  # test questions
+    # Share of each question structure in every split.
+    structure_mix: dict[str, float] = field(
+        default_factory=lambda: {"parallel": 0.5, "sequential": 0.35, "single": 0.15}
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = "world"  # "world" (generated, no download) or "files" (local benchmark files)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    world_dir: str = ""  # where the generated world is written/cached; empty: <run_dir>/world
+    # Local benchmark files for source=files: {dataset_name: path.jsonl|.parquet}.
+    train_files: dict[str, str] = field(default_factory=dict)
+    eval_files: dict[str, str] = field(default_factory=dict)  # evaluated by `fanout eval` (same format)
+    corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
+    on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
+    max_train_questions: int = 0  # 0: all
+
+
+@dataclass
+class RetrieverConfig:
+    backend: str = "bm25"  # "bm25" (in-process bm25s) or "http" (a retrieval server)
+    url: str = "http://127.0.0.1:8000/retrieve"  # retrieval server endpoint for backend=http
+    topk: int = 3  # passages returned per sub-query
+    index_dir: str = ""  # where the BM25 index is saved/loaded; empty: next to the corpus
+    timeout_s: float = 10.0  # per-request timeout of the HTTP client
+    retries: int = 2  # HTTP client retries on connection errors / 5xx
+    max_passage_chars: int = 300  # each passage is truncated to this many characters for the model

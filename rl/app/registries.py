@@ -1,0 +1,61 @@
+"""Configured names checked against what is registered, once every extension has been imported.
+
+The schema (rl/config.py) checks types, fixed choices and cross-field rules; it does not know which
+protocols, engines, retrievers, presets, rewards and advantage estimators exist, because extensions
+register themselves when their module is imported. This module imports the built-in registries and
+then checks the config's names against them, so an extension registered with its decorator
+(docs/EXTENDING.md) is accepted without editing any schema. `load_experiment` is what the CLI uses:
+load, validate, check names.
+
+    config = load_experiment("configs/quickstart.yaml", ["rollout.protocol=function_call"])
+"""
+
+from __future__ import annotations
+
+import os
+
+import rewards  # noqa: F401  (importing the package registers the built-in rewards)
+from data.errors import ConfigError
+from data.retriever import RETRIEVER_BUILDERS
+from rewards.presets import PRESETS
+from rewards.registry import REWARDS
+from rl.config import ExperimentConfig, load_config
+from rl.grpo.core_algos import ADVANTAGE_ESTIMATORS
+from rollouts.engine import ENGINE_MODULES, ENGINES
+from rollouts.protocols import PROTOCOLS
+
+
+def registered_choices() -> dict[str, tuple[str, ...]]:
+    """{dotted key: the names registered for it now}."""
+    return {
+        "retriever.backend": tuple(sorted(RETRIEVER_BUILDERS)),
+        "rollout.protocol": tuple(sorted(PROTOCOLS)),
+        # engines register when their module is imported (vLLM only on demand), so count both
+        "rollout.engine": tuple(sorted(set(ENGINES) | set(ENGINE_MODULES))),
+        "reward.preset": ("",) + tuple(sorted(PRESETS)),
+        "grpo.advantage_estimator": tuple(sorted(ADVANTAGE_ESTIMATORS)),
+    }
+
+
+def check_registered_names(config: ExperimentConfig, where: str = "config") -> None:
+    """Raise ConfigError naming the key and the registered names if the config names an unregistered one."""
+    sections = {"retriever": config.retriever, "rollout": config.rollout, "reward": config.reward, "grpo": config.grpo}
+    for dotted, choices in registered_choices().items():
+        section, name = dotted.split(".")
+        value = getattr(sections[section], name)
+        if value not in choices:
+            raise ConfigError(f"{where}: key '{dotted}' is {value!r}; valid choices: {', '.join(map(repr, choices))}")
+    unknown_rewards = sorted(set(config.reward.weights) - set(REWARDS))
+    if unknown_rewards:
+        raise ConfigError(f"{where}: key 'reward.weights': unknown reward(s) {unknown_rewards}; "
+                          f"registered: {REWARDS.names()}")
+
+
+def load_experiment(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """`rl.config.load_config` (YAML + overrides + validation), then the registered-name check."""
+    config = load_config(path, overrides)
+    check_registered_names(config, where=str(path) if path else "config")
+    return config
+
+
+__all__ = ["check_registered_names", "load_experiment", "registered_choices"]

@@ -1,0 +1,51 @@
+"""The rollouts package's config sections: the agent loop and its engines (`rollout`), the tools (`tools`).
+
+Typed dataclasses, each field documented once in the comment beside it (docs/CONFIG.md is generated
+from these comments). `rl.config.ExperimentConfig` composes them with the other packages' sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ToolsConfig:
+    enabled: list[str] = field(default_factory=lambda: ["search"])  # registered tool names
+    timeout_s: float = 5.0  # per-call timeout; a timed-out call becomes an error observation
+    latency_s: float = 0.0  # artificial latency per call (models a remote search API in benchmarks)
+    max_calls_per_turn: int = 4  # extra calls in one turn are refused with an error observation
+    fault_rate: float = 0.0  # fault injection (reliability tests): share of tool calls that raise an error
+    fault_timeout_rate: float = 0.0  # fault injection: share of tool calls that hang until tools.timeout_s
+
+
+@dataclass
+class RolloutConfig:
+    protocol: str = "tags"  # "tags" (<search>a ## b</search>) or "function_call" (<tool_call>{json})
+    # "minimal" (the question only: for a model SFT'd on the protocol, like the tiny default),
+    # "compact" (a short instruction) or "full" (ParallelSearch-style instruction, for real chat models)
+    prompt_style: str = "compact"
+    engine: str = "hf"  # "hf" (transformers, CPU default) or "vllm" (GPU)
+    num_workers: int = 1  # Ray rollout actors
+    worker_num_cpus: float = 1.0  # CPUs reserved per actor
+    worker_num_gpus: float = 0.0  # GPUs per actor (vLLM on clusters)
+    torch_threads_per_worker: int = 1  # intra-op threads inside each actor
+    questions_per_worker_call: int = 2  # questions (= groups) in one generate call to a rollout actor
+    # Generate calls in flight per actor. With continuous batching they run at once (more calls: larger
+    # engine batches, more tool waits hidden), within the staleness window; without, they queue.
+    max_inflight_calls_per_worker: int = 4
+    # Run an actor's in-flight calls concurrently: their model turns share engine batches and one call's
+    # tool waits overlap the others' generation; new weights load between model turns (rollouts/batcher.py).
+    # false: one call at a time, each group entirely from one policy version.
+    continuous_batching: bool = True
+    max_actor_replacements: int = 8  # dead rollout actors replaced (with the current weights) before failing
+    group_size: int = 8  # G: trajectories sampled per question (the GRPO group)
+    questions_per_step: int = 16  # questions per training step (batch = questions_per_step * G)
+    max_turns: int = 4  # tool-calling rounds before the final forced-answer turn
+    max_new_tokens_per_turn: int = 48  # generation budget of one model call
+    max_context_tokens: int = 1024  # prompt + response; longer trajectories are truncated and marked
+    max_observation_tokens: int = 160  # tokens of one <information> block
+    temperature: float = 1.0  # sampling temperature for training rollouts
+    top_p: float = 1.0  # nucleus sampling
+    eval_temperature: float = 0.0  # 0: greedy
+    vllm_gpu_memory_utilization: float = 0.5  # vLLM engine only
