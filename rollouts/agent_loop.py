@@ -143,11 +143,6 @@ async def run_tool_round_async(executor: Any, turns: list[Turn]) -> float:
     return tools_s
 
 
-def run_tool_round(executor: Any, turns: list[Turn]) -> float:
-    """run_tool_round_async from blocking code (the scripted expert)."""
-    return run_sync(run_tool_round_async(executor, turns))
-
-
 class SyncExecutorAdapter:
     """`async run_turns` for an executor that only has `run_turns_sync` (e.g. a test double)."""
 
@@ -303,5 +298,5 @@ async def run_episodes_async(engine: Any, protocol: AgentProtocol, executor: Any
     return finish_episodes(engine.tokenizer, groups, time.perf_counter() - started)
 
 
-__all__ = ["run_episodes", "run_episodes_async", "start_groups", "generate_turns", "run_tool_round",
-           "run_tool_round_async", "act_on_turns", "play_round", "as_async_executor"]
+__all__ = ["run_episodes", "run_episodes_async", "start_groups", "generate_turns", "run_tool_round_async",
+           "act_on_turns", "play_round", "as_async_executor"]

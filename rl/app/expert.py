@@ -13,15 +13,16 @@ The answer is the first gold answer. Turns carry no <think> block: the tiny mode
 small, and reasoning text the expert would have to invent teaches nothing the search results don't.
 
 Observations come from the real tools (the retriever behind the tool executor), so the model learns to
-read real BM25 results. The trajectory is built with the agent loop's own helpers, in the loop's order:
-prompt ids from `protocol.render_prompt`, each model turn's text (`protocol.render_action`) tokenised on
-its own, each observation cut to `rollout.max_observation_tokens`, rendered by the protocol (with the
-forced-answer cue where the loop puts it) and tokenised on its own. So the sequence is token for token
-what `rollouts.agent_loop.run_episodes` records when a model generates the expert's turns.
+read real BM25 results. The demonstration is played through the agent loop itself: a `ScriptedEngine`
+(rollouts/scripted_engine.py) writes the expert's turns (each turn's text `protocol.render_action`,
+tokenised on its own) where a model would sample, and `rollouts.agent_loop.run_episodes` does the rest
+(prompt, tool rounds, observations cut to `rollout.max_observation_tokens`, the forced-answer cue). So the
+sequence is, by construction, what the loop records when a model generates the expert's turns.
 
 What it simplifies on purpose: the expert never errs, so the data shows no recovery from a bad search;
 a demonstration that would not fit the loop's limits (context, per-turn token budget, turn count) is
-dropped and counted, never truncated.
+dropped and counted, never truncated: the loop plays it, and a played trajectory that was truncated,
+whose model turns are not the scripted ones, or that does not end on the scripted answer is dropped.
 
     dataset = write_expert_dataset(world.splits["train"], protocol, tokenizer, executor, config.rollout,
                                    num_trajectories=4000, parallel_fraction=0.3, seed=0)
@@ -37,11 +38,12 @@ from typing import Any
 
 from datasets import Dataset
 
+from data.trajectory import Trajectory
 from data.types import Question
+from rollouts.agent_loop import encode, run_episodes
 from rollouts.config import RolloutConfig
-from rollouts.agent_loop import append_observation, bound_observations, decode, encode, run_tool_round
 from rollouts.protocols import Action, AgentProtocol, search_calls
-from data.trajectory import Trajectory, Turn
+from rollouts.scripted_engine import ScriptedEngine, TurnScripts
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,24 @@ def plan_actions(plan: ExpertPlan) -> list[Action]:
     ]
 
 
+def expert_turns(plan: ExpertPlan, protocol: AgentProtocol, tokenizer: Any) -> list[list[int]]:
+    """Token ids of the plan's model turns, each turn's text tokenised on its own (as the loop records a turn)."""
+    return [encode(tokenizer, protocol.render_action(action)) for action in plan_actions(plan)]
+
+
+def expert_scripts(questions: list[Question], modes: list[str], protocol: AgentProtocol,
+                   tokenizer: Any) -> TurnScripts:
+    """The expert's turns for each question in its mode, by prompt: the script of a ScriptedEngine.
+
+    A question may come only once (its prompt is the key); `expert_trajectories` takes repeats.
+    """
+    prompts = [tuple(protocol.render_prompt(question, tokenizer)) for question in questions]
+    if len(set(prompts)) < len(prompts):
+        raise ValueError("expert_scripts: a question's prompt comes twice; play repeats in separate calls")
+    return TurnScripts({prompt: expert_turns(expert_plan(question, mode), protocol, tokenizer)
+                        for prompt, question, mode in zip(prompts, questions, modes)})
+
+
 def expert_trajectories(
     questions: list[Question],
     modes: list[str],
@@ -98,71 +118,66 @@ def expert_trajectories(
     executor: Any,
     rollout_config: RolloutConfig | None = None,
 ) -> list[Trajectory | None]:
-    """Expert trajectories for `questions` (one mode each), built round by round like the agent loop.
+    """Expert trajectories for `questions` (one mode each), played through the agent loop.
 
-    All tool calls of a round run in one executor call (concurrently, as in rollouts). An entry is None
-    when the demonstration does not fit the loop's limits (see `expert_trajectory`).
-    executor: anything with run_turns_sync(list[list[ToolCall]]) -> list[list[ToolCall]] (rollouts.tools).
+    The questions are played together (group size 1), so all tool calls of a round run in one executor
+    call (concurrently, as in rollouts). A question that comes again (e.g. in the other mode) is played
+    in a later pass, since the scripted engine finds a script by its prompt. An entry is None when the
+    demonstration does not fit the loop's limits (see `played_as_scripted`).
+    executor: anything with `async run_turns` or `run_turns_sync(list[list[ToolCall]]) -> list[list[ToolCall]]`
+    (rollouts.tools).
     """
     rollout_config = rollout_config or RolloutConfig()
     if len(modes) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(modes)} modes")
-    plans = [expert_plan(question, mode) for question, mode in zip(questions, modes)]
-    scripts = [plan_actions(plan) for plan in plans]
-    trajectories: list[Trajectory | None] = [
-        Trajectory(question=question, prompt_ids=protocol.render_prompt(question, tokenizer), protocol=protocol.name)
-        for question in questions
-    ]
-    # More search rounds than rollout.max_turns: the loop would force an answer before the expert is done.
-    active = [index for index, plan in enumerate(plans) if len(plan.search_rounds) <= rollout_config.max_turns]
-    for index in set(range(len(questions))) - set(active):
-        trajectories[index] = None
-    round_index = 0
-    while active:
-        active = _play_expert_round(trajectories, scripts, active, round_index, protocol, tokenizer, executor,
-                                    rollout_config)
-        round_index += 1
-    for trajectory in trajectories:
-        if trajectory is not None:
-            trajectory.response_text = decode(tokenizer, trajectory.response_ids)
+    # a question the expert cannot demonstrate in its mode raises ExpertError before anything is played
+    answers = [expert_plan(question, mode).answer for question, mode in zip(questions, modes)]
+    trajectories: list[Trajectory | None] = [None] * len(questions)
+    # the prompt is the question's text rendered, so a repeated text is a repeated prompt
+    for indices in passes_without_repeats([question.question for question in questions]):
+        played = play_expert([questions[index] for index in indices], [modes[index] for index in indices],
+                             [answers[index] for index in indices], protocol, tokenizer, executor, rollout_config)
+        for index, trajectory in zip(indices, played):
+            trajectories[index] = trajectory
     return trajectories
 
 
-def _play_expert_round(trajectories: list[Trajectory | None], scripts: list[list[Action]], active: list[int],
-                       round_index: int, protocol: AgentProtocol, tokenizer: Any, executor: Any,
-                       rollout_config: RolloutConfig) -> list[int]:
-    """Append round `round_index` of every active script; returns the indices that continue."""
-    searching: list[tuple[int, Turn]] = []
-    for index in active:
-        trajectory = trajectories[index]
-        turn_text = protocol.render_action(scripts[index][round_index])
-        turn_ids = encode(tokenizer, turn_text)
-        room = rollout_config.max_context_tokens - len(trajectory.prompt_ids) - len(trajectory.response_ids)
-        if len(turn_ids) > min(rollout_config.max_new_tokens_per_turn, room):
-            trajectories[index] = None  # the model could not write this turn inside the loop's budget
-            continue
-        trajectory.append(turn_ids, trainable=True, logprobs=[0.0] * len(turn_ids))
-        turn = Turn(text=decode(tokenizer, turn_ids))
-        trajectory.turns.append(turn)
-        action = protocol.parse(turn.text)
-        if action.kind == "answer":
-            turn.answer = trajectory.final_answer = action.answer
-        else:
-            turn.calls = action.calls
-            searching.append((index, turn))
-    if not searching:
-        return []
-    run_tool_round(executor, [turn for _, turn in searching])
-    cue_forced_answer = round_index == rollout_config.max_turns - 1
-    continuing = []
-    for index, turn in searching:
-        bound_observations(turn.calls, tokenizer, rollout_config.max_observation_tokens)
-        observation = protocol.render_observation(turn.calls, final=cue_forced_answer)
-        if append_observation(trajectories[index], observation, tokenizer, rollout_config.max_context_tokens):
-            continuing.append(index)
-        else:
-            trajectories[index] = None  # the context filled up before the answer
-    return continuing
+def play_expert(questions: list[Question], modes: list[str], answers: list[str], protocol: AgentProtocol,
+                tokenizer: Any, executor: Any, rollout_config: RolloutConfig) -> list[Trajectory | None]:
+    """Play each question (at most once each) through run_episodes on the scripted expert; None: dropped."""
+    scripts = expert_scripts(questions, modes, protocol, tokenizer)
+    groups = run_episodes(ScriptedEngine(tokenizer, scripts), protocol, executor, questions, group_size=1,
+                          rollout_config=rollout_config, policy_version=0, greedy=True)
+    played: list[Trajectory | None] = []
+    for group, answer in zip(groups, answers):
+        (trajectory,) = group.trajectories
+        turns = scripts.turns_by_prompt[tuple(trajectory.prompt_ids)]
+        played.append(trajectory if played_as_scripted(trajectory, turns, answer) else None)
+    return played
+
+
+def passes_without_repeats(keys: list) -> list[list[int]]:
+    """Indices of `keys` in passes where no key comes twice: the n-th occurrence of a key goes to pass n."""
+    passes: list[list[int]] = []
+    occurrences: Counter = Counter()
+    for index, key in enumerate(keys):
+        if occurrences[key] == len(passes):
+            passes.append([])
+        passes[occurrences[key]].append(index)
+        occurrences[key] += 1
+    return passes
+
+
+def played_as_scripted(trajectory: Trajectory, turns: list[list[int]], answer: str) -> bool:
+    """Whether the loop let the expert play its script whole, i.e. the demonstration fits the loop's limits.
+
+    It does not fit when the context filled up (the trajectory is truncated), when a turn was cut at the
+    per-turn or context budget (the model tokens differ from the script's), or when the turn limit ended
+    the episode before the scripted answer (fewer turns, no final answer).
+    """
+    generated = [token for token, trainable in zip(trajectory.response_ids, trajectory.loss_mask) if trainable]
+    return (not trajectory.truncated and len(trajectory.turns) == len(turns)
+            and generated == [token for turn in turns for token in turn] and trajectory.final_answer == answer)
 
 
 def expert_trajectory(
@@ -269,8 +284,12 @@ __all__ = [
     "choose_modes",
     "expert_plan",
     "expert_queries",
+    "expert_scripts",
     "expert_trajectories",
     "expert_trajectory",
+    "expert_turns",
+    "plan_actions",
+    "played_as_scripted",
     "sample_questions",
     "trajectory_to_example",
     "write_expert_dataset",

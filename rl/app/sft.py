@@ -1,7 +1,7 @@
 """SFT warm-start: TRL's SFTTrainer on scripted-expert trajectories, loss on the model's turns only.
 
 GRPO from a randomly initialised tiny model would never find the protocol, so `fanout train` first
-teaches it by imitation: the scripted expert (rl/expert.py) plays training questions with the real
+teaches it by imitation: the scripted expert (rl/app/expert.py) plays training questions with the real
 retriever, and TRL's `SFTTrainer` fits the pre-tokenised trajectories with `completion_only_loss`
 (the `completion_mask` column zeroes the loss on the prompt and on every <information> block). The
 mixture fans out on only `sft.parallel_fraction` of the parallel questions, so the warm-started policy
@@ -11,7 +11,7 @@ mostly searches one sub-query per turn and RL has something to learn.
 on the world's texts) when `model.path` is empty, runs SFT into <run_dir>/<sft.output_subdir> (reused if
 it is already there and `sft.reuse`), and returns the folder GRPO starts from.
 
-On CPU, TRL's fused LM head is wrapped by rl/lm_head.py's compact one (the vocabulary projection only
+On CPU, TRL's fused LM head is wrapped by rl/grpo/lm_head.py's compact one (the vocabulary projection only
 on the model's turns; the same loss, about 3x the steps per second).
 
 What it simplifies on purpose: one process on the configured device (no DeepSpeed for this short
@@ -177,7 +177,7 @@ def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, world: 
                          processing_class=tokenizer, data_collator=CausalPaddingCollator(tokenizer.pad_token_id),
                          peft_config=lora_config(config))
     if install_compact_lm_head(trainer.model):  # after SFTTrainer added its fused head, which it wraps
-        logger.info("sft: compact LM head (the vocabulary projection on the model's turns only, rl/lm_head.py)")
+        logger.info("sft: compact LM head (the vocabulary projection on the model's turns only, rl/grpo/lm_head.py)")
     result = trainer.train()
     trained = trainer.model.merge_and_unload() if config.model.lora.enabled else trainer.model
     staging_dir.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,11 @@ during the warm-up do not count). actors_ratio = trajectories/s with 2 actors ÷
 Part 2, fan-out. On the parallel questions of the world (independent sub-queries), the scripted
 expert's two behaviours are played through the real agent loop (`rollouts.agent_loop.run_episodes`)
 with real tools and latency: "fan-out" (every sub-query in one `<search>` turn, run concurrently) and
-"one query per turn". A `ScriptedEngine` emits the expert's turns and, to charge a realistic generation
-cost, decodes them token by token through the tiny model with a KV cache (teacher forcing, same
-per-token work as sampling). Each question is played on its own, so the wall time is that question's
-latency. Figures: model calls and wall seconds per question for each behaviour, and their ratios.
+"one query per turn". The scripted engine (rollouts/scripted_engine.py) emits the expert's turns and,
+to charge a realistic generation cost, decodes them token by token through the tiny model with a KV
+cache (teacher forcing, same per-token work as sampling). Each question is played on its own, so the
+wall time is that question's latency. Figures: model calls and wall seconds per question for each
+behaviour, and their ratios.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import torch
 
 from rl.bench.common import (
     BenchAssets,
@@ -39,7 +37,6 @@ from rl.bench.common import (
     ratio,
     timer,
 )
-from rollouts.engine import GenerationOutput, InferenceEngine
 
 # ----------------------------------------------------------------------------------------------
 # Part 1: rollout throughput of N actors (also used by the scaling suite)
@@ -150,87 +147,6 @@ ACTOR_HEADER = [
 # ----------------------------------------------------------------------------------------------
 
 
-class ScriptedEngine(InferenceEngine):
-    """Emits pre-written turns (by prompt and round) and pays the model's decode cost for them.
-
-    scripts: {prompt token ids: [turn token ids per round]}. A context is matched to its script by its
-    prompt prefix; the round is the number of turns already emitted for that prompt. With `model`, the
-    turn is decoded token by token through it (prefill + one cached forward per token) and the log-probs
-    are the model's; without, log-probs are 0.
-    """
-
-    def __init__(self, tokenizer: Any, scripts: dict[tuple[int, ...], list[list[int]]], model: Any = None):
-        super().__init__(tokenizer)
-        self.scripts = scripts
-        self.model = model.eval() if model is not None else None
-        self.rounds_played: dict[tuple[int, ...], int] = {}
-
-    @classmethod
-    def from_pretrained(cls, model_path, rollout_config, dtype="float32", device="cpu"):
-        raise NotImplementedError("ScriptedEngine is built from scripts, not loaded from a model folder")
-
-    def load_weights(self, state_dict_or_ref: Any, version: int) -> None:
-        self._version = int(version)
-
-    def _script_for(self, context_ids: list[int]) -> tuple[tuple[int, ...], list[list[int]]]:
-        for prompt, turns in self.scripts.items():
-            if tuple(context_ids[: len(prompt)]) == prompt:
-                return prompt, turns
-        raise KeyError("ScriptedEngine: a context matches no scripted prompt")
-
-    @torch.inference_mode()
-    def _forced_logprobs(self, context_ids: list[int], forced_ids: list[int]) -> list[float]:
-        from transformers import DynamicCache
-
-        from rollouts.engine_hf import cache_argument_name
-
-        cache = DynamicCache()
-        cache_kwargs = {cache_argument_name(self.model): cache}
-        logits = self.model(
-            input_ids=torch.tensor([context_ids]), use_cache=True, logits_to_keep=1, **cache_kwargs
-        ).logits[:, -1, :]
-        logprobs = []
-        for token_id in forced_ids:
-            logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[0, token_id]))
-            logits = self.model(
-                input_ids=torch.tensor([[token_id]]), use_cache=True, **cache_kwargs
-            ).logits[:, -1, :]
-        return logprobs
-
-    def generate(
-        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None
-    ):
-        outputs = []
-        for context_ids in batch_prompt_ids:
-            prompt, turns = self._script_for(context_ids)
-            round_index = self.rounds_played.get(prompt, 0)
-            self.rounds_played[prompt] = round_index + 1
-            turn_ids = turns[min(round_index, len(turns) - 1)][:max_new_tokens]
-            logprobs = (
-                self._forced_logprobs(context_ids, turn_ids)
-                if self.model is not None
-                else [0.0] * len(turn_ids)
-            )
-            finish_reason = "stop" if turn_ids and turn_ids[-1] in stop_token_ids else "length"
-            outputs.append(GenerationOutput(list(turn_ids), logprobs, finish_reason))
-        return outputs
-
-
-def expert_scripts(
-    questions: list, mode: str, protocol: Any, tokenizer: Any
-) -> dict[tuple[int, ...], list[list[int]]]:
-    from rl.app.expert import expert_plan, plan_actions
-    from rollouts.agent_loop import encode
-
-    scripts = {}
-    for question in questions:
-        actions = plan_actions(expert_plan(question, mode))
-        scripts[tuple(protocol.render_prompt(question, tokenizer))] = [
-            encode(tokenizer, protocol.render_action(action)) for action in actions
-        ]
-    return scripts
-
-
 @dataclass
 class BehaviourResult:
     mode: str
@@ -244,16 +160,18 @@ class BehaviourResult:
 def play_behaviour(questions: list, mode: str, config, assets: BenchAssets) -> BehaviourResult:
     """Each question alone through run_episodes with the scripted expert in `mode`; means per question."""
     from rewards import exact_match
+    from rl.app.expert import expert_scripts
     from rollouts.agent_loop import run_episodes
     from rollouts.environment import build_environment
     from rollouts.model_loading import load_model_and_tokenizer
+    from rollouts.scripted_engine import ScriptedEngine
 
     model, tokenizer = load_model_and_tokenizer(assets.model_path)
     environment = build_environment(config.rollout, config.tools, config.retriever, documents=assets.world.documents)
     protocol, executor = environment.protocol, environment.executor
-    engine = ScriptedEngine(tokenizer, expert_scripts(questions, mode, protocol, tokenizer), model=model)
+    scripts = expert_scripts(questions, [mode] * len(questions), protocol, tokenizer)
+    engine = ScriptedEngine(tokenizer, scripts, model=model)
     run_episodes(engine, protocol, executor, questions[:1], 1, config.rollout, policy_version=0)  # warm-up
-    engine.rounds_played.clear()
     trajectories, seconds = [], []
     for question in questions:
         with timer() as elapsed:

@@ -100,29 +100,13 @@ def write_jsonl(path: Path, rows: list) -> Path:
 # ------------------------------------------------------------------ stand-in inference engines
 
 
-class ScriptedEngine:
-    """Writes `policy(response_so_far)` (cut at the first stop token), log-prob -0.5 per token."""
+def scripted_engine(tokenizer, policy, version: int = 0):
+    """The scripted engine (rollouts/scripted_engine.py) writing `policy(response_so_far)`, -0.5 per token."""
+    from rollouts.scripted_engine import ScriptedEngine, response_policy
 
-    def __init__(self, tokenizer, policy, version: int = 0):
-        self.tokenizer, self.policy, self.version = tokenizer, policy, version
+    return ScriptedEngine(tokenizer, response_policy(tokenizer, policy), logprob=-0.5, version=version)
 
-    def generate(
-        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None
-    ):
-        from rollouts.engine import GenerationOutput
 
-        outputs = []
-        for prompt_ids in batch_prompt_ids:
-            context = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-            response_so_far = context.split("<|im_start|>assistant\n", 1)[1]
-            token_ids = self.tokenizer.encode(self.policy(response_so_far), add_special_tokens=False)
-            token_ids = token_ids[:max_new_tokens]
-            stops = [index for index, token in enumerate(token_ids) if token in stop_token_ids]
-            token_ids = token_ids[: stops[0] + 1] if stops else token_ids
-            outputs.append(
-                GenerationOutput(token_ids, [-0.5] * len(token_ids), "stop" if stops else "length")
-            )
-        return outputs
 
 
 PROTOCOL_TOKENS = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from reliability_helpers import ScriptedEngine
+from reliability_helpers import scripted_engine
 
 from data.corpus import write_corpus
 from rl.config import ExperimentConfig
@@ -48,7 +48,7 @@ def faulty_worker(tmp_path_factory, tiny_world, tiny_checkpoint) -> RolloutWorke
         worker_config(config),
         WorkerSetup(worker_id=0, model_path=str(tiny_checkpoint), corpus_path=str(corpus_path)),
     )
-    worker.components.engine = ScriptedEngine(worker.components.engine.tokenizer, fan_out_twice_then_answer)
+    worker.components.engine = scripted_engine(worker.components.engine.tokenizer, fan_out_twice_then_answer)
     return worker
 
 

@@ -16,6 +16,7 @@ from rollouts.agent_loop import run_episodes, run_episodes_async
 from rollouts.batcher import CoalescingEngine
 from rollouts.engine import GenerationOutput, build_engine
 from rollouts.protocols import build_protocol
+from rollouts.scripted_engine import ScriptedEngine, response_policy
 from data.trajectory import ToolCall, Trajectory
 
 SCRIPTED_LOGPROB = -0.25
@@ -28,31 +29,9 @@ def tokenizer(tiny_checkpoint):
     return load_tokenizer(tiny_checkpoint)
 
 
-class ScriptedEngine:
-    """Writes `policy(response_so_far)`, cut at the first stop token; log-prob -0.25 per token.
-
-    The policy sees the text after the prompt's assistant header (the response so far).
-    """
-
-    def __init__(self, tokenizer, policy: Callable[[str], str], version: int = 0):
-        self.tokenizer, self.policy, self.version = tokenizer, policy, version
-        self.batch_sizes: list[int] = []
-
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
-        self.batch_sizes.append(len(batch_prompt_ids))
-        outputs = []
-        for prompt_ids in batch_prompt_ids:
-            context = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-            response_so_far = context.split("<|im_start|>assistant\n", 1)[1]
-            token_ids = self.tokenizer.encode(self.policy(response_so_far), add_special_tokens=False)[:max_new_tokens]
-            stops = [i for i, token in enumerate(token_ids) if token in stop_token_ids]
-            token_ids = token_ids[: stops[0] + 1] if stops else token_ids
-            outputs.append(GenerationOutput(token_ids, [SCRIPTED_LOGPROB] * len(token_ids),
-                                            "stop" if stops else "length"))
-        return outputs
-
-    def load_weights(self, state_dict, version):
-        self.version = version
+def scripted(tokenizer, policy: Callable[[str], str], version: int = 0) -> ScriptedEngine:
+    """The scripted engine writing `policy(response so far)`; log-prob -0.25 per token (an observation's is 0)."""
+    return ScriptedEngine(tokenizer, response_policy(tokenizer, policy), logprob=SCRIPTED_LOGPROB, version=version)
 
 
 class FakeExecutor:
@@ -131,7 +110,7 @@ def check_token_invariants(trajectory: Trajectory, tokenizer) -> list[str]:
 
 
 def test_parallel_search_rounds_build_exact_masks(tokenizer):
-    engine, executor = ScriptedEngine(tokenizer, two_rounds_then_answer, version=7), FakeExecutor()
+    engine, executor = scripted(tokenizer, two_rounds_then_answer, version=7), FakeExecutor()
     groups = run_episodes(engine, build_protocol("tags"), executor, questions(2), group_size=3,
                           rollout_config=config(), policy_version=7, seed=0)
     # all calls of all trajectories of a round go to the executor together
@@ -166,7 +145,7 @@ def test_parallel_search_rounds_build_exact_masks(tokenizer):
 
 
 def test_failing_tools_become_error_observations(tokenizer):
-    engine = ScriptedEngine(tokenizer, two_rounds_then_answer)
+    engine = scripted(tokenizer, two_rounds_then_answer)
     groups = run_episodes(engine, build_protocol("tags"), FakeExecutor(fail_queries=("beta",)), questions(1),
                           group_size=2, rollout_config=config(), policy_version=0)
     first_observation = check_token_invariants(groups[0].trajectories[0], tokenizer)[0]
@@ -183,7 +162,7 @@ def test_failing_tools_become_error_observations(tokenizer):
 
 def test_search_forever_ends_with_a_forced_answer_turn(tokenizer):
     executor = FakeExecutor()
-    engine = ScriptedEngine(tokenizer, lambda response: "<search> again</search>")
+    engine = scripted(tokenizer, lambda response: "<search> again</search>")
     groups = run_episodes(engine, build_protocol("tags"), executor, questions(1), group_size=2,
                           rollout_config=config(max_turns=2), policy_version=0)
     trajectory = groups[0].trajectories[0]
@@ -198,7 +177,7 @@ def test_forced_turn_can_answer(tokenizer):
     def policy(response: str) -> str:
         return "<answer> late</answer>" if "final answer now" in response else "<search> q</search>"
 
-    groups = run_episodes(ScriptedEngine(tokenizer, policy), build_protocol("tags"), FakeExecutor(), questions(1),
+    groups = run_episodes(scripted(tokenizer, policy), build_protocol("tags"), FakeExecutor(), questions(1),
                           group_size=2, rollout_config=config(max_turns=1), policy_version=0)
     trajectory = groups[0].trajectories[0]
     assert trajectory.final_answer == "late" and not trajectory.truncated and trajectory.model_calls == 2
@@ -208,7 +187,7 @@ def test_invalid_turn_gets_the_corrective_observation(tokenizer):
     def policy(response: str) -> str:
         return "<answer> y</answer>" if "not a valid action" in response else "I am not sure"
 
-    groups = run_episodes(ScriptedEngine(tokenizer, policy), build_protocol("tags"), FakeExecutor(), questions(1),
+    groups = run_episodes(scripted(tokenizer, policy), build_protocol("tags"), FakeExecutor(), questions(1),
                           group_size=2, rollout_config=config(max_new_tokens_per_turn=8), policy_version=0)
     trajectory = groups[0].trajectories[0]
     assert check_token_invariants(trajectory, tokenizer) == [build_protocol("tags").corrective_observation()]
@@ -222,7 +201,7 @@ def test_context_and_observation_limits(tokenizer):
     long_observation_executor = FakeExecutor()
     long_observation_executor.run_turns_sync = lambda turn_calls: [
         [ToolCall(c.name, c.arguments, observation="word " * 200) for c in calls] for calls in turn_calls]
-    groups = run_episodes(ScriptedEngine(tokenizer, two_rounds_then_answer), protocol, long_observation_executor,
+    groups = run_episodes(scripted(tokenizer, two_rounds_then_answer), protocol, long_observation_executor,
                           questions(1), group_size=2, rollout_config=config(max_observation_tokens=5),
                           policy_version=0)
     calls = groups[0].trajectories[0].turns[0].calls
@@ -230,7 +209,7 @@ def test_context_and_observation_limits(tokenizer):
     assert groups[0].trajectories[0].final_answer == "x"
 
     max_context = prompt_length + 30
-    groups = run_episodes(ScriptedEngine(tokenizer, two_rounds_then_answer), protocol, FakeExecutor(), questions(1),
+    groups = run_episodes(scripted(tokenizer, two_rounds_then_answer), protocol, FakeExecutor(), questions(1),
                           group_size=2, rollout_config=config(max_context_tokens=max_context), policy_version=0)
     for trajectory in groups[0].trajectories:
         check_token_invariants(trajectory, tokenizer)
@@ -246,7 +225,7 @@ def test_function_call_protocol_runs_parallel_calls(tokenizer):
                 '<tool_call>{"name": "search", "arguments": {"query": "b"}}</tool_call><|im_end|>')
 
     executor = FakeExecutor()
-    groups = run_episodes(ScriptedEngine(tokenizer, policy), build_protocol("function_call"), executor, questions(1),
+    groups = run_episodes(scripted(tokenizer, policy), build_protocol("function_call"), executor, questions(1),
                           group_size=2, rollout_config=config(max_new_tokens_per_turn=128), policy_version=0)
     trajectory = groups[0].trajectories[0]
     assert executor.rounds == [[["a", "b"], ["a", "b"]]]
@@ -329,7 +308,7 @@ def test_real_tool_executor_with_bm25_over_the_generated_world(tiny_world, token
         return "".join(f"<tool_call>{json.dumps(call)}</tool_call>" for call in calls) + "<|im_end|>"
 
     protocol = build_protocol("function_call", tool_schemas=executor.tool_schemas())
-    groups = run_episodes(ScriptedEngine(tokenizer, policy), protocol, executor, [question], group_size=2,
+    groups = run_episodes(scripted(tokenizer, policy), protocol, executor, [question], group_size=2,
                           rollout_config=config(max_new_tokens_per_turn=256, max_observation_tokens=400),
                           policy_version=0)
     trajectory = groups[0].trajectories[0]
@@ -352,9 +331,9 @@ def comparable(trajectory: Trajectory) -> tuple:
 
 def test_the_concurrent_loop_plays_the_same_episodes_as_the_batched_one(tokenizer):
     protocol = build_protocol("tags")
-    reference = run_episodes(ScriptedEngine(tokenizer, two_rounds_then_answer), protocol, FakeExecutor(),
+    reference = run_episodes(scripted(tokenizer, two_rounds_then_answer), protocol, FakeExecutor(),
                              questions(2), group_size=2, rollout_config=config(), policy_version=0)
-    engine = ScriptedEngine(tokenizer, two_rounds_then_answer)
+    engine = scripted(tokenizer, two_rounds_then_answer)
     shared = CoalescingEngine(engine)
 
     async def two_calls():
@@ -375,7 +354,7 @@ def test_the_concurrent_loop_plays_the_same_episodes_as_the_batched_one(tokenize
 
 
 def test_weights_loaded_mid_episode_apply_to_later_turns_and_the_trajectory_keeps_the_oldest_version(tokenizer):
-    engine = ScriptedEngine(tokenizer, two_rounds_then_answer)
+    engine = scripted(tokenizer, two_rounds_then_answer)
     shared = CoalescingEngine(engine)
 
     class UpdatingExecutor(FakeExecutor):
@@ -393,7 +372,7 @@ def test_weights_loaded_mid_episode_apply_to_later_turns_and_the_trajectory_keep
 
 
 def test_a_failing_executor_is_an_error_observation_in_the_concurrent_loop_too(tokenizer):
-    shared = CoalescingEngine(ScriptedEngine(tokenizer, two_rounds_then_answer))
+    shared = CoalescingEngine(scripted(tokenizer, two_rounds_then_answer))
     (group,) = asyncio.run(run_episodes_async(shared, build_protocol("tags"), BrokenExecutor(), questions(1),
                                               group_size=2, rollout_config=config(), policy_version=0))
     trajectory = group.trajectories[0]

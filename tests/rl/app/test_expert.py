@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 from data.types import Question
 from data.config import RetrieverConfig
 from rollouts.config import RolloutConfig, ToolsConfig
-from rl.app.expert import ExpertError, expert_trajectory, write_expert_dataset
+from rl.app.expert import ExpertError, expert_trajectories, expert_trajectory, write_expert_dataset
 from rollouts.agent_loop import run_episodes
-from rollouts.engine import GenerationOutput
 from rollouts.protocols import build_protocol
+from rollouts.scripted_engine import ScriptedEngine, TurnScripts
 
 
 @pytest.fixture(scope="module")
@@ -107,25 +112,15 @@ def test_bridge_question_searches_one_hop_per_turn_with_the_answer_it_read(tiny_
         expert_trajectory(question, tags, tokenizer, executor, mode="parallel")
 
 
-class ScriptedEngine:
-    """Emits the given turn texts, one per generate call (one trajectory at a time), like a model would."""
-
-    def __init__(self, tokenizer, turn_texts: list[str]):
-        self.tokenizer, self.turn_texts, self.version = tokenizer, list(turn_texts), 0
-
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
-        assert len(batch_prompt_ids) == 1
-        token_ids = self.tokenizer.encode(self.turn_texts.pop(0), add_special_tokens=False)[:max_new_tokens]
-        assert token_ids[-1] in stop_token_ids  # the expert's turns end on the protocol's stop tokens
-        return [GenerationOutput(token_ids, [0.0] * len(token_ids), "stop")]
-
-
 def agent_loop_sequence(question, protocol, tokenizer, executor, turn_texts, rollout_config):
-    engine = ScriptedEngine(tokenizer, turn_texts)
+    """(input_ids, completion_mask) the agent loop records when a model writes `turn_texts`."""
+    turns = [tokenizer.encode(text, add_special_tokens=False) for text in turn_texts]
+    assert all(turn[-1] in protocol.stop_token_ids(tokenizer) for turn in turns)  # each ends as a model's would
+    engine = ScriptedEngine(tokenizer, TurnScripts({tuple(protocol.render_prompt(question, tokenizer)): turns}))
     (group,) = run_episodes(engine, protocol, executor, [question], group_size=1, rollout_config=rollout_config,
                             policy_version=0, greedy=True)
     (trajectory,) = group.trajectories
-    assert not engine.turn_texts and trajectory.final_answer == question.answers[0]
+    assert trajectory.model_calls == len(turns) and trajectory.final_answer == question.answers[0]
     return trajectory.prompt_ids + trajectory.response_ids, [0] * len(trajectory.prompt_ids) + trajectory.loss_mask
 
 
@@ -172,6 +167,15 @@ def test_demonstration_over_the_loop_limits_is_refused(tiny_world, tokenizer, ex
         expert_trajectory(question, tags, tokenizer, executor, "parallel", RolloutConfig(max_new_tokens_per_turn=8))
 
 
+def test_a_question_in_both_modes_in_one_call_gets_both_demonstrations(tiny_world, tokenizer, executor, tags):
+    question = first_question(tiny_world, "parallel", 2)
+    both = expert_trajectories([question, question], ["parallel", "sequential"], tags, tokenizer, executor)
+    alone = [expert_trajectories([question], [mode], tags, tokenizer, executor)[0]
+             for mode in ("parallel", "sequential")]
+    assert [trajectory.model_calls for trajectory in both] == [2, 3]
+    assert [trajectory.response_ids for trajectory in both] == [trajectory.response_ids for trajectory in alone]
+
+
 def test_dataset_is_a_seeded_mixture_with_fan_out_only_on_parallel_questions(tiny_world, tokenizer, executor, tags):
     questions = tiny_world.splits["train"][:40]
     num_parallel = sum(question.structure == "parallel" for question in questions)
@@ -200,3 +204,80 @@ def test_parallel_fraction_extremes(tiny_world, tokenizer, executor, tags, paral
     by_id = {question.id: question for question in questions}
     for question_id, calls in zip(dataset["question_id"], dataset["model_calls"]):
         assert calls == (expected_calls or len(by_id[question_id].sub_questions) + 1)
+
+
+# ------------------------------------------------------------------ golden demonstrations
+# fixtures/expert_golden.json was recorded from the expert's own copy of the loop's rounds (rl/app/expert.py at
+# e96bcaa, before it played through rollouts.agent_loop on the scripted engine), so this test holds the expert
+# to it token for token. Re-record only when the tiny world or tokenizer changes on purpose.
+
+GOLDEN_PATH = Path(__file__).parent / "fixtures" / "expert_golden.json"
+UPDATE_GOLDEN = "FANOUT_UPDATE_EXPERT_GOLDEN"  # =1 rewrites the fixture from the current code
+# One batched expert_trajectories call per entry: (protocol, rollout overrides, [(structure, sub-questions, mode)]).
+GOLDEN_CALLS = [
+    ("tags", {}, [("parallel", 2, "parallel"), ("parallel", 2, "sequential"), ("parallel", 3, "parallel"),
+                  ("parallel", 4, "sequential"),  # 4 search rounds = max_turns: the last observation has the cue
+                  ("sequential", 2, "sequential"), ("sequential", 3, "sequential"), ("single", 1, "parallel"),
+                  ("single", 1, "sequential")]),
+    ("tags", {"max_turns": 2}, [("parallel", 3, "sequential"),  # dropped: 3 search rounds > max_turns
+                                ("sequential", 2, "sequential"), ("parallel", 3, "parallel")]),
+    ("tags", {"max_new_tokens_per_turn": 10}, [("parallel", 2, "parallel"),  # dropped: the fan-out turn is longer
+                                               ("parallel", 2, "sequential"), ("sequential", 2, "sequential")]),
+    ("tags", {"max_context_tokens": 400}, [("parallel", 3, "parallel"),  # dropped: the observation overflows
+                                           ("parallel", 2, "sequential"), ("single", 1, "sequential")]),
+    ("tags", {"max_context_tokens": 368}, [("parallel", 2, "sequential")]),  # dropped: no room for the answer turn
+    ("tags", {"max_context_tokens": 369}, [("parallel", 2, "sequential")]),  # the answer turn fills the context
+    ("tags", {"max_observation_tokens": 24}, [("parallel", 3, "parallel"), ("sequential", 2, "sequential")]),
+    ("function_call", {"max_new_tokens_per_turn": 128}, [("parallel", 2, "parallel"),
+                                                         ("sequential", 2, "sequential")]),
+]
+
+
+def vocabulary_fingerprint(tokenizer) -> str:
+    return hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+
+
+def demonstration_record(trajectory) -> dict | None:
+    """The token-level content of one demonstration (None: dropped), in a compact JSON form."""
+    if trajectory is None:
+        return None
+    return {"prompt_ids": list(trajectory.prompt_ids), "response_ids": list(trajectory.response_ids),
+            "loss_mask": "".join(str(bit) for bit in trajectory.loss_mask), "final_answer": trajectory.final_answer}
+
+
+def golden_demonstrations(world, tokenizer, executor) -> dict:
+    """Every GOLDEN_CALLS entry played by expert_trajectories, keyed by a readable case name."""
+    cases = {}
+    for protocol_name, overrides, specs in GOLDEN_CALLS:
+        tool_schemas = executor.tool_schemas() if protocol_name == "function_call" else None
+        protocol = build_protocol(protocol_name, tool_schemas=tool_schemas)
+        questions = [first_question(world, structure, count) for structure, count, _ in specs]
+        modes = [mode for _, _, mode in specs]
+        trajectories = expert_trajectories(questions, modes, protocol, tokenizer, executor, RolloutConfig(**overrides))
+        setting = ",".join(f"{key}={value}" for key, value in overrides.items()) or "defaults"
+        for (structure, count, mode), question, trajectory in zip(specs, questions, trajectories):
+            name = f"{protocol_name} {setting}: {structure}-{count} {mode} ({question.id})"
+            cases[name] = demonstration_record(trajectory)
+    return cases
+
+
+def write_golden(cases: dict, fingerprint: str) -> None:
+    """The fixture, one case per line (readable diffs)."""
+    lines = [f"{json.dumps(name)}: {json.dumps(record, separators=(',', ':'))}" for name, record in cases.items()]
+    GOLDEN_PATH.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN_PATH.write_text(f'{{"vocabulary_sha256": "{fingerprint}",\n"cases": {{\n' + ",\n".join(lines) + "\n}}\n")
+
+
+def test_demonstrations_equal_the_golden_ones_recorded_before_the_expert_played_through_the_loop(
+        tiny_world, tokenizer, executor):
+    cases = golden_demonstrations(tiny_world, tokenizer, executor)
+    if os.environ.get(UPDATE_GOLDEN) == "1":
+        write_golden(cases, vocabulary_fingerprint(tokenizer))
+    golden = json.loads(GOLDEN_PATH.read_text())
+    assert golden["vocabulary_sha256"] == vocabulary_fingerprint(tokenizer), (
+        f"the tiny test tokenizer changed since {GOLDEN_PATH.name} was recorded: its token ids no longer apply; "
+        f"check the demonstrations by other means, then re-record with {UPDATE_GOLDEN}=1")
+    assert sorted(cases) == sorted(golden["cases"])
+    assert sum(record is None for record in cases.values()) == 4  # the limits of the drops marked above
+    for name, record in cases.items():
+        assert record == golden["cases"][name], name
