@@ -89,8 +89,10 @@ def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memor
     if object_store_memory_bytes is None:
         physical_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         object_store_memory_bytes = min(DEFAULT_OBJECT_STORE_BYTES, physical_bytes // 4)
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
-             object_store_memory=object_store_memory_bytes, log_to_driver=log_to_driver, runtime_env=runtime_env)
+    # address="local": always a fresh local instance, never a `ray start` cluster that happens to run here.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+             ignore_reinit_error=True, object_store_memory=object_store_memory_bytes, log_to_driver=log_to_driver,
+             runtime_env=runtime_env)
 
 
 @dataclass
@@ -388,7 +390,8 @@ class RolloutManager:
         """Publish policy `version` once to the object store and queue its loading on every actor.
 
         Does not wait for the actors: each loads the new weights after the calls it already has, and
-        the calls issued from now on run with them. Returns the seconds the trainer was blocked.
+        the calls issued from now on run with them. Returns the seconds the trainer was blocked (also
+        reported as `perf/weight_sync_s` by stats(), the metric's one source).
         """
         started = time.perf_counter()
         published = publish_weights(state_dict, version)
@@ -412,7 +415,11 @@ class RolloutManager:
     # ------------------------------------------------------------------ metrics, state, shutdown
 
     def stats(self, reset_window: bool = True) -> dict[str, float]:
-        """Slash-namespaced metrics; rates and sums cover the time since the previous stats() call."""
+        """Slash-namespaced metrics; rates and sums cover the time since the previous stats() call.
+
+        The manager is the one owner of the staleness of trained groups (`async/staleness_*`, measured
+        in get_batch, where it sees each group's version) and of `perf/weight_sync_s` (the last push).
+        """
         with self._lock:
             now = time.monotonic()
             for slot in self._slots:

@@ -232,29 +232,49 @@ def _config_dict(config: ExperimentConfig) -> dict:
     return to_dict(config)
 
 
+def merge_owned_metrics(sources: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One step's metrics from their owners; a key reported by two owners is a bug, refused by name.
+
+    Each metric has one owner: the trainer (`loss/*`, `async/policy_version`, `async/importance_*`,
+    `perf/train_*`), the trained groups (`reward/*`, `rollout/<per trajectory>`), the rollout manager
+    (`async/staleness_*`, `async/trainer_wait_s`, `perf/weight_sync_s`, buffer and actor counters) and the loop (`perf/step_s`,
+    `perf/samples_per_s*`). Merging with dict.update would let one silently
+    overwrite another.
+    """
+    merged: dict[str, float] = {}
+    owner_of: dict[str, str] = {}
+    for owner, metrics in sources.items():
+        for key, value in metrics.items():
+            if key in owner_of:
+                raise ValueError(f"metric {key!r} is reported by both {owner_of[key]} and {owner}; "
+                                 "one of them must stop reporting it")
+            merged[key], owner_of[key] = value, owner
+    return merged
+
+
 def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: Path, start_step: int) -> None:
     progress = _progress(config, start_step)
     samples_total, loop_start = 0, time.perf_counter()
     for step in range(start_step, config.grpo.total_steps):
         step_start = time.perf_counter()
         groups = manager.get_batch(config.rollout.questions_per_step, current_version=trainer.version)
-        wait_s = time.perf_counter() - step_start
-        trajectories = [trajectory for group in groups for trajectory in group.trajectories]
         version_before = trainer.version
-        metrics = trainer.step(trajectories, current_version=trainer.version)
+        trainer_metrics = trainer.step(groups)
         if trainer.version != version_before:  # a skipped (non-finite) step made no new version to push
-            metrics["perf/weight_sync_s"] = manager.push_weights(trainer.export_weights(), trainer.version)
+            manager.push_weights(trainer.export_weights(), trainer.version)  # timed in manager.stats()
         fault_point("mid_step", step + 1)
-        metrics.update(rollout_metrics(groups))
-        metrics.update(manager.stats())
-        samples_total += len(trajectories)
+        group_metrics, manager_metrics = rollout_metrics(groups), manager.stats()
+        samples = sum(len(group.trajectories) for group in groups)
+        samples_total += samples
         step_s = time.perf_counter() - step_start
-        metrics.update({
+        loop_metrics = {
             "perf/step_s": step_s,
-            "perf/trainer_wait_s": wait_s,
-            "perf/samples_per_s": len(trajectories) / max(step_s, 1e-9),
+            "perf/samples_per_s": samples / max(step_s, 1e-9),
             "perf/samples_per_s_cumulative": samples_total / max(time.perf_counter() - loop_start, 1e-9),
-            "async/policy_version": trainer.version,
+        }
+        metrics = merge_owned_metrics({
+            "the trainer": trainer_metrics, "the trained groups": group_metrics,
+            "the rollout manager": manager_metrics, "the train loop": loop_metrics,
         })
         metrics_logger.log(step + 1, metrics)
         progress.set_postfix(_postfix(metrics))

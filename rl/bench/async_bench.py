@@ -13,7 +13,7 @@ From each run's metrics.jsonl, over the steady steps (every step but the first, 
 actors' start-up):
 - samples/s = trajectories trained ÷ wall seconds of those steps; ratio = samples/s ÷ samples/s at
   staleness 0 (the `ratio` figure);
-- trainer waiting for data = Σ perf/trainer_wait_s ÷ Σ perf/step_s;
+- trainer waiting for data = Σ async/trainer_wait_s ÷ Σ perf/step_s;
 - rollout actor waiting for weights = Σ async/worker_idle_s ÷ Σ perf/step_s (time with no generate call
   in flight, i.e. held back by the staleness window until the next version is pushed);
 - mean staleness of the trained groups and groups dropped as too stale.
@@ -70,7 +70,7 @@ def steady_figures(metrics_path: Path) -> dict[str, float]:
         "steps": len(steady),
         "samples_per_s": samples / step_s,
         "step_s": step_s / len(steady),
-        "trainer_wait_fraction": sum(row["perf/trainer_wait_s"] for row in steady) / step_s,
+        "trainer_wait_fraction": sum(row["async/trainer_wait_s"] for row in steady) / step_s,
         "worker_idle_fraction": sum(row.get("async/worker_idle_s", 0.0) for row in steady) / step_s,
         "train_step_s": sum(row.get("perf/train_step_s", 0.0) for row in steady) / len(steady),
         "staleness_mean": sum(row.get("async/staleness_mean", 0.0) for row in steady) / len(steady),

@@ -8,7 +8,7 @@ Every suite measures ratios side by side in one run, on inputs built here:
 - `prepare_assets(quick)`: the generated world and the tiny model of that config, built once into a cache
   folder (`$FANOUT_BENCH_CACHE`, default `<system temp>/fanout-bench`) and reused by every later suite.
   The full setting also runs a short SFT warm-start (TRL SFTTrainer on scripted-expert trajectories,
-  rl/sft.py) so the policy follows the protocol and actually calls the search tool; `--quick` uses the
+  rl/app/sft.py) so the policy follows the protocol and actually calls the search tool; `--quick` uses the
   untrained tiny model (figures are not meaningful then, only well formed).
 - small helpers: a timer, a Markdown table printer, the trajectories' token counts.
 
@@ -203,10 +203,12 @@ def prepare_assets(quick: bool) -> BenchAssets:
 def generate_training_batch(
     config: ExperimentConfig, assets: BenchAssets, model_path: str | Path | None = None, seed: int = 0
 ) -> list:
-    """One training batch (questions_per_step groups of group_size scored trajectories), generated in this
-    process by the HF engine through the agent loop with real search and the configured rewards.
+    """One training batch: questions_per_step scored groups (data.trajectory.Group) of group_size
+    trajectories, generated in this process by the HF engine through the agent loop with real search and
+    the configured rewards.
 
-    What a rollout actor would return for one step, without Ray: the suites that time a trainer step use it.
+    What a rollout actor would return for one step, without Ray: the suites that time a trainer step pass
+    it to `GRPOTrainer.step` as it is.
     """
     from rollouts.agent_loop import run_episodes
     from rollouts.engine import build_engine
@@ -228,7 +230,7 @@ def generate_training_batch(
         seed=seed,
     )
     score_groups(groups, config.reward)
-    return [trajectory for group in groups for trajectory in group.trajectories]
+    return groups
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +238,7 @@ def generate_training_batch(
 # ----------------------------------------------------------------------------------------------
 
 
-# Set by the trainer's one-process DeepSpeed group (rl/deepspeed_setup.py); a child process must not inherit
+# Set by the trainer's one-process DeepSpeed group (rl/grpo/deepspeed_setup.py); a child process must not inherit
 # them, or it would try to join (or re-bind the port of) this process's group.
 DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -280,6 +282,11 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
     print(flush=True)
 
 
+def num_trajectories(groups: Sequence[Any]) -> int:
+    """Trajectories over all the groups (the samples of a training batch)."""
+    return sum(len(group.trajectories) for group in groups)
+
+
 def generated_tokens(groups: Sequence[Any]) -> int:
     """Model-generated tokens (loss-mask ones) over every trajectory of the groups."""
     return sum(trajectory.num_generated_tokens for group in groups for trajectory in group.trajectories)
@@ -307,6 +314,7 @@ __all__ = [
     "generate_training_batch",
     "generated_tokens",
     "load_average",
+    "num_trajectories",
     "prepare_assets",
     "print_table",
     "ratio",

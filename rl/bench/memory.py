@@ -38,6 +38,7 @@ from rl.bench.common import (
     clean_spawn_environment,
     generate_training_batch,
     load_average,
+    num_trajectories,
     prepare_assets,
     print_table,
 )
@@ -153,7 +154,7 @@ def measure_run(quick: bool, assets) -> tuple[MemorySample, float, int]:
     return sampler.peak, time.perf_counter() - started, sampler.samples
 
 
-def one_step_peak_bytes(config, model_path: str, trajectories: list) -> int:
+def one_step_peak_bytes(config, model_path: str, groups: list) -> int:
     """Runs in a fresh process: build the trainer, one step; returns the process's peak RSS in bytes."""
     import torch
 
@@ -162,7 +163,7 @@ def one_step_peak_bytes(config, model_path: str, trajectories: list) -> int:
 
     torch.set_num_threads(1)
     trainer = GRPOTrainer(config, model_path=model_path, tokenizer=load_tokenizer(model_path))
-    trainer.step(trajectories, current_version=0)
+    trainer.step(groups)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
@@ -177,7 +178,7 @@ def measure_trainer_steps(quick: bool, assets) -> tuple[dict[int, int], int]:
     config = bench_config(
         quick, ["experiment.name=bench-memory-step", *assets.run_overrides(), *run_overrides(quick)]
     )
-    trajectories = generate_training_batch(config, assets)
+    groups = generate_training_batch(config, assets)
     peaks = {}
     for minibatches in MICRO_BATCH_SETTINGS:
         config.grpo.minibatches_per_step = minibatches
@@ -186,9 +187,9 @@ def measure_trainer_steps(quick: bool, assets) -> tuple[dict[int, int], int]:
             ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool,
         ):
             peaks[minibatches] = pool.submit(
-                one_step_peak_bytes, config, str(assets.model_path), trajectories
+                one_step_peak_bytes, config, str(assets.model_path), groups
             ).result()
-    return peaks, len(trajectories)
+    return peaks, num_trajectories(groups)
 
 
 def run(quick: bool) -> dict:

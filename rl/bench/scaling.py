@@ -33,6 +33,7 @@ from rl.bench.common import (
     bench_config,
     generate_training_batch,
     load_average,
+    num_trajectories,
     prepare_assets,
     print_table,
     ratio,
@@ -78,16 +79,16 @@ def measure_serial_part(quick: bool, assets, repeats: int) -> tuple[float, float
             *assets.run_overrides(),
         ],
     )
-    trajectories = generate_training_batch(config, assets)
+    groups = generate_training_batch(config, assets)
     trainer = GRPOTrainer(config, model_path=assets.model_path, tokenizer=load_tokenizer(assets.model_path))
-    train_s = time_steps(trainer, trajectories, repeats)
+    train_s = time_steps(trainer, groups, repeats)
     init_ray()
     with build_rollout_manager(
         config, assets.train_questions, model_path=str(assets.model_path), corpus_path=assets.corpus_path
     ) as manager:
         ray.get([handle.ping.remote() for handle in manager.worker_handles()])
         _, _, _, sync_s = time_push_to_actors(trainer, manager, "full", repeats)
-    return train_s, sync_s, len(trajectories)
+    return train_s, sync_s, num_trajectories(groups)
 
 
 def run(quick: bool) -> dict:

@@ -34,6 +34,7 @@ from rl.bench.common import (
     bench_config,
     generate_training_batch,
     load_average,
+    num_trajectories,
     prepare_assets,
     print_table,
     ratio,
@@ -70,13 +71,13 @@ def sync_overrides(quick: bool) -> list[str]:
     ]
 
 
-def time_steps(trainer, trajectories: list, repeats: int) -> float:
-    """Median seconds of `trainer.step` on the same batch (after one warm-up step)."""
-    trainer.step(trajectories, current_version=trainer.version)
+def time_steps(trainer, groups: list, repeats: int) -> float:
+    """Median seconds of `trainer.step` on the same batch of groups (after one warm-up step)."""
+    trainer.step(groups)
     seconds = []
     for _ in range(repeats):
         with timer() as elapsed:
-            trainer.step(trajectories, current_version=trainer.version)
+            trainer.step(groups)
         seconds.append(elapsed["s"])
     return statistics.median(seconds)
 
@@ -133,7 +134,7 @@ def time_adapter_transfer(trainer, repeats: int) -> tuple[int, float, float, flo
 
 
 def measure_kinds(
-    quick: bool, assets: BenchAssets, lora: bool, trajectories: list, repeats: int
+    quick: bool, assets: BenchAssets, lora: bool, groups: list, repeats: int
 ) -> list[SyncTimes]:
     """Step time and sync times of one trainer (full weights, or LoRA merged + adapter)."""
     import ray
@@ -154,7 +155,7 @@ def measure_kinds(
         ],
     )
     trainer = GRPOTrainer(config, model_path=assets.model_path, tokenizer=load_tokenizer(assets.model_path))
-    step_s = time_steps(trainer, trajectories, repeats)
+    step_s = time_steps(trainer, groups, repeats)
     init_ray()
     results = []
     with build_rollout_manager(
@@ -178,9 +179,9 @@ def run(quick: bool) -> dict:
     assets = prepare_assets(quick)
     load_before = load_average()
     batch_config = bench_config(quick, [*sync_overrides(quick), *assets.run_overrides()])
-    trajectories = generate_training_batch(batch_config, assets)
-    results = measure_kinds(quick, assets, False, trajectories, repeats)
-    results += measure_kinds(quick, assets, True, trajectories, repeats)
+    groups = generate_training_batch(batch_config, assets)
+    results = measure_kinds(quick, assets, False, groups, repeats)
+    results += measure_kinds(quick, assets, True, groups, repeats)
     rows = [
         (
             result.kind,
@@ -196,8 +197,8 @@ def run(quick: bool) -> dict:
     ]
     num_actors = batch_config.rollout.num_workers
     print_table(
-        f"sync: batch of {len(trajectories)} trajectories, {num_actors} idle rollout actor(s), median of "
-        f"{repeats}, load {load_before}",
+        f"sync: batch of {num_trajectories(groups)} trajectories, {num_actors} idle rollout actor(s), "
+        f"median of {repeats}, load {load_before}",
         [
             "weights",
             "MiB",
@@ -220,7 +221,7 @@ def run(quick: bool) -> dict:
         "step_s": round(by_kind["full"].step_s, 4),
         "delivered_s": {kind: round(result.delivered_s, 5) for kind, result in by_kind.items()},
         "weight_mib": {kind: round(result.num_bytes / 2**20, 3) for kind, result in by_kind.items()},
-        "batch_trajectories": len(trajectories),
+        "batch_trajectories": num_trajectories(groups),
         "actors": num_actors,
         "load_average": load_before,
     }

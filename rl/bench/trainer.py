@@ -41,12 +41,13 @@ import torch
 from rl.bench.common import (
     bench_config,
     clean_spawn_environment,
+    generated_tokens,
     load_average,
     prepare_assets,
     print_table,
     ratio,
 )
-from data.trajectory import Trajectory
+from data.trajectory import Group, Trajectory
 
 REWARD_WEIGHTS = "reward.weights={exact_match: 1.0, format: 0.1}"
 
@@ -115,7 +116,8 @@ class FanoutSingleTurn:
         self.step_index = 0
         self.last_generate_s = 0.0
 
-    def _trajectories(self) -> list[Trajectory]:
+    def _groups(self) -> list[Group]:
+        """One step's groups: G single-turn completions of each of the step's prompts, unscored."""
         settings = self.settings
         start = (self.step_index * settings.prompts_per_step) % len(self.questions)
         chosen = [(start + offset) % len(self.questions) for offset in range(settings.prompts_per_step)]
@@ -142,18 +144,22 @@ class FanoutSingleTurn:
             trajectory.append(list(output.token_ids), trainable=True, logprobs=list(output.logprobs))
             trajectory.response_text = self.engine.tokenizer.decode(output.token_ids)
             trajectories.append(trajectory)
-        return trajectories
+        members = [trajectories[start : start + settings.group_size]
+                   for start in range(0, len(trajectories), settings.group_size)]  # rows are prompt-major
+        return [Group(group[0].group_id, group[0].question, group, policy_version=self.trainer.version)
+                for group in members]
 
     def step(self) -> int:
         """One end-to-end step; returns the generated tokens."""
         from rewards import score_group
 
-        trajectories = self._trajectories()
-        score_group(trajectories, self.config.reward, write_back=True)
-        self.trainer.step(trajectories, current_version=self.trainer.version)
+        groups = self._groups()
+        for group in groups:
+            score_group(group, self.config.reward, write_back=True)
+        self.trainer.step(groups)
         self.engine.load_weights(self.trainer.export_weights(), self.trainer.version)
         self.step_index += 1
-        return sum(trajectory.num_generated_tokens for trajectory in trajectories)
+        return generated_tokens(groups)
 
     def run(self, steps: int, warmup_steps: int) -> StepTimes:
         times = StepTimes(completions_per_step=self.settings.prompts_per_step * self.settings.group_size)

@@ -24,7 +24,7 @@ import torch
 
 from rl.grpo.core_algos import entropy_from_logits
 from rl.grpo.lm_head import has_compact_lm_head
-from data.trajectory import Trajectory
+from data.trajectory import Group, Trajectory
 
 
 @dataclass
@@ -87,6 +87,11 @@ class TrainBatch:
                 value = value[:, :response_length]
             trimmed[f.name] = value
         return replace(self, **trimmed)
+
+
+def group_rewards(group: Group) -> torch.Tensor:
+    """rewards_G: the scalar rewards of one group's trajectories, in their order (float32)."""
+    return torch.tensor([float(trajectory.reward) for trajectory in group.trajectories], dtype=torch.float32)
 
 
 def collate(
@@ -177,7 +182,7 @@ def response_logprobs_and_entropy(
     shortest prompt on are projected to the vocabulary (`logits_to_keep`), and log-probs are
     computed as logit - logsumexp without materialising the full log-softmax. Logits are divided by
     the sampling temperature so the log-probs match the distribution the rollout sampled from.
-    A model with rl/lm_head.py's compact head projects only the loss-mask positions instead (see
+    A model with rl/grpo/lm_head.py's compact head projects only the loss-mask positions instead (see
     `loss_token_logprobs_and_entropy`; log-probs and entropy are then 0 where the loss mask is 0).
     entropy_grad=False computes the entropy as a metric only: outside autograd, so the backward pass
     neither keeps nor walks through its softmax.
@@ -265,6 +270,7 @@ def sequence_logprobs(model: torch.nn.Module, batch: TrainBatch, temperature: fl
 __all__ = [
     "TrainBatch",
     "collate",
+    "group_rewards",
     "loss_token_logprobs_and_entropy",
     "response_logprobs_and_entropy",
     "sequence_logprobs",

@@ -15,13 +15,13 @@ step), and the gap between pi_prox and pi_behav is corrected by a truncated impo
 standard GRPO/PPO clipped loss.
 
 What it simplifies on purpose: advantages are per sequence (outcome rewards, no value model), and
-the estimator registry takes only rewards grouped in a rectangle (B groups of G); ragged groups are
-handled by the caller one group at a time.
+the estimator registry takes only rewards grouped in a rectangle (B groups of G); ragged groups go
+through `advantages_in_batch_order`, one group at a time.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -85,6 +85,42 @@ def leave_one_out_advantages(
         return torch.zeros_like(rewards_BG, dtype=torch.float32)
     centred_BG = group_advantages(rewards_BG, scale_by_std=scale_by_std, eps=eps)
     return centred_BG * group_size / (group_size - 1)
+
+
+def advantages_in_batch_order(
+    rewards_by_group: Sequence[torch.Tensor],
+    estimator: AdvantageEstimator,
+    *,
+    scale_by_std: bool,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """advantages_B: one advantage per trajectory, group after group (the order the batch is collated in).
+
+    `rewards_by_group[n]` is rewards_G of group n; groups may differ in size (a worker can return fewer
+    samples), so each group goes through the rectangular `estimator` as its own (1, G) row instead of
+    being padded into a (N, G) rectangle whose padding would shift the group means.
+    """
+    advantages_per_group = [
+        estimator(rewards_G.reshape(1, -1), scale_by_std=scale_by_std, eps=eps).reshape(-1)
+        for rewards_G in rewards_by_group
+    ]
+    if not advantages_per_group:
+        return torch.zeros(0, dtype=torch.float32)
+    return torch.cat(advantages_per_group).to(torch.float32)
+
+
+def groups_with_varied_rewards(rewards_by_group: Sequence[torch.Tensor]) -> list[int]:
+    """Indices of the groups to keep under DAPO's dynamic-sampling filter (`grpo.drop_zero_advantage_groups`).
+
+    A group whose rewards are all equal (or that has fewer than two samples) gets advantage 0 for every
+    member under any group-relative estimator: it adds no gradient but still counts in the loss
+    normalisation, diluting the groups that carry signal, so the filter drops it.
+    """
+    return [
+        index
+        for index, rewards_G in enumerate(rewards_by_group)
+        if rewards_G.numel() > 1 and bool((rewards_G != rewards_G[0]).any())
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,11 +336,13 @@ def is_finite_loss(*values: torch.Tensor | float) -> bool:
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATIONS",
+    "advantages_in_batch_order",
     "aggregate_loss",
     "behaviour_importance_weights",
     "entropy_from_logits",
     "get_advantage_estimator",
     "group_advantages",
+    "groups_with_varied_rewards",
     "is_finite_loss",
     "kl_k3",
     "leave_one_out_advantages",

@@ -1,16 +1,20 @@
 """The GRPO trainer: advantages, decoupled clipped loss and a DeepSpeed optimizer step per batch.
 
 `GRPOTrainer` owns the policy inside a DeepSpeed engine (ZeRO stage, precision, gradient clipping,
-AdamW and the LR schedule come from the config) and turns a list of scored trajectories into one
-new policy version:
+AdamW and the LR schedule come from the config) and turns the scored groups the rollout manager
+returns (`data.trajectory.Group`) into one new policy version:
 
     trainer = GRPOTrainer(config, model_path="runs/x/sft")
-    metrics = trainer.step(trajectories, current_version=trainer.version)   # version += 1
-    weights = trainer.state_dict_for_rollout()                              # push to rollout workers
+    metrics = trainer.step(groups)                  # trainer.version += 1 when the weights changed
+    weights = trainer.state_dict_for_rollout()      # push to rollout workers
     trainer.save_checkpoint(config.run_dir / "checkpoints", extra_state={"data_cursor": 123})
 
+The trainer owns the policy version (`async/policy_version`); how stale the batch was is measured
+by the rollout manager, which sees each group's version when it admits it.
+
 One `step`:
- 1. advantages per group (trajectories sharing a group_id) with the registered estimator;
+ 1. advantages per group with the registered estimator (rl/grpo/core_algos.py), in batch order; with
+    `grpo.drop_zero_advantage_groups`, groups whose rewards are all equal are dropped first;
  2. the *proximal* log-probs: one no-grad forward with the weights at the start of the step;
  3. `grpo.epochs_per_batch` optimizer steps, each accumulating gradients over
     `grpo.minibatches_per_step` micro-batches: forward, decoupled policy loss (+ k3 KL to a frozen
@@ -53,6 +57,7 @@ import torch
 from rl.grpo.batch import (
     TrainBatch,
     collate,
+    group_rewards,
     response_logprobs_and_entropy,
     sequence_logprobs,
     split_micro_batches,
@@ -68,7 +73,15 @@ from rl.grpo.checkpoint import (
     save_trainer_state,
 )
 from rl.config import ConfigError, ExperimentConfig
-from rl.grpo.core_algos import aggregate_loss, get_advantage_estimator, is_finite_loss, kl_k3, policy_loss
+from rl.grpo.core_algos import (
+    advantages_in_batch_order,
+    aggregate_loss,
+    get_advantage_estimator,
+    groups_with_varied_rewards,
+    is_finite_loss,
+    kl_k3,
+    policy_loss,
+)
 from rl.grpo.deepspeed_setup import (
     build_deepspeed_config,
     disable_dropout,
@@ -77,7 +90,7 @@ from rl.grpo.deepspeed_setup import (
 )
 from rl.grpo.lm_head import install_compact_lm_head
 from rl.grpo.lora import adapter_config_dict, adapter_state_dict, apply_lora, is_lora_model, merged_state_dict
-from data.trajectory import Trajectory
+from data.trajectory import Group
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +99,7 @@ DEEPSPEED_CHECKPOINT_TAG = "state"
 
 
 class GRPOTrainer:
-    """Policy + optimizer in a DeepSpeed engine; `step(trajectories)` makes the next policy version."""
+    """Policy + optimizer in a DeepSpeed engine; `step(groups)` makes the next policy version."""
 
     def __init__(
         self,
@@ -104,7 +117,7 @@ class GRPOTrainer:
         # DeepSpeed prints its whole config at INFO for every engine; keep warnings and errors.
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         model = self._load_model(model, model_path)
-        install_compact_lm_head(model)  # log-probs projected at loss-mask positions only (rl/lm_head.py)
+        install_compact_lm_head(model)  # log-probs projected at loss-mask positions only (rl/grpo/lm_head.py)
         if self.tokenizer is None:
             self.tokenizer = self._tokenizer_next_to_model(model_path or config.model.path)
         self.pad_token_id = self._pad_token_id(model, self.tokenizer)
@@ -191,40 +204,31 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ one training step
 
-    def compute_advantages(self, trajectories: Sequence[Trajectory]) -> torch.Tensor:
-        """One advantage per trajectory, normalised within its group (trajectories sharing a group_id)."""
-        rows_by_group: dict[str, list[int]] = defaultdict(list)
-        for row, trajectory in enumerate(trajectories):
-            rows_by_group[trajectory.group_id].append(row)
-        advantages_B = torch.zeros(len(trajectories), dtype=torch.float32)
-        for rows in rows_by_group.values():
-            rewards_1G = torch.tensor([[float(trajectories[row].reward) for row in rows]])
-            group_advantages_1G = self.advantage_estimator(
-                rewards_1G, scale_by_std=self.config.grpo.scale_rewards, eps=1e-6
-            )
-            advantages_B[rows] = group_advantages_1G[0]
-        return advantages_B
+    def step(self, groups: Sequence[Group]) -> dict[str, float]:
+        """Train on one batch of scored groups (as the rollout manager returns them); returns metrics.
 
-    def step(
-        self, trajectories: Sequence[Trajectory], current_version: int | None = None
-    ) -> dict[str, float]:
-        """Train on one batch of scored trajectories; returns slash-namespaced metrics."""
+        The version moves by one when the weights changed; a skipped step leaves it where it was.
+        """
         started = time.perf_counter()
-        current_version = self.version if current_version is None else current_version
-        metrics = self._staleness_metrics(trajectories, current_version)
-        rewards = [float(trajectory.reward) for trajectory in trajectories]
-        if not trajectories:
+        _check_groups(groups)
+        metrics: dict[str, float] = {}
+        rewards_by_group = [group_rewards(group) for group in groups]
+        if not any(rewards_G.numel() for rewards_G in rewards_by_group):
             return self._skipped(metrics, started, reason="no trajectories", nonfinite=False)
-        if not is_finite_loss(torch.tensor(rewards)):
+        if not is_finite_loss(*rewards_by_group):
             return self._skipped(metrics, started, reason="non-finite reward")
-        advantages_B = self.compute_advantages(trajectories)
         if self.config.grpo.drop_zero_advantage_groups:
-            trajectories, advantages_B, dropped = self._drop_zero_advantage_groups(trajectories, advantages_B)
-            metrics["loss/dropped_zero_advantage_groups"] = float(dropped)
-            if not trajectories:
+            kept = groups_with_varied_rewards(rewards_by_group)
+            metrics["loss/dropped_zero_advantage_groups"] = float(len(groups) - len(kept))
+            groups, rewards_by_group = [groups[i] for i in kept], [rewards_by_group[i] for i in kept]
+            if not groups:
                 return self._skipped(
                     metrics, started, reason="every group had equal rewards", nonfinite=False
                 )
+        advantages_B = advantages_in_batch_order(
+            rewards_by_group, self.advantage_estimator, scale_by_std=self.config.grpo.scale_rewards, eps=1e-6
+        )
+        trajectories = [trajectory for group in groups for trajectory in group.trajectories]
         batch = collate(trajectories, self.pad_token_id, advantages_B)
         micro_batches = [
             micro_batch.to(self.engine.device)
@@ -260,15 +264,6 @@ class GRPOTrainer:
         )
         return metrics
 
-    def _staleness_metrics(
-        self, trajectories: Sequence[Trajectory], current_version: int
-    ) -> dict[str, float]:
-        staleness = [current_version - trajectory.policy_version for trajectory in trajectories] or [0]
-        return {
-            "async/staleness_mean": sum(staleness) / len(staleness),
-            "async/staleness_max": float(max(staleness)),
-        }
-
     def _skipped(
         self, metrics: dict[str, float], started: float, reason: str, nonfinite: bool = True
     ) -> dict[str, float]:
@@ -283,15 +278,6 @@ class GRPOTrainer:
             }
         )
         return metrics
-
-    @staticmethod
-    def _drop_zero_advantage_groups(trajectories: Sequence[Trajectory], advantages_B: torch.Tensor):
-        rewards_by_group: dict[str, set[float]] = defaultdict(set)
-        for trajectory in trajectories:
-            rewards_by_group[trajectory.group_id].add(float(trajectory.reward))
-        kept_rows = [row for row, t in enumerate(trajectories) if len(rewards_by_group[t.group_id]) > 1]
-        dropped = sum(1 for rewards in rewards_by_group.values() if len(rewards) == 1)
-        return [trajectories[row] for row in kept_rows], advantages_B[kept_rows], dropped
 
     def _needs_proximal_pass(self) -> bool:
         """A separate no-grad pass is only needed when the weights move within the step (several epochs)
@@ -531,6 +517,16 @@ class GRPOTrainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         restore_rng_state(state["rng"])
         return dict(state.get("extra_state", {}))
+
+
+def _check_groups(groups: Sequence[Group]) -> None:
+    """Refuse a flat list of trajectories: the groups define the advantages, never a group_id string."""
+    for index, group in enumerate(groups):
+        if not isinstance(group, Group):
+            raise TypeError(
+                f"GRPOTrainer.step takes groups (data.trajectory.Group, as RolloutManager.get_batch returns "
+                f"them); item {index} is a {type(group).__name__}: wrap each group's trajectories in a Group"
+            )
 
 
 __all__ = ["GRPOTrainer"]

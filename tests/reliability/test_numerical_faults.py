@@ -14,7 +14,7 @@ import math
 import pytest
 import ray
 import torch
-import transformers
+from tiny_models import tiny_qwen2
 
 import rl.grpo.trainer as trainer_module
 from data.types import Question
@@ -23,25 +23,14 @@ from rl.app.metrics import MetricsLogger, read_metrics
 from rl.grpo.trainer import GRPOTrainer
 from rollouts.manager import init_ray
 from rl.app.rollout_setup import build_rollout_manager
-from data.trajectory import Trajectory
+from data.trajectory import Group, Trajectory
 
 VOCAB_SIZE = 64
 QUESTION = Question(id="q", question="Who?", answers=["x"])
 
 
-def tiny_model() -> transformers.Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    return transformers.Qwen2ForCausalLM(
-        transformers.Qwen2Config(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    )
+def tiny_model():
+    return tiny_qwen2(vocab_size=VOCAB_SIZE, num_hidden_layers=1, tie_word_embeddings=False)
 
 
 def trainer_config(zero_stage: int = 0) -> ExperimentConfig:
@@ -55,8 +44,8 @@ def trainer_config(zero_stage: int = 0) -> ExperimentConfig:
     return config
 
 
-def group_of_trajectories(question: Question, group_id: str, rewards: list[float], version: int = 0):
-    """One GRPO group: prompt [1, 2, 3], a 3-token response with behaviour log-prob -2 per token."""
+def one_group_batch(question: Question, group_id: str, rewards: list[float], version: int = 0) -> list[Group]:
+    """A batch of one GRPO group: prompt [1, 2, 3], 3 response tokens of behaviour log-prob -2 each."""
     trajectories = []
     for member, reward in enumerate(rewards):
         trajectory = Trajectory(
@@ -64,7 +53,7 @@ def group_of_trajectories(question: Question, group_id: str, rewards: list[float
         )
         trajectory.append([4 + member, 5, 6], True, [-2.0, -2.0, -2.0])
         trajectories.append(trajectory)
-    return trajectories
+    return [Group(group_id, question, trajectories, policy_version=version)]
 
 
 def parameters(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
@@ -84,16 +73,16 @@ def trainer() -> GRPOTrainer:
 @pytest.mark.parametrize("bad_reward", [math.nan, math.inf, -math.inf])
 def test_a_nonfinite_reward_skips_the_step_and_changes_nothing(trainer, bad_reward):
     before, version = parameters(trainer), trainer.version
-    metrics = trainer.step(group_of_trajectories(QUESTION, "g", [0.0, 1.0, bad_reward, 0.5]))
+    metrics = trainer.step(one_group_batch(QUESTION, "g", [0.0, 1.0, bad_reward, 0.5]))
     assert metrics["loss/skipped_nonfinite"] == 1.0
     assert trainer.version == version and unchanged(trainer, before)
 
 
 def test_a_nonfinite_behaviour_logprob_skips_the_step_and_changes_nothing(trainer):
-    trajectories = group_of_trajectories(QUESTION, "g", [0.0, 1.0, 0.0, 1.0])
-    trajectories[1].behaviour_logprobs[-1] = math.nan
+    batch = one_group_batch(QUESTION, "g", [0.0, 1.0, 0.0, 1.0])
+    batch[0].trajectories[1].behaviour_logprobs[-1] = math.nan
     before, version = parameters(trainer), trainer.version
-    metrics = trainer.step(trajectories)
+    metrics = trainer.step(batch)
     assert metrics["loss/skipped_nonfinite"] == 1.0
     assert trainer.version == version and unchanged(trainer, before)
 
@@ -107,11 +96,11 @@ def test_an_infinite_loss_is_never_applied_and_the_next_step_is(trainer, monkeyp
 
     monkeypatch.setattr(trainer_module, "policy_loss", infinite_loss)
     before, version = parameters(trainer), trainer.version
-    metrics = trainer.step(group_of_trajectories(QUESTION, "g", [0.0, 1.0, 0.0, 1.0]))
+    metrics = trainer.step(one_group_batch(QUESTION, "g", [0.0, 1.0, 0.0, 1.0]))
     assert metrics["loss/skipped_nonfinite"] == 1.0
     assert trainer.version == version and unchanged(trainer, before)
     monkeypatch.setattr(trainer_module, "policy_loss", real_policy_loss)
-    metrics = trainer.step(group_of_trajectories(QUESTION, "g", [0.0, 1.0, 0.0, 1.0]))
+    metrics = trainer.step(one_group_batch(QUESTION, "g", [0.0, 1.0, 0.0, 1.0]))
     assert metrics["loss/skipped_nonfinite"] == 0.0 and trainer.version == version + 1
     assert not unchanged(trainer, before)
     assert all(bool(torch.isfinite(parameter).all()) for parameter in trainer.module.parameters())
@@ -139,7 +128,7 @@ def make_actor_with_a_nan_second_batch():
                 trajectories = []
                 for member in range(
                     group_size
-                ):  # as group_of_trajectories (a module function does not pickle)
+                ):  # as one_group_batch (a module function does not pickle)
                     reward = math_module.nan if self.calls == 2 and member == 0 else float(member % 2)
                     trajectory = Trajectory(
                         question=question,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 import uvicorn
-from reliability_helpers import ROOT, ScriptedEngine
+from reliability_helpers import ROOT, scripted_engine
+from tiny_models import tiny_qwen2
 
 from data.retriever import BM25Retriever
 from data.types import Question
@@ -81,18 +81,7 @@ class CreatesAFileWhenUnpickled:
 def tiny_trainer(zero_stage: int):
     from rl.grpo.trainer import GRPOTrainer
 
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(
-        transformers.Qwen2Config(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    )
+    model = tiny_qwen2(vocab_size=64, num_hidden_layers=1, tie_word_embeddings=False)
     config = ExperimentConfig()
     config.deepspeed.zero_stage = zero_stage
     config.rollout.questions_per_step, config.rollout.group_size = 1, 2
@@ -189,7 +178,7 @@ def test_python_in_a_completion_is_only_ever_text(tmp_path, tiny_checkpoint):
     marker = tmp_path / "code-ran"
     code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
     completions = {0: f"<search> {code} ## exec({code!r})</search>", 1: f"<answer> {code}</answer>"}
-    engine = ScriptedEngine(
+    engine = scripted_engine(
         load_tokenizer(tiny_checkpoint), lambda response: completions[min(response.count("<information>"), 1)]
     )
     config = ExperimentConfig()

@@ -20,7 +20,7 @@ from rl.bench import SUITES, run_suite
 from rl.bench.async_bench import steady_figures
 from rl.bench.common import CACHE_ENV, bench_config, cache_dir, prepare_assets
 from rl.bench.memory import sample_tree
-from rl.bench.rollouts import ScriptedEngine, play_behaviour
+from rl.bench.rollouts import play_behaviour
 from rl.bench.scaling import project
 from rl.bench.trainer import StepTimes
 
@@ -82,7 +82,7 @@ def test_steady_figures_skip_the_first_step_and_weight_by_time(tmp_path):
             "step": 1,
             "perf/step_s": 10.0,
             "perf/samples_per_s": 1.6,
-            "perf/trainer_wait_s": 9.0,
+            "async/trainer_wait_s": 9.0,
             "async/worker_idle_s": 0.0,
             "async/staleness_mean": 0.0,
             "async/dropped_groups": 0.0,
@@ -91,7 +91,7 @@ def test_steady_figures_skip_the_first_step_and_weight_by_time(tmp_path):
             "step": 2,
             "perf/step_s": 2.0,
             "perf/samples_per_s": 8.0,
-            "perf/trainer_wait_s": 1.0,
+            "async/trainer_wait_s": 1.0,
             "async/worker_idle_s": 0.5,
             "async/staleness_mean": 1.0,
             "perf/train_step_s": 1.0,
@@ -100,7 +100,7 @@ def test_steady_figures_skip_the_first_step_and_weight_by_time(tmp_path):
             "step": 3,
             "perf/step_s": 4.0,
             "perf/samples_per_s": 4.0,
-            "perf/trainer_wait_s": 2.0,
+            "async/trainer_wait_s": 2.0,
             "async/worker_idle_s": 1.0,
             "async/staleness_mean": 0.5,
             "perf/train_step_s": 1.5,
@@ -125,21 +125,6 @@ def test_step_times_report_medians_of_per_step_rates():
     assert times.completions_per_s() == 4.0  # rates 8, 4, 2
     assert times.tokens_per_s() == 50.0  # rates 100, 50, 25
     assert times.mean_completion_length() == pytest.approx(300 / 24)
-
-
-def test_scripted_engine_plays_turns_by_round_and_decodes_through_the_model(quick_assets):
-    from rollouts.model_loading import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(quick_assets.model_path)
-    prompt_a, prompt_b = (5, 6, 7), (5, 6, 8)
-    engine = ScriptedEngine(tokenizer, {prompt_a: [[1, 2], [3]], prompt_b: [[4, 4, 4]]}, model=model)
-    first = engine.generate([[5, 6, 7], [5, 6, 8, 9]], max_new_tokens=2, stop_token_ids={3})
-    assert [output.token_ids for output in first] == [[1, 2], [4, 4]]  # the second is cut at the budget
-    assert all(logprob < 0 for output in first for logprob in output.logprobs)  # the model's log-probs
-    second = engine.generate([[5, 6, 7, 1, 2]], max_new_tokens=4, stop_token_ids={3})
-    assert second[0].token_ids == [3] and second[0].finish_reason == "stop"
-    with pytest.raises(KeyError, match="no scripted prompt"):
-        engine.generate([[9, 9]], max_new_tokens=2, stop_token_ids={3})
 
 
 def test_fan_out_answers_parallel_questions_in_one_search_round(quick_assets):

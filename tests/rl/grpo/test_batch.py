@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
+from tiny_models import tiny_qwen2
 
 from data.types import Question
 from rl.grpo.batch import collate, response_logprobs_and_entropy, sequence_logprobs, split_micro_batches
@@ -29,17 +29,7 @@ def _trajectory(prompt, response, mask, logprobs, reward=0.0, version=0, group="
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return transformers.Qwen2ForCausalLM(config).eval()
+    return tiny_qwen2(vocab_size=64, tie_word_embeddings=False).eval()
 
 
 def _trajectories():

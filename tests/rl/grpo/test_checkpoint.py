@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from trainer_helpers import synthetic_trajectories, trainer_config
+from trainer_helpers import synthetic_groups, trainer_config
 
 from rl.grpo.checkpoint import (
     LATEST_POINTER,
@@ -97,8 +97,8 @@ def tokenizer_and_vocab(tiny_checkpoint):
 def test_resumed_run_takes_exactly_the_same_next_step(tmp_path, tiny_checkpoint, tokenizer_and_vocab):
     tokenizer, vocab_size = tokenizer_and_vocab
     config = trainer_config(zero_stage=1, epochs_per_batch=2, warmup_steps=2)
-    first_batch = synthetic_trajectories(seed=11, vocab_size=vocab_size)
-    second_batch = synthetic_trajectories(seed=12, vocab_size=vocab_size, policy_version=1)
+    first_batch = synthetic_groups(seed=11, vocab_size=vocab_size)
+    second_batch = synthetic_groups(seed=12, vocab_size=vocab_size, policy_version=1)
 
     original = GRPOTrainer(config, model_path=tiny_checkpoint, tokenizer=tokenizer)
     original.step(first_batch)
@@ -130,9 +130,9 @@ def test_a_save_failing_midway_keeps_the_previous_trainer_checkpoint(tmp_path, m
     from trainer_helpers import tiny_model
 
     trainer = GRPOTrainer(trainer_config(zero_stage=0), model=tiny_model())
-    trainer.step(synthetic_trajectories())
+    trainer.step(synthetic_groups())
     first = trainer.save_checkpoint(tmp_path, extra_state={"data_cursor": 1})
-    trainer.step(synthetic_trajectories(seed=2))
+    trainer.step(synthetic_groups(seed=2))
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full while writing optimizer state")

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from rl.grpo.core_algos import (
+    advantages_in_batch_order,
     aggregate_loss,
     entropy_from_logits,
     get_advantage_estimator,
     group_advantages,
+    groups_with_varied_rewards,
     is_finite_loss,
     kl_k3,
     leave_one_out_advantages,
@@ -68,6 +70,59 @@ def test_estimator_registry_by_name_refuses_duplicates_and_names_choices():
         register_advantage_estimator("grpo")(lambda rewards_BG, *, scale_by_std, eps: rewards_BG)
     with pytest.raises(KeyError, match="registered: grpo, rloo"):
         get_advantage_estimator("nope")
+
+
+def _ragged_groups() -> list[torch.Tensor]:
+    """Three groups of sizes 2, 3 and 1, as a worker may return them."""
+    return [torch.tensor([1.0, 0.0]), torch.tensor([3.0, 1.0, 2.0]), torch.tensor([5.0])]
+
+
+@pytest.mark.parametrize(
+    "name, scale_by_std, expected",
+    [
+        # [1, 0]: mean 0.5, unbiased std sqrt(0.5) = 0.707107 -> +-0.707107
+        # [3, 1, 2]: mean 2, unbiased std 1 -> [1, -1, 0];  [5]: a group of one -> 0
+        ("grpo", True, [0.707107, -0.707107, 1.0, -1.0, 0.0, 0.0]),
+        ("grpo", False, [0.5, -0.5, 1.0, -1.0, 0.0, 0.0]),  # Dr. GRPO: centred rewards
+        # RLOO: centred * G / (G - 1): [0.5, -0.5] * 2 and [1, -1, 0] * 3 / 2
+        ("rloo", False, [1.0, -1.0, 1.5, -1.5, 0.0, 0.0]),
+    ],
+)
+def test_advantages_in_batch_order_normalise_each_ragged_group_on_its_own(name, scale_by_std, expected):
+    advantages_B = advantages_in_batch_order(
+        _ragged_groups(), get_advantage_estimator(name), scale_by_std=scale_by_std, eps=0.0
+    )
+    assert advantages_B.dtype == torch.float32
+    torch.testing.assert_close(advantages_B, torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_advantages_in_batch_order_give_the_estimator_one_row_per_group():
+    shapes = []
+
+    def times_ten(rewards_BG, *, scale_by_std, eps):
+        shapes.append(tuple(rewards_BG.shape))
+        return rewards_BG * 10
+
+    advantages_B = advantages_in_batch_order(_ragged_groups(), times_ten, scale_by_std=True)
+    assert shapes == [(1, 2), (1, 3), (1, 1)]
+    assert advantages_B.tolist() == [10.0, 0.0, 30.0, 10.0, 20.0, 50.0]  # group after group
+    assert advantages_in_batch_order([], times_ten, scale_by_std=True).shape == (0,)
+
+
+def test_zero_advantage_filter_keeps_only_groups_with_varied_rewards():
+    rewards_by_group = [
+        torch.tensor([1.0, 1.0, 1.0]),  # all equal: dropped
+        torch.tensor([0.0, 1.0]),  # kept
+        torch.tensor([0.5]),  # one sample: advantage 0, dropped
+        torch.tensor([2.0, 2.0, 3.0]),  # kept
+        torch.tensor([]),  # no samples: dropped
+    ]
+    assert groups_with_varied_rewards(rewards_by_group) == [1, 3]
+    assert groups_with_varied_rewards([torch.zeros(4), torch.full((2,), 0.7)]) == []
+    # the dropped groups are exactly those whose advantages are all zero
+    for index, rewards_G in enumerate(rewards_by_group[:4]):
+        all_zero = bool((group_advantages(rewards_G.reshape(1, -1)) == 0).all())
+        assert all_zero == (index not in (1, 3))
 
 
 # ------------------------------------------------------------------------------------------ policy loss

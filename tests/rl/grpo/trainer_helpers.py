@@ -1,31 +1,21 @@
-"""Shared builders for the trainer and checkpoint tests: a tiny Qwen2, configs, synthetic trajectories."""
+"""Shared builders for the trainer and checkpoint tests: a tiny Qwen2, configs, synthetic groups."""
 
 from __future__ import annotations
 
 import torch
 import transformers
+from tiny_models import tiny_qwen2
 
 from data.types import Question
 from rl.config import ExperimentConfig
-from data.trajectory import Trajectory
+from data.trajectory import Group, Trajectory
 
 VOCAB_SIZE = 64
 QUESTION = Question(id="q", question="Who?", answers=["x"])
 
 
 def tiny_model(seed: int = 0) -> transformers.Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = transformers.Qwen2Config(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
-    return transformers.Qwen2ForCausalLM(config)
+    return tiny_qwen2(vocab_size=VOCAB_SIZE, seed=seed)
 
 
 def trainer_config(zero_stage: int = 0, **grpo_overrides) -> ExperimentConfig:
@@ -41,17 +31,18 @@ def trainer_config(zero_stage: int = 0, **grpo_overrides) -> ExperimentConfig:
     return config
 
 
-def synthetic_trajectories(
+def synthetic_groups(
     seed: int = 1,
     num_groups: int = 2,
     group_size: int = 4,
     policy_version: int = 0,
     vocab_size: int = VOCAB_SIZE,
-) -> list[Trajectory]:
-    """Groups with rewards alternating 1/0; the middle response tokens are a masked tool observation."""
+) -> list[Group]:
+    """Groups with rewards alternating 0/1; the middle response tokens are a masked tool observation."""
     generator = torch.Generator().manual_seed(seed)
-    trajectories = []
+    groups = []
     for group in range(num_groups):
+        trajectories = []
         for member in range(group_size):
             prompt_length = 3 + member % 3
             prompt = torch.randint(1, vocab_size, (prompt_length,), generator=generator).tolist()
@@ -73,7 +64,13 @@ def synthetic_trajectories(
                 behaviour[2 : 4 + member % 2],
             )
             trajectories.append(trajectory)
-    return trajectories
+        groups.append(Group(f"group-{group}", QUESTION, trajectories, policy_version=policy_version))
+    return groups
+
+
+def trajectories_of(groups: list[Group]) -> list[Trajectory]:
+    """The groups' trajectories in batch order (group after group), as the trainer collates them."""
+    return [trajectory for group in groups for trajectory in group.trajectories]
 
 
 def parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
