@@ -3,8 +3,9 @@ backends, dataset mappers, advantage estimators, benchmark suites, ...) is a `Re
 
 A registry is a dict from name to entry, filled by a decorator that refuses duplicates: two modules
 silently fighting over one name is a bug that only shows up as a wrong curve. Looking up a name nobody
-registered raises a KeyError that lists the registered names. Config validation (rl/config.py) reads
-the same registries, so an extension registered with its decorator is selectable from YAML at once.
+registered raises a KeyError that lists the registered names. The registered-name check of a config
+(rl/app/registries.py) reads the same registries, so an extension registered with its decorator is
+selectable from YAML at once.
 It lives in `data`, the bottom package, so that every other package can use it.
 
     ENGINES: Registry[type[InferenceEngine]] = Registry("inference engine")

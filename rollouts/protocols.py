@@ -30,24 +30,15 @@ from typing import Callable
 from data.registry import Registry
 from data.types import Question
 from data.trajectory import ToolCall
+from rollouts.tools import SearchTool, function_schema
 
 ACTION_KINDS = ("search", "answer", "invalid")
 PROMPT_STYLES = ("minimal", "compact", "full")
 SUBQUERY_SEPARATOR = "##"
 
-# JSON schema of the search tool, shown to function-calling models (the tools module may pass its own).
-SEARCH_TOOL_SCHEMA = {
-    "type": "function",
-    "function": {
-        "name": "search",
-        "description": "Search the corpus; returns the top passages for the query.",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string", "description": "one self-contained search query"}},
-            "required": ["query"],
-        },
-    },
-}
+# The search tool's schema, as the tool executor describes it: a protocol built without the executor's
+# schemas (a single-turn benchmark) renders the same prompt as one built by rollouts/environment.py.
+SEARCH_TOOL_SCHEMA = function_schema(SearchTool)
 
 
 @dataclass

@@ -15,13 +15,6 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-FALLBACK_TEXTS = [
-    "Varlo Tenmis was born in 1873 in Quenbridge.",
-    "Which was founded earlier, Aldrin Works or Bemo Hall?",
-    "The film Ostrava Nights was directed by Keli Marno and released in 1954.",
-] * 20
-
-
 def _world_texts(world) -> list[str]:
     texts = [document["contents"] for document in world.documents]
     for questions in world.splits.values():
@@ -32,12 +25,9 @@ def _world_texts(world) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_world():
-    """A small generated world (or None while data.world is unavailable)."""
-    try:
-        from data.world import generate_world
-    except ImportError:
-        return None
+    """A small generated world: 20 entities per kind, 120/20/40 train/validation/test questions."""
     from data.config import WorldConfig
+    from data.world import generate_world
 
     return generate_world(WorldConfig(seed=0, num_entities_per_kind=20, num_train=120, num_validation=20, num_test=40))
 
@@ -47,11 +37,11 @@ def tiny_checkpoint(tmp_path_factory, tiny_world):
     """Path of a saved, untrained tiny Qwen2 model + tokenizer trained on the tiny world."""
     import torch
 
-    from rl.config import TinyModelConfig
     from rl.app.modeling import create_tiny_checkpoint
+    from rl.config import TinyModelConfig
 
     torch.set_num_threads(1)
-    texts = _world_texts(tiny_world) if tiny_world is not None else FALLBACK_TEXTS
+    texts = _world_texts(tiny_world)
     tiny = TinyModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            intermediate_size=128, max_position_embeddings=1024, vocab_size=1024)
     return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"), texts, tiny, seed=0)

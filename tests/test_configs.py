@@ -144,7 +144,7 @@ def test_config_reference_is_up_to_date(capsys):
     for key, _type, _default, comment in field_docs():
         assert (
             comment
-        ), f"config key {key} has no comment in rl/config.py (docs/CONFIG.md would leave it blank)"
+        ), f"config key {key} has no comment in the config module that owns its section (docs/CONFIG.md would leave it blank)"
 
 
 def test_a_mapping_in_yaml_replaces_the_default_mapping(tmp_path):

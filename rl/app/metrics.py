@@ -2,7 +2,7 @@
 
 Every metric key is slash-namespaced (`reward/total`, `rollout/model_calls`, `async/staleness_mean`,
 `perf/samples_per_s`, `eval/<dataset>/em`, ...). The JSONL file is the source of truth: plots
-(rl/plots.py), the docs and the checks read it; wandb is a convenience view of the same numbers.
+(rl/app/plots.py), the docs and the checks read it; wandb is a convenience view of the same numbers.
 
 Simplifications on purpose: values are converted to plain floats/ints/strings (tensors and numpy
 scalars included); non-finite floats are written as `null` so the file stays strict JSON; a wandb

@@ -1,13 +1,14 @@
-"""The tiny causal LM of the embedded default, its locally trained tokenizer, and model loading.
+"""The tiny causal LM of the embedded default and its locally trained tokenizer.
 
 Nothing here touches a model hub: the tokenizer is a byte-level BPE trained with `tokenizers` on the
 generated corpus (so world words become single tokens while any text still round-trips losslessly),
 with the agent protocol's tags as single added tokens and a Qwen-style chat template; the model is a
 small Qwen2 initialised from a config. Both are saved with `save_pretrained`, so every other part of
-fanout-rl loads "a model path" the same way, whether it is this tiny model or a real HF checkpoint.
+fanout-rl loads "a model path" the same way (rollouts/model_loading.py), whether it is this tiny model
+or a real HF checkpoint.
 
     path = create_tiny_checkpoint("runs/tiny/base", texts, TinyModelConfig())
-    model, tokenizer = load_model_and_tokenizer(path)   # rollouts/model_loading.py
+    model, tokenizer = load_model_and_tokenizer(path)
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ import bm25s
 import pytest
 
 from data.corpus import write_corpus
-from data.retriever import BM25Retriever, build_retriever, register_retriever
-from rl.config import ConfigError
 from data.config import RetrieverConfig
+from data.errors import ConfigError
+from data.retriever import BM25Retriever, build_retriever, register_retriever
 
 DOCUMENTS = [
     {"id": "person-0", "contents": "Varlo Tenmis\nVarlo Tenmis was born in Quenbridge in 1850."},

@@ -28,7 +28,7 @@ def make_slow_worker_class(generate_delay_s: float):
     """A Ray actor with RolloutWorker's methods and no model (built here so Ray pickles it by value)."""
 
     class SlowRolloutWorker:
-        def __init__(self, config_dict: dict, setup):
+        def __init__(self, config, setup):
             self.setup = setup
             self.loaded_version = setup.initial_version
 

@@ -1,7 +1,7 @@
 """Trainer interruption: `fanout train` is SIGKILLed between steps, after an optimizer update and inside a
 checkpoint save; `experiment.resume=true` then continues from the last complete checkpoint.
 
-The kills come from the FANOUT_FAULT_EXIT_AT test hook (rl/faults.py): the process sends itself SIGKILL
+The kills come from the FANOUT_FAULT_EXIT_AT test hook (rl/grpo/faults.py): the process sends itself SIGKILL
 at a named point, so nothing gets to clean up, exactly as with `kill -9`. The runs are synchronous
 (async.max_staleness=0), so step n trains exactly the next 2 questions of the seeded data cursor: after
 step n the questions trained are the first 2n of the cursor's order, whatever was interrupted, a

@@ -238,7 +238,8 @@ def test_first_and_last_block(text, first, last):
 
 def test_agent_protocol_renderings_are_valid_for_the_format_reward():
     """What the scripted expert writes (rollouts/protocols.py render_action) must score as valid."""
-    protocols = pytest.importorskip("rollouts.protocols")
+    from rollouts import protocols
+
     for name in ("tags", "function_call"):
         protocol = protocols.build_protocol(name)
         search = protocols.Action(kind="search", calls=protocols.search_calls(["age of A", "age of B"]))

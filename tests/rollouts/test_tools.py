@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from data.retriever import BM25Retriever, Document
-from rl.config import ConfigError
 from data.config import RetrieverConfig
+from data.errors import ConfigError
+from data.retriever import BM25Retriever, Document
 from rollouts.config import ToolsConfig
 from rollouts.tools import (
     FaultInjectingTool,

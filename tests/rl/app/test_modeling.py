@@ -1,3 +1,5 @@
+"""The tiny model and its local tokenizer (rl/app/modeling.py), loaded back through rollouts/model_loading.py."""
+
 import random
 
 import pytest
