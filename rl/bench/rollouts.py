@@ -198,7 +198,8 @@ class ScriptedEngine(InferenceEngine):
         return logprobs
 
     def generate(
-        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None
+        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None,
+        stop_strings=(),
     ):
         outputs = []
         for context_ids in batch_prompt_ids:

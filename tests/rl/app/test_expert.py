@@ -113,7 +113,8 @@ class ScriptedEngine:
     def __init__(self, tokenizer, turn_texts: list[str]):
         self.tokenizer, self.turn_texts, self.version = tokenizer, list(turn_texts), 0
 
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
+    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None,
+                 stop_strings=()):
         assert len(batch_prompt_ids) == 1
         token_ids = self.tokenizer.encode(self.turn_texts.pop(0), add_special_tokens=False)[:max_new_tokens]
         assert token_ids[-1] in stop_token_ids  # the expert's turns end on the protocol's stop tokens
