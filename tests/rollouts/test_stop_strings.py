@@ -15,6 +15,7 @@ import torch
 from stock_model_helpers import STOP_STRINGS, scripted_bigram_model, scripted_stop_rows
 
 from rollouts.engine_hf import HFEngine
+from rollouts.protocols import build_protocol
 from rollouts.stop_strings import StopStringMatcher
 
 MAX_NEW_TOKENS = 8
@@ -136,3 +137,10 @@ def test_tiny_model_tags_are_single_tokens_and_the_string_ends_at_that_token(tin
              if matcher.rows_completing(generated_BT, torch.tensor([0]), step).item()]
     assert steps[0] == tag_index  # where the old stop on the tag's token id ended the turn
 
+
+@pytest.mark.parametrize("name", ["tags", "function_call"])
+def test_stock_tokenizer_turns_end_on_the_tags_as_strings_and_on_eos_or_im_end_as_ids(name, tokenizer):
+    protocol = build_protocol(name)
+    assert protocol.stop_token_ids(tokenizer) == {tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                                                  tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    assert protocol.stop_strings and all(len(ids(tokenizer, stop)) == 3 for stop in protocol.stop_strings)
