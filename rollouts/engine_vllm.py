@@ -3,7 +3,11 @@
 Generation sends token-id prompts with one SamplingParams per row (a per-row seed drawn from the batch
 seed, so rows of one question still differ), `logprobs=0` to get the sampled token's log-prob, the
 protocol's stop token ids with `ignore_eos` (the protocol decides what ends a turn, as in the "hf"
-engine) and no detokenisation (the agent loop decodes). The engine is built with
+engine) and its stop strings as vLLM's `stop` (matched on the detokenised output, so a tag that is
+several tokens, or fused with the text before it, ends the turn). The completion is taken as its token
+ids, exactly as sampled: with `include_stop_str_in_output` vLLM keeps the token that completed the
+string (its text, which vLLM cuts right after the string, is not used; the agent loop decodes the
+tokens). Without stop strings there is no detokenisation at all. The engine is built with
 `logprobs_mode="processed_logprobs"`, so the log-probs are those of log_softmax(logits / temperature)
 (raw logits when greedy) like the "hf" engine's; with top_p < 1 vLLM renormalises them over the nucleus.
 
@@ -26,7 +30,7 @@ from __future__ import annotations
 import io
 import os
 import random
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -106,7 +110,8 @@ class VLLMEngine(InferenceEngine):
         return cls(llm, tokenizer)
 
     def generate(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_token_ids: set[int],
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> list[GenerationOutput]:
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 stop_strings: Sequence[str] = ()) -> list[GenerationOutput]:
         if not batch_prompt_ids:
             return []
         if max_new_tokens < 1:
@@ -115,11 +120,13 @@ class VLLMEngine(InferenceEngine):
         from vllm.inputs import TokensPrompt
 
         greedy = temperature <= 0
+        stop = sorted({text for text in stop_strings if text})
         params = [
             SamplingParams(
                 max_tokens=max_new_tokens, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-                seed=row_seed, stop_token_ids=sorted(stop_token_ids), ignore_eos=True, logprobs=0,
-                detokenize=False, skip_special_tokens=False, include_stop_str_in_output=True,
+                seed=row_seed, stop_token_ids=sorted(stop_token_ids), stop=stop, ignore_eos=True, logprobs=0,
+                detokenize=bool(stop), skip_special_tokens=False, spaces_between_special_tokens=False,
+                include_stop_str_in_output=True,
             )
             for row_seed in row_seeds(seed, len(batch_prompt_ids))
         ]
@@ -129,7 +136,7 @@ class VLLMEngine(InferenceEngine):
         for request_output in request_outputs:
             completion = request_output.outputs[0]
             token_ids = list(completion.token_ids)
-            finish_reason = "stop" if token_ids and token_ids[-1] in stop_token_ids else "length"
+            finish_reason = "stop" if completion.finish_reason == "stop" else "length"
             outputs.append(GenerationOutput(token_ids, sampled_logprobs(token_ids, completion.logprobs), finish_reason))
         return outputs
 

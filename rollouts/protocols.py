@@ -9,6 +9,12 @@ A protocol is the grammar shared by the model and the agent loop. Two are regist
   blocks, several in one turn run in parallel, results in <tool_response> blocks of a user message,
   final answer in <answer>…</answer>.
 
+A turn ends on one of the protocol's stop strings (its closing tags, matched on the decoded text, so a
+stock tokenizer may split them into several tokens and fuse them with the text before them) or on one of
+the tokenizer's end-of-turn special tokens (eos, `<|im_end|>`). The engine keeps the tokens as sampled,
+so the token that completes a stop string may carry characters past it (`>\n`); `parse` reads the turn
+up to the end of its first stop string.
+
 `parse` never raises: whatever the model wrote becomes a search, an answer or an invalid action (which
 the loop answers with `corrective_observation`). What is simplified on purpose: the first complete
 action block of a turn decides the action, text around it is free-form reasoning, and argument
@@ -76,22 +82,32 @@ def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def single_token_id(tokenizer, token: str) -> int:
-    token_ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(token_ids) != 1:
-        raise ValueError(
-            f"stop marker {token!r} is {len(token_ids)} tokens for this tokenizer; generation stops on token ids, "
-            "so it must be one token. Add the protocol tags as tokens (rl.app.modeling.PROTOCOL_TAGS with "
-            "tokenizer.add_tokens, then model.resize_token_embeddings)."
-        )
-    return token_ids[0]
+# Special tokens that end a chat message (ChatML / Qwen, Llama 3, Gemma, Phi-3): a turn ends on each one
+# the tokenizer has as a single token, besides its eos token.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+def single_token_ids(tokenizer, texts: tuple[str, ...]) -> set[int]:
+    """The ids of those texts that this tokenizer encodes as exactly one token."""
+    token_ids = set()
+    for text in texts:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) == 1:
+            token_ids.add(encoded[0])
+    return token_ids
+
+
+def text_through_first_stop(text: str, stop_strings: tuple[str, ...]) -> str:
+    """`text` up to the end of the first stop string in it (all of it when there is none)."""
+    ends = [text.find(stop) + len(stop) for stop in stop_strings if stop and stop in text]
+    return text[:min(ends)] if ends else text
 
 
 class AgentProtocol(ABC):
-    """Prompt rendering, stop tokens, turn parsing and observation rendering of one agent grammar."""
+    """Prompt rendering, stop conditions, turn parsing and observation rendering of one agent grammar."""
 
     name: str = ""
-    stop_markers: tuple[str, ...] = ()  # texts that end a model turn (each must be a single token)
+    stop_strings: tuple[str, ...] = ()  # texts that end a model turn, however the tokenizer splits them
 
     def __init__(self, prompt_style: str = "compact", tool_schemas: list[dict] | None = None):
         if prompt_style not in PROMPT_STYLES:
@@ -100,7 +116,12 @@ class AgentProtocol(ABC):
         self.tool_schemas = tool_schemas or [SEARCH_TOOL_SCHEMA]
 
     def stop_token_ids(self, tokenizer) -> set[int]:
-        stop_ids = {single_token_id(tokenizer, marker) for marker in self.stop_markers}
+        """Token ids that end a turn: eos and the chat end-of-turn tokens (END_OF_TURN_TOKENS) of this tokenizer.
+
+        A stop string that this vocabulary holds as one token (the tiny model's tags) is here too: its id
+        ends the turn at the same token as the string match does, and an engine sees it without decoding.
+        """
+        stop_ids = single_token_ids(tokenizer, END_OF_TURN_TOKENS + self.stop_strings)
         if tokenizer.eos_token_id is not None:
             stop_ids.add(tokenizer.eos_token_id)
         return stop_ids
@@ -110,9 +131,10 @@ class AgentProtocol(ABC):
         return apply_chat_template(tokenizer, self.prompt_messages(text))
 
     def parse(self, turn_text: str) -> Action:
-        """The action of one turn; never raises (anything unexpected is an invalid action)."""
+        """The action of one turn, read up to its first stop string; never raises (anything unexpected is invalid)."""
         try:
-            return self._parse(turn_text if isinstance(turn_text, str) else str(turn_text))
+            text = turn_text if isinstance(turn_text, str) else str(turn_text)
+            return self._parse(text_through_first_stop(text, self.stop_strings))
         except Exception as error:  # a parser bug must not kill a rollout: count it as an invalid turn
             return Action(kind="invalid", reason=f"unparseable turn ({type(error).__name__}: {error})")
 
@@ -184,7 +206,7 @@ _TAGS_ACTION_PATTERN = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 
 @register_protocol("tags")
 class TagsProtocol(AgentProtocol):
-    stop_markers = ("</search>", "</answer>")
+    stop_strings = ("</search>", "</answer>")
 
     def prompt_messages(self, question_text: str) -> list[dict]:
         if self.prompt_style == "minimal":  # a model SFT'd on the protocol needs no instruction
@@ -280,8 +302,9 @@ def user_message(content: str) -> str:
 
 @register_protocol("function_call")
 class FunctionCallProtocol(AgentProtocol):
-    # Several calls may follow each other in one turn, so the turn ends with the message, not the call.
-    stop_markers = ("</answer>", "<|im_end|>")
+    # Several calls may follow each other in one turn, so a tool-call turn ends with the message (the
+    # tokenizer's end-of-turn token, e.g. <|im_end|>), not with </tool_call>.
+    stop_strings = ("</answer>",)
 
     def prompt_messages(self, question_text: str) -> list[dict]:
         if self.prompt_style == "full":
@@ -330,12 +353,14 @@ class FunctionCallProtocol(AgentProtocol):
 
 __all__ = [
     "ACTION_KINDS",
+    "END_OF_TURN_TOKENS",
     "Action",
     "AgentProtocol",
     "PROTOCOLS",
     "SEARCH_TOOL_SCHEMA",
     "build_protocol",
     "register_protocol",
+    "text_through_first_stop",
     "TagsProtocol",
     "FunctionCallProtocol",
 ]

@@ -15,7 +15,7 @@ ids). Two kinds:
 - `response_policy(tokenizer, policy)`: a function of the response text so far (the tests' "search
   twice, then answer").
 
-Like a model, the engine stops a turn at its first stop token and at `max_new_tokens`; finish_reason
+Like a model, the engine stops a turn at its first stop token or stop string and at `max_new_tokens`; finish_reason
 is "stop" when the turn ends on a stop token, else "length". Each token's log-prob is `logprob` (0.0 by
 default). With `model`, each turn is teacher-forced through the model token by token with a KV cache, so
 a timing benchmark pays the real decode cost, and the log-probs are the model's.
@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from rollouts.config import RolloutConfig
 from rollouts.engine import GenerationOutput, InferenceEngine
+from rollouts.stop_strings import decode_windows
 
 # A script: a trajectory's context (token ids) -> the token ids of its next turn.
 Script = Callable[[list[int]], list[int]]
@@ -114,11 +115,32 @@ def response_policy(tokenizer: Any, policy: Callable[[str], str]) -> Script:
     return script
 
 
-def stop_turn(turn_ids: list[int], max_new_tokens: int, stop_token_ids: set[int]) -> tuple[list[int], str]:
-    """The turn as a model would end it: at its first stop token, within max_new_tokens; and why it ended."""
-    stops = [index for index, token in enumerate(turn_ids) if token in stop_token_ids]
-    token_ids = list(turn_ids[: stops[0] + 1] if stops else turn_ids)[:max_new_tokens]
-    return token_ids, "stop" if token_ids and token_ids[-1] in stop_token_ids else "length"
+def stop_turn(turn_ids: list[int], max_new_tokens: int, stop_token_ids: set[int], tokenizer: Any = None,
+              stop_strings: Sequence[str] = ()) -> tuple[list[int], str]:
+    """The turn as a model would end it: at its first stop token or at the token that completes a stop string
+    (decoded as the loop decodes), within max_new_tokens; and why it ended ("stop" or "length")."""
+    budget_ids = list(turn_ids[:max_new_tokens])
+    end = next((index + 1 for index, token in enumerate(budget_ids) if token in stop_token_ids), None)
+    if stop_strings:
+        string_end = first_prefix_containing(tokenizer, budget_ids[:end] if end else budget_ids, stop_strings)
+        end = string_end if string_end is not None else end
+    return (budget_ids[:end], "stop") if end is not None else (budget_ids, "length")
+
+
+def first_prefix_containing(tokenizer: Any, token_ids: list[int], stop_strings: Sequence[str]) -> int | None:
+    """The length of the shortest prefix whose text contains a stop string, or None (bisection: containing
+    one is monotone in the prefix length)."""
+    def contains(length: int) -> bool:
+        text = decode_windows(tokenizer, [token_ids[:length]])[0]
+        return any(stop in text for stop in stop_strings)
+
+    if not token_ids or not contains(len(token_ids)):
+        return None
+    low, high = 1, len(token_ids)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if contains(middle) else (middle + 1, high)
+    return low
 
 
 class ScriptedEngine(InferenceEngine):
@@ -145,12 +167,14 @@ class ScriptedEngine(InferenceEngine):
         self._version = int(version)
 
     def generate(self, batch_prompt_ids: list[list[int]], max_new_tokens: int, stop_token_ids: set[int],
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> list[GenerationOutput]:
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 stop_strings: Sequence[str] = ()) -> list[GenerationOutput]:
         """Each context's next scripted turn; sampling settings do not apply to a script."""
         self.batch_sizes.append(len(batch_prompt_ids))
         outputs = []
         for context_ids in batch_prompt_ids:
-            token_ids, finish_reason = stop_turn(self.script(list(context_ids)), max_new_tokens, stop_token_ids)
+            token_ids, finish_reason = stop_turn(self.script(list(context_ids)), max_new_tokens, stop_token_ids,
+                                                 self.tokenizer, stop_strings)
             logprobs = (self.forced_logprobs(list(context_ids), token_ids) if self.model is not None
                         else [self.logprob] * len(token_ids))
             outputs.append(GenerationOutput(token_ids, logprobs, finish_reason))

@@ -45,3 +45,33 @@ def tiny_checkpoint(tmp_path_factory, tiny_world):
     tiny = TinyModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            intermediate_size=128, max_position_embeddings=1024, vocab_size=1024)
     return create_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"), texts, tiny, seed=0)
+
+
+QWEN2_TOKENIZER_ARCHIVE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen2-tokenizer.tgz")
+QWEN2_VOCABULARY_SIZE = 151936
+
+
+@pytest.fixture(scope="session")
+def qwen2_checkpoint(tmp_path_factory):
+    """Path of a stock-shaped model folder: the real Qwen2 tokenizer (tests/fixtures) and a random tiny Qwen2.
+
+    The model has the tokenizer's whole vocabulary (151,936 rows) but width 64 and 2 layers (head size 32,
+    which vLLM's CPU attention also supports), untied embeddings, and is saved with save_pretrained next
+    to the tokenizer, so rollouts.model_loading.load_model_and_tokenizer loads it like a real checkpoint.
+    """
+    import tarfile
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("qwen2")
+    with tarfile.open(QWEN2_TOKENIZER_ARCHIVE) as archive:
+        archive.extractall(folder, filter="data")
+    model_path = folder / "qwen2-tok"
+    config = Qwen2Config(vocab_size=QWEN2_VOCABULARY_SIZE, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=2048, tie_word_embeddings=False,
+                         bos_token_id=151643, eos_token_id=151643)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(model_path)
+    return model_path

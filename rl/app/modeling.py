@@ -23,7 +23,8 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rl.config import TinyModelConfig
 
-# The agent protocols' tags. Each is one token, so stopping on a tag is stopping on a token id.
+# The agent protocols' tags. Each is one token of the tiny tokenizer, so the tiny model writes a tag in one
+# step (turns end on stop strings with any tokenizer; here a tag's string and its id end at the same token).
 PROTOCOL_TAGS = [
     "<think>", "</think>",
     "<search>", "</search>",

@@ -136,7 +136,8 @@ class RandomTokenEngine:
         self.tag_ids = [vocabulary[token] for token in PROTOCOL_TOKENS if token in vocabulary]
 
     def generate(
-        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None
+        self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None,
+        stop_strings=(),
     ):
         from rollouts.engine import GenerationOutput
 

@@ -245,7 +245,8 @@ class RandomTokenEngine:
                         ["<search>", "</search>", "<answer>", "</answer>", "<tool_call>", "</tool_call>",
                          "<|im_end|>", "<|im_start|>", "<|endoftext|>"]]
 
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
+    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None,
+                 stop_strings=()):
         outputs = []
         for _ in batch_prompt_ids:
             token_ids = []

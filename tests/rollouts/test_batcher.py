@@ -26,9 +26,10 @@ class RecordingEngine:
         self.hold: threading.Event | None = None
         self.fail_next = False
 
-    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None):
+    def generate(self, batch_prompt_ids, max_new_tokens, stop_token_ids, temperature=1.0, top_p=1.0, seed=None,
+                 stop_strings=()):
         self.calls.append({"rows": len(batch_prompt_ids), "max_new_tokens": max_new_tokens, "seed": seed,
-                           "temperature": temperature, "version": self.version})
+                           "temperature": temperature, "version": self.version, "stop_strings": stop_strings})
         if self.hold is not None:
             self.hold.wait(5)
         if self.fail_next:
@@ -103,6 +104,23 @@ def test_requests_with_other_sampling_settings_or_beyond_the_row_limit_wait_for_
     assert [(call["rows"], call["temperature"]) for call in engine.calls] == [(3, 1.0), (1, 0.0), (2, 1.0)]
     assert [[output.token_ids[0] for output in result.outputs] for result in results] == [[1, 2], [3], [4, 5], [6]]
     assert [result.batch_rows for result in results] == [3, 1, 2, 3]
+
+
+def test_stop_strings_are_part_of_the_sampling_key_and_reach_the_engine():
+    engine = RecordingEngine()
+    shared = CoalescingEngine(engine)
+
+    async def main():
+        return await asyncio.gather(
+            shared.generate([[1]], 4, {STOP}, stop_strings=["</search>", "</answer>"]),
+            shared.generate([[2]], 4, {STOP}, stop_strings=("</answer>", "</search>")),  # the same set: merged
+            shared.generate([[3]], 4, {STOP}, stop_strings=["</answer>"]),  # other stop strings: its own batch
+            shared.generate([[4]], 4, {STOP}),
+        )
+
+    asyncio.run(main())
+    assert [(call["rows"], call["stop_strings"]) for call in engine.calls] == [
+        (2, ("</answer>", "</search>")), (1, ("</answer>",)), (1, ())]
 
 
 def test_new_weights_load_between_batches_and_later_turns_report_the_new_version():

