@@ -10,7 +10,8 @@ each) and plays them in lock-step rounds:
     … up to rollout.max_turns rounds, then one forced-answer round (the last observation carries the cue).
 
 The loss mask is built at token level as tokens are appended: generated tokens go in with their
-behaviour log-probs and mask 1, observation tokens (the observation text tokenised on its own) with
+behaviour log-probs and mask 1, observation tokens (the observation text, as the protocol renders it
+after the turn — through the chat template for chat-message protocols — tokenised on its own) with
 mask 0, so nothing is ever recovered by re-tokenising the response. Nothing the model writes can crash
 the loop: unparseable turns are invalid actions, failing tools are error observations, and contexts
 are bounded by rollout.max_context_tokens (the trajectory is then cut and marked `truncated`).
@@ -207,11 +208,8 @@ def observe(protocol: AgentProtocol, tokenizer: Any, active: list[Trajectory], t
     for trajectory, turn in zip(active, turns):
         if turn.answer is not None:
             continue
-        if turn.calls:
-            bound_observations(turn.calls, tokenizer, rollout_config.max_observation_tokens)
-            text = protocol.render_observation(turn.calls, final=cue_next)
-        else:
-            text = protocol.corrective_observation(final=cue_next)
+        bound_observations(turn.calls, tokenizer, rollout_config.max_observation_tokens)
+        text = protocol.observation(turn, tokenizer, final=cue_next)
         if append_observation(trajectory, text, tokenizer, rollout_config.max_context_tokens):
             continuing.append(trajectory)
     return continuing

@@ -4,19 +4,28 @@ A protocol is the grammar shared by the model and the agent loop. Two are regist
 
 - "tags" (default, Search-R1 / ParallelSearch lineage): reasoning in <think>…</think>, one or more
   independent sub-queries issued in ONE turn as `<search>q1 ## q2</search>`, results returned in one
-  <information>…</information> block per sub-query, final answer in <answer>…</answer>.
-- "function_call" (Qwen / Hermes chat models): `<tool_call>{"name": …, "arguments": {…}}</tool_call>`
-  blocks, several in one turn run in parallel, results in <tool_response> blocks of a user message,
-  final answer in <answer>…</answer>.
+  <information>…</information> block per sub-query, final answer in <answer>…</answer>. As in Search-R1,
+  the whole episode is one assistant message: observations continue it inline.
+- "function_call" (chat models with native function calling): `<tool_call>{"name": …, "arguments": {…}}
+  </tool_call>` blocks, several in one turn run in parallel, each result a tool message, final answer in
+  <answer>…</answer>. It speaks the model's own chat format (rollouts/chat_format.py): with a template that
+  renders tools (Qwen2.5), the full prompt passes the tool schemas as `tools=` and the template lists
+  them; the expert's tool calls are written as the template writes an assistant's `tool_calls`; results
+  are rendered as the template renders `tool` messages (Qwen2.5: <tool_response> blocks in a user turn).
+  With a template that defines none of that, the protocol's own Hermes-style spelling (the same blocks)
+  is given in the system message and results come as a user message of <tool_response> blocks.
 
-A turn ends on one of the protocol's stop strings (its closing tags, matched on the decoded text, so a
-stock tokenizer may split them into several tokens and fuse them with the text before them) or on one of
-the tokenizer's end-of-turn special tokens (eos, `<|im_end|>`). The engine keeps the tokens as sampled,
-so the token that completes a stop string may carry characters past it (`>\n`); `parse` reads the turn
-up to the end of its first stop string.
+Prompts always go through the tokenizer's chat template (`apply_chat_template`). A turn ends on one of the
+protocol's stop strings (its closing tags, matched on the decoded text, so a stock tokenizer may split
+them into several tokens and fuse them with the text before them) or on one of the tokenizer's
+end-of-turn tokens (the one its template writes after an assistant message, eos, and `<|im_end|>`-like
+markers of the common families). The engine keeps the tokens as sampled, so the token that completes a
+stop string may carry characters past it (`>\n`); `parse` reads the turn up to the end of its first stop
+string. The tokens of the model's turns are never re-tokenised: an observation is rendered as text that
+follows them and only that text is tokenised.
 
 `parse` never raises: whatever the model wrote becomes a search, an answer or an invalid action (which
-the loop answers with `corrective_observation`). What is simplified on purpose: the first complete
+the loop answers with the corrective observation). What is simplified on purpose: the first complete
 action block of a turn decides the action, text around it is free-form reasoning, and argument
 validation is left to the tools (a bad argument becomes an error observation there).
 
@@ -31,15 +40,18 @@ import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from data.registry import Registry
 from data.types import Question
-from data.trajectory import ToolCall
+from data.trajectory import ToolCall, Turn
+from rollouts.chat_format import ChatFormat
 from rollouts.tools import SearchTool, function_schema
 
 ACTION_KINDS = ("search", "answer", "invalid")
-PROMPT_STYLES = ("minimal", "compact", "full")
+# "auto" is decided by the experiment config (rl/config.py: "full" for a model given in model.path, else
+# "compact"); a protocol built on its own, with no model to look at, reads it as "compact".
+PROMPT_STYLES = ("auto", "minimal", "compact", "full")
 SUBQUERY_SEPARATOR = "##"
 
 # The search tool's schema, as the tool executor describes it: a protocol built without the executor's
@@ -72,18 +84,8 @@ def observation_body(call: ToolCall) -> str:
     return f"Error: {call.error}" if call.error else "No results."
 
 
-def apply_chat_template(tokenizer, messages: list[dict]) -> list[int]:
-    """Prompt token ids ending with the assistant header; a plain Qwen-style layout without a template."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        text += "<|im_start|>assistant\n"
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
 # Special tokens that end a chat message (ChatML / Qwen, Llama 3, Gemma, Phi-3): a turn ends on each one
-# the tokenizer has as a single token, besides its eos token.
+# the tokenizer has as a single token, besides its eos token and the one its chat template writes.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
@@ -103,6 +105,11 @@ def text_through_first_stop(text: str, stop_strings: tuple[str, ...]) -> str:
     return text[:min(ends)] if ends else text
 
 
+def has_chat_template_interface(tokenizer: Any) -> bool:
+    """A real tokenizer (transformers), as opposed to a test double that only encodes."""
+    return hasattr(tokenizer, "apply_chat_template")
+
+
 class AgentProtocol(ABC):
     """Prompt rendering, stop conditions, turn parsing and observation rendering of one agent grammar."""
 
@@ -112,11 +119,12 @@ class AgentProtocol(ABC):
     def __init__(self, prompt_style: str = "compact", tool_schemas: list[dict] | None = None):
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"rollout.prompt_style {prompt_style!r} is not one of {PROMPT_STYLES}")
-        self.prompt_style = prompt_style
+        self.prompt_style = "compact" if prompt_style == "auto" else prompt_style
         self.tool_schemas = tool_schemas or [SEARCH_TOOL_SCHEMA]
 
     def stop_token_ids(self, tokenizer) -> set[int]:
-        """Token ids that end a turn: eos and the chat end-of-turn tokens (END_OF_TURN_TOKENS) of this tokenizer.
+        """Token ids that end a turn: eos, the end-of-turn token of the tokenizer's chat template, and the
+        chat end-of-turn tokens (END_OF_TURN_TOKENS) this tokenizer has.
 
         A stop string that this vocabulary holds as one token (the tiny model's tags) is here too: its id
         ends the turn at the same token as the string match does, and an engine sees it without decoding.
@@ -124,11 +132,41 @@ class AgentProtocol(ABC):
         stop_ids = single_token_ids(tokenizer, END_OF_TURN_TOKENS + self.stop_strings)
         if tokenizer.eos_token_id is not None:
             stop_ids.add(tokenizer.eos_token_id)
+        if has_chat_template_interface(tokenizer) and ChatFormat.of(tokenizer).end_of_turn_id is not None:
+            stop_ids.add(ChatFormat.of(tokenizer).end_of_turn_id)
         return stop_ids
 
     def render_prompt(self, question: Question | str, tokenizer) -> list[int]:
-        text = question.question if isinstance(question, Question) else str(question)
-        return apply_chat_template(tokenizer, self.prompt_messages(text))
+        """Prompt token ids through the tokenizer's chat template, ending with the assistant header."""
+        return ChatFormat.of(tokenizer).prompt_ids(self.prompt_messages(question_text(question)))
+
+    def observation(self, turn: Turn, tokenizer: Any, final: bool = False) -> str:
+        """The text the loop appends after `turn` when it did not answer; only this text is tokenised.
+
+        The results of the turn's calls (render_observation), or after an invalid turn the corrective
+        text; with final=True it ends with the forced-answer cue. By default the text continues the
+        assistant's message (Search-R1 style); a protocol whose observations are chat messages renders
+        them with the tokenizer's chat template here.
+        """
+        if turn.calls:
+            return self.render_observation(turn.calls, final=final)
+        return self.corrective_observation(final=final)
+
+    def action_token_ids(self, action: Action, tokenizer: Any) -> list[int]:
+        """The tokens of one model turn that performs `action` (what the SFT expert writes).
+
+        render_action's text tokenised on its own (as a model may generate it), then the tokenizer's
+        end-of-turn token when the text ends on none of the stop strings: the engine ends such a turn there.
+        """
+        return self.turn_token_ids(self.render_action(action), tokenizer)
+
+    def turn_token_ids(self, text: str, tokenizer: Any) -> list[int]:
+        token_ids = tokenizer.encode(text, add_special_tokens=False)
+        if not (self.stop_strings and text.endswith(self.stop_strings)):
+            end_of_turn_id = ChatFormat.of(tokenizer).end_of_turn_id
+            if end_of_turn_id is not None:
+                token_ids.append(end_of_turn_id)
+        return token_ids
 
     def parse(self, turn_text: str) -> Action:
         """The action of one turn, read up to its first stop string; never raises (anything unexpected is invalid)."""
@@ -151,11 +189,15 @@ class AgentProtocol(ABC):
 
     @abstractmethod
     def render_observation(self, calls: list[ToolCall], final: bool = False) -> str:
-        """The text injected after a tool turn; with final=True it ends with the forced-answer cue."""
+        """The text of a tool turn's results; with final=True it ends with the forced-answer cue."""
 
     @abstractmethod
     def corrective_observation(self, final: bool = False) -> str:
-        """The text injected after an invalid turn; with final=True it ends with the forced-answer cue."""
+        """The text answering an invalid turn; with final=True it ends with the forced-answer cue."""
+
+
+def question_text(question: Question | str) -> str:
+    return question.question if isinstance(question, Question) else str(question)
 
 
 PROTOCOLS: Registry[type[AgentProtocol]] = Registry("agent protocol")
@@ -270,7 +312,17 @@ FUNCTION_CALL_FULL_INSTRUCTION = (
     "<answer> </answer> without explanation."
 )
 
+# The system message of the full prompt when the chat template lists the tools itself (`tools=`, Qwen2.5):
+# the template says how to call them, this says how to use them.
+FUNCTION_CALL_TOOLS_INSTRUCTION = (
+    "Answer the user's question with the tools. Calls written in the same turn run in parallel: when the "
+    "question needs several facts that do not depend on each other, request them all in one turn. When a "
+    "query needs the result of another, make the calls in successive turns. When you know the answer, "
+    "write it inside <answer> </answer> without explanation."
+)
+
 FUNCTION_CALL_FORCED_ANSWER_CUE = "No tool calls left: give your final answer now."
+FUNCTION_CALL_INVALID_ACTION_TEXT = "That was not a valid action: either call a tool or give the final answer."
 
 _TOOL_CALL_PATTERN = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -295,9 +347,8 @@ def parse_tool_call_json(body: str) -> ToolCall | str:
     return ToolCall(name=payload["name"], arguments=arguments)
 
 
-def user_message(content: str) -> str:
-    """A user message in the middle of the assistant's response, handing the turn back to the assistant."""
-    return f"\n<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+def call_records(calls: list[ToolCall]) -> list[dict]:
+    return [{"name": call.name, "arguments": call.arguments} for call in calls]
 
 
 @register_protocol("function_call")
@@ -305,6 +356,15 @@ class FunctionCallProtocol(AgentProtocol):
     # Several calls may follow each other in one turn, so a tool-call turn ends with the message (the
     # tokenizer's end-of-turn token, e.g. <|im_end|>), not with </tool_call>.
     stop_strings = ("</answer>",)
+
+    def render_prompt(self, question: Question | str, tokenizer) -> list[int]:
+        """Through the chat template; the full prompt passes the tools as `tools=` to a template that lists them."""
+        chat = ChatFormat.of(tokenizer)
+        if self.prompt_style == "full" and chat.takes_tools:
+            messages = [{"role": "system", "content": FUNCTION_CALL_TOOLS_INSTRUCTION},
+                        {"role": "user", "content": question_text(question)}]
+            return chat.prompt_ids(messages, tools=self.tool_schemas)
+        return chat.prompt_ids(self.prompt_messages(question_text(question)))
 
     def prompt_messages(self, question_text: str) -> list[dict]:
         if self.prompt_style == "full":
@@ -332,23 +392,44 @@ class FunctionCallProtocol(AgentProtocol):
         return Action(kind="search", calls=calls)
 
     def render_action(self, action: Action, thought: str = "") -> str:
+        """The protocol's own spelling; a tool-call turn then ends on the end-of-turn token (action_token_ids)."""
         think = f"<think> {thought} </think>\n" if thought else ""
         if action.kind == "answer":
             return f"{think}<answer> {action.answer} </answer>"
-        blocks = [
-            f'<tool_call>{json.dumps({"name": call.name, "arguments": call.arguments})}</tool_call>'
-            for call in action.calls
-        ]
-        return think + "\n".join(blocks) + "<|im_end|>"
+        blocks = [f"<tool_call>{json.dumps(record)}</tool_call>" for record in call_records(action.calls)]
+        return think + "\n".join(blocks)
+
+    def action_token_ids(self, action: Action, tokenizer: Any) -> list[int]:
+        """Tool calls as the chat template writes an assistant's `tool_calls` when it does (the model's native
+        format, Qwen2.5: `<tool_call>\\n{...}\\n</tool_call>`) and this protocol reads them back; else render_action."""
+        if action.kind == "search":
+            native = ChatFormat.of(tokenizer).tool_call_text(call_records(action.calls))
+            if native is not None and call_records(self.parse(native).calls) == call_records(action.calls):
+                return self.turn_token_ids(native, tokenizer)
+        return super().action_token_ids(action, tokenizer)
 
     def render_observation(self, calls: list[ToolCall], final: bool = False) -> str:
+        """The user message holding the results, for a chat template that defines no tool messages."""
         blocks = "\n".join(f"<tool_response>\n{observation_body(call)}\n</tool_response>" for call in calls)
-        cue = f"\n{FUNCTION_CALL_FORCED_ANSWER_CUE}" if final else ""
-        return user_message(blocks + cue)
+        return blocks + (f"\n{FUNCTION_CALL_FORCED_ANSWER_CUE}" if final else "")
 
     def corrective_observation(self, final: bool = False) -> str:
-        cue = f"\n{FUNCTION_CALL_FORCED_ANSWER_CUE}" if final else ""
-        return user_message("That was not a valid action: either call a tool or give the final answer." + cue)
+        return FUNCTION_CALL_INVALID_ACTION_TEXT + (f"\n{FUNCTION_CALL_FORCED_ANSWER_CUE}" if final else "")
+
+    def observation_messages(self, calls: list[ToolCall], chat: ChatFormat, final: bool = False) -> list[dict]:
+        """The chat messages after a turn: one `tool` message per call where the template defines them (the
+        forced-answer cue then a user message of its own), else one user message."""
+        if calls and chat.renders_tool_messages:
+            messages = [{"role": "tool", "name": call.name, "content": observation_body(call)} for call in calls]
+            return messages + ([{"role": "user", "content": FUNCTION_CALL_FORCED_ANSWER_CUE}] if final else [])
+        content = self.render_observation(calls, final) if calls else self.corrective_observation(final)
+        return [{"role": "user", "content": content}]
+
+    def observation(self, turn: Turn, tokenizer: Any, final: bool = False) -> str:
+        """The messages after the turn as the chat template renders them, up to the next assistant header."""
+        chat = ChatFormat.of(tokenizer)
+        turn_ended = bool(chat.end_of_turn) and turn.text.endswith(chat.end_of_turn)
+        return chat.continuation(self.observation_messages(turn.calls, chat, final), turn_ended=turn_ended)
 
 
 __all__ = [

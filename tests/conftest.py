@@ -49,6 +49,15 @@ def tiny_checkpoint(tmp_path_factory, tiny_world):
 
 QWEN2_TOKENIZER_ARCHIVE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen2-tokenizer.tgz")
 QWEN2_VOCABULARY_SIZE = 151936
+# Qwen2.5's chat template (tests/fixtures/README.md): tools in the system message, tool messages as
+# <tool_response> blocks in a user turn, assistant tool calls as <tool_call> blocks.
+QWEN25_CHAT_TEMPLATE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen2.5-chat-template.jinja")
+
+
+@pytest.fixture(scope="session")
+def qwen25_chat_template() -> str:
+    with open(QWEN25_CHAT_TEMPLATE) as template_file:
+        return template_file.read()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ small, and reasoning text the expert would have to invent teaches nothing the se
 
 Observations come from the real tools (the retriever behind the tool executor), so the model learns to
 read real BM25 results. The demonstration is played through the agent loop itself: a `ScriptedEngine`
-(rollouts/scripted_engine.py) writes the expert's turns (each turn's text `protocol.render_action`,
-tokenised on its own) where a model would sample, and `rollouts.agent_loop.run_episodes` does the rest
+(rollouts/scripted_engine.py) writes the expert's turns (`protocol.action_token_ids`: the turn's text
+tokenised on its own, tool calls in the model's native format) where a model would sample, and `rollouts.agent_loop.run_episodes` does the rest
 (prompt, tool rounds, observations cut to `rollout.max_observation_tokens`, the forced-answer cue). So the
 sequence is, by construction, what the loop records when a model generates the expert's turns.
 
@@ -40,7 +40,7 @@ from datasets import Dataset
 
 from data.trajectory import Trajectory
 from data.types import Question
-from rollouts.agent_loop import encode, run_episodes
+from rollouts.agent_loop import run_episodes
 from rollouts.config import RolloutConfig
 from rollouts.protocols import Action, AgentProtocol, search_calls
 from rollouts.scripted_engine import ScriptedEngine, TurnScripts
@@ -93,8 +93,10 @@ def plan_actions(plan: ExpertPlan) -> list[Action]:
 
 
 def expert_turns(plan: ExpertPlan, protocol: AgentProtocol, tokenizer: Any) -> list[list[int]]:
-    """Token ids of the plan's model turns, each turn's text tokenised on its own (as the loop records a turn)."""
-    return [encode(tokenizer, protocol.render_action(action)) for action in plan_actions(plan)]
+    """Token ids of the plan's model turns (`protocol.action_token_ids`: each turn's text tokenised on its own,
+    in the model's native tool-call format where its chat template has one, ending on the end-of-turn token
+    when no stop string ends it), as the loop records a turn the model generated."""
+    return [protocol.action_token_ids(action, tokenizer) for action in plan_actions(plan)]
 
 
 def expert_scripts(questions: list[Question], modes: list[str], protocol: AgentProtocol,

@@ -13,7 +13,7 @@ from rollouts.protocols import (
     register_protocol,
     text_through_first_stop,
 )
-from data.trajectory import ToolCall
+from data.trajectory import ToolCall, Turn
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +130,19 @@ def test_tags_final_observation_and_corrective_carry_the_forced_answer_cue():
         assert "<answer>" not in text and "<search>" not in text
 
 
-def test_function_call_observation_is_a_user_message_with_one_response_per_call():
+def test_function_call_observation_is_a_user_message_with_one_response_per_call(tiny_tokenizer):
+    """The tiny model's ChatML template defines no tool messages: the results come as one user message."""
     protocol = build_protocol("function_call")
     calls = [ToolCall("search", {"query": "a"}, observation="A"), ToolCall("search", {"query": "b"}, observation="B")]
-    assert protocol.render_observation(calls) == (
+    turn = Turn(text='<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call><|im_end|>', calls=calls)
+    assert protocol.observation(turn, tiny_tokenizer) == (
         "\n<|im_start|>user\n<tool_response>\nA\n</tool_response>\n<tool_response>\nB\n</tool_response>"
         "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    cut = Turn(text='<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>', calls=calls[:1])
+    assert protocol.observation(cut, tiny_tokenizer, final=True) == (  # a turn cut at its budget is closed first
+        "<|im_end|>\n<|im_start|>user\n<tool_response>\nA\n</tool_response>\nNo tool calls left: give your final "
+        "answer now.<|im_end|>\n<|im_start|>assistant\n"
     )
 
 

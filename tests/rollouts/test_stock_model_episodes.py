@@ -1,15 +1,20 @@
 """Episodes on a stock-shaped model: the real Qwen2 tokenizer, where every protocol tag is several tokens.
 
-For each protocol, the random tiny Qwen2 of tests/conftest.py (`qwen2_checkpoint`) plays episodes through
-run_episodes with the real search tool over the tiny world. In the scripted episodes it is made to
-write chosen token sequences (`ForcedTurnsEngine`: the "hf" engine with a large logit bias towards the
-next scripted token), some spelled in tokens the tokenizer would not choose for that text, and some
-going on past the stop string; the engine's own stop conditions decide where each turn ends. In the
-free episodes it samples on its own. Either way the trajectory must hold exactly the tokens the engine
-returned (mask 1, decoding to the turn texts) and exactly the rendered observations (mask 0).
+For each protocol and each chat template — the fixture tokenizer's own (Qwen2's: every role written
+alike) and Qwen2.5's (tools in the system message, tool messages as <tool_response> blocks in a user
+turn, native <tool_call> blocks) — the random tiny Qwen2 of tests/conftest.py (`qwen2_checkpoint`) plays
+episodes through run_episodes with the real search tool over the tiny world. In the scripted episodes it
+is made to write chosen token sequences (`ForcedTurnsEngine`: the "hf" engine with a large logit bias
+towards the next scripted token), some spelled in tokens the tokenizer would not choose for that text,
+and some going on past the stop string; the engine's own stop conditions decide where each turn ends. In
+the free episodes it samples on its own. Either way the trajectory must hold exactly the tokens the
+engine returned (mask 1, decoding to the turn texts) and exactly the rendered observations (mask 0).
+And a whole function-call episode, decoded, is the conversation the chat template renders.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -19,7 +24,10 @@ from rollouts.agent_loop import run_episodes
 from rollouts.config import RolloutConfig, ToolsConfig
 from rollouts.engine_hf import HFEngine
 from rollouts.environment import build_environment
-from rollouts.protocols import build_protocol
+from rollouts.protocols import FUNCTION_CALL_TOOLS_INSTRUCTION, Action, build_protocol, search_calls
+from rollouts.scripted_engine import ScriptedEngine, TurnScripts
+
+CHAT_TEMPLATES = ("own", "qwen2.5")
 
 FORCING_BIAS = 1.0e4
 
@@ -60,6 +68,15 @@ def stock_model_and_tokenizer(qwen2_checkpoint):
     return load_model_and_tokenizer(qwen2_checkpoint)
 
 
+@pytest.fixture(scope="module")
+def stock_tokenizers(stock_model_and_tokenizer, qwen25_chat_template):
+    """The stock tokenizer with its own chat template, and the same vocabulary with Qwen2.5's template."""
+    _, tokenizer = stock_model_and_tokenizer
+    qwen25 = copy.copy(tokenizer)
+    qwen25.chat_template = qwen25_chat_template
+    return {"own": tokenizer, "qwen2.5": qwen25}
+
+
 def ids(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
@@ -68,22 +85,22 @@ def decode(tokenizer, token_ids: list[int]) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def environment(protocol_name: str, tiny_world):
-    rollout = RolloutConfig(protocol=protocol_name, max_turns=2, max_new_tokens_per_turn=96, max_context_tokens=2048)
+def environment(protocol_name: str, tiny_world, prompt_style: str = "full"):
+    rollout = RolloutConfig(protocol=protocol_name, prompt_style=prompt_style, max_turns=2,
+                            max_new_tokens_per_turn=96, max_context_tokens=2048)
     return rollout, build_environment(rollout, ToolsConfig(), RetrieverConfig(), documents=tiny_world.documents)
 
 
 def record_rendered_observations(protocol) -> list[str]:
-    """Every observation text `protocol` renders from now on, in order (its methods wrapped on the instance)."""
+    """Every observation text `protocol` renders from now on, in order (its method wrapped on the instance)."""
     rendered: list[str] = []
-    for name in ("render_observation", "corrective_observation"):
-        method = getattr(protocol, name)
+    method = protocol.observation
 
-        def recording(*args, _method=method, **kwargs):
-            rendered.append(_method(*args, **kwargs))
-            return rendered[-1]
+    def recording(*args, **kwargs):
+        rendered.append(method(*args, **kwargs))
+        return rendered[-1]
 
-        setattr(protocol, name, recording)
+    protocol.observation = recording
     return rendered
 
 
@@ -120,10 +137,11 @@ def scripted_turns(protocol_name: str, tokenizer, question) -> list[tuple[list[i
     return [(ids(tokenizer, calls) + [end_of_turn], ids(tokenizer, "junk")), (answer_turn, ids(tokenizer, "more"))]
 
 
+@pytest.mark.parametrize("chat_template", CHAT_TEMPLATES)
 @pytest.mark.parametrize("protocol_name", ["tags", "function_call"])
 def test_scripted_episode_keeps_generated_tokens_and_rendered_observations_exactly(
-        protocol_name, stock_model_and_tokenizer, tiny_world):
-    model, tokenizer = stock_model_and_tokenizer
+        protocol_name, chat_template, stock_model_and_tokenizer, stock_tokenizers, tiny_world):
+    model, tokenizer = stock_model_and_tokenizer[0], stock_tokenizers[chat_template]
     rollout, env = environment(protocol_name, tiny_world)
     question = parallel_question(tiny_world)
     turns = scripted_turns(protocol_name, tokenizer, question)
@@ -147,10 +165,11 @@ def test_scripted_episode_keeps_generated_tokens_and_rendered_observations_exact
     assert trajectory.final_answer == question.answers[0] and not trajectory.truncated
 
 
+@pytest.mark.parametrize("chat_template", CHAT_TEMPLATES)
 @pytest.mark.parametrize("protocol_name", ["tags", "function_call"])
 def test_free_episodes_of_the_random_model_keep_tokens_and_observations_exactly(
-        protocol_name, stock_model_and_tokenizer, tiny_world):
-    model, tokenizer = stock_model_and_tokenizer
+        protocol_name, chat_template, stock_model_and_tokenizer, stock_tokenizers, tiny_world):
+    model, tokenizer = stock_model_and_tokenizer[0], stock_tokenizers[chat_template]
     rollout, env = environment(protocol_name, tiny_world)
     rollout.max_new_tokens_per_turn = 12
     rendered = record_rendered_observations(env.protocol)
@@ -185,3 +204,52 @@ def test_a_turn_ending_in_a_fused_stop_string_parses_as_the_same_action(protocol
     fused_text = decode(tokenizer, fused_ids)  # the turn text is the decoded tokens
     assert protocol.parse(fused_text) == protocol.parse(spaced)
     assert protocol.parse(fused_text).kind != "invalid"
+
+
+@pytest.mark.parametrize("chat_template", CHAT_TEMPLATES)
+def test_a_function_call_episode_is_the_conversation_the_chat_template_renders(
+        chat_template, stock_tokenizers, tiny_world):
+    """Prompt, the model's turns as generated, and the tool results: together, the template's own rendering.
+
+    With Qwen2.5's template the tools go in through `tools=`, the model writes its calls in the template's
+    own spelling (`<tool_call>\\n{...}\\n</tool_call>`) and the results are `tool` messages; with the
+    fixture's own template (no tools, no tool role) the protocol lists the tools in its system message and
+    the results come as one user message of <tool_response> blocks.
+    """
+    tokenizer = stock_tokenizers[chat_template]
+    rollout, env = environment("function_call", tiny_world)
+    protocol, question = env.protocol, parallel_question(tiny_world)
+    search = Action(kind="search", calls=search_calls(question.sub_questions[:2]))
+    answer = Action(kind="answer", answer=question.answers[0])
+    turns = [protocol.action_token_ids(action, tokenizer) for action in (search, answer)]
+    prompt_ids = protocol.render_prompt(question, tokenizer)
+    engine = ScriptedEngine(tokenizer, TurnScripts({tuple(prompt_ids): turns}))
+    (group,) = run_episodes(engine, protocol, env.executor, [question], group_size=1, rollout_config=rollout,
+                            policy_version=0, greedy=True)
+    (trajectory,) = group.trajectories
+    assert trajectory.final_answer == question.answers[0]
+    results = [call.observation for call in trajectory.turns[0].calls]
+    calls = [{"type": "function", "function": {"name": "search", "arguments": {"query": query}}}
+             for query in question.sub_questions[:2]]
+
+    if chat_template == "qwen2.5":
+        assert decode(tokenizer, turns[0]).startswith('<tool_call>\n{"name": "search", "arguments": {"query": ')
+        conversation = [{"role": "system", "content": FUNCTION_CALL_TOOLS_INSTRUCTION},
+                        {"role": "user", "content": question.question},
+                        {"role": "assistant", "content": "", "tool_calls": calls},
+                        *({"role": "tool", "content": result} for result in results)]
+        tools = env.executor.tool_schemas()
+    else:
+        assert decode(tokenizer, turns[0]).startswith('<tool_call>{"name": "search", "arguments": {"query": ')
+        conversation = [*protocol.prompt_messages(question.question),
+                        {"role": "assistant", "content": decode(tokenizer, turns[0][:-1])},
+                        {"role": "user", "content": "\n".join(f"<tool_response>\n{result}\n</tool_response>"
+                                                              for result in results)}]
+        tools = None
+    conversation.append({"role": "assistant", "content": trajectory.turns[1].text})
+    expected = tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False)
+    # the answer turn ends on </answer> (a stop string): the template then closes the message
+    assert decode(tokenizer, trajectory.prompt_ids + trajectory.response_ids) + "<|im_end|>\n" == expected
+    # the tools are listed by Qwen2.5's template itself, by the protocol's system message otherwise
+    assert ("You are provided with function signatures" in expected) == (chat_template == "qwen2.5")
+    assert '"name": "search"' in decode(tokenizer, prompt_ids)
