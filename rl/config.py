@@ -186,7 +186,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("world", "files"),
     "data.on_malformed_row": ("error", "skip"),
-    "rollout.prompt_style": ("minimal", "compact", "full"),
+    "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
@@ -324,7 +324,19 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         merged = _merge_checked(merged, _nest(code_key, value), f"command line '{text}'")
     config: ExperimentConfig = OmegaConf.to_object(merged)
     validate(config, where=str(path) if path else "config")
+    resolve_automatic_values(config)
     return config
+
+
+def resolve_automatic_values(config: ExperimentConfig) -> None:
+    """Settings left to "auto", decided from the rest of the config (the saved config.yaml shows the choice).
+
+    rollout.prompt_style: "full" (the ParallelSearch-style instruction) for a model given in model.path, which
+    is a stock chat model unless it is a warm-started tiny one (whose configs say "minimal"); "compact" for
+    the tiny model built from config.
+    """
+    if config.rollout.prompt_style == "auto":
+        config.rollout.prompt_style = "full" if config.model.path else "compact"
 
 
 def validate(config: ExperimentConfig, where: str = "config") -> None:
@@ -465,6 +477,7 @@ __all__ = [
     "ExperimentConfig",
     "load_config",
     "validate",
+    "resolve_automatic_values",
     "to_dict",
     "to_yaml",
     "from_dict",

@@ -22,9 +22,10 @@ class ToolsConfig:
 @dataclass
 class RolloutConfig:
     protocol: str = "tags"  # "tags" (<search>a ## b</search>) or "function_call" (<tool_call>{json})
-    # "minimal" (the question only: for a model SFT'd on the protocol, like the tiny default),
-    # "compact" (a short instruction) or "full" (ParallelSearch-style instruction, for real chat models)
-    prompt_style: str = "compact"
+    # "auto" ("full" for a model given in model.path, e.g. a stock chat model; "compact" for the tiny model
+    # built from config), "minimal" (the question only: for a model SFT'd on the protocol, like the tiny
+    # default), "compact" (a short instruction) or "full" (ParallelSearch-style instruction, for real chat models)
+    prompt_style: str = "auto"
     engine: str = "hf"  # "hf" (transformers, CPU default) or "vllm" (GPU)
     num_workers: int = 1  # Ray rollout actors
     worker_num_cpus: float = 1.0  # CPUs reserved per actor

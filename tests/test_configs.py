@@ -62,6 +62,23 @@ def test_gpu_recipe_reads_paths_from_the_environment(monkeypatch):
     assert config.data.train_files["nq"] == "/shared/data/nq_train.jsonl"
 
 
+@pytest.mark.parametrize("model_path, style", [("", "compact"), ("/models/qwen", "full")])
+def test_automatic_prompt_style_is_full_for_a_given_model_and_compact_for_the_tiny_one(model_path, style, tmp_path):
+    path = tmp_path / "auto.yaml"
+    path.write_text(f"model:\n  path: '{model_path}'\n")
+    assert ExperimentConfig().rollout.prompt_style == "auto"
+    assert load_config(path).rollout.prompt_style == style
+    assert load_config(path, ["rollout.prompt_style=minimal"]).rollout.prompt_style == "minimal"
+
+
+def test_gpu_recipe_reads_paths_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MODEL_PATH", "/shared/Qwen2.5-7B-Instruct")
+    monkeypatch.setenv("DATA_DIR", "/shared/data")
+    config = load_config(CONFIGS / "parallelsearch_qwen2.5_7b.yaml")
+    assert config.model.path == "/shared/Qwen2.5-7B-Instruct"
+    assert config.data.train_files["nq"] == "/shared/data/nq_train.jsonl"
+
+
 def test_unknown_key_exits_2_naming_the_nearest_valid_key(capsys):
     assert cli_main(["config", "show", QUICKSTART, "grpo.lerning_rate=1"]) == 2
     error = capsys.readouterr().err
