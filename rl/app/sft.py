@@ -37,7 +37,7 @@ from typing import Any
 
 from rl.config import ExperimentConfig
 from rl.app.modeling import create_tiny_checkpoint
-from rollouts.model_loading import load_model_and_tokenizer, set_offline_mode
+from rollouts.model_loading import load_model_and_tokenizer, local_model_folder, set_offline_mode
 from rl.grpo.lm_head import install_compact_lm_head
 
 logger = logging.getLogger(__name__)
@@ -233,12 +233,12 @@ def ensure_warm_start(config: ExperimentConfig, world: Any) -> Path:
     """The model folder GRPO starts from, building the tiny model and/or running SFT as configured.
 
     model.path empty: the tiny model (tokenizer trained on the world's texts) in <run_dir>/base, then SFT
-    into <run_dir>/<sft.output_subdir> unless sft.enabled is false. model.path given: SFT from it when
-    sft.enabled, else the path itself. An existing warm-start folder is reused when sft.reuse.
+    into <run_dir>/<sft.output_subdir> unless sft.enabled is false. model.path given (a folder or a hub id):
+    SFT from it when sft.enabled, else its folder itself. An existing warm-start folder is reused when sft.reuse.
     """
     run_dir = config.run_dir
     if config.model.path:
-        base_dir = Path(config.model.path)
+        base_dir = local_model_folder(config.model.path)  # a hub id: its folder in the hub cache
     else:
         base_dir = run_dir / BASE_MODEL_SUBDIR
         if not is_saved_model(base_dir):

@@ -178,14 +178,15 @@ def _save(trainer, manager, run_dir: Path, step: int) -> Path:
 def train(config: ExperimentConfig) -> Path:
     """Run the whole experiment; returns the run folder."""
     from rl.grpo.checkpoint import find_latest_checkpoint
-    from rollouts.model_loading import load_tokenizer
+    from rollouts.model_loading import load_tokenizer, local_model_folder, set_offline_mode
     from rl.app.metrics import MetricsLogger
-    from rollouts.model_loading import set_offline_mode
     from rl.app.sft import ensure_warm_start
     from rl.grpo.trainer import GRPOTrainer
     from rollouts.manager import init_ray
     from rl.app.rollout_setup import build_rollout_manager
 
+    if config.model.path:  # a hub id is downloaded (or found in the hub cache) first; the error says how to fetch it
+        local_model_folder(config.model.path)
     set_offline_mode()
     run_dir = prepare_run_dir(config)
     seed_everything(config.experiment.seed)

@@ -77,5 +77,5 @@ def test_same_seed_same_weights(tokenizer):
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="never downloads"):
+    with pytest.raises(ConfigError, match="not a saved model folder"):
         load_model_and_tokenizer(tmp_path / "nope")
