@@ -36,7 +36,7 @@ def test_deepspeed_configs_are_json_objects():
 
 def test_shipped_configs_exist():
     names = {path.name for path in CONFIGS.glob("*.yaml")}
-    assert {"quickstart.yaml", "parallelsearch_qwen2.5_7b.yaml"} <= names
+    assert {"quickstart.yaml", "parallelsearch_qwen2.5_7b.yaml", "qwen2.5_3b_lora.yaml", "stock_cpu.yaml"} <= names
 
 
 def test_gpu_recipe_values():
@@ -47,19 +47,35 @@ def test_gpu_recipe_values():
         1.0,
     )
     assert (config.deepspeed.zero_stage, config.deepspeed.precision) == (3, "bf16")
-    assert (config.grpo.learning_rate, config.grpo.kl_coef, config.rollout.group_size) == (1e-6, 0.001, 5)
+    # the paper's PPO script: lr 1e-6 warmed up over 28.5% of 1005 steps, KL 0.001, clip 0.2, 512 rollouts
+    assert (config.grpo.learning_rate, config.grpo.warmup_steps, config.grpo.total_steps) == (1e-6, 286, 1005)
+    assert (config.grpo.kl_coef, config.grpo.clip_eps_low, config.grpo.clip_eps_high) == (0.001, 0.2, 0.2)
+    assert config.batch_size == 512 and config.rollout.group_size == 4
     assert (config.rollout.max_turns, config.retriever.topk, config.retriever.backend) == (4, 3, "http")
+    assert (config.rollout.max_new_tokens_per_turn, config.rollout.temperature, config.rollout.top_p) == (500, 1.0, 1.0)
+    assert config.rollout.prompt_style == "full" and config.rollout.protocol == "tags"
     assert config.reward.preset == "parallelsearch"
     assert set(config.data.train_files) == {"nq", "hotpotqa"}
     assert config.model.path == "/models/qwen"
 
 
-def test_gpu_recipe_reads_paths_from_the_environment(monkeypatch):
-    monkeypatch.setenv("MODEL_PATH", "/shared/Qwen2.5-7B-Instruct")
-    monkeypatch.setenv("DATA_DIR", "/shared/data")
-    config = load_config(CONFIGS / "parallelsearch_qwen2.5_7b.yaml")
-    assert config.model.path == "/shared/Qwen2.5-7B-Instruct"
-    assert config.data.train_files["nq"] == "/shared/data/nq_train.jsonl"
+def test_3b_lora_recipe_values():
+    config = load_config(CONFIGS / "qwen2.5_3b_lora.yaml", ["model.path=/models/qwen3b"])
+    assert config.model.lora.enabled and config.model.lora.r == 16 and "down_proj" in config.model.lora.target_modules
+    assert (config.rollout.engine, config.rollout.num_workers, config.rollout.prompt_style) == ("vllm", 1, "full")
+    assert config.grpo.learning_rate == 1e-5 and config.grpo.kl_coef > 0 and not config.sft.enabled
+    assert config.batch_size % config.grpo.minibatches_per_step == 0
+
+
+def test_stock_cpu_recipe_runs_a_stock_model_through_the_whole_pipeline(monkeypatch):
+    monkeypatch.delenv("MODEL_PATH", raising=False)
+    config = load_config(CONFIGS / "stock_cpu.yaml")
+    assert config.model.path == "Qwen/Qwen2.5-0.5B-Instruct"  # a hub id by default
+    assert (config.data.source, config.sft.enabled, config.experiment.device) == ("world", True, "cpu")
+    assert config.grpo.total_steps <= 5 and config.rollout.engine == "hf"
+    assert config.rollout.prompt_style == "full"  # "auto" for a model given in model.path
+    monkeypatch.setenv("MODEL_PATH", "/models/other")
+    assert load_config(CONFIGS / "stock_cpu.yaml").model.path == "/models/other"
 
 
 @pytest.mark.parametrize("model_path, style", [("", "compact"), ("/models/qwen", "full")])
