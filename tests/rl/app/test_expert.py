@@ -281,3 +281,27 @@ def test_demonstrations_equal_the_golden_ones_recorded_before_the_expert_played_
     assert sum(record is None for record in cases.values()) == 4  # the limits of the drops marked above
     for name, record in cases.items():
         assert record == golden["cases"][name], name
+
+
+def test_demonstrations_on_a_stock_tokenizer_are_rendered_in_its_chat_template(tiny_world, executor, qwen2_checkpoint,
+                                                                             qwen25_chat_template):
+    """With Qwen2.5's template: tools listed by the template, native tool calls, results as tool messages."""
+    from rollouts.model_loading import load_tokenizer
+    from rollouts.protocols import FUNCTION_CALL_TOOLS_INSTRUCTION
+
+    stock = load_tokenizer(qwen2_checkpoint)
+    stock.chat_template = qwen25_chat_template
+    protocol = build_protocol("function_call", prompt_style="full", tool_schemas=executor.tool_schemas())
+    question = first_question(tiny_world, "parallel", 2)
+    rollout_config = RolloutConfig(max_new_tokens_per_turn=128, max_context_tokens=2048)
+    input_ids, completion_mask = expert_trajectory(question, protocol, stock, executor, "parallel", rollout_config)
+
+    calls = "\n".join('<tool_call>\n{"name": "search", "arguments": {"query": "%s"}}\n</tool_call>' % sub_question
+                      for sub_question in question.sub_questions)
+    assert [decode(stock, segment) for segment in masked_segments(input_ids, completion_mask, 1)] == [
+        calls + "<|im_end|>", f"<answer> {question.answers[0]} </answer>"]
+    prompt, observation = [decode(stock, segment) for segment in masked_segments(input_ids, completion_mask, 0)]
+    assert prompt.startswith(f"<|im_start|>system\n{FUNCTION_CALL_TOOLS_INSTRUCTION}\n\n# Tools\n")
+    assert prompt.endswith(f"<|im_start|>user\n{question.question}<|im_end|>\n<|im_start|>assistant\n")
+    assert observation.startswith("\n<|im_start|>user\n<tool_response>\n") and observation.count("<tool_response>") == 2
+    assert observation.endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
