@@ -251,21 +251,24 @@ def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
     """The HF model folder to evaluate; raises ConfigError naming what is missing.
 
     checkpoint may be a training checkpoint (checkpoint-<step>/, whose model/ is used), its `latest`
-    pointer, a run or checkpoints folder (its latest checkpoint), or any saved HF model folder. Without
-    it: the run's latest checkpoint, else model.path.
+    pointer, a run or checkpoints folder (its latest checkpoint), any saved HF model folder, or a hub id
+    (rollouts.model_loading.local_model_folder). Without it: the run's latest checkpoint, else model.path.
     """
     from rl.grpo.checkpoint import LATEST_POINTER, find_latest_checkpoint
+    from rollouts.model_loading import is_hub_id, local_model_folder
 
     if not checkpoint:
         latest = find_latest_checkpoint(config.run_dir)
         if latest is not None:
             return str(latest / "model")
-        if config.model.path:
-            return config.model.path
+        if config.model.path:  # a hub id is fetched (or found in the cache) here, before any work
+            return str(local_model_folder(config.model.path)) if is_hub_id(config.model.path) else config.model.path
         raise ConfigError(
             f"nothing to evaluate: no checkpoint in {config.run_dir / 'checkpoints'} and model.path is "
             "empty; pass --checkpoint PATH or train first"
         )
+    if is_hub_id(checkpoint):
+        return str(local_model_folder(checkpoint))
     path = Path(checkpoint)
     if not path.exists():
         raise ConfigError(

@@ -77,3 +77,12 @@ def _environment() -> dict:
     import os
 
     return {key: value for key, value in os.environ.items() if not key.startswith(("MASTER_", "RANK", "WORLD_"))}
+
+
+def test_fanout_eval_of_an_unreachable_hub_id_exits_2_naming_the_download(tmp_path, monkeypatch, capsys):
+    from rl.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["eval", "configs/stock_cpu.yaml", f"experiment.output_dir={tmp_path}", "--checkpoint",
+                 MISSING_HUB_ID]) == 2
+    assert f"hf download {MISSING_HUB_ID} --local-dir models/no-such-model" in capsys.readouterr().err
