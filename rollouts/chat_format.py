@@ -85,6 +85,8 @@ class ChatFormat:
             self._check_default_template_fits()
         self.takes_tools = _PROBE_TOOL_NAME in self.render(
             [{"role": "user", "content": _USER_PROBE}], add_generation_prompt=True, tools=[_probe_tool_schema()])
+        # what the template writes after an assistant message's content when the conversation ends there
+        self._after_assistant = self._after_probe(self.render(_probe_conversation(), add_generation_prompt=False))
         self.end_of_turn, self.end_of_turn_id = self._find_end_of_turn()
         self.renders_tool_messages = self._defines_tool_role()
 
@@ -116,7 +118,10 @@ class ChatFormat:
         except Exception as error:  # jinja2's TemplateError, raised e.g. by templates without a system role
             if not messages or messages[0]["role"] != "system":
                 raise ChatTemplateError(f"the chat template cannot render the prompt: {error}") from error
-            text = self.render(system_into_first_user(messages), add_generation_prompt=True, tools=tools)
+            try:
+                text = self.render(system_into_first_user(messages), add_generation_prompt=True, tools=tools)
+            except Exception:
+                raise ChatTemplateError(f"the chat template cannot render the prompt: {error}") from error
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def continuation(self, messages: list[dict], turn_ended: bool = True) -> str:
@@ -125,9 +130,8 @@ class ChatFormat:
         turn_ended: the turn ended on the end-of-turn token (then the model wrote it, and the text starts
         after it); otherwise the text starts with the template's end of the assistant message.
         """
-        conversation = _probe_conversation()
-        closed = self._after_probe(self.render(conversation, add_generation_prompt=False))
-        following = self._after_probe(self.render(conversation + list(messages), add_generation_prompt=True))
+        closed = self._after_assistant
+        following = self._after_probe(self.render(_probe_conversation() + list(messages), add_generation_prompt=True))
         # What the model writes of its message's end: up to the end-of-turn token (a template may add more
         # after it when the conversation ends there, e.g. Phi-3's eos, which is not part of the message).
         if self.end_of_turn and self.end_of_turn in closed:
@@ -185,7 +189,7 @@ class ChatFormat:
 
     def _find_end_of_turn(self) -> tuple[str, int | None]:
         """The first added/special token the template writes after an assistant message's content, else eos."""
-        closed = self._after_probe(self.render(_probe_conversation(), add_generation_prompt=False))
+        closed = self._after_assistant
         candidates = {token.content: token_id for token_id, token in
                       getattr(self.tokenizer, "added_tokens_decoder", {}).items() if token.content}
         found = [(closed.find(text), -len(text), text) for text in candidates if text in closed]
