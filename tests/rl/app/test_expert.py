@@ -305,3 +305,8 @@ def test_demonstrations_on_a_stock_tokenizer_are_rendered_in_its_chat_template(t
     assert prompt.endswith(f"<|im_start|>user\n{question.question}<|im_end|>\n<|im_start|>assistant\n")
     assert observation.startswith("\n<|im_start|>user\n<tool_response>\n") and observation.count("<tool_response>") == 2
     assert observation.endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    from rewards import parse_trajectory
+
+    (trajectory,) = expert_trajectories([question], ["parallel"], protocol, stock, executor, rollout_config)
+    episode = parse_trajectory(trajectory)  # the format reward reads the native spelling as well formed
+    assert episode.valid and episode.queries_per_round == [2]
