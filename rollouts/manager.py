@@ -45,6 +45,7 @@ previous stats() call", which the training loop calls once per step.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -70,17 +71,41 @@ GET_BATCH_POLL_S = 0.5  # how often a waiting get_batch checks that the pump thr
 DEFAULT_OBJECT_STORE_BYTES = 2 * 1024**3  # weights of a 0.5B model in bf16 fit twice
 
 
+# Set for every rollout actor: the default path never reaches a hub, and tokenizers must not fork threads.
+ACTOR_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Ray's job supervisor hands a submitted job's config (its runtime env included) to the entrypoint in this variable.
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def submitted_job_env_vars() -> dict[str, str]:
+    """The env vars of the runtime env this process was submitted with (`ray job submit`); {} otherwise."""
+    job_config = json.loads(os.environ.get(JOB_CONFIG_VARIABLE) or "{}")
+    return dict((job_config.get("runtime_env") or {}).get("env_vars") or {})
+
+
+def driver_runtime_env() -> dict | None:
+    """ACTOR_ENV_VARS minus the names the submitted job's runtime env already sets.
+
+    A job's runtime env applies to all its actors, and Ray refuses to merge a ray.init runtime env that sets
+    one of its names again ("Failed to merge the Job's runtime env"): scripts/ray_cluster.sh sets the same flags.
+    """
+    provided_by_job = submitted_job_env_vars()
+    env_vars = {name: value for name, value in ACTOR_ENV_VARS.items() if name not in provided_by_job}
+    return {"env_vars": env_vars} if env_vars else None
+
+
 def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None,
              log_to_driver: bool = False) -> None:
     """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
 
     Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), actor
     logs kept out of the driver's terminal (errors still arrive as exceptions with their traceback),
-    offline HF settings for every worker. On a cluster (`ray job submit`), the cluster decides resources.
+    offline HF settings for every worker. On a cluster (`ray job submit`), the cluster decides resources and
+    the job's runtime env comes first (driver_runtime_env).
     """
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    runtime_env = driver_runtime_env()
     address = os.environ.get("RAY_ADDRESS")
     if address or not local:
         ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=log_to_driver,
