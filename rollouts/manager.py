@@ -31,6 +31,10 @@ replacement with a new worker id, load the current weights into it, and go on
 `rollout.groups_lost` (0 in a healthy run). An exception raised inside a generate call (a bug, not a
 dead process) stops the pump and is re-raised by the next `get_batch`.
 
+Placement: actors ask Ray for `rollout.worker_num_cpus`, `rollout.worker_num_gpus` and the custom
+`rollout.worker_resources` (e.g. {rollout_node: 1} keeps them on nodes started with that resource);
+`rollout/actor_nodes` and `rollout/actors_on_driver_node` report where they ran.
+
 What it simplifies on purpose: one manager per driver process; no actor restarts by Ray itself
 (replacement is explicit, so questions are never silently dropped); metrics windows are "since the
 previous stats() call", which the training loop calls once per step.
@@ -118,6 +122,18 @@ def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memor
              object_store_memory=object_store_memory_bytes, log_to_driver=log_to_driver, runtime_env=runtime_env)
 
 
+def warn_if_no_node_has(resources: dict[str, float]) -> None:
+    """rollout.worker_resources that no node of the cluster offers leave the actors pending: say so early."""
+    if not resources or not ray.is_initialized():
+        return
+    available = ray.cluster_resources()
+    missing = {name: amount for name, amount in resources.items() if available.get(name, 0) < amount}
+    if missing:
+        logger.warning("rollout.worker_resources %s: no node of the Ray cluster has %s yet, so the rollout actors "
+                       "wait until one joins (start it with `ray start --resources '{\"%s\": N}'`)",
+                       dict(resources), missing, next(iter(missing)))
+
+
 @dataclass
 class InFlightCall:
     """A call submitted to an actor whose result the pump has not collected yet."""
@@ -136,6 +152,7 @@ class WorkerSlot:
     index: int
     worker_id: int
     actor: Any  # ray ActorHandle of RolloutWorkerActor
+    node_id: str = ""  # the Ray node the actor runs on, known from its first groups
     generate_calls: int = 0  # generate calls in flight
     idle_since: float | None = None  # set while no generate call is in flight
 
@@ -179,6 +196,8 @@ class RolloutManager:
         self._extra_window = 0
         self._inflight_groups = 0
         self._next_worker_id = 0
+        self._driver_node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        warn_if_no_node_has(rollout.worker_resources)
         self._slots = [self._new_slot(index) for index in range(rollout.num_workers)]
 
     # ------------------------------------------------------------------ actors
@@ -187,8 +206,10 @@ class RolloutManager:
         worker_id, self._next_worker_id = self._next_worker_id, self._next_worker_id + 1
         setup = WorkerSetup(worker_id=worker_id, model_path=self._model_path, corpus_path=self._corpus_path,
                             initial_version=self._initial_version)
+        rollout = self.config.rollout
         actor = self._actor_class.options(
-            num_cpus=self.config.rollout.worker_num_cpus, num_gpus=self.config.rollout.worker_num_gpus,
+            num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus,
+            resources=dict(rollout.worker_resources) or None,
         ).remote(self.config, setup)
         slot = WorkerSlot(index=index, worker_id=worker_id, actor=actor, idle_since=time.monotonic())
         if self._published is not None:
@@ -336,6 +357,10 @@ class RolloutManager:
             self._counters["rollout/groups_lost"] += lost
         for group in groups:
             self.buffer.put(group)
+        if groups and groups[0].node_id and groups[0].node_id != slot.node_id:
+            slot.node_id = groups[0].node_id
+            logger.info("rollout actor %d runs on Ray node %s%s", slot.worker_id, slot.node_id,
+                        " (the driver's)" if slot.node_id == self._driver_node_id else "")
         self._counters["rollout/groups_generated"] += len(groups)
         self._window["groups_generated"] += len(groups)
 
@@ -462,6 +487,7 @@ class RolloutManager:
                 "rollout/actors_replaced": counters["rollout/actors_replaced"],
                 "rollout/requeued_questions": counters["rollout/requeued_questions"],
                 "rollout/groups_lost": counters["rollout/groups_lost"],
+                **self._placement_metrics(),
                 "perf/weight_sync_s": counters["perf/weight_sync_s"],
                 "perf/weight_load_s": window["perf/weight_load_s"] / max(window["weight_loads"], 1),
                 "perf/weight_bytes": counters["perf/weight_bytes"],
@@ -470,6 +496,14 @@ class RolloutManager:
                 self._window = defaultdict(float)
                 self._window_started = now
             return metrics
+
+    def _placement_metrics(self) -> dict[str, float]:
+        """Where the actors run (those that delivered groups): how many nodes, how many beside the driver."""
+        placed = [slot.node_id for slot in self._slots if slot.node_id]
+        if not placed:
+            return {}
+        return {"rollout/actor_nodes": float(len(set(placed))),
+                "rollout/actors_on_driver_node": float(sum(node == self._driver_node_id for node in placed))}
 
     def state_dict(self) -> dict:
         """The data cursor, with every question handed out but not yet trained on re-queued (for resume)."""

@@ -9,7 +9,8 @@ generated them. `update_weights` loads a new version of the weights (a state dic
 manager broadcasts through the Ray object store, see rollouts/weight_sync.py).
 
 The class is plain python; `RolloutWorkerActor = ray.remote(RolloutWorker)` is the Ray actor the
-manager creates with `.options(num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus)`.
+manager creates with `.options(num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus,
+resources=rollout.worker_resources)`. Each actor tags its groups with its Ray node (placement checks).
 The actor receives its own typed sections (`WorkerConfig`: rollout, tools, retriever, reward), pickled
 as they are, never the whole experiment config or an untyped dict.
 
@@ -103,6 +104,11 @@ def score_groups(groups: list[Group], reward_config: RewardConfig) -> None:
         score_group(group, reward_config, write_back=True)
 
 
+def current_node_id() -> str:
+    """The Ray node this process runs on ("" outside a Ray session)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def start_worker_process(config: WorkerConfig, setup: WorkerSetup) -> tuple[WorkerConfig, RolloutComponents, float]:
     """The config, the components and the seconds they took to build, in an actor's own process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -115,9 +121,10 @@ def start_worker_process(config: WorkerConfig, setup: WorkerSetup) -> tuple[Work
     return config, components, time.perf_counter() - start
 
 
-def tag_groups(groups: list[Group], worker_id: int, elapsed_s: float) -> list[Group]:
+def tag_groups(groups: list[Group], worker_id: int, elapsed_s: float, node_id: str = "") -> list[Group]:
     for group in groups:
         group.worker_id = worker_id
+        group.node_id = node_id
         if not group.generate_s:
             group.generate_s = elapsed_s
     return groups
@@ -134,6 +141,7 @@ class RolloutWorker:
     def __init__(self, config: WorkerConfig, setup: WorkerSetup):
         self.setup = setup
         self.config, self.components, self.build_s = start_worker_process(config, setup)
+        self.node_id = current_node_id()
 
     def generate(self, questions: list[Question], group_size: int, version: int, seed: int | None) -> list[Group]:
         """One scored group per question, generated with the weights currently loaded.
@@ -149,7 +157,7 @@ class RolloutWorker:
         groups = run_episodes(engine, self.components.protocol, self.components.executor, questions, group_size,
                               self.config.rollout, policy_version=engine.version, seed=seed)
         score_groups(groups, self.config.reward)
-        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start)
+        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start, self.node_id)
 
     def update_weights(self, weights: Any, version: int) -> float:
         """Load `EncodedWeights` (what the manager broadcasts), a state dict or a Ray ObjectRef of either.
@@ -187,6 +195,7 @@ class AsyncRolloutWorker:
     def __init__(self, config: WorkerConfig, setup: WorkerSetup):
         self.setup = setup
         self.config, self.components, self.build_s = start_worker_process(config, setup)
+        self.node_id = current_node_id()
         self.engine = CoalescingEngine(self.components.engine)
 
     async def generate(self, questions: list[Question], group_size: int, version: int, seed: int | None) -> list[Group]:
@@ -199,7 +208,7 @@ class AsyncRolloutWorker:
                                           group_size, self.config.rollout, policy_version=self.engine.version,
                                           seed=seed)
         score_groups(groups, self.config.reward)
-        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start)
+        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start, self.node_id)
 
     async def update_weights(self, weights: Any, version: int) -> float:
         """Load new weights between two engine batches (calls in flight go on with them); returns seconds."""
