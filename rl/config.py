@@ -190,6 +190,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("world", "files"),
     "data.on_malformed_row": ("error", "skip"),
     "rollout.prompt_style": ("minimal", "compact", "full"),
+    "rollout.actor_logs": ("errors", "all"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),

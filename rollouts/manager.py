@@ -98,28 +98,27 @@ def driver_runtime_env() -> dict | None:
     return {"env_vars": env_vars} if env_vars else None
 
 
-def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None,
-             log_to_driver: bool = False) -> None:
+def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None) -> None:
     """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
 
-    Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), actor
-    logs kept out of the driver's terminal (errors still arrive as exceptions with their traceback),
-    offline HF settings for every worker. On a cluster (`ray job submit`), the cluster decides resources and
-    the job's runtime env comes first (driver_runtime_env).
+    Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), offline HF
+    settings for every worker. On a cluster (`ray job submit`), the cluster decides resources and the job's
+    runtime env comes first (driver_runtime_env). Either way actor output is streamed to this process's
+    terminal (and so into the job's logs); what the actors emit is rollout.actor_logs (configure_actor_logging
+    in rollouts/worker.py).
     """
     if ray.is_initialized():
         return
     runtime_env = driver_runtime_env()
     address = os.environ.get("RAY_ADDRESS")
     if address or not local:
-        ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=log_to_driver,
-                 runtime_env=runtime_env)
+        ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=True, runtime_env=runtime_env)
         return
     if object_store_memory_bytes is None:
         physical_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         object_store_memory_bytes = min(DEFAULT_OBJECT_STORE_BYTES, physical_bytes // 4)
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
-             object_store_memory=object_store_memory_bytes, log_to_driver=log_to_driver, runtime_env=runtime_env)
+             object_store_memory=object_store_memory_bytes, log_to_driver=True, runtime_env=runtime_env)
 
 
 def warn_if_no_node_has(resources: dict[str, float]) -> None:

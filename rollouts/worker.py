@@ -10,7 +10,8 @@ manager broadcasts through the Ray object store, see rollouts/weight_sync.py).
 
 The class is plain python; `RolloutWorkerActor = ray.remote(RolloutWorker)` is the Ray actor the
 manager creates with `.options(num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus,
-resources=rollout.worker_resources)`. Each actor tags its groups with its Ray node (placement checks).
+resources=rollout.worker_resources)`. Each actor tags its groups with its Ray node (placement checks)
+and logs what `rollout.actor_logs` asks for to stderr, which Ray streams to the driver.
 The actor receives its own typed sections (`WorkerConfig`: rollout, tools, retriever, reward), pickled
 as they are, never the whole experiment config or an untyped dict.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -109,16 +111,41 @@ def current_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def configure_actor_logging(actor_logs: str) -> None:
+    """Inside a Ray actor, what it writes to stderr (Ray keeps it in the node's worker log and streams it to the
+    driver): "errors" = log records at WARNING and above, Python warnings and tracebacks, no progress bars;
+    "all" = also INFO records and progress bars. Processes that are not actors keep their own settings."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
+    level = logging.INFO if actor_logs == "all" else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for handler in root.handlers:
+        handler.setLevel(level)  # libraries that set DEBUG on their own logger stay quiet too
+    if actor_logs != "all":
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars on every start
+
+
 def start_worker_process(config: WorkerConfig, setup: WorkerSetup) -> tuple[WorkerConfig, RolloutComponents, float]:
     """The config, the components and the seconds they took to build, in an actor's own process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    configure_actor_logging(config.rollout.actor_logs)
     import torch
 
     torch.set_num_threads(max(1, config.rollout.torch_threads_per_worker))
     start = time.perf_counter()
     components = build_rollout_components(config, setup)
-    return config, components, time.perf_counter() - start
+    build_s = time.perf_counter() - start
+    logger.info("rollout actor %d on Ray node %s: engine, retriever and tools built in %.1f s", setup.worker_id,
+                current_node_id() or "-", build_s)
+    return config, components, build_s
 
 
 def tag_groups(groups: list[Group], worker_id: int, elapsed_s: float, node_id: str = "") -> list[Group]:
