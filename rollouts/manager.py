@@ -117,7 +117,9 @@ def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memor
     if object_store_memory_bytes is None:
         physical_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         object_store_memory_bytes = min(DEFAULT_OBJECT_STORE_BYTES, physical_bytes // 4)
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
+    # "local": a Ray of its own even when `ray start` ran on this machine (a bare ray.init() would join the
+    # cluster recorded in /tmp/ray/ray_current_cluster, and refuse num_cpus there)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, ignore_reinit_error=True,
              object_store_memory=object_store_memory_bytes, log_to_driver=True, runtime_env=runtime_env)
 
 

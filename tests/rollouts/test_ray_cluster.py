@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -115,6 +117,22 @@ def test_driver_runtime_env_leaves_the_jobs_names_to_the_job(monkeypatch):
     assert driver_runtime_env() is None
     monkeypatch.setenv(JOB_CONFIG_VARIABLE, json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
     assert driver_runtime_env() == {"env_vars": ACTOR_ENV_VARS}
+
+
+def test_a_local_ray_is_its_own_even_after_ray_start_on_this_machine(tmp_path, monkeypatch):
+    """`ray start` records its cluster in <temp>/ray/ray_current_cluster; a laptop run must not join it."""
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="fanout-ray-", dir="/tmp"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (Path(os.environ["RAY_TMPDIR"]) / "ray").mkdir()
+    (Path(os.environ["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nobody there
+    try:
+        init_ray(num_cpus=1)
+        assert ray.cluster_resources()["CPU"] == 1
+    finally:
+        ray.shutdown()
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 def test_actors_run_on_the_worker_node_with_the_jobs_and_the_drivers_env_vars(two_node_cluster):
