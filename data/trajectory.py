@@ -104,3 +104,4 @@ class Group:
     policy_version: int
     worker_id: int = -1
     generate_s: float = 0.0
+    node_id: str = ""  # the Ray node of the actor that generated it ("" outside Ray)

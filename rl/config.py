@@ -178,6 +178,9 @@ class ExperimentConfig:
         return self.rollout.questions_per_step * self.rollout.group_size
 
 
+# Resources Ray accounts for itself; rollout.worker_resources names custom ones (`ray start --resources`).
+_RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
 # `async` is a Python keyword, so the section is `async_` in code and `async` in YAML and on the CLI.
 _YAML_RENAMES = {"async": "async_"}
 
@@ -187,6 +190,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("world", "files"),
     "data.on_malformed_row": ("error", "skip"),
     "rollout.prompt_style": ("minimal", "compact", "full"),
+    "rollout.actor_logs": ("errors", "all"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
@@ -352,6 +356,10 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
     need(rollout.questions_per_worker_call >= 1, "rollout.questions_per_worker_call", "must be >= 1")
     need(rollout.max_inflight_calls_per_worker >= 1, "rollout.max_inflight_calls_per_worker", "must be >= 1")
     need(rollout.max_actor_replacements >= 0, "rollout.max_actor_replacements", "must be >= 0")
+    need(not set(rollout.worker_resources) & _RAY_BUILTIN_RESOURCES, "rollout.worker_resources",
+         "holds custom resources only; CPUs and GPUs per actor are rollout.worker_num_cpus / rollout.worker_num_gpus")
+    need(all(amount > 0 for amount in rollout.worker_resources.values()), "rollout.worker_resources",
+         "every amount must be > 0 (e.g. {rollout_node: 1})")
     need(rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
     need(rollout.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn", "must be >= 1")
     need(rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
