@@ -154,6 +154,9 @@ class CheckpointConfig:
 
 @dataclass
 class ExperimentConfig:
+    # Your own modules that register rewards, tools, protocols, datasets, ... (docs/EXTENDING.md, "Plugins"):
+    # module paths (my_pkg.rewards) or Python files (./my_tools.py), imported in the driver and every Ray worker.
+    plugins: list[str] = field(default_factory=list)
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

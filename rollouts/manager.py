@@ -56,6 +56,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from data.plugins import plugin_runtime_env
 from data.types import Question
 from rollouts.buffer import DROP_REASONS, BufferTimeout, StalenessBuffer
 from rollouts.data_cursor import DataCursor
@@ -71,16 +72,20 @@ DEFAULT_OBJECT_STORE_BYTES = 2 * 1024**3  # weights of a 0.5B model in bf16 fit 
 
 
 def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None,
-             log_to_driver: bool = False) -> None:
+             log_to_driver: bool = False, plugins: list[str] | tuple[str, ...] = ()) -> None:
     """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
 
     Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), actor
     logs kept out of the driver's terminal (errors still arrive as exceptions with their traceback),
     offline HF settings for every worker. On a cluster (`ray job submit`), the cluster decides resources.
+    plugins: the config's `plugins`; every worker process of the job imports them before it runs anything
+    (Ray's worker_process_setup_hook, data/plugins.py).
     """
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    plugin_env = plugin_runtime_env(plugins)
+    runtime_env = {**plugin_env, "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                              "TOKENIZERS_PARALLELISM": "false", **plugin_env.get("env_vars", {})}}
     address = os.environ.get("RAY_ADDRESS")
     if address or not local:
         ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=log_to_driver,

@@ -1,11 +1,11 @@
 """Configured names checked against what is registered, once every extension has been imported.
 
 The schema (rl/config.py) checks types, fixed choices and cross-field rules; it does not know which
-protocols, engines, retrievers, presets, rewards and advantage estimators exist, because extensions
+protocols, engines, retrievers, presets, rewards, tools and advantage estimators exist, because extensions
 register themselves when their module is imported. This module imports the built-in registries and
-then checks the config's names against them, so an extension registered with its decorator
-(docs/EXTENDING.md) is accepted without editing any schema. `load_experiment` is what the CLI uses:
-load, validate, check names.
+the config's `plugins` (data/plugins.py), then checks the config's names against them, so an extension
+registered with its decorator (docs/EXTENDING.md) is accepted without editing any schema.
+`load_experiment` is what the CLI uses: load, validate, import plugins, check names.
 
     config = load_experiment("configs/quickstart.yaml", ["rollout.protocol=function_call"])
 """
@@ -16,6 +16,7 @@ import os
 
 import rewards  # noqa: F401  (importing the package registers the built-in rewards)
 from data.errors import ConfigError
+from data.plugins import import_plugins
 from data.retriever import RETRIEVER_BUILDERS
 from rewards.presets import PRESETS
 from rewards.registry import REWARDS
@@ -23,6 +24,7 @@ from rl.config import ExperimentConfig, load_config
 from rl.grpo.core_algos import ADVANTAGE_ESTIMATORS
 from rollouts.engine import ENGINE_MODULES, ENGINES
 from rollouts.protocols import PROTOCOLS
+from rollouts.tools import TOOL_BUILDERS
 
 
 def registered_choices() -> dict[str, tuple[str, ...]]:
@@ -49,11 +51,16 @@ def check_registered_names(config: ExperimentConfig, where: str = "config") -> N
     if unknown_rewards:
         raise ConfigError(f"{where}: key 'reward.weights': unknown reward(s) {unknown_rewards}; "
                           f"registered: {REWARDS.names()}")
+    unknown_tools = [name for name in config.tools.enabled if name not in TOOL_BUILDERS]
+    if unknown_tools:
+        raise ConfigError(f"{where}: key 'tools.enabled': unknown tool(s) {unknown_tools}; "
+                          f"registered: {TOOL_BUILDERS.names()}")
 
 
 def load_experiment(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """`rl.config.load_config` (YAML + overrides + validation), then the registered-name check."""
+    """`rl.config.load_config` (YAML + overrides + validation), the plugins' imports, the registered-name check."""
     config = load_config(path, overrides)
+    import_plugins(config.plugins)
     check_registered_names(config, where=str(path) if path else "config")
     return config
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.plugins import import_plugins
 from data.types import Question
 from rl.config import ConfigError, ExperimentConfig, save_config
 from rl.grpo.faults import fault_point
@@ -187,6 +188,7 @@ def train(config: ExperimentConfig) -> Path:
     from rl.app.rollout_setup import build_rollout_manager
 
     set_offline_mode()
+    import_plugins(config.plugins)  # load_experiment did already when the CLI loaded the config
     run_dir = prepare_run_dir(config)
     seed_everything(config.experiment.seed)
     data = load_training_data(config)  # bad data fails here, before anything is written into the run folder
@@ -201,7 +203,7 @@ def train(config: ExperimentConfig) -> Path:
         start_step, manager_state = extra_state["step"], extra_state.get("rollout_manager")
         logger.info("resuming from %s at step %d (policy version %d)", latest, start_step, trainer.version)
 
-    init_ray(num_cpus=None)
+    init_ray(num_cpus=None, plugins=config.plugins)
     manager = build_rollout_manager(config, data.train_questions, model_path=str(model_path),
                              corpus_path=data.corpus_path, initial_version=trainer.version)
     if manager_state is not None:
