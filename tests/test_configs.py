@@ -213,3 +213,15 @@ def test_registry_backed_keys_accept_what_is_registered_and_nothing_else(dotted,
     registry = getattr(importlib.import_module(module_name), registry_name)
     monkeypatch.setitem(registry, "newly_added", object())  # what a decorator does for an extension
     validate(config_with("newly_added"))  # accepted without editing any schema
+
+
+def test_a_files_dataset_needs_a_registered_name_or_its_columns(tmp_path, capsys):
+    files = ["data.source=files", f"data.train_files.my_qa={tmp_path / 'my_qa.jsonl'}",
+             f"data.corpus_path={tmp_path / 'corpus.jsonl'}"]
+    assert cli_main(["config", "show", QUICKSTART, *files]) == 2
+    error = capsys.readouterr().err
+    assert "unknown dataset(s) ['my_qa']" in error and "data.columns.<name>" in error
+    assert cli_main(["config", "show", QUICKSTART, *files, "data.columns.my_qa={question: q, answer: a}"]) == 2
+    assert "key 'data.columns.my_qa': unknown role(s) ['answer']" in capsys.readouterr().err
+    assert cli_main(["config", "show", QUICKSTART, *files, "data.columns.my_qa={question: q, answers: a}"]) == 0
+    assert "my_qa:\n      question: q\n      answers: a\n" in capsys.readouterr().out

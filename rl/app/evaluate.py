@@ -228,7 +228,7 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
                 "({name: path.jsonl|.parquet})"
             )
         questions_by_dataset = {
-            name: load_questions(path, name, config.data.on_malformed_row)
+            name: load_questions(path, name, config.data.on_malformed_row, config.data.columns.get(name))
             for name, path in config.data.eval_files.items()
         }
     limit = config.eval.num_questions

@@ -1,7 +1,7 @@
 """Configured names checked against what is registered, once every extension has been imported.
 
 The schema (rl/config.py) checks types, fixed choices and cross-field rules; it does not know which
-protocols, engines, retrievers, presets, rewards, tools and advantage estimators exist, because extensions
+protocols, engines, retrievers, presets, rewards, tools, datasets and advantage estimators exist, because extensions
 register themselves when their module is imported. This module imports the built-in registries and
 the config's `plugins` (data/plugins.py), then checks the config's names against them, so an extension
 registered with its decorator (docs/EXTENDING.md) is accepted without editing any schema.
@@ -16,6 +16,7 @@ import os
 
 import rewards  # noqa: F401  (importing the package registers the built-in rewards)
 from data.errors import ConfigError
+from data.loaders import STRUCTURE_MAPPERS, check_column_mapping
 from data.plugins import import_plugins
 from data.retriever import RETRIEVER_BUILDERS
 from rewards.presets import PRESETS
@@ -51,6 +52,19 @@ def check_registered_names(config: ExperimentConfig, where: str = "config") -> N
     if unknown_rewards:
         raise ConfigError(f"{where}: key 'reward.weights': unknown reward(s) {unknown_rewards}; "
                           f"registered: {REWARDS.names()}")
+    if config.data.source == "files":
+        named = {**config.data.train_files, **config.data.eval_files}
+        unknown_datasets = sorted(name for name in named
+                                  if name not in config.data.columns and name.lower() not in STRUCTURE_MAPPERS)
+        if unknown_datasets:
+            raise ConfigError(f"{where}: key 'data.train_files'/'data.eval_files': unknown dataset(s) "
+                              f"{unknown_datasets}; registered: {STRUCTURE_MAPPERS.names()}; any other file is "
+                              "read through its columns: data.columns.<name>: {question: ..., answers: ...}")
+        for dataset_name, columns in config.data.columns.items():
+            try:
+                check_column_mapping(columns, dataset_name)
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
     unknown_tools = [name for name in config.tools.enabled if name not in TOOL_BUILDERS]
     if unknown_tools:
         raise ConfigError(f"{where}: key 'tools.enabled': unknown tool(s) {unknown_tools}; "

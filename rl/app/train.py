@@ -95,8 +95,8 @@ def load_training_data(config: ExperimentConfig) -> TrainingData:
 
         questions, world = [], None
         for dataset_name, path in config.data.train_files.items():
-            loaded = load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row)
-            questions.extend(loaded[0] if isinstance(loaded, tuple) else loaded)
+            questions.extend(load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row,
+                                            columns=config.data.columns.get(dataset_name)))
         corpus_path = config.data.corpus_path
         if corpus_path:  # a bad corpus fails here with file and line, not later inside every rollout actor
             from data.corpus import check_corpus
