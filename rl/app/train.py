@@ -47,7 +47,15 @@ class TrainingData:
 
     train_questions: list[Question]
     corpus_path: str  # "" when retrieval goes to an HTTP server
-    world: Any = None  # data.world.World for the generated world (the SFT expert needs it)
+    world: Any = None  # data.world.World for the generated world
+
+    def warm_start_source(self):
+        """What the SFT warm-start learns from: the generated world, or these questions and corpus."""
+        from rl.app.sft import WarmStartSource
+
+        if self.world is not None:
+            return WarmStartSource.from_world(self.world)
+        return WarmStartSource(questions=self.train_questions, corpus_path=self.corpus_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +201,7 @@ def train(config: ExperimentConfig) -> Path:
     seed_everything(config.experiment.seed)
     data = load_training_data(config)  # bad data fails here, before anything is written into the run folder
     save_config(config, run_dir / "config.yaml")
-    model_path = ensure_warm_start(config, data.world)
+    model_path = ensure_warm_start(config, data.warm_start_source())
 
     trainer = GRPOTrainer(config, model_path=model_path, tokenizer=load_tokenizer(model_path))
     start_step, manager_state = 0, None
