@@ -128,9 +128,11 @@ class SFTConfig:
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 0  # evaluate every N steps during training (0: only at the end)
-    split: str = "test"  # split of the generated world / eval_files to evaluate on
-    num_questions: int = 300  # 0: the whole split
+    # evaluate the current policy every N training steps on the validation questions (the world's validation
+    # split, or data.validation_files), logged as eval/validation/...; 0: never during training
+    every_steps: int = 0
+    split: str = "test"  # split of the generated world `fanout eval` and the final evaluation use
+    num_questions: int = 300  # questions per dataset in every evaluation; 0: all of them
     at_end: bool = True  # evaluate the final policy when training ends
     # questions generated together (0: the training batch, questions_per_step * group_size). Batching is
     # faster, but then latency_s is the wall time of a batch's rounds; 1 measures each question alone.
@@ -384,6 +386,11 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
          "data.source=files needs data.train_files and/or data.eval_files ({name: path})")
     need(config.data.source != "files" or bool(config.data.corpus_path) or config.retriever.backend == "http",
          "data.corpus_path", "data.source=files needs a corpus (data.corpus_path) or retriever.backend=http")
+    need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0: no evaluation during training)")
+    need(config.eval.every_steps == 0 or config.data.source != "files" or bool(config.data.validation_files),
+         "eval.every_steps", "with data.source=files, evaluating during training needs data.validation_files "
+         "({name: path}); or set eval.every_steps=0")
+    need(config.rollout.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0: greedy)")
     need(config.eval.batch_questions >= 0, "eval.batch_questions",
          "must be >= 0 (0: the training batch; 1: one question at a time)")
     mix = config.data.world.structure_mix

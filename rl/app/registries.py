@@ -53,11 +53,11 @@ def check_registered_names(config: ExperimentConfig, where: str = "config") -> N
         raise ConfigError(f"{where}: key 'reward.weights': unknown reward(s) {unknown_rewards}; "
                           f"registered: {REWARDS.names()}")
     if config.data.source == "files":
-        named = {**config.data.train_files, **config.data.eval_files}
+        named = {**config.data.train_files, **config.data.eval_files, **config.data.validation_files}
         unknown_datasets = sorted(name for name in named
                                   if name not in config.data.columns and name.lower() not in STRUCTURE_MAPPERS)
         if unknown_datasets:
-            raise ConfigError(f"{where}: key 'data.train_files'/'data.eval_files': unknown dataset(s) "
+            raise ConfigError(f"{where}: key 'data.train_files'/'eval_files'/'validation_files': unknown dataset(s) "
                               f"{unknown_datasets}; registered: {STRUCTURE_MAPPERS.names()}; any other file is "
                               "read through its columns: data.columns.<name>: {question: ..., answers: ...}")
         for dataset_name, columns in config.data.columns.items():
