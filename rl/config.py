@@ -299,6 +299,29 @@ def _nest(dotted_key: str, value: Any) -> dict:
     return node
 
 
+@dataclass
+class ValueSources:
+    """Where each key's value came from, so an error blames the command line or the file that gave it."""
+
+    file: str = "config"  # the YAML file (or "config" for a config built in code)
+    overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> the command-line text that set it
+
+    def of(self, key: str) -> str:
+        """`command line 'KEY=VALUE'` when an override set `key` (or a part or parent of it), else the file."""
+        for dotted, text in reversed(list(self.overrides.items())):
+            if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+                return f"command line '{text}'"
+        return self.file
+
+
+def value_sources(path: str | os.PathLike | None, overrides: list[str] | None) -> ValueSources:
+    sources = ValueSources(file=str(path) if path else "config")
+    for text in overrides or []:
+        if "=" in text:
+            sources.overrides[text.split("=", 1)[0].strip()] = text
+    return sources
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load `path` (YAML) onto the schema, apply `key=value` overrides, validate, return the typed config."""
     merged = OmegaConf.structured(ExperimentConfig)
@@ -328,21 +351,27 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                 OmegaConf.update(merged, code_key, {}, merge=False)  # `key={...}` replaces the mapping
         merged = _merge_checked(merged, _nest(code_key, value), f"command line '{text}'")
     config: ExperimentConfig = OmegaConf.to_object(merged)
-    validate(config, where=str(path) if path else "config")
+    validate(config, where=value_sources(path, overrides))
     return config
 
 
-def validate(config: ExperimentConfig, where: str = "config") -> None:
-    """Cross-field checks; raises ConfigError saying which key to change."""
+def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> None:
+    """Cross-field checks; raises ConfigError saying which key to change and who gave its value.
+
+    where: the name of the config's source, or the ValueSources of a loaded one (an invalid value is then
+    blamed on the command line when an override gave it, on the file otherwise).
+    """
+    sources = where if isinstance(where, ValueSources) else ValueSources(file=where)
     for dotted, choices in _CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(config, _YAML_RENAMES.get(section, section)), name)
         if value not in choices:
-            raise ConfigError(f"{where}: key '{dotted}' is {value!r}; valid choices: {', '.join(map(repr, choices))}")
+            raise ConfigError(f"{sources.of(dotted)}: key '{dotted}' is {value!r}; valid choices: "
+                              f"{', '.join(map(repr, choices))}")
 
     def need(condition: bool, key: str, message: str) -> None:
         if not condition:
-            raise ConfigError(f"{where}: key '{key}': {message}")
+            raise ConfigError(f"{sources.of(key)}: key '{key}': {message}")
 
     rollout, grpo = config.rollout, config.grpo
     need(rollout.group_size >= 2, "rollout.group_size", "GRPO needs at least 2 samples per question")
@@ -473,6 +502,8 @@ def field_docs() -> list[tuple[str, str, str, str]]:
 __all__ = [
     "ConfigError",
     "ExperimentConfig",
+    "ValueSources",
+    "value_sources",
     "load_config",
     "validate",
     "to_dict",
