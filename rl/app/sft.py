@@ -16,9 +16,14 @@ the expert then searches each question's sub-questions, or the question itself w
 On CPU, TRL's fused LM head is wrapped by rl/grpo/lm_head.py's compact one (the vocabulary projection only
 on the model's turns; the same loss, about 3x the steps per second).
 
+The loss curve is written to <out_dir>/sft_log.jsonl (`sft/loss`, `sft/learning_rate`, ...), and the
+training run copies it into its own metrics.jsonl and wandb run (`log_sft_curve`: rows at step 0 with
+`sft/step`), so the warm-start's loss sits next to GRPO's curves.
+
 What it simplifies on purpose: one process on the configured device (no DeepSpeed for this short
 stage), length-grouped right-padded batches without an attention mask (see `CausalPaddingCollator`),
-no evaluation inside the trainer (the GRPO run evaluates) and TRL's own progress bar.
+no evaluation inside the trainer (the GRPO run evaluates), TRL's own progress bar and no TRL reporting
+integration (`report_to="none"`: the curve reaches wandb through the run's MetricsLogger, in one wandb run).
 
     python -c "from rl.config import load_config; from rl.app.sft import WarmStartSource, ensure_warm_start; \
                from data.world import ensure_world; c = load_config('configs/quickstart.yaml'); \
@@ -264,6 +269,19 @@ def write_sft_logs(log_history: list[dict], out_dir: Path, summary: dict) -> dic
     return summary
 
 
+def log_sft_curve(metrics_logger: Any, model_dir: str | os.PathLike) -> int:
+    """Copy the SFT loss curve of the warm-start in `model_dir` (its sft_log.jsonl) into the run's metrics
+    (MetricsLogger.log_stage: JSONL rows at step 0 with `sft/step`, wandb on its own axis); returns the
+    number of rows (0 when `model_dir` holds no SFT log, e.g. a base model or model.path with SFT off)."""
+    log_path = Path(model_dir) / SFT_LOG_FILE_NAME
+    if not log_path.is_file():
+        return 0
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        metrics_logger.log_stage("sft", row["step"], {key: value for key, value in row.items() if key != "step"})
+    return len(rows)
+
+
 def ensure_warm_start(config: ExperimentConfig, source: WarmStartSource) -> Path:
     """The model folder GRPO starts from, building the tiny model and/or running SFT as configured.
 
@@ -291,4 +309,4 @@ def ensure_warm_start(config: ExperimentConfig, source: WarmStartSource) -> Path
 
 
 __all__ = ["CausalPaddingCollator", "WarmStartSource", "build_expert_dataset", "ensure_warm_start", "file_texts",
-           "run_sft", "trainer_arguments", "world_texts"]
+           "log_sft_curve", "run_sft", "trainer_arguments", "world_texts"]

@@ -191,7 +191,7 @@ def train(config: ExperimentConfig) -> Path:
     from rollouts.model_loading import load_tokenizer
     from rl.app.metrics import MetricsLogger
     from rollouts.model_loading import set_offline_mode
-    from rl.app.sft import ensure_warm_start
+    from rl.app.sft import ensure_warm_start, log_sft_curve
     from rl.grpo.trainer import GRPOTrainer
     from rollouts.manager import init_ray
     from rl.app.rollout_setup import build_rollout_manager
@@ -224,6 +224,8 @@ def train(config: ExperimentConfig) -> Path:
     # On resume, rows the interrupted run logged after its last checkpoint are dropped (they are redone).
     metrics_logger = MetricsLogger(run_dir, config.logging, config_dict=_config_dict(config),
                                    resume_step=start_step if config.experiment.resume else None)
+    if not metrics_logger.has_logged("sft/step"):  # a resumed run's file may hold the warm-start's curve already
+        log_sft_curve(metrics_logger, model_path)
     try:
         _loop(config, trainer, manager, metrics_logger, run_dir, start_step, periodic_evaluator, model_path)
         final_checkpoint = _save(trainer, manager, run_dir, config.grpo.total_steps)
