@@ -2,8 +2,8 @@
 
 A plugin is a module that registers rewards, tools, protocols, datasets, engines or estimators with the
 decorators of docs/EXTENDING.md when it is imported. The experiment names them in `plugins:`, each either a
-module path on `sys.path` (`my_pkg.rewards`) or a Python file (`./my_tools.py`, relative to the current
-folder). Registration has to happen in every process that looks a name up, so the same list is imported
+module path (`my_pkg.rewards`, found on `sys.path` or else in the current folder) or a Python file
+(`./my_tools.py`, relative to the current folder). Registration has to happen in every process that looks a name up, so the same list is imported
 
 - in the driver, by `rl.app.registries.load_experiment`, before the configured names are checked;
 - in every Ray worker process of the run, by Ray itself: `plugin_runtime_env` is merged into the job's
@@ -78,13 +78,22 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _import_module(spec: str) -> ModuleType:
+    """importlib.import_module, looking in the current folder last (as `python -m` would; the `fanout`
+    console script does not put it on sys.path)."""
+    current = os.getcwd()
+    if "" not in sys.path and current not in sys.path:
+        sys.path.append(current)
+    return importlib.import_module(spec)
+
+
 def import_plugin(spec: str) -> ModuleType:
     """Import one plugin (module path or file). A missing module or file, or a syntax error, is a ConfigError;
     any other exception raised by the plugin's own code propagates with its traceback."""
     try:
         if is_file_spec(spec):
             return _import_file(Path(spec).expanduser().resolve())
-        return importlib.import_module(spec)
+        return _import_module(spec)
     except (ImportError, SyntaxError) as error:
         raise ConfigError(f"key 'plugins': cannot import plugin {spec!r}: {type(error).__name__}: {error} "
                           "(a module path must be importable from this Python, e.g. on PYTHONPATH; a file path "

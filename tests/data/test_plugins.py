@@ -76,6 +76,21 @@ def test_a_module_path_plugin_is_imported_from_sys_path(tmp_path, monkeypatch):
         STRUCTURE_MAPPERS.pop(name, None)
 
 
+def test_a_module_path_plugin_is_found_in_the_current_folder_as_python_m_would(tmp_path, monkeypatch):
+    """The `fanout` console script does not put the current folder on sys.path; the plugin loader looks there last."""
+    name = f"plugin_test_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}_module.py").write_text(PLUGIN_SOURCE.format(name=name))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry not in ("", str(tmp_path))])
+    try:
+        (module,) = import_plugins([f"{name}_module"])
+        assert module.__file__ == str(tmp_path / f"{name}_module.py") and name in STRUCTURE_MAPPERS
+        assert sys.path[-1] == str(tmp_path)
+    finally:
+        STRUCTURE_MAPPERS.pop(name, None)
+        sys.modules.pop(f"{name}_module", None)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
