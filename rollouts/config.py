@@ -53,5 +53,5 @@ class RolloutConfig:
     max_observation_tokens: int = 160  # tokens of one <information> block
     temperature: float = 1.0  # sampling temperature for training rollouts
     top_p: float = 1.0  # nucleus sampling
-    eval_temperature: float = 0.0  # 0: greedy
+    eval_temperature: float = 0.0  # sampling temperature of `fanout eval` and in-training evaluations; 0: greedy
     vllm_gpu_memory_utilization: float = 0.5  # vLLM engine only

@@ -61,6 +61,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from data.plugins import plugin_runtime_env
 from data.types import Question
 from rollouts.buffer import DROP_REASONS, BufferTimeout, StalenessBuffer
 from rollouts.data_cursor import DataCursor
@@ -87,29 +88,35 @@ def submitted_job_env_vars() -> dict[str, str]:
     return dict((job_config.get("runtime_env") or {}).get("env_vars") or {})
 
 
-def driver_runtime_env() -> dict | None:
-    """ACTOR_ENV_VARS minus the names the submitted job's runtime env already sets.
+def driver_runtime_env(plugins: list[str] | tuple[str, ...] = ()) -> dict | None:
+    """ACTOR_ENV_VARS minus the names the submitted job's runtime env already sets, plus the plugins' hook.
 
     A job's runtime env applies to all its actors, and Ray refuses to merge a ray.init runtime env that sets
     one of its names again ("Failed to merge the Job's runtime env"): scripts/ray_cluster.sh sets the same flags.
+    plugins: the config's `plugins`; every worker process imports them before it runs anything (Ray's
+    worker_process_setup_hook, data/plugins.py).
     """
     provided_by_job = submitted_job_env_vars()
-    env_vars = {name: value for name, value in ACTOR_ENV_VARS.items() if name not in provided_by_job}
-    return {"env_vars": env_vars} if env_vars else None
+    plugin_env = plugin_runtime_env(plugins)
+    env_vars = {**ACTOR_ENV_VARS, **plugin_env.get("env_vars", {})}
+    env_vars = {name: value for name, value in env_vars.items() if name not in provided_by_job}
+    runtime_env = {**plugin_env, "env_vars": env_vars} if env_vars else dict(plugin_env)
+    return runtime_env or None
 
 
-def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None,
+             plugins: list[str] | tuple[str, ...] = ()) -> None:
     """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
 
     Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), offline HF
     settings for every worker. On a cluster (`ray job submit`), the cluster decides resources and the job's
     runtime env comes first (driver_runtime_env). Either way actor output is streamed to this process's
     terminal (and so into the job's logs); what the actors emit is rollout.actor_logs (configure_actor_logging
-    in rollouts/worker.py).
+    in rollouts/worker.py). plugins: the config's `plugins`, imported in every worker process.
     """
     if ray.is_initialized():
         return
-    runtime_env = driver_runtime_env()
+    runtime_env = driver_runtime_env(plugins)
     address = os.environ.get("RAY_ADDRESS")
     if address or not local:
         ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=True, runtime_env=runtime_env)

@@ -37,12 +37,13 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from data.config import RetrieverConfig
+from data.plugins import import_plugins
 from data.trajectory import Group
 from data.types import Question
 from rewards import score_group
@@ -69,6 +70,7 @@ class WorkerConfig:
     reward: RewardConfig
     dtype: str = "float32"  # model.dtype of the engine
     device: str = "cpu"  # experiment.device
+    plugins: list[str] = field(default_factory=list)  # `plugins`, files as absolute paths (data/plugins.py)
 
 
 @dataclass
@@ -140,6 +142,7 @@ def start_worker_process(config: WorkerConfig, setup: WorkerSetup) -> tuple[Work
     import torch
 
     torch.set_num_threads(max(1, config.rollout.torch_threads_per_worker))
+    import_plugins(config.plugins)  # already imported by Ray's setup hook when init_ray installed it
     start = time.perf_counter()
     components = build_rollout_components(config, setup)
     build_s = time.perf_counter() - start

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from data.plugins import resolve_plugin_specs
 from data.types import Question
 from rl.config import ExperimentConfig
 from rollouts.manager import RolloutManager
@@ -20,7 +21,8 @@ from rollouts.worker import WorkerConfig
 def worker_config(config: ExperimentConfig) -> WorkerConfig:
     """The sections a rollout actor (or any process that plays episodes) runs on."""
     return WorkerConfig(rollout=config.rollout, tools=config.tools, retriever=config.retriever, reward=config.reward,
-                        dtype=config.model.dtype, device=config.experiment.device)
+                        dtype=config.model.dtype, device=config.experiment.device,
+                        plugins=resolve_plugin_specs(config.plugins))
 
 
 def build_rollout_manager(config: ExperimentConfig, questions: list[Question], model_path: str, corpus_path: str = "",

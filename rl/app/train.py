@@ -8,8 +8,9 @@ The loop, in one picture:
 
 Rollout actors keep generating while the trainer steps; `async.max_staleness` bounds how many policy
 versions old a trained sample may be (0 = exactly synchronous on-policy GRPO). Each step logs
-`reward/*`, `rollout/*`, `loss/*`, `async/*`, `perf/*` to `<run_dir>/metrics.jsonl` (and wandb,
-offline by default); checkpoints are atomic and `experiment.resume=true` continues from the last one.
+`reward/*`, `rollout/*`, `loss/*`, `async/*`, `perf/*` (and, every `eval.every_steps`, `eval/validation/*`)
+to `<run_dir>/metrics.jsonl` (and wandb, offline by default); checkpoints are atomic and
+`experiment.resume=true` continues from the last one.
 
 What it simplifies on purpose: one trainer process (DeepSpeed without a launcher on CPU; the
 `deepspeed` launcher or Ray Train on GPUs run the same `GRPOTrainer`), evaluation in the driver
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.plugins import import_plugins
 from data.types import Question
 from rl.config import ConfigError, ExperimentConfig, save_config
 from rl.grpo.faults import fault_point
@@ -46,7 +48,15 @@ class TrainingData:
 
     train_questions: list[Question]
     corpus_path: str  # "" when retrieval goes to an HTTP server
-    world: Any = None  # data.world.World for the generated world (the SFT expert needs it)
+    world: Any = None  # data.world.World for the generated world
+
+    def warm_start_source(self):
+        """What the SFT warm-start learns from: the generated world, or these questions and corpus."""
+        from rl.app.sft import WarmStartSource
+
+        if self.world is not None:
+            return WarmStartSource.from_world(self.world)
+        return WarmStartSource(questions=self.train_questions, corpus_path=self.corpus_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +104,8 @@ def load_training_data(config: ExperimentConfig) -> TrainingData:
 
         questions, world = [], None
         for dataset_name, path in config.data.train_files.items():
-            loaded = load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row)
-            questions.extend(loaded[0] if isinstance(loaded, tuple) else loaded)
+            questions.extend(load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row,
+                                            columns=config.data.columns.get(dataset_name)))
         corpus_path = config.data.corpus_path
         if corpus_path:  # a bad corpus fails here with file and line, not later inside every rollout actor
             from data.corpus import check_corpus
@@ -181,17 +191,20 @@ def train(config: ExperimentConfig) -> Path:
     from rollouts.model_loading import load_tokenizer
     from rl.app.metrics import MetricsLogger
     from rollouts.model_loading import set_offline_mode
-    from rl.app.sft import ensure_warm_start
+    from rl.app.sft import ensure_warm_start, log_sft_curve
     from rl.grpo.trainer import GRPOTrainer
     from rollouts.manager import init_ray
     from rl.app.rollout_setup import build_rollout_manager
+    from rl.app.evaluate import PeriodicEvaluator
 
     set_offline_mode()
+    import_plugins(config.plugins)  # load_experiment did already when the CLI loaded the config
     run_dir = prepare_run_dir(config)
     seed_everything(config.experiment.seed)
     data = load_training_data(config)  # bad data fails here, before anything is written into the run folder
+    periodic_evaluator = PeriodicEvaluator(config)  # and so do bad validation files (eval.every_steps)
     save_config(config, run_dir / "config.yaml")
-    model_path = ensure_warm_start(config, data.world)
+    model_path = ensure_warm_start(config, data.warm_start_source())
 
     trainer = GRPOTrainer(config, model_path=model_path, tokenizer=load_tokenizer(model_path))
     start_step, manager_state = 0, None
@@ -201,7 +214,7 @@ def train(config: ExperimentConfig) -> Path:
         start_step, manager_state = extra_state["step"], extra_state.get("rollout_manager")
         logger.info("resuming from %s at step %d (policy version %d)", latest, start_step, trainer.version)
 
-    init_ray(num_cpus=None)
+    init_ray(num_cpus=None, plugins=config.plugins)
     manager = build_rollout_manager(config, data.train_questions, model_path=str(model_path),
                              corpus_path=data.corpus_path, initial_version=trainer.version)
     if manager_state is not None:
@@ -211,8 +224,10 @@ def train(config: ExperimentConfig) -> Path:
     # On resume, rows the interrupted run logged after its last checkpoint are dropped (they are redone).
     metrics_logger = MetricsLogger(run_dir, config.logging, config_dict=_config_dict(config),
                                    resume_step=start_step if config.experiment.resume else None)
+    if not metrics_logger.has_logged("sft/step"):  # a resumed run's file may hold the warm-start's curve already
+        log_sft_curve(metrics_logger, model_path)
     try:
-        _loop(config, trainer, manager, metrics_logger, run_dir, start_step)
+        _loop(config, trainer, manager, metrics_logger, run_dir, start_step, periodic_evaluator, model_path)
         final_checkpoint = _save(trainer, manager, run_dir, config.grpo.total_steps)
     finally:
         manager.shutdown()
@@ -252,7 +267,9 @@ def merge_owned_metrics(sources: dict[str, dict[str, float]]) -> dict[str, float
     return merged
 
 
-def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: Path, start_step: int) -> None:
+def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: Path, start_step: int,
+          periodic_evaluator=None, model_path: Path | None = None) -> None:
+    """The GRPO steps; periodic_evaluator (rl.app.evaluate.PeriodicEvaluator) adds eval/validation/* rows."""
     progress = _progress(config, start_step)
     samples_total, loop_start = 0, time.perf_counter()
     for step in range(start_step, config.grpo.total_steps):
@@ -272,9 +289,13 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
             "perf/samples_per_s": samples / max(step_s, 1e-9),
             "perf/samples_per_s_cumulative": samples_total / max(time.perf_counter() - loop_start, 1e-9),
         }
+        eval_metrics = {}
+        if periodic_evaluator is not None and periodic_evaluator.is_due(step + 1):  # eval.every_steps
+            eval_metrics = periodic_evaluator.evaluate(model_path, trainer.export_weights(), trainer.version)
         metrics = merge_owned_metrics({
             "the trainer": trainer_metrics, "the trained groups": group_metrics,
             "the rollout manager": manager_metrics, "the train loop": loop_metrics,
+            "the periodic evaluation": eval_metrics,
         })
         metrics_logger.log(step + 1, metrics)
         progress.set_postfix(_postfix(metrics))
@@ -287,14 +308,10 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
 
 
 def _final_eval(config: ExperimentConfig, checkpoint: Path, metrics_logger) -> dict:
-    from rl.app.evaluate import evaluate, format_table, write_results
+    from rl.app.evaluate import evaluate, flat_metrics, format_table, write_results
 
     results = evaluate(config, str(Path(checkpoint) / "model"))
     write_results(results, config.run_dir / "eval.json")
     print(format_table(results))
-    flat = {f"eval/{dataset}/{structure}/{name}": value
-            for dataset, by_structure in results.items()
-            for structure, figures in by_structure.items()
-            for name, value in figures.items()}
-    metrics_logger.log(config.grpo.total_steps, flat)
+    metrics_logger.log(config.grpo.total_steps, flat_metrics(results))
     return results

@@ -174,7 +174,7 @@ def prepare_assets(quick: bool) -> BenchAssets:
     """Build (once) and return the world and the tiny model of the setting; later calls reuse the cache."""
     from data.world import ensure_world
     from rollouts.model_loading import set_offline_mode
-    from rl.app.sft import BASE_MODEL_SUBDIR, ensure_warm_start
+    from rl.app.sft import BASE_MODEL_SUBDIR, WarmStartSource, ensure_warm_start
 
     set_offline_mode()
     setting = setting_name(quick)
@@ -183,7 +183,7 @@ def prepare_assets(quick: bool) -> BenchAssets:
     world_dir = Path(config.data.world_dir)
     world = ensure_world(world_dir, config.data.world)
     started = time.perf_counter()
-    model_path = ensure_warm_start(config, world)
+    model_path = ensure_warm_start(config, WarmStartSource.from_world(world))
     elapsed = time.perf_counter() - started
     if elapsed > 5:
         print(
