@@ -137,3 +137,14 @@ def test_a_two_rank_zero3_checkpoint_resumes_to_the_same_next_step(two_rank_resu
                                            / "state").iterdir())
     assert shards == [f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt" for rank in (0, 1)
                       for kind in ("model", "optim")]
+
+
+def test_resuming_on_another_number_of_ranks_is_refused_with_the_fix(two_rank_results):
+    from rl.config import ConfigError
+
+    case = next(case for case in CASES if case["name"] == "zero3")
+    config = trainer_config(zero_stage=3, minibatches_per_step=case["minibatches_per_step"])
+    config.rollout.questions_per_step = case["num_groups"]
+    one_rank = GRPOTrainer(config, model=tiny_model())
+    with pytest.raises(ConfigError, match=r"written by 2 rank\(s\) and this run has 1.*--nproc_per_node=2"):
+        one_rank.load_checkpoint(two_rank_results / "zero3-checkpoints")
