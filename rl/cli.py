@@ -95,6 +95,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fanout", description="Train LLM agents with RL to fan out tool calls.")
+    # The `deepspeed` launcher adds --local_rank=N before the command (`deepspeed -m rl train ...`); the rank comes
+    # from the environment it also sets (LOCAL_RANK, RANK, WORLD_SIZE), so the option is accepted and unused.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="SFT warm-start (optional) then GRPO on Ray rollout actors")
