@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_cmd_serve_retriever)
 
     bench = commands.add_parser("bench", help="benchmarks; the last printed line is a JSON object of figures")
-    bench.add_argument("suite", help="tools | rollouts | async | trainer | sync | memory | scaling")
+    bench.add_argument("suite", help="tools | rollouts | async | trainer | sync | memory | scaling | retriever | dp")
     bench.add_argument("--quick", action="store_true", help="a tiny setting (used by the test suite)")
     bench.set_defaults(handler=_cmd_bench)
 
