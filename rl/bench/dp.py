@@ -15,7 +15,8 @@ model, and the suite times, median over the repeats after one warm-up:
   actor (put once into the Ray object store; what blocks the trainer), i.e. the gather-and-push time;
   the actor then loads the weights, outside the timing.
 It also reports the bytes of parameters and optimizer state each rank holds (rl.grpo.deepspeed_setup.
-held_bytes).
+held_bytes), and (full setting) the ZeRO-2 step of 1 rank with 2 torch threads: the same 2 cores as 2
+ranks, used by intra-op threads instead of data parallelism.
 
 step_s = {"1": ZeRO-2 step on 1 rank, "2": the same on 2 ranks}; sync_s_zero3 = the ZeRO-3 gather-and-push
 on 2 ranks. On 2 CPU cores the ranks share the machine with the rollout actor's idle process and gloo's
@@ -132,7 +133,7 @@ def worker(spec: dict) -> None:
     from rl.grpo.trainer import GRPOTrainer
     from rollouts.model_loading import load_tokenizer
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(spec.get("torch_threads", 1))
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     quick = spec["quick"]
     config = bench_config(quick, spec["overrides"])
@@ -163,12 +164,12 @@ def worker(spec: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def launch(num_ranks: int, spec: dict) -> dict:
+def launch(num_ranks: int, spec: dict, torch_threads: int = 1) -> dict:
     """`torchrun --standalone --nproc_per_node=num_ranks -m rl.bench.dp worker SPEC`; rank 0's results."""
-    out_path = Path(spec["batch_path"]).with_name(f"dp-{num_ranks}-ranks.json")
+    out_path = Path(spec["batch_path"]).with_name(f"dp-{num_ranks}-ranks-{torch_threads}-threads.json")
     out_path.unlink(missing_ok=True)
-    spec = {**spec, "out_path": str(out_path)}
-    environment = child_environment(OMP_NUM_THREADS="1")
+    spec = {**spec, "out_path": str(out_path), "torch_threads": torch_threads}
+    environment = child_environment(OMP_NUM_THREADS=str(torch_threads))
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_ranks}",
                "-m", "rl.bench.dp", "worker", json.dumps(spec)]
@@ -193,6 +194,7 @@ def run(quick: bool) -> dict:
     spec = {"quick": quick, "overrides": overrides, "batch_path": str(batch_path),
             "model_path": str(assets.model_path), "stages": list(STAGES), "repeats": repeats}
     by_ranks = {str(num_ranks): launch(num_ranks, spec) for num_ranks in RANKS}
+    two_threads = None if quick else launch(1, {**spec, "stages": [HEADLINE_STAGE]}, torch_threads=2)
     rows = []
     for stage in STAGES:
         one_rank = by_ranks["1"]["stages"][str(stage)]
@@ -204,6 +206,12 @@ def run(quick: bool) -> dict:
                          f"{held['parameter_bytes'] / MIB:.2f}", f"{held['optimizer_bytes'] / MIB:.2f}",
                          f"{figures['gather_s'] * 1000:.1f}" if "gather_s" in figures else "",
                          f"{figures['push_s'] * 1000:.1f}" if "push_s" in figures else ""))
+    if two_threads is not None:
+        figures = two_threads["stages"][str(HEADLINE_STAGE)]
+        held = figures["held_bytes_by_rank"][0]
+        rows.append((f"ZeRO-{HEADLINE_STAGE}", "1 (2 threads)", f"{figures['step_s'] * 1000:.0f}",
+                     f"{ratio(by_ranks['1']['stages'][str(HEADLINE_STAGE)]['step_s'], figures['step_s']):.2f}x",
+                     f"{held['parameter_bytes'] / MIB:.2f}", f"{held['optimizer_bytes'] / MIB:.2f}", "", ""))
     print_table(
         f"dp: batch of {num_trajectories(groups)} trajectories, 1 torch thread per rank, median of {repeats} "
         f"steps, load {load_before}",
@@ -215,6 +223,8 @@ def run(quick: bool) -> dict:
         "step_s": step_s,
         "sync_s_zero3": round(by_ranks["2"]["stages"]["3"]["sync_s"], 5),
         "speedup": ratio(step_s["1"], step_s["2"]),
+        "step_s_1_rank_2_threads": None if two_threads is None
+        else round(two_threads["stages"][str(HEADLINE_STAGE)]["step_s"], 4),
         "zero_stage": HEADLINE_STAGE,
         "step_s_zero3": {ranks: round(results["stages"]["3"]["step_s"], 4) for ranks, results in by_ranks.items()},
         "sync_s_zero3_by_ranks": {ranks: {key: round(results["stages"]["3"][key], 5)

@@ -110,3 +110,12 @@ def test_the_resumed_run_finishes_on_two_ranks_from_the_checkpoint(killed_run):
     assert shards == [f"zero_pp_rank_{rank}_mp_rank_00_{kind}_states.pt" for rank in (0, 1)
                       for kind in ("model", "optim")]
     assert (final / "model" / "model.safetensors").is_file()  # the full weights, gathered by rank 0
+
+
+def test_the_deepspeed_launchers_local_rank_option_is_accepted():
+    """`deepspeed --module rl train ...` runs `python -m rl --local_rank=N train ...` (the rank itself comes
+    from the environment the launcher sets)."""
+    from rl.cli import build_parser
+
+    args = build_parser().parse_args(["--local_rank=1", "train", "configs/quickstart.yaml", "grpo.total_steps=1"])
+    assert args.command == "train" and args.overrides == ["grpo.total_steps=1"]
