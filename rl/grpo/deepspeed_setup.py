@@ -20,6 +20,7 @@ import json
 import math
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+# How long a rank waits for the others in a collective: the other ranks wait for rank 0's SFT warm-start
+# (minutes on CPU) and for each batch of rollouts; DeepSpeed's default is 10 minutes.
+DEFAULT_TIMEOUT_MINUTES = 60
+
+
+def process_group_timeout() -> timedelta:
+    """DEEPSPEED_TIMEOUT (minutes) when set, else DEFAULT_TIMEOUT_MINUTES."""
+    return timedelta(minutes=int(os.environ.get("DEEPSPEED_TIMEOUT", DEFAULT_TIMEOUT_MINUTES)))
+
+
 def init_distributed(device: str) -> None:
     """Join the launcher's process group (torchrun or `deepspeed` set RANK, WORLD_SIZE, MASTER_ADDR/PORT) or,
     alone, create a one-process one: gloo on CPU, nccl on GPU. Calling it again is a no-op."""
@@ -163,7 +174,8 @@ def init_distributed(device: str) -> None:
         # a fault there hangs the peers. gloo does every collective instead: slower, but nothing to build.
         with contextlib.suppress(Exception):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", verbose=False)
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", verbose=False,
+                               timeout=process_group_timeout())
 
 
 def held_bytes(engine: Any) -> dict[str, int]:
