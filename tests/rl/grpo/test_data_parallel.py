@@ -1,12 +1,13 @@
 """The trainer on 2 ranks (torchrun, gloo on CPU) makes the same update as on 1, and ZeRO partitions for real.
 
-One `torchrun --nproc_per_node=2` launch (tests/rl/grpo/data_parallel_worker.py, about 25 s on 2 shared
+One `torchrun --nproc_per_node=2` launch (tests/rl/grpo/data_parallel_worker.py, about 30 s on 2 shared
 cores) trains one step of each case on the same global batch as a 1-rank trainer in this process:
-ZeRO-2 and ZeRO-3 with two epochs (a proximal pass and two optimizer steps), ZeRO-3 with groups that do
-not split evenly, and ZeRO-2 with a single group (the second rank trains stand-ins only). The weights
-after the step must equal the 1-rank weights to float tolerance, the metrics must be the whole batch's, each
-rank must hold half of the optimizer state (ZeRO-2, ZeRO-3) and half of the parameters (ZeRO-3), and a
-2-rank ZeRO-3 checkpoint must resume to exactly the same next step.
+ZeRO-0 (DeepSpeed's plain all-reduce); ZeRO-1 with groups that do not split evenly and two epochs (a
+proximal pass and two optimizer steps); ZeRO-2 and ZeRO-3 with two epochs; ZeRO-3 with uneven groups
+and two micro-batches per rank; ZeRO-2 with a single group (the second rank trains stand-ins only).
+The weights after the step must equal the 1-rank weights to float tolerance, the metrics must be the
+whole batch's, each rank must hold half of the optimizer state (ZeRO-1/2/3) and half of the parameters
+(ZeRO-3), and a 2-rank ZeRO-3 checkpoint must resume to exactly the same next step.
 
 The pure parts (how groups are shared out, the derived DeepSpeed batch sizes) are checked by hand first.
 """
@@ -31,6 +32,8 @@ from rl.grpo.trainer import GRPOTrainer
 ROOT = Path(__file__).resolve().parents[3]
 WORKER = Path(__file__).resolve().parent / "data_parallel_worker.py"
 CASES = [
+    {"name": "zero0", "zero_stage": 0, "num_groups": 4, "minibatches_per_step": 2, "epochs_per_batch": 1},
+    {"name": "zero1", "zero_stage": 1, "num_groups": 3, "minibatches_per_step": 2, "epochs_per_batch": 2},
     {"name": "zero2", "zero_stage": 2, "num_groups": 4, "minibatches_per_step": 2, "epochs_per_batch": 2},
     {"name": "zero3", "zero_stage": 3, "num_groups": 4, "minibatches_per_step": 2, "epochs_per_batch": 2,
      "resume": True},
@@ -119,7 +122,7 @@ def test_two_ranks_make_the_one_rank_update(case, two_rank_results):
 
 
 @pytest.mark.parametrize("case_name, parameter_share, optimizer_share",
-                         [("zero2", 1.0, 0.5), ("zero3", 0.5, 0.5)])
+                         [("zero0", 1.0, 1.0), ("zero1", 1.0, 0.5), ("zero2", 1.0, 0.5), ("zero3", 0.5, 0.5)])
 def test_each_rank_holds_its_partition(case_name, parameter_share, optimizer_share, two_rank_results):
     _, _, one_rank = _one_rank_step(case_name)
     per_rank = json.loads((two_rank_results / f"{case_name}.json").read_text())["held_bytes_by_rank"]
