@@ -31,8 +31,8 @@ losses normalised by the global batch's counts and scaled by N against DeepSpeed
 ranks, so N ranks make the same update as one (tests/rl/grpo/test_data_parallel.py). Each rank runs
 `micro_batches_per_rank` micro-batches (padded with zero-loss stand-ins when its share is short, since
 DeepSpeed's collectives need every rank in every forward and backward); ZeRO-1/2 partition the
-optimizer state (and gradients) and ZeRO-3 the parameters too. `export_weights` and the checkpoint
-calls are collective; the metrics they return are the whole batch's on every rank. The default
+optimizer state (and gradients) and ZeRO-3 the parameters too. `step` returns the whole batch's
+metrics on every rank; `export_weights` and the checkpoint calls are collective. The default
 optimizer is torch's AdamW, so no DeepSpeed op is compiled (`deepspeed.offload_optimizer=true`
 switches to DeepSpeed's CPU Adam, whose op build takes minutes).
 
