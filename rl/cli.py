@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS,
                         help="level of the project's log lines on stderr (default INFO)")
+    # The `deepspeed` launcher adds --local_rank=N before the command (`deepspeed -m rl train ...`); the rank comes
+    # from the environment it also sets (LOCAL_RANK, RANK, WORLD_SIZE), so the option is accepted and unused.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="SFT warm-start (optional) then GRPO on Ray rollout actors")

@@ -171,9 +171,16 @@ class RolloutManager:
 
     def __init__(self, config: WorkerConfig, questions: list[Question], model_path: str, corpus_path: str = "",
                  initial_version: int = 0, actor_class: Any = None, *, max_staleness: int, max_buffered_groups: int,
-                 seed: int = 0):
+                 seed: int = 0, model_version: int | None = None):
         """`config`: the sections every actor gets; `max_staleness` / `max_buffered_groups`: async.*;
-        `seed`: experiment.seed (data order and generation seeds)."""
+        `seed`: experiment.seed (data order and generation seeds); `initial_version`: the policy version
+        training starts at; `model_version`: the version of the weights in `model_path` (default
+        `initial_version`), the one a new actor holds and reports until it loads pushed weights.
+
+        A resumed run starts at the checkpoint's version v while `model_path` holds the warm-start (version 0):
+        pass `initial_version=v, model_version=0` and `push_weights(weights_v, v)` before the first get_batch.
+        Every generate call is issued for version v, so no group is generated, or tagged v, before an actor
+        has loaded the weights of v."""
         rollout = config.rollout
         if max_buffered_groups < rollout.questions_per_step:
             raise ValueError(
@@ -191,6 +198,7 @@ class RolloutManager:
         self._model_path, self._corpus_path = str(model_path), str(corpus_path)
         self._actor_class = actor_class or worker_actor_class(rollout.continuous_batching)
         self._initial_version = self._latest_version = initial_version
+        self._model_version = initial_version if model_version is None else model_version
         self._published: PublishedWeights | None = None
 
         self._lock = threading.RLock()
@@ -213,8 +221,9 @@ class RolloutManager:
 
     def _new_slot(self, index: int) -> WorkerSlot:
         worker_id, self._next_worker_id = self._next_worker_id, self._next_worker_id + 1
+        # The actor reports the version of the weights it really holds; pushed weights follow (below).
         setup = WorkerSetup(worker_id=worker_id, model_path=self._model_path, corpus_path=self._corpus_path,
-                            initial_version=self._initial_version)
+                            initial_version=self._model_version)
         rollout = self.config.rollout
         actor = self._actor_class.options(
             num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus,
@@ -314,6 +323,12 @@ class RolloutManager:
         with self._lock:
             if self._pump_thread is not None:
                 return
+            if self._published is None and self._model_version != self._latest_version:
+                raise RuntimeError(
+                    f"the rollout actors hold version {self._model_version} (the weights in {self._model_path}) "
+                    f"and training starts at version {self._latest_version}: call push_weights(state_dict, "
+                    f"{self._latest_version}) before the first get_batch"
+                )
             self._pump_thread = threading.Thread(target=self._pump, name="rollout-pump", daemon=True)
             self._pump_thread.start()
 

@@ -26,10 +26,14 @@ def worker_config(config: ExperimentConfig) -> WorkerConfig:
 
 
 def build_rollout_manager(config: ExperimentConfig, questions: list[Question], model_path: str, corpus_path: str = "",
-                          initial_version: int = 0, actor_class: Any = None) -> RolloutManager:
-    """The manager of `rollout.num_workers` Ray actors inside the `async.max_staleness` window."""
+                          initial_version: int = 0, actor_class: Any = None,
+                          model_version: int | None = None) -> RolloutManager:
+    """The manager of `rollout.num_workers` Ray actors inside the `async.max_staleness` window.
+
+    `initial_version`: the policy version training starts at; `model_version`: the version of the weights in
+    `model_path` (default: the same). See RolloutManager."""
     return RolloutManager(worker_config(config), questions, model_path=model_path, corpus_path=corpus_path,
-                          initial_version=initial_version, actor_class=actor_class,
+                          initial_version=initial_version, actor_class=actor_class, model_version=model_version,
                           max_staleness=config.async_.max_staleness,
                           max_buffered_groups=config.async_.max_buffered_groups, seed=config.experiment.seed)
 

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 from rl.app.registries import load_experiment
 from rl.config import ExperimentConfig
+from rl.grpo import distributed
 
 CACHE_ENV = "FANOUT_BENCH_CACHE"
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -238,9 +239,8 @@ def generate_training_batch(
 # ----------------------------------------------------------------------------------------------
 
 
-# Set by the trainer's one-process DeepSpeed group (rl/grpo/deepspeed_setup.py); a child process must not inherit
-# them, or it would try to join (or re-bind the port of) this process's group.
-DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# The launcher's variables (or those of the trainer's one-process group): a child process must not inherit them.
+DISTRIBUTED_VARIABLES = distributed.DISTRIBUTED_VARIABLES
 
 
 def child_environment(**extra: str) -> dict[str, str]:

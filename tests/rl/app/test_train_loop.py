@@ -43,7 +43,7 @@ class StandInTrainer:
         self.version += 1
         return {"loss/policy": -0.5, "async/policy_version": float(self.version), **self.extra_metrics}
 
-    def export_weights(self):
+    def export_weights(self, kind="full", main_process_only=False):
         return {}
 
 
@@ -92,6 +92,7 @@ def test_each_step_metric_comes_from_its_one_owner(tmp_path):
         assert row["perf/weight_sync_s"] == 0.25  # the manager's stats, not push_weights' return value
         assert row["reward/total"] == 0.5 and row["reward/exact_match"] == 0.5  # the trained groups'
         assert row["perf/samples_per_s"] > 0  # the loop's
+        assert row["perf/world_size"] == 1.0  # the loop's: one process, no launcher
         for key in CONTRACT_KEYS:
             assert key in row, key
 
