@@ -31,6 +31,10 @@ class DataConfig:
     # Local benchmark files for source=files: {dataset_name: path.jsonl|.parquet}.
     train_files: dict[str, str] = field(default_factory=dict)
     eval_files: dict[str, str] = field(default_factory=dict)  # evaluated by `fanout eval` (same format)
+    validation_files: dict[str, str] = field(default_factory=dict)  # evaluated every eval.every_steps in training
+    # Generic loader for any other JSONL/Parquet: {dataset_name: {role: column}}, roles question, answers, id,
+    # structure, sub_questions (data/loaders.py). A dataset listed here is read through its columns.
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
     corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
     on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
     max_train_questions: int = 0  # 0: all

@@ -57,6 +57,8 @@ class Trajectory:
     response_text: str = ""  # decoded response (model text and observations), for rewards and logs
     final_answer: str | None = None
     protocol: str = "tags"  # agent protocol that wrote the response (rollout.protocol); rewards parse with it
+    # names of the tools the episode could call (tools.enabled); the rewards' grammar accepts calls to these
+    tool_names: list[str] = field(default_factory=lambda: ["search"])
     truncated: bool = False  # hit max_context_tokens or max_turns without an answer
     policy_version: int = 0  # version of the weights that generated it (the oldest, if its turns span two)
     group_id: str = ""  # trajectories of one question sampled together share a group id
@@ -104,3 +106,4 @@ class Group:
     policy_version: int
     worker_id: int = -1
     generate_s: float = 0.0
+    node_id: str = ""  # the Ray node of the actor that generated it ("" outside Ray)

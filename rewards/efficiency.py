@@ -4,7 +4,10 @@ The structure says how many sequential search rounds a perfect agent needs:
 
     parallel    1 round (all independent lookups fanned out at once)
     single      1 round
-    sequential  n rounds for an n-hop chain, n = len(Question.sub_questions) (at least 1)
+    sequential  n rounds for an n-hop chain, n = len(Question.sub_questions); unknown when a real-data
+                chain comes without its sub-questions (HotpotQA bridge, MuSiQue rows): the reward is then
+                not applicable (None, left out of the total) rather than a guess that would punish every
+                hop beyond the first
 
 and one more model call gives the answer, so `needed_calls = needed_rounds + 1`. The score is
 
@@ -30,9 +33,11 @@ from rewards.parsing import ParsedEpisode, parse_trajectory
 from rewards.registry import register_reward
 
 
-def needed_search_rounds(structure: str, num_sub_questions: int) -> int:
-    """Sequential search rounds the structure needs: n for an n-hop chain, else 1."""
-    return max(1, num_sub_questions) if structure == "sequential" else 1
+def needed_search_rounds(structure: str, num_sub_questions: int) -> int | None:
+    """Sequential search rounds the structure needs: n for an n-hop chain (None when n is unknown), else 1."""
+    if structure != "sequential":
+        return 1
+    return num_sub_questions if num_sub_questions > 0 else None
 
 
 def efficiency_score(model_calls: int, needed_rounds: int) -> float:
@@ -54,11 +59,12 @@ def episode_counts(episode: ParsedEpisode) -> dict[str, float]:
 
 
 @register_reward("efficiency")
-def efficiency_reward(trajectory, config) -> float:
-    episode = parse_trajectory(trajectory)
+def efficiency_reward(trajectory, config) -> float | None:
     question = trajectory.question
+    needed_rounds = needed_search_rounds(question.structure, len(question.sub_questions))
+    if needed_rounds is None:  # a chain of unknown length: nothing to measure the calls against
+        return None
+    episode = parse_trajectory(trajectory)
     if not answer_is_correct(episode.answer, question.answers):
         return 0.0
-    return efficiency_score(
-        episode.model_calls, needed_search_rounds(question.structure, len(question.sub_questions))
-    )
+    return efficiency_score(episode.model_calls, needed_rounds)

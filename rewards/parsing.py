@@ -15,8 +15,10 @@ tool call and the last is the answer):
 Only whitespace may sit outside the tags (and a trailing end-of-message token such as `<|im_end|>`,
 which the engine decodes with the turn); sub-queries and the answer must not be empty. Under
 `function_call`, every block must be a JSON object with a known tool name and an `arguments` object
-(or a JSON string of one, OpenAI style); each `search` call is one sub-query (`query`), or several
-(`query_list`, the ParallelSearch function format). Both protocols give the final answer in
+(or a JSON string of one, OpenAI style); the known tool names are the ones the episode could call
+(`Trajectory.tool_names`, i.e. `tools.enabled`); each `search` call is one sub-query (`query`), or several
+(`query_list`, the ParallelSearch function format), and a call to another tool is a valid call that issues
+no sub-query. Both protocols give the final answer in
 `<answer>…</answer>`. This grammar is stricter than the agent loop's (rollouts/protocols.py reads the
 first action block and treats surrounding text as reasoning): the loop acts on sloppy turns, the
 format reward teaches the model not to write them.
@@ -365,8 +367,14 @@ def _split_response_cached(response_text: str, protocol: str) -> tuple[str, ...]
     return tuple(split_model_segments(response_text, PROTOCOLS[protocol].observation_delimiters))
 
 
-def parse_trajectory(trajectory, tool_names: Sequence[str] = DEFAULT_TOOL_NAMES) -> ParsedEpisode:
-    """Parse a Trajectory with the grammar of the protocol that generated it."""
+def parse_trajectory(trajectory, tool_names: Sequence[str] | None = None) -> ParsedEpisode:
+    """Parse a Trajectory with the grammar of the protocol that generated it.
+
+    tool_names: the tools a call may name; by default the ones the episode had (`Trajectory.tool_names`,
+    the configured `tools.enabled`), else DEFAULT_TOOL_NAMES.
+    """
+    if tool_names is None:
+        tool_names = getattr(trajectory, "tool_names", None) or DEFAULT_TOOL_NAMES
     protocol = getattr(trajectory, "protocol", "tags") or "tags"
     invalid_flags = [
         bool(getattr(turn, "invalid", False)) for turn in getattr(trajectory, "turns", None) or []

@@ -1,18 +1,41 @@
 """The `fanout` command line: train, eval, data, serve-retriever, bench, config.
 
 Each subcommand imports its implementation lazily so `fanout --help` and `fanout config show` stay fast.
-Configuration and data errors print one clear message and exit with code 2.
+Configuration and data errors print one clear message and exit with code 2. Log lines of the project's
+packages (data, rewards, rollouts, rl) go to stderr from level INFO (`--log-level`); other libraries'
+from WARNING.
 
     fanout train configs/quickstart.yaml grpo.total_steps=10
     fanout config show configs/quickstart.yaml grpo.learning_rate=1e-5
+    fanout --log-level DEBUG eval configs/quickstart.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 EXIT_BAD_INPUT = 2
+PROJECT_PACKAGES = ("data", "rewards", "rollouts", "rl")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Project loggers at `level`, everything else at WARNING, one stderr handler on the root logger."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, datefmt="%H:%M:%S")
+    for package in PROJECT_PACKAGES:
+        logging.getLogger(package).setLevel(level)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fanout-rl")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +118,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fanout", description="Train LLM agents with RL to fan out tool calls.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS,
+                        help="level of the project's log lines on stderr (default INFO)")
+    # The `deepspeed` launcher adds --local_rank=N before the command (`deepspeed -m rl train ...`); the rank comes
+    # from the environment it also sets (LOCAL_RANK, RANK, WORLD_SIZE), so the option is accepted and unused.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="SFT warm-start (optional) then GRPO on Ray rollout actors")
@@ -126,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--index-dir", default="", help="where to save/load the BM25 index")
     serve.set_defaults(handler=_cmd_serve_retriever)
 
+    from rl.bench import SUITES  # names only; a suite's module is imported when it runs
+
     bench = commands.add_parser("bench", help="benchmarks; the last printed line is a JSON object of figures")
-    bench.add_argument("suite", help="tools | rollouts | async | trainer | sync | memory | scaling")
+    bench.add_argument("suite", choices=SUITES.names(), help="the suite to run: %(choices)s")
     bench.add_argument("--quick", action="store_true", help="a tiny setting (used by the test suite)")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -146,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from rl.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return args.handler(args)
     except (ConfigError, DataError) as error:

@@ -128,9 +128,11 @@ class SFTConfig:
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 0  # evaluate every N steps during training (0: only at the end)
-    split: str = "test"  # split of the generated world / eval_files to evaluate on
-    num_questions: int = 300  # 0: the whole split
+    # evaluate the current policy every N training steps on the validation questions (the world's validation
+    # split, or data.validation_files), logged as eval/validation/...; 0: never during training
+    every_steps: int = 0
+    split: str = "test"  # split of the generated world `fanout eval` and the final evaluation use
+    num_questions: int = 300  # questions per dataset in every evaluation; 0: all of them
     at_end: bool = True  # evaluate the final policy when training ends
     # questions generated together (0: the training batch, questions_per_step * group_size). Batching is
     # faster, but then latency_s is the wall time of a batch's rounds; 1 measures each question alone.
@@ -154,6 +156,9 @@ class CheckpointConfig:
 
 @dataclass
 class ExperimentConfig:
+    # Your own modules that register rewards, tools, protocols, datasets, ... (docs/EXTENDING.md, "Plugins"):
+    # module paths (my_pkg.rewards) or Python files (./my_tools.py), imported in the driver and every Ray worker.
+    plugins: list[str] = field(default_factory=list)
     experiment: ExperimentSection = field(default_factory=ExperimentSection)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,6 +183,9 @@ class ExperimentConfig:
         return self.rollout.questions_per_step * self.rollout.group_size
 
 
+# Resources Ray accounts for itself; rollout.worker_resources names custom ones (`ray start --resources`).
+_RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
 # `async` is a Python keyword, so the section is `async_` in code and `async` in YAML and on the CLI.
 _YAML_RENAMES = {"async": "async_"}
 
@@ -187,6 +195,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("world", "files"),
     "data.on_malformed_row": ("error", "skip"),
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
+    "rollout.actor_logs": ("errors", "all"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
@@ -294,6 +303,29 @@ def _nest(dotted_key: str, value: Any) -> dict:
     return node
 
 
+@dataclass
+class ValueSources:
+    """Where each key's value came from, so an error blames the command line or the file that gave it."""
+
+    file: str = "config"  # the YAML file (or "config" for a config built in code)
+    overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> the command-line text that set it
+
+    def of(self, key: str) -> str:
+        """`command line 'KEY=VALUE'` when an override set `key` (or a part or parent of it), else the file."""
+        for dotted, text in reversed(list(self.overrides.items())):
+            if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+                return f"command line '{text}'"
+        return self.file
+
+
+def value_sources(path: str | os.PathLike | None, overrides: list[str] | None) -> ValueSources:
+    sources = ValueSources(file=str(path) if path else "config")
+    for text in overrides or []:
+        if "=" in text:
+            sources.overrides[text.split("=", 1)[0].strip()] = text
+    return sources
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load `path` (YAML) onto the schema, apply `key=value` overrides, validate, return the typed config."""
     merged = OmegaConf.structured(ExperimentConfig)
@@ -323,7 +355,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                 OmegaConf.update(merged, code_key, {}, merge=False)  # `key={...}` replaces the mapping
         merged = _merge_checked(merged, _nest(code_key, value), f"command line '{text}'")
     config: ExperimentConfig = OmegaConf.to_object(merged)
-    validate(config, where=str(path) if path else "config")
+    validate(config, where=value_sources(path, overrides))
     resolve_automatic_values(config)
     return config
 
@@ -339,17 +371,23 @@ def resolve_automatic_values(config: ExperimentConfig) -> None:
         config.rollout.prompt_style = "full" if config.model.path else "compact"
 
 
-def validate(config: ExperimentConfig, where: str = "config") -> None:
-    """Cross-field checks; raises ConfigError saying which key to change."""
+def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> None:
+    """Cross-field checks; raises ConfigError saying which key to change and who gave its value.
+
+    where: the name of the config's source, or the ValueSources of a loaded one (an invalid value is then
+    blamed on the command line when an override gave it, on the file otherwise).
+    """
+    sources = where if isinstance(where, ValueSources) else ValueSources(file=where)
     for dotted, choices in _CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(config, _YAML_RENAMES.get(section, section)), name)
         if value not in choices:
-            raise ConfigError(f"{where}: key '{dotted}' is {value!r}; valid choices: {', '.join(map(repr, choices))}")
+            raise ConfigError(f"{sources.of(dotted)}: key '{dotted}' is {value!r}; valid choices: "
+                              f"{', '.join(map(repr, choices))}")
 
     def need(condition: bool, key: str, message: str) -> None:
         if not condition:
-            raise ConfigError(f"{where}: key '{key}': {message}")
+            raise ConfigError(f"{sources.of(key)}: key '{key}': {message}")
 
     rollout, grpo = config.rollout, config.grpo
     need(rollout.group_size >= 2, "rollout.group_size", "GRPO needs at least 2 samples per question")
@@ -364,6 +402,10 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
     need(rollout.questions_per_worker_call >= 1, "rollout.questions_per_worker_call", "must be >= 1")
     need(rollout.max_inflight_calls_per_worker >= 1, "rollout.max_inflight_calls_per_worker", "must be >= 1")
     need(rollout.max_actor_replacements >= 0, "rollout.max_actor_replacements", "must be >= 0")
+    need(not set(rollout.worker_resources) & _RAY_BUILTIN_RESOURCES, "rollout.worker_resources",
+         "holds custom resources only; CPUs and GPUs per actor are rollout.worker_num_cpus / rollout.worker_num_gpus")
+    need(all(amount > 0 for amount in rollout.worker_resources.values()), "rollout.worker_resources",
+         "every amount must be > 0 (e.g. {rollout_node: 1})")
     need(rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
     need(rollout.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn", "must be >= 1")
     need(rollout.temperature >= 0, "rollout.temperature", "must be >= 0")
@@ -393,6 +435,11 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
          "data.source=files needs data.train_files and/or data.eval_files ({name: path})")
     need(config.data.source != "files" or bool(config.data.corpus_path) or config.retriever.backend == "http",
          "data.corpus_path", "data.source=files needs a corpus (data.corpus_path) or retriever.backend=http")
+    need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0: no evaluation during training)")
+    need(config.eval.every_steps == 0 or config.data.source != "files" or bool(config.data.validation_files),
+         "eval.every_steps", "with data.source=files, evaluating during training needs data.validation_files "
+         "({name: path}); or set eval.every_steps=0")
+    need(config.rollout.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0: greedy)")
     need(config.eval.batch_questions >= 0, "eval.batch_questions",
          "must be >= 0 (0: the training batch; 1: one question at a time)")
     mix = config.data.world.structure_mix
@@ -475,6 +522,8 @@ def field_docs() -> list[tuple[str, str, str, str]]:
 __all__ = [
     "ConfigError",
     "ExperimentConfig",
+    "ValueSources",
+    "value_sources",
     "load_config",
     "validate",
     "resolve_automatic_values",

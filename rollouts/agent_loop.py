@@ -64,7 +64,7 @@ def start_groups(protocol: AgentProtocol, tokenizer: Any, questions: list[Questi
         prompt_ids = protocol.render_prompt(question, tokenizer)
         trajectories = [
             Trajectory(question=question, prompt_ids=list(prompt_ids), protocol=protocol.name,
-                       policy_version=policy_version, group_id=group_id)
+                       tool_names=protocol.tool_names(), policy_version=policy_version, group_id=group_id)
             for _ in range(group_size)
         ]
         groups.append(Group(group_id=group_id, question=question, trajectories=trajectories,

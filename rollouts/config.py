@@ -30,6 +30,12 @@ class RolloutConfig:
     num_workers: int = 1  # Ray rollout actors
     worker_num_cpus: float = 1.0  # CPUs reserved per actor
     worker_num_gpus: float = 0.0  # GPUs per actor (vLLM on clusters)
+    # Custom Ray resources per actor, e.g. {rollout_node: 1}: actors then run only on nodes started with
+    # `ray start --resources '{"rollout_node": N}'` (N actors per node). {}: wherever Ray finds room.
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    # What rollout actors' output reaches the driver's terminal (and the job logs on a cluster): "errors"
+    # (their warnings, errors and tracebacks) or "all" (also their info logs and everything they print)
+    actor_logs: str = "errors"
     torch_threads_per_worker: int = 1  # intra-op threads inside each actor
     questions_per_worker_call: int = 2  # questions (= groups) in one generate call to a rollout actor
     # Generate calls in flight per actor. With continuous batching they run at once (more calls: larger
@@ -48,5 +54,5 @@ class RolloutConfig:
     max_observation_tokens: int = 160  # tokens of one <information> block
     temperature: float = 1.0  # sampling temperature for training rollouts
     top_p: float = 1.0  # nucleus sampling
-    eval_temperature: float = 0.0  # 0: greedy
+    eval_temperature: float = 0.0  # sampling temperature of `fanout eval` and in-training evaluations; 0: greedy
     vllm_gpu_memory_utilization: float = 0.5  # vLLM engine only

@@ -31,6 +31,10 @@ replacement with a new worker id, load the current weights into it, and go on
 `rollout.groups_lost` (0 in a healthy run). An exception raised inside a generate call (a bug, not a
 dead process) stops the pump and is re-raised by the next `get_batch`.
 
+Placement: actors ask Ray for `rollout.worker_num_cpus`, `rollout.worker_num_gpus` and the custom
+`rollout.worker_resources` (e.g. {rollout_node: 1} keeps them on nodes started with that resource);
+`rollout/actor_nodes` and `rollout/actors_on_driver_node` report where they ran.
+
 What it simplifies on purpose: one manager per driver process; no actor restarts by Ray itself
 (replacement is explicit, so questions are never silently dropped); metrics windows are "since the
 previous stats() call", which the training loop calls once per step.
@@ -45,6 +49,7 @@ previous stats() call", which the training loop calls once per step.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -56,6 +61,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from data.plugins import plugin_runtime_env
 from data.types import Question
 from rollouts.buffer import DROP_REASONS, BufferTimeout, StalenessBuffer
 from rollouts.data_cursor import DataCursor
@@ -70,29 +76,71 @@ GET_BATCH_POLL_S = 0.5  # how often a waiting get_batch checks that the pump thr
 DEFAULT_OBJECT_STORE_BYTES = 2 * 1024**3  # weights of a 0.5B model in bf16 fit twice
 
 
+# Set for every rollout actor: the default path never reaches a hub, and tokenizers must not fork threads.
+ACTOR_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Ray's job supervisor hands a submitted job's config (its runtime env included) to the entrypoint in this variable.
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def submitted_job_env_vars() -> dict[str, str]:
+    """The env vars of the runtime env this process was submitted with (`ray job submit`); {} otherwise."""
+    job_config = json.loads(os.environ.get(JOB_CONFIG_VARIABLE) or "{}")
+    return dict((job_config.get("runtime_env") or {}).get("env_vars") or {})
+
+
+def driver_runtime_env(plugins: list[str] | tuple[str, ...] = ()) -> dict | None:
+    """ACTOR_ENV_VARS minus the names the submitted job's runtime env already sets, plus the plugins' hook.
+
+    A job's runtime env applies to all its actors, and Ray refuses to merge a ray.init runtime env that sets
+    one of its names again ("Failed to merge the Job's runtime env"): scripts/ray_cluster.sh sets the same flags.
+    plugins: the config's `plugins`; every worker process imports them before it runs anything (Ray's
+    worker_process_setup_hook, data/plugins.py).
+    """
+    provided_by_job = submitted_job_env_vars()
+    plugin_env = plugin_runtime_env(plugins)
+    env_vars = {**ACTOR_ENV_VARS, **plugin_env.get("env_vars", {})}
+    env_vars = {name: value for name, value in env_vars.items() if name not in provided_by_job}
+    runtime_env = {**plugin_env, "env_vars": env_vars} if env_vars else dict(plugin_env)
+    return runtime_env or None
+
+
 def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memory_bytes: int | None = None,
-             log_to_driver: bool = False) -> None:
+             plugins: list[str] | tuple[str, ...] = ()) -> None:
     """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
 
-    Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), actor
-    logs kept out of the driver's terminal (errors still arrive as exceptions with their traceback),
-    offline HF settings for every worker. On a cluster (`ray job submit`), the cluster decides resources.
+    Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), offline HF
+    settings for every worker. On a cluster (`ray job submit`), the cluster decides resources and the job's
+    runtime env comes first (driver_runtime_env). Either way actor output is streamed to this process's
+    terminal (and so into the job's logs); what the actors emit is rollout.actor_logs (configure_actor_logging
+    in rollouts/worker.py). plugins: the config's `plugins`, imported in every worker process.
     """
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    runtime_env = driver_runtime_env(plugins)
     address = os.environ.get("RAY_ADDRESS")
     if address or not local:
-        ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=log_to_driver,
-                 runtime_env=runtime_env)
+        ray.init(address=address or "auto", ignore_reinit_error=True, log_to_driver=True, runtime_env=runtime_env)
         return
     if object_store_memory_bytes is None:
         physical_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         object_store_memory_bytes = min(DEFAULT_OBJECT_STORE_BYTES, physical_bytes // 4)
-    # address="local": always a fresh local instance, never a `ray start` cluster that happens to run here.
+    # "local": a Ray of its own even when `ray start` ran on this machine (a bare ray.init() would join the
+    # cluster recorded in /tmp/ray/ray_current_cluster, and refuse num_cpus there)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             ignore_reinit_error=True, object_store_memory=object_store_memory_bytes, log_to_driver=log_to_driver,
+             ignore_reinit_error=True, object_store_memory=object_store_memory_bytes, log_to_driver=True,
              runtime_env=runtime_env)
+
+
+def warn_if_no_node_has(resources: dict[str, float]) -> None:
+    """rollout.worker_resources that no node of the cluster offers leave the actors pending: say so early."""
+    if not resources or not ray.is_initialized():
+        return
+    available = ray.cluster_resources()
+    missing = {name: amount for name, amount in resources.items() if available.get(name, 0) < amount}
+    if missing:
+        logger.warning("rollout.worker_resources %s: no node of the Ray cluster has %s yet, so the rollout actors "
+                       "wait until one joins (start it with `ray start --resources '{\"%s\": N}'`)",
+                       dict(resources), missing, next(iter(missing)))
 
 
 @dataclass
@@ -113,6 +161,7 @@ class WorkerSlot:
     index: int
     worker_id: int
     actor: Any  # ray ActorHandle of RolloutWorkerActor
+    node_id: str = ""  # the Ray node the actor runs on, known from its first groups
     generate_calls: int = 0  # generate calls in flight
     idle_since: float | None = None  # set while no generate call is in flight
 
@@ -122,9 +171,16 @@ class RolloutManager:
 
     def __init__(self, config: WorkerConfig, questions: list[Question], model_path: str, corpus_path: str = "",
                  initial_version: int = 0, actor_class: Any = None, *, max_staleness: int, max_buffered_groups: int,
-                 seed: int = 0):
+                 seed: int = 0, model_version: int | None = None):
         """`config`: the sections every actor gets; `max_staleness` / `max_buffered_groups`: async.*;
-        `seed`: experiment.seed (data order and generation seeds)."""
+        `seed`: experiment.seed (data order and generation seeds); `initial_version`: the policy version
+        training starts at; `model_version`: the version of the weights in `model_path` (default
+        `initial_version`), the one a new actor holds and reports until it loads pushed weights.
+
+        A resumed run starts at the checkpoint's version v while `model_path` holds the warm-start (version 0):
+        pass `initial_version=v, model_version=0` and `push_weights(weights_v, v)` before the first get_batch.
+        Every generate call is issued for version v, so no group is generated, or tagged v, before an actor
+        has loaded the weights of v."""
         rollout = config.rollout
         if max_buffered_groups < rollout.questions_per_step:
             raise ValueError(
@@ -142,6 +198,7 @@ class RolloutManager:
         self._model_path, self._corpus_path = str(model_path), str(corpus_path)
         self._actor_class = actor_class or worker_actor_class(rollout.continuous_batching)
         self._initial_version = self._latest_version = initial_version
+        self._model_version = initial_version if model_version is None else model_version
         self._published: PublishedWeights | None = None
 
         self._lock = threading.RLock()
@@ -156,16 +213,21 @@ class RolloutManager:
         self._extra_window = 0
         self._inflight_groups = 0
         self._next_worker_id = 0
+        self._driver_node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        warn_if_no_node_has(rollout.worker_resources)
         self._slots = [self._new_slot(index) for index in range(rollout.num_workers)]
 
     # ------------------------------------------------------------------ actors
 
     def _new_slot(self, index: int) -> WorkerSlot:
         worker_id, self._next_worker_id = self._next_worker_id, self._next_worker_id + 1
+        # The actor reports the version of the weights it really holds; pushed weights follow (below).
         setup = WorkerSetup(worker_id=worker_id, model_path=self._model_path, corpus_path=self._corpus_path,
-                            initial_version=self._initial_version)
+                            initial_version=self._model_version)
+        rollout = self.config.rollout
         actor = self._actor_class.options(
-            num_cpus=self.config.rollout.worker_num_cpus, num_gpus=self.config.rollout.worker_num_gpus,
+            num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus,
+            resources=dict(rollout.worker_resources) or None,
         ).remote(self.config, setup)
         slot = WorkerSlot(index=index, worker_id=worker_id, actor=actor, idle_since=time.monotonic())
         if self._published is not None:
@@ -261,6 +323,12 @@ class RolloutManager:
         with self._lock:
             if self._pump_thread is not None:
                 return
+            if self._published is None and self._model_version != self._latest_version:
+                raise RuntimeError(
+                    f"the rollout actors hold version {self._model_version} (the weights in {self._model_path}) "
+                    f"and training starts at version {self._latest_version}: call push_weights(state_dict, "
+                    f"{self._latest_version}) before the first get_batch"
+                )
             self._pump_thread = threading.Thread(target=self._pump, name="rollout-pump", daemon=True)
             self._pump_thread.start()
 
@@ -313,6 +381,10 @@ class RolloutManager:
             self._counters["rollout/groups_lost"] += lost
         for group in groups:
             self.buffer.put(group)
+        if groups and groups[0].node_id and groups[0].node_id != slot.node_id:
+            slot.node_id = groups[0].node_id
+            logger.info("rollout actor %d runs on Ray node %s%s", slot.worker_id, slot.node_id,
+                        " (the driver's)" if slot.node_id == self._driver_node_id else "")
         self._counters["rollout/groups_generated"] += len(groups)
         self._window["groups_generated"] += len(groups)
 
@@ -444,6 +516,7 @@ class RolloutManager:
                 "rollout/actors_replaced": counters["rollout/actors_replaced"],
                 "rollout/requeued_questions": counters["rollout/requeued_questions"],
                 "rollout/groups_lost": counters["rollout/groups_lost"],
+                **self._placement_metrics(),
                 "perf/weight_sync_s": counters["perf/weight_sync_s"],
                 "perf/weight_load_s": window["perf/weight_load_s"] / max(window["weight_loads"], 1),
                 "perf/weight_bytes": counters["perf/weight_bytes"],
@@ -452,6 +525,14 @@ class RolloutManager:
                 self._window = defaultdict(float)
                 self._window_started = now
             return metrics
+
+    def _placement_metrics(self) -> dict[str, float]:
+        """Where the actors run (those that delivered groups): how many nodes, how many beside the driver."""
+        placed = [slot.node_id for slot in self._slots if slot.node_id]
+        if not placed:
+            return {}
+        return {"rollout/actor_nodes": float(len(set(placed))),
+                "rollout/actors_on_driver_node": float(sum(node == self._driver_node_id for node in placed))}
 
     def state_dict(self) -> dict:
         """The data cursor, with every question handed out but not yet trained on re-queued (for resume)."""

@@ -122,6 +122,10 @@ class AgentProtocol(ABC):
         self.prompt_style = "compact" if prompt_style == "auto" else prompt_style
         self.tool_schemas = tool_schemas or [SEARCH_TOOL_SCHEMA]
 
+    def tool_names(self) -> list[str]:
+        """Names of the tools this protocol's prompt offers (the configured ones when built by rollouts/environment.py)."""
+        return [schema["function"]["name"] for schema in self.tool_schemas]
+
     def stop_token_ids(self, tokenizer) -> set[int]:
         """Token ids that end a turn: eos, the end-of-turn token of the tokenizer's chat template, and the
         chat end-of-turn tokens (END_OF_TURN_TOKENS) this tokenizer has.

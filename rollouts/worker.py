@@ -9,7 +9,9 @@ generated them. `update_weights` loads a new version of the weights (a state dic
 manager broadcasts through the Ray object store, see rollouts/weight_sync.py).
 
 The class is plain python; `RolloutWorkerActor = ray.remote(RolloutWorker)` is the Ray actor the
-manager creates with `.options(num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus)`.
+manager creates with `.options(num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus,
+resources=rollout.worker_resources)`. Each actor tags its groups with its Ray node (placement checks)
+and logs what `rollout.actor_logs` asks for to stderr, which Ray streams to the driver.
 The actor receives its own typed sections (`WorkerConfig`: rollout, tools, retriever, reward), pickled
 as they are, never the whole experiment config or an untyped dict.
 
@@ -33,13 +35,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from data.config import RetrieverConfig
+from data.plugins import import_plugins
 from data.trajectory import Group
 from data.types import Question
 from rewards import score_group
@@ -66,6 +70,7 @@ class WorkerConfig:
     reward: RewardConfig
     dtype: str = "float32"  # model.dtype of the engine
     device: str = "cpu"  # experiment.device
+    plugins: list[str] = field(default_factory=list)  # `plugins`, files as absolute paths (data/plugins.py)
 
 
 @dataclass
@@ -103,21 +108,53 @@ def score_groups(groups: list[Group], reward_config: RewardConfig) -> None:
         score_group(group, reward_config, write_back=True)
 
 
+def current_node_id() -> str:
+    """The Ray node this process runs on ("" outside a Ray session)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def configure_actor_logging(actor_logs: str) -> None:
+    """Inside a Ray actor, what it writes to stderr (Ray keeps it in the node's worker log and streams it to the
+    driver): "errors" = log records at WARNING and above, Python warnings and tracebacks, no progress bars;
+    "all" = also INFO records and progress bars. Processes that are not actors keep their own settings."""
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
+    level = logging.INFO if actor_logs == "all" else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for handler in root.handlers:
+        handler.setLevel(level)  # libraries that set DEBUG on their own logger stay quiet too
+    if actor_logs != "all":
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars on every start
+
+
 def start_worker_process(config: WorkerConfig, setup: WorkerSetup) -> tuple[WorkerConfig, RolloutComponents, float]:
     """The config, the components and the seconds they took to build, in an actor's own process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    configure_actor_logging(config.rollout.actor_logs)
     import torch
 
     torch.set_num_threads(max(1, config.rollout.torch_threads_per_worker))
+    import_plugins(config.plugins)  # already imported by Ray's setup hook when init_ray installed it
     start = time.perf_counter()
     components = build_rollout_components(config, setup)
-    return config, components, time.perf_counter() - start
+    build_s = time.perf_counter() - start
+    logger.info("rollout actor %d on Ray node %s: engine, retriever and tools built in %.1f s", setup.worker_id,
+                current_node_id() or "-", build_s)
+    return config, components, build_s
 
 
-def tag_groups(groups: list[Group], worker_id: int, elapsed_s: float) -> list[Group]:
+def tag_groups(groups: list[Group], worker_id: int, elapsed_s: float, node_id: str = "") -> list[Group]:
     for group in groups:
         group.worker_id = worker_id
+        group.node_id = node_id
         if not group.generate_s:
             group.generate_s = elapsed_s
     return groups
@@ -134,6 +171,7 @@ class RolloutWorker:
     def __init__(self, config: WorkerConfig, setup: WorkerSetup):
         self.setup = setup
         self.config, self.components, self.build_s = start_worker_process(config, setup)
+        self.node_id = current_node_id()
 
     def generate(self, questions: list[Question], group_size: int, version: int, seed: int | None) -> list[Group]:
         """One scored group per question, generated with the weights currently loaded.
@@ -149,7 +187,7 @@ class RolloutWorker:
         groups = run_episodes(engine, self.components.protocol, self.components.executor, questions, group_size,
                               self.config.rollout, policy_version=engine.version, seed=seed)
         score_groups(groups, self.config.reward)
-        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start)
+        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start, self.node_id)
 
     def update_weights(self, weights: Any, version: int) -> float:
         """Load `EncodedWeights` (what the manager broadcasts), a state dict or a Ray ObjectRef of either.
@@ -187,6 +225,7 @@ class AsyncRolloutWorker:
     def __init__(self, config: WorkerConfig, setup: WorkerSetup):
         self.setup = setup
         self.config, self.components, self.build_s = start_worker_process(config, setup)
+        self.node_id = current_node_id()
         self.engine = CoalescingEngine(self.components.engine)
 
     async def generate(self, questions: list[Question], group_size: int, version: int, seed: int | None) -> list[Group]:
@@ -199,7 +238,7 @@ class AsyncRolloutWorker:
                                           group_size, self.config.rollout, policy_version=self.engine.version,
                                           seed=seed)
         score_groups(groups, self.config.reward)
-        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start)
+        return tag_groups(groups, self.setup.worker_id, time.perf_counter() - start, self.node_id)
 
     async def update_weights(self, weights: Any, version: int) -> float:
         """Load new weights between two engine batches (calls in flight go on with them); returns seconds."""

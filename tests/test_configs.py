@@ -246,3 +246,38 @@ def test_registry_backed_keys_accept_what_is_registered_and_nothing_else(dotted,
     registry = getattr(importlib.import_module(module_name), registry_name)
     monkeypatch.setitem(registry, "newly_added", object())  # what a decorator does for an extension
     validate(config_with("newly_added"))  # accepted without editing any schema
+
+
+def test_a_files_dataset_needs_a_registered_name_or_its_columns(tmp_path, capsys):
+    files = ["data.source=files", f"data.train_files.my_qa={tmp_path / 'my_qa.jsonl'}",
+             f"data.corpus_path={tmp_path / 'corpus.jsonl'}"]
+    assert cli_main(["config", "show", QUICKSTART, *files]) == 2
+    error = capsys.readouterr().err
+    assert "unknown dataset(s) ['my_qa']" in error and "data.columns.<name>" in error
+    assert cli_main(["config", "show", QUICKSTART, *files, "data.columns.my_qa={question: q, answer: a}"]) == 2
+    assert "key 'data.columns.my_qa': unknown role(s) ['answer']" in capsys.readouterr().err
+    assert cli_main(["config", "show", QUICKSTART, *files, "data.columns.my_qa={question: q, answers: a}"]) == 0
+    assert "my_qa:\n      question: q\n      answers: a\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("rollout.group_size=1", "rollout.group_size"),  # a cross-field rule (validate)
+        ("logging.wandb_mode=loud", "logging.wandb_mode"),  # a fixed choice
+        ("rollout.protocol=smoke_signals", "rollout.protocol"),  # a registered name
+        ("reward.weights.nonexistent=1.0", "reward.weights"),  # a part of a mapping
+    ],
+)
+def test_an_invalid_value_from_the_command_line_is_blamed_on_the_command_line(override, key, capsys):
+    assert cli_main(["config", "show", QUICKSTART, override]) == 2
+    error = capsys.readouterr().err
+    assert f"fanout: error: command line '{override}': key '{key}'" in error
+    assert "quickstart.yaml" not in error
+
+
+def test_an_invalid_value_from_the_yaml_is_still_blamed_on_the_yaml(tmp_path, capsys):
+    path = tmp_path / "small_groups.yaml"
+    path.write_text("rollout:\n  group_size: 1\n")
+    assert cli_main(["config", "show", str(path), "grpo.learning_rate=1e-5"]) == 2
+    assert f"fanout: error: {path}: key 'rollout.group_size'" in capsys.readouterr().err

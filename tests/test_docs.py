@@ -1,7 +1,8 @@
 """The documentation stays true to the code.
 
 - Every Python block of docs/EXTENDING.md runs, in order, in a fresh interpreter (the examples carry
-  their own asserts).
+  their own asserts); a block announced by `<!-- file: NAME -->` is written to NAME in the working folder
+  instead (a plugin file the following blocks load).
 - Every `fanout ...` command in a bash block of the guides parses with the real CLI, and when it
   names a shipped config its overrides load and validate with `rl.config.load_config`.
 - Every `--dry-run` launch shown in the guides runs and exits 0.
@@ -42,9 +43,25 @@ def shell_commands(name: str) -> list[list[str]]:
     return commands
 
 
+def python_blocks_and_files(name: str) -> tuple[list[str], dict[str, str]]:
+    """The Python blocks to run, and {file name: text} of the blocks announced as files."""
+    text = (ROOT / "docs" / name).read_text()
+    blocks, files = [], {}
+    for match in re.finditer(r"(?:<!-- file: ([\w.]+) -->\n)?```python\n(.*?)```", text, re.S):
+        if match.group(1):
+            files[match.group(1)] = match.group(2)
+        else:
+            blocks.append(match.group(2))
+    return blocks, files
+
+
 def test_extending_examples_run(tmp_path):
-    program = "\n\n".join(code_blocks("EXTENDING.md", "python"))
+    blocks, files = python_blocks_and_files("EXTENDING.md")
+    program = "\n\n".join(blocks)
     assert "register_reward" in program and "register_tool" in program
+    assert "my_plugin.py" in files and "plugins=[./my_plugin.py]" in program
+    for file_name, text in files.items():
+        (tmp_path / file_name).write_text(text)
     environment = {**os.environ, "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", program],
@@ -63,7 +80,7 @@ def test_fanout_commands_parse_and_their_configs_load(name, monkeypatch):
     parser = build_parser()
     fanout_commands = [words[1:] for words in shell_commands(name) if words[0] == "fanout"]
     for arguments in fanout_commands:
-        if "--help" in arguments:
+        if "--help" in arguments or "--version" in arguments:  # print and exit, no config to check
             continue
         parsed = parser.parse_args(arguments)  # SystemExit (a test failure) on an unknown command or flag
         config_path = getattr(parsed, "config", None)

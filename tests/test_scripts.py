@@ -168,6 +168,33 @@ def test_ray_cluster_dry_run_commands():
     ]
 
 
+def test_ray_cluster_node_options_and_ray_start_flags():
+    assert printed_commands("ray_cluster.sh", "worker", "--address", "10.0.0.1:6379", "--num-cpus", "4", "--resources",
+                            '{"rollout_node": 4}', "--", "--block", "--object-store-memory", "1000000000") == [
+        ["ray", "start", "--address", "10.0.0.1:6379", "--num-cpus", "4", "--resources", '{"rollout_node": 4}',
+         "--block", "--object-store-memory", "1000000000"]
+    ]
+    (head,) = printed_commands("ray_cluster.sh", "head", "--dashboard-host", "127.0.0.1")
+    assert head[head.index("--dashboard-host") + 1] == "127.0.0.1"
+    assert run_script("ray_cluster.sh", "--dry-run", "submit", "--address", "h", "c.yaml", "--", "--block").returncode == 2
+
+
+@pytest.mark.parametrize("name, arguments", [("ray_cluster.sh", ["submit", "--address", "h", "configs/quickstart.yaml"]),
+                                             ("slurm_ray.sbatch", ["configs/quickstart.yaml"])])
+def test_token_authentication_is_turned_on_only_with_a_token(tmp_path, name, arguments):
+    """`ray start --address` and `ray job submit` send the machine's Ray token only with RAY_AUTH_MODE=token."""
+    no_token = {"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_MODE": ""}
+    note = "RAY_AUTH_MODE=token"
+    assert note not in run_script(name, "--dry-run", *arguments, env=no_token).stdout
+    assert note in run_script(name, "--dry-run", *arguments, env={**no_token, "RAY_AUTH_TOKEN": "a-token"}).stdout
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("a-token")
+    with_file = run_script(name, "--dry-run", *arguments, env=no_token)
+    assert note in with_file.stdout and "a-token" not in with_file.stdout
+    explicit = run_script(name, "--dry-run", *arguments, env={**no_token, "RAY_AUTH_MODE": "disabled"})
+    assert note not in explicit.stdout
+
+
 def test_ray_cluster_rejects_missing_arguments():
     assert run_script("ray_cluster.sh", "--dry-run", "worker").returncode == 2
     assert run_script("ray_cluster.sh", "--dry-run", "submit", "--address", "h").returncode == 2
@@ -201,6 +228,20 @@ def test_slurm_sbatch_dry_run_starts_ray_with_srun_then_submits():
     )
     header = (SCRIPTS / "slurm_ray.sbatch").read_text().split("set -euo pipefail")[0]
     assert "#SBATCH --nodes=" in header and "#SBATCH --ntasks-per-node=1" in header
+
+
+def test_slurm_sbatch_ray_ports_and_extra_ray_start_flags():
+    commands = printed_commands("slurm_ray.sbatch", "configs/quickstart.yaml", env={
+        "FANOUT_RAY_PORT": "6390", "FANOUT_DASHBOARD_PORT": "8275", "FANOUT_DASHBOARD_HOST": "127.0.0.1",
+        "FANOUT_RAY_HEAD_ARGS": "--dashboard-agent-listen-port 52401",
+        "FANOUT_RAY_WORKER_ARGS": '--resources={"rollout_node":8} --dashboard-agent-listen-port 52402'})
+    head = next(command for command in commands if "--head" in command)
+    worker = next(command for command in commands if command[0] == "srun" and "--address" in command)
+    assert head[head.index("--port") + 1] == "6390" and head[head.index("--dashboard-host") + 1] == "127.0.0.1"
+    assert head[-3:] == ["--dashboard-agent-listen-port", "52401", "--block"]
+    assert worker[worker.index("--address") + 1] == "HEAD_IP:6390"
+    assert worker[-4:] == ['--resources={"rollout_node":8}', "--dashboard-agent-listen-port", "52402", "--block"]
+    assert commands[-1][commands[-1].index("--address") + 1] == "http://HEAD_IP:8275"
 
 
 def test_slurm_sbatch_refuses_to_run_outside_slurm():

@@ -1,8 +1,8 @@
-"""Evaluation: greedy episodes on held-out questions, summarised per question structure.
+"""Evaluation: one episode per held-out question, summarised per question structure.
 
-`fanout eval CONFIG [--checkpoint PATH] [--out FILE] [--compare A B]` runs the agent loop greedily
-(one trajectory per question, temperature 0) on the eval split of the generated world
-(`data.source=world`, split `eval.split`) or on every file of `data.eval_files` (`data.source=files`),
+`fanout eval CONFIG [--checkpoint PATH] [--out FILE] [--compare A B]` runs the agent loop (one trajectory
+per question, at `rollout.eval_temperature`: 0, the default, is greedy) on the eval split of the generated
+world (`data.source=world`, split `eval.split`) or on every file of `data.eval_files` (`data.source=files`),
 prints a Markdown table and writes the contract JSON
 
     {"<dataset>": {"parallel"|"sequential"|"single"|"all":
@@ -22,6 +22,11 @@ Definitions (per question, then averaged over the questions of a structure):
 
 Simplifications on purpose: evaluation runs in this process (no Ray actors) with the engine named in
 `rollout.engine`; with several eval datasets the model is loaded once and the datasets run in turn.
+
+During training, `eval.every_steps` > 0 evaluates the current policy the same way every N steps on the
+validation questions (the world's "validation" split, or `data.validation_files`) and logs the figures as
+`eval/validation/<dataset>/<structure>/<figure>` in that step's metrics row (`PeriodicEvaluator`; the
+driver holds one more engine for it, loaded with the trainer's weights at each evaluation).
 
     fanout eval configs/quickstart.yaml                       # the run's latest checkpoint
     fanout eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/checkpoint-60
@@ -228,7 +233,7 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
                 "({name: path.jsonl|.parquet})"
             )
         questions_by_dataset = {
-            name: load_questions(path, name, config.data.on_malformed_row)
+            name: load_questions(path, name, config.data.on_malformed_row, config.data.columns.get(name))
             for name, path in config.data.eval_files.items()
         }
     limit = config.eval.num_questions
@@ -290,20 +295,22 @@ def resolve_model_path(config: ExperimentConfig, checkpoint: str | None) -> str:
     )
 
 
-def evaluate(
-    config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None,
-    group_by: str = "structure",
-) -> dict:
-    """Greedy episodes (one per question) with the model at checkpoint_path; the contract summary."""
-    from rollouts.agent_loop import run_episodes
+def build_eval_components(config: ExperimentConfig, model_path: str):
+    """Engine, protocol and tools in this process, for the model at model_path."""
     from rl.app.rollout_setup import worker_config
     from rollouts.worker import WorkerSetup, build_rollout_components
 
-    if questions_by_dataset is None:
-        questions_by_dataset = load_eval_questions(config)
-    setup = WorkerSetup(worker_id=0, model_path=str(checkpoint_path), corpus_path=eval_corpus_path(config))
-    components = build_rollout_components(worker_config(config), setup)
+    setup = WorkerSetup(worker_id=0, model_path=str(model_path), corpus_path=eval_corpus_path(config))
+    return build_rollout_components(worker_config(config), setup)
+
+
+def play_and_summarize(config: ExperimentConfig, components, questions_by_dataset: dict[str, list],
+                       group_by: str = "structure") -> dict:
+    """One episode per question at rollout.eval_temperature (0: greedy), in batches; the contract summary."""
+    from rollouts.agent_loop import run_episodes
+
     batch_questions = config.eval.batch_questions or config.batch_size  # default: the training batch
+    temperature = config.rollout.eval_temperature
     results: dict = {}
     for dataset_name, questions in questions_by_dataset.items():
         trajectories = []
@@ -317,11 +324,76 @@ def evaluate(
                 rollout_config=config.rollout,
                 policy_version=components.engine.version,
                 seed=config.experiment.seed,
-                greedy=True,
+                greedy=temperature == 0,
+                temperature=temperature,
             )
             trajectories.extend(group.trajectories[0] for group in groups)
         results.update(summarize(trajectories, dataset_name, group_by=group_by))
     return results
+
+
+def evaluate(
+    config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None,
+    group_by: str = "structure",
+) -> dict:
+    """One episode per question with the model at checkpoint_path; the contract summary."""
+    if questions_by_dataset is None:
+        questions_by_dataset = load_eval_questions(config)
+    return play_and_summarize(config, build_eval_components(config, checkpoint_path), questions_by_dataset, group_by)
+
+
+def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
+    """{"<prefix>/<dataset>/<structure>/<figure>": value} for a metrics row."""
+    return {f"{prefix}/{dataset}/{structure}/{name}": value
+            for dataset, by_structure in results.items()
+            for structure, figures in by_structure.items()
+            for name, value in figures.items()}
+
+
+def load_validation_questions(config: ExperimentConfig) -> dict[str, list]:
+    """{dataset: questions} checked during training: the world's validation split, or data.validation_files."""
+    if config.data.source == "world":
+        from data.world import ensure_world
+
+        questions_by_dataset = {"world": ensure_world(world_directory(config), config.data.world).splits["validation"]}
+    else:
+        from data.loaders import load_questions
+
+        questions_by_dataset = {
+            name: load_questions(path, name, config.data.on_malformed_row, config.data.columns.get(name))
+            for name, path in config.data.validation_files.items()
+        }
+    limit = config.eval.num_questions
+    return {name: questions[:limit] if limit > 0 else questions for name, questions in questions_by_dataset.items()}
+
+
+class PeriodicEvaluator:
+    """eval.every_steps: the trainer's current weights evaluated on the validation questions, in the driver.
+
+    The questions load when the evaluator is made (bad files fail before training starts); the engine is
+    built from `model_path` (the model GRPO started from) at the first evaluation and then takes each
+    evaluated version's weights.
+    """
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.every_steps = config.eval.every_steps
+        self.questions_by_dataset = load_validation_questions(config) if self.every_steps > 0 else {}
+        self.components = None
+
+    def is_due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def evaluate(self, model_path: str, weights: dict, version: int) -> dict[str, float]:
+        """`eval/validation/...` figures of the policy with these weights, and `perf/eval_s`."""
+        import time
+
+        started = time.perf_counter()
+        if self.components is None:
+            self.components = build_eval_components(self.config, str(model_path))
+        self.components.engine.load_weights(weights, version)
+        results = play_and_summarize(self.config, self.components, self.questions_by_dataset)
+        return {**flat_metrics(results, prefix="eval/validation"), "perf/eval_s": time.perf_counter() - started}
 
 
 def write_results(results: dict, path: str | Path) -> Path:

@@ -8,20 +8,26 @@ mixture fans out on only `sft.parallel_fraction` of the parallel questions, so t
 mostly searches one sub-query per turn and RL has something to learn.
 
 `ensure_warm_start` is what the training entry point calls: it builds the tiny model (tokenizer trained
-on the world's texts) when `model.path` is empty, runs SFT into <run_dir>/<sft.output_subdir> (reused if
-it is already there and `sft.reuse`), and returns the folder GRPO starts from.
+on the data's texts) when `model.path` is empty, runs SFT into <run_dir>/<sft.output_subdir> (reused if
+it is already there and `sft.reuse`), and returns the folder GRPO starts from. It learns from a
+`WarmStartSource`: the generated world, or the run's own training questions and corpus (`data.source=files`:
+the expert then searches each question's sub-questions, or the question itself when the data has none).
 
 On CPU, TRL's fused LM head is wrapped by rl/grpo/lm_head.py's compact one (the vocabulary projection only
 on the model's turns; the same loss, about 3x the steps per second).
 
+The loss curve is written to <out_dir>/sft_log.jsonl (`sft/loss`, `sft/learning_rate`, ...), and the
+training run copies it into its own metrics.jsonl and wandb run (`log_sft_curve`: rows at step 0 with
+`sft/step`), so the warm-start's loss sits next to GRPO's curves.
+
 What it simplifies on purpose: one process on the configured device (no DeepSpeed for this short
 stage), length-grouped right-padded batches without an attention mask (see `CausalPaddingCollator`),
-no evaluation inside the trainer (the GRPO run evaluates), TRL's own progress bar, and the trainer's
-log history written to <out_dir>/sft_log.jsonl instead of the run's metrics file (whose steps are GRPO's).
+no evaluation inside the trainer (the GRPO run evaluates), TRL's own progress bar and no TRL reporting
+integration (`report_to="none"`: the curve reaches wandb through the run's MetricsLogger, in one wandb run).
 
-    python -c "from rl.config import load_config; from rl.app.sft import ensure_warm_start; \
+    python -c "from rl.config import load_config; from rl.app.sft import WarmStartSource, ensure_warm_start; \
                from data.world import ensure_world; c = load_config('configs/quickstart.yaml'); \
-               print(ensure_warm_start(c, ensure_world(c.run_dir / 'world', c.data.world)))"
+               print(ensure_warm_start(c, WarmStartSource.from_world(ensure_world(c.run_dir / 'world', c.data.world))))"
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
+from data.types import Question
 from rl.config import ExperimentConfig
 from rl.app.modeling import create_tiny_checkpoint
 from rollouts.model_loading import load_model_and_tokenizer, local_model_folder, set_offline_mode
@@ -59,20 +67,52 @@ def world_texts(world: Any) -> list[str]:
     return texts
 
 
+def file_texts(questions: list[Question], corpus_path: str) -> Iterator[str]:
+    """The same texts for data.source=files: the corpus file's passages (if any), then the questions."""
+    if corpus_path:
+        from data.corpus import iter_jsonl
+
+        for _, row in iter_jsonl(corpus_path):
+            yield row["contents"]
+    for question in questions:
+        yield question.question
+        yield from question.sub_questions
+        yield from question.answers
+
+
+@dataclass
+class WarmStartSource:
+    """What the warm start learns from: the questions the expert plays, the corpus its searches read."""
+
+    questions: list[Question]  # the training questions
+    documents: list[dict] | None = None  # the corpus in memory (the generated world), or
+    corpus_path: str = ""  # a corpus file ("" when retriever.backend=http serves it)
+    world: Any = None  # data.world.World when the data is the generated world
+
+    @classmethod
+    def from_world(cls, world: Any) -> "WarmStartSource":
+        return cls(questions=world.splits["train"], documents=world.documents, world=world)
+
+    def tokenizer_texts(self) -> Iterable[str]:
+        """What the tiny model's tokenizer is trained on."""
+        return world_texts(self.world) if self.world is not None else file_texts(self.questions, self.corpus_path)
+
+
 def is_saved_model(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, world: Any) -> Any:
-    """Expert demonstrations on the training split, observed through the same tools as rollouts."""
+def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, source: WarmStartSource) -> Any:
+    """Expert demonstrations on the training questions, observed through the same tools as rollouts."""
     from rl.app.expert import write_expert_dataset
     from rollouts.environment import build_environment
 
-    environment = build_environment(config.rollout, config.tools, config.retriever, documents=world.documents)
+    environment = build_environment(config.rollout, config.tools, config.retriever, documents=source.documents,
+                                    corpus_path=source.corpus_path or None)
     protocol, executor = environment.protocol, environment.executor
     try:
         return write_expert_dataset(
-            world.splits["train"], protocol, tokenizer, executor, config.rollout,
+            source.questions, protocol, tokenizer, executor, config.rollout,
             num_trajectories=config.sft.num_trajectories, parallel_fraction=config.sft.parallel_fraction,
             seed=config.experiment.seed,
         )
@@ -153,11 +193,11 @@ def lora_config(config: ExperimentConfig) -> Any:
                           target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
-def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, world: Any, out_dir: str | os.PathLike,
-            dataset: Any = None) -> Path:
+def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, source: WarmStartSource | None,
+            out_dir: str | os.PathLike, dataset: Any = None) -> Path:
     """SFT the model in `base_model_dir` on expert trajectories; save model + tokenizer to `out_dir`.
 
-    dataset: pre-tokenised trajectories (input_ids, completion_mask); built from `world` when None.
+    dataset: pre-tokenised trajectories (input_ids, completion_mask); built from `source` when None.
     Returns `out_dir`, which then holds a save_pretrained model, its tokenizer, sft_log.jsonl and
     sft_summary.json (steps, final loss, time, number of demonstrations). Everything is written to a
     staging folder renamed to `out_dir` at the end (replacing an older one).
@@ -171,7 +211,7 @@ def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, world: 
     model, tokenizer = load_model_and_tokenizer(base_model_dir, dtype=config.model.dtype,
                                                 device=config.experiment.device)
     if dataset is None:
-        dataset = build_expert_dataset(config, tokenizer, world)
+        dataset = build_expert_dataset(config, tokenizer, source)
     data_s = time.perf_counter() - started
     trainer = SFTTrainer(model=model, args=trainer_arguments(config, staging_dir), train_dataset=dataset,
                          processing_class=tokenizer, data_collator=CausalPaddingCollator(tokenizer.pad_token_id),
@@ -229,10 +269,23 @@ def write_sft_logs(log_history: list[dict], out_dir: Path, summary: dict) -> dic
     return summary
 
 
-def ensure_warm_start(config: ExperimentConfig, world: Any) -> Path:
+def log_sft_curve(metrics_logger: Any, model_dir: str | os.PathLike) -> int:
+    """Copy the SFT loss curve of the warm-start in `model_dir` (its sft_log.jsonl) into the run's metrics
+    (MetricsLogger.log_stage: JSONL rows at step 0 with `sft/step`, wandb on its own axis); returns the
+    number of rows (0 when `model_dir` holds no SFT log, e.g. a base model or model.path with SFT off)."""
+    log_path = Path(model_dir) / SFT_LOG_FILE_NAME
+    if not log_path.is_file():
+        return 0
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        metrics_logger.log_stage("sft", row["step"], {key: value for key, value in row.items() if key != "step"})
+    return len(rows)
+
+
+def ensure_warm_start(config: ExperimentConfig, source: WarmStartSource) -> Path:
     """The model folder GRPO starts from, building the tiny model and/or running SFT as configured.
 
-    model.path empty: the tiny model (tokenizer trained on the world's texts) in <run_dir>/base, then SFT
+    model.path empty: the tiny model (tokenizer trained on the source's texts) in <run_dir>/base, then SFT
     into <run_dir>/<sft.output_subdir> unless sft.enabled is false. model.path given (a folder or a hub id):
     SFT from it when sft.enabled, else its folder itself. An existing warm-start folder is reused when sft.reuse.
     """
@@ -244,7 +297,7 @@ def ensure_warm_start(config: ExperimentConfig, world: Any) -> Path:
         if not is_saved_model(base_dir):
             logger.info("building the tiny model and its tokenizer in %s", base_dir)
             staging_dir = staging_folder(base_dir)
-            create_tiny_checkpoint(staging_dir, world_texts(world), config.model.tiny, seed=config.experiment.seed)
+            create_tiny_checkpoint(staging_dir, source.tokenizer_texts(), config.model.tiny, seed=config.experiment.seed)
             publish(staging_dir, base_dir)
     if not config.sft.enabled:
         return base_dir
@@ -252,7 +305,8 @@ def ensure_warm_start(config: ExperimentConfig, world: Any) -> Path:
     if config.sft.reuse and is_saved_model(sft_dir):
         logger.info("reusing the SFT warm-start in %s (sft.reuse=true)", sft_dir)
         return sft_dir
-    return run_sft(config, base_dir, world, sft_dir)
+    return run_sft(config, base_dir, source, sft_dir)
 
 
-__all__ = ["CausalPaddingCollator", "ensure_warm_start", "run_sft", "trainer_arguments", "world_texts", "build_expert_dataset"]
+__all__ = ["CausalPaddingCollator", "WarmStartSource", "build_expert_dataset", "ensure_warm_start", "file_texts",
+           "log_sft_curve", "run_sft", "trainer_arguments", "world_texts"]

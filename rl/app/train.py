@@ -8,14 +8,24 @@ The loop, in one picture:
 
 Rollout actors keep generating while the trainer steps; `async.max_staleness` bounds how many policy
 versions old a trained sample may be (0 = exactly synchronous on-policy GRPO). Each step logs
-`reward/*`, `rollout/*`, `loss/*`, `async/*`, `perf/*` to `<run_dir>/metrics.jsonl` (and wandb,
-offline by default); checkpoints are atomic and `experiment.resume=true` continues from the last one.
+`reward/*`, `rollout/*`, `loss/*`, `async/*`, `perf/*` (and, every `eval.every_steps`, `eval/validation/*`)
+to `<run_dir>/metrics.jsonl` (and wandb, offline by default); checkpoints are atomic and
+`experiment.resume=true` continues from the last one.
 
-What it simplifies on purpose: one trainer process (DeepSpeed without a launcher on CPU; the
-`deepspeed` launcher or Ray Train on GPUs run the same `GRPOTrainer`), evaluation in the driver
-process after the rollout actors are stopped.
+Data-parallel training: the same command under `torchrun --nproc_per_node=N -m rl train CONFIG ...` (or
+the `deepspeed` launcher) runs the trainer on N ranks. Rank 0 prepares the run (folder, data, SFT
+warm-start; the other ranks wait for the model path it broadcasts), owns the rollout manager, the metrics
+(`perf/world_size` = N in every row), the progress bar, the weight push and the final eval. Every step it
+broadcasts the batch it got to every rank; each rank trains on its share of whole groups
+(rl/grpo/trainer.py) and all take part in the weight export (a gather under ZeRO-3) and the checkpoint
+(each rank writes its DeepSpeed shards). Without a launcher it is one process, as always.
+
+What it simplifies on purpose: one rollout manager (rank 0's) whatever the number of ranks; evaluation
+in rank 0's process after the rollout actors are stopped; the SFT warm-start of a multi-rank run runs
+on rank 0 alone, in a spawned process outside the process group (TRL would otherwise wrap it in DDP).
 
     fanout train configs/quickstart.yaml grpo.total_steps=20 async.max_staleness=2
+    torchrun --nproc_per_node=2 -m rl train configs/quickstart.yaml deepspeed.zero_stage=3
 """
 
 from __future__ import annotations
@@ -32,8 +42,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.plugins import import_plugins
 from data.types import Question
 from rl.config import ConfigError, ExperimentConfig, save_config
+from rl.grpo.distributed import (
+    broadcast_from_main,
+    is_main_process,
+    main_process_result,
+    without_distributed_environment,
+    world_size,
+)
 from rl.grpo.faults import fault_point
 from data.trajectory import Group
 
@@ -46,7 +64,15 @@ class TrainingData:
 
     train_questions: list[Question]
     corpus_path: str  # "" when retrieval goes to an HTTP server
-    world: Any = None  # data.world.World for the generated world (the SFT expert needs it)
+    world: Any = None  # data.world.World for the generated world
+
+    def warm_start_source(self):
+        """What the SFT warm-start learns from: the generated world, or these questions and corpus."""
+        from rl.app.sft import WarmStartSource
+
+        if self.world is not None:
+            return WarmStartSource.from_world(self.world)
+        return WarmStartSource(questions=self.train_questions, corpus_path=self.corpus_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +120,8 @@ def load_training_data(config: ExperimentConfig) -> TrainingData:
 
         questions, world = [], None
         for dataset_name, path in config.data.train_files.items():
-            loaded = load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row)
-            questions.extend(loaded[0] if isinstance(loaded, tuple) else loaded)
+            questions.extend(load_questions(path, dataset_name, on_malformed=config.data.on_malformed_row,
+                                            columns=config.data.columns.get(dataset_name)))
         corpus_path = config.data.corpus_path
         if corpus_path:  # a bad corpus fails here with file and line, not later inside every rollout actor
             from data.corpus import check_corpus
@@ -161,7 +187,7 @@ def _progress(config: ExperimentConfig, start_step: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=config.grpo.total_steps, initial=start_step, desc="grpo", unit="step",
-                disable=not config.logging.progress_bar, dynamic_ncols=True)
+                disable=not (config.logging.progress_bar and is_main_process()), dynamic_ncols=True)
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
@@ -171,52 +197,98 @@ def _postfix(metrics: dict[str, float]) -> dict[str, str]:
 
 
 def _save(trainer, manager, run_dir: Path, step: int) -> Path:
-    return trainer.save_checkpoint(run_dir / "checkpoints", step=step,
-                                   extra_state={"step": step, "rollout_manager": manager.state_dict()})
+    """Every rank: the checkpoint is collective. The rollout manager's state (rank 0's) goes in the extra state."""
+    extra_state = {"step": step}
+    if manager is not None:
+        extra_state["rollout_manager"] = manager.state_dict()
+    return trainer.save_checkpoint(run_dir / "checkpoints", step=step, extra_state=extra_state)
 
 
-def train(config: ExperimentConfig) -> Path:
-    """Run the whole experiment; returns the run folder."""
-    from rl.grpo.checkpoint import find_latest_checkpoint
-    from rollouts.model_loading import load_tokenizer, local_model_folder, set_offline_mode
-    from rl.app.metrics import MetricsLogger
+def _warm_start(config: ExperimentConfig, source: Any) -> Path:
+    """The warm-start model folder (rl/app/sft.py). On N ranks, rank 0 alone calls this; an SFT run then goes to
+    a spawned process without the launcher's variables, which would make TRL's Accelerate wrap it in a DDP
+    of N ranks that the other ranks never join."""
     from rl.app.sft import ensure_warm_start
-    from rl.grpo.trainer import GRPOTrainer
-    from rollouts.manager import init_ray
-    from rl.app.rollout_setup import build_rollout_manager
+
+    if world_size() == 1 or not config.sft.enabled:
+        return ensure_warm_start(config, source)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with without_distributed_environment(), ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(ensure_warm_start, config, source).result()
+
+
+def _prepare_on_main(config: ExperimentConfig) -> tuple[TrainingData, str, str | None]:
+    """Rank 0's setup: the run folder, the data, config.yaml, the warm-start; the checkpoint to resume from."""
+    from rl.grpo.checkpoint import find_latest_checkpoint
+    from rollouts.model_loading import local_model_folder, set_offline_mode
 
     if config.model.path:  # a hub id is downloaded (or found in the hub cache) first; the error says how to fetch it
         local_model_folder(config.model.path)
-    set_offline_mode()
+    set_offline_mode()  # from here on nothing reaches a hub
     run_dir = prepare_run_dir(config)
-    seed_everything(config.experiment.seed)
     data = load_training_data(config)  # bad data fails here, before anything is written into the run folder
     save_config(config, run_dir / "config.yaml")
-    model_path = ensure_warm_start(config, data.world)
+    model_path = _warm_start(config, data.warm_start_source())
+    latest = find_latest_checkpoint(run_dir) if config.experiment.resume else None
+    return data, str(model_path), None if latest is None else str(latest)
+
+
+def train(config: ExperimentConfig) -> Path:
+    """Run the whole experiment; returns the run folder. Every rank of a launcher's group calls it."""
+    from rollouts.model_loading import load_tokenizer
+    from rl.app.metrics import MetricsLogger
+    from rollouts.model_loading import set_offline_mode
+    from rl.app.evaluate import PeriodicEvaluator
+    from rl.app.sft import log_sft_curve
+    from rl.grpo.deepspeed_setup import init_distributed
+    from rl.grpo.trainer import GRPOTrainer
+
+    import_plugins(config.plugins)  # load_experiment did already when the CLI loaded the config
+    init_distributed(config.experiment.device)  # the launcher's group, or one process
+    seed_everything(config.experiment.seed)
+    main_setup: dict[str, Any] = {}
+
+    def prepare() -> tuple[str, str | None]:
+        main_setup["data"], model_path, latest = _prepare_on_main(config)
+        return model_path, latest
+
+    model_path, latest = main_process_result(prepare)  # other ranks wait for rank 0's model path
+    set_offline_mode()
+    run_dir = config.run_dir
+    # every rank: the evaluation's weight export is collective; bad validation files fail here (eval.every_steps)
+    periodic_evaluator = PeriodicEvaluator(config)
 
     trainer = GRPOTrainer(config, model_path=model_path, tokenizer=load_tokenizer(model_path))
     start_step, manager_state = 0, None
-    latest = find_latest_checkpoint(run_dir) if config.experiment.resume else None
     if latest is not None:
         extra_state = trainer.load_checkpoint(latest)
         start_step, manager_state = extra_state["step"], extra_state.get("rollout_manager")
         logger.info("resuming from %s at step %d (policy version %d)", latest, start_step, trainer.version)
 
-    init_ray(num_cpus=None)
-    manager = build_rollout_manager(config, data.train_questions, model_path=str(model_path),
-                             corpus_path=data.corpus_path, initial_version=trainer.version)
-    if manager_state is not None:
-        manager.load_state_dict(manager_state)
-    if trainer.version != 0:
-        manager.push_weights(trainer.export_weights(), trainer.version)
-    # On resume, rows the interrupted run logged after its last checkpoint are dropped (they are redone).
-    metrics_logger = MetricsLogger(run_dir, config.logging, config_dict=_config_dict(config),
-                                   resume_step=start_step if config.experiment.resume else None)
+    manager = _start_rollouts(config, main_setup["data"], model_path, trainer, manager_state) \
+        if is_main_process() else None
     try:
-        _loop(config, trainer, manager, metrics_logger, run_dir, start_step)
+        if trainer.version != 0:  # resumed: the actors start from the warm start and load these weights first
+            weights = trainer.export_weights(main_process_only=True)  # every rank: a gather under ZeRO-3
+            if manager is not None:
+                manager.push_weights(weights, trainer.version)
+        metrics_logger = None
+        if is_main_process():
+            # On resume, rows the interrupted run logged after its last checkpoint are dropped (they are redone).
+            metrics_logger = MetricsLogger(run_dir, config.logging, config_dict=_config_dict(config),
+                                           resume_step=start_step if config.experiment.resume else None)
+            if not metrics_logger.has_logged("sft/step"):  # a resumed run's file may hold the warm-start's curve
+                log_sft_curve(metrics_logger, model_path)
+        _loop(config, trainer, manager, metrics_logger, run_dir, start_step, periodic_evaluator, model_path)
         final_checkpoint = _save(trainer, manager, run_dir, config.grpo.total_steps)
     finally:
-        manager.shutdown()
+        if manager is not None:
+            manager.shutdown()
+    if not is_main_process():
+        return run_dir
     if config.eval.at_end:
         _final_eval(config, final_checkpoint, metrics_logger)
     metrics_logger.close()
@@ -225,6 +297,21 @@ def train(config: ExperimentConfig) -> Path:
 
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "plots")
     return run_dir
+
+
+def _start_rollouts(config: ExperimentConfig, data: TrainingData, model_path: str, trainer, manager_state):
+    """Rank 0's rollout manager. Its actors load the warm-start folder, whose weights are version 0: a
+    resumed run starts at the checkpoint's version and pushes its weights before the first batch."""
+    from rl.app.rollout_setup import build_rollout_manager
+    from rollouts.manager import init_ray
+
+    with without_distributed_environment():  # Ray's processes are not ranks of the trainer's group
+        init_ray(num_cpus=None, plugins=config.plugins)
+    manager = build_rollout_manager(config, data.train_questions, model_path=model_path,
+                                    corpus_path=data.corpus_path, initial_version=trainer.version, model_version=0)
+    if manager_state is not None:
+        manager.load_state_dict(manager_state)
+    return manager
 
 
 def _config_dict(config: ExperimentConfig) -> dict:
@@ -239,7 +326,7 @@ def merge_owned_metrics(sources: dict[str, dict[str, float]]) -> dict[str, float
     Each metric has one owner: the trainer (`loss/*`, `async/policy_version`, `async/importance_*`,
     `perf/train_*`), the trained groups (`reward/*`, `rollout/<per trajectory>`), the rollout manager
     (`async/staleness_*`, `async/trainer_wait_s`, `perf/weight_sync_s`, buffer and actor counters) and the loop (`perf/step_s`,
-    `perf/samples_per_s*`). Merging with dict.update would let one silently
+    `perf/samples_per_s*`, `perf/world_size`). Merging with dict.update would let one silently
     overwrite another.
     """
     merged: dict[str, float] = {}
@@ -253,33 +340,34 @@ def merge_owned_metrics(sources: dict[str, dict[str, float]]) -> dict[str, float
     return merged
 
 
-def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: Path, start_step: int) -> None:
+def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: Path, start_step: int,
+          periodic_evaluator=None, model_path: str | None = None) -> None:
+    """The steps; every rank runs it. `manager` and `metrics_logger` are rank 0's (None on the other ranks);
+    periodic_evaluator (rl.app.evaluate.PeriodicEvaluator) adds eval/validation/* rows."""
     progress = _progress(config, start_step)
     samples_total, loop_start = 0, time.perf_counter()
     for step in range(start_step, config.grpo.total_steps):
         step_start = time.perf_counter()
-        groups = manager.get_batch(config.rollout.questions_per_step, current_version=trainer.version)
+        groups = None
+        if manager is not None:
+            groups = manager.get_batch(config.rollout.questions_per_step, current_version=trainer.version)
+        groups = broadcast_from_main(groups)  # the global batch on every rank; each trains on its share
         version_before = trainer.version
         trainer_metrics = trainer.step(groups)
         if trainer.version != version_before:  # a skipped (non-finite) step made no new version to push
-            manager.push_weights(trainer.export_weights(), trainer.version)  # timed in manager.stats()
+            weights = trainer.export_weights(main_process_only=True)  # every rank: a gather under ZeRO-3
+            if manager is not None:
+                manager.push_weights(weights, trainer.version)  # timed in manager.stats()
         fault_point("mid_step", step + 1)
-        group_metrics, manager_metrics = rollout_metrics(groups), manager.stats()
-        samples = sum(len(group.trajectories) for group in groups)
-        samples_total += samples
-        step_s = time.perf_counter() - step_start
-        loop_metrics = {
-            "perf/step_s": step_s,
-            "perf/samples_per_s": samples / max(step_s, 1e-9),
-            "perf/samples_per_s_cumulative": samples_total / max(time.perf_counter() - loop_start, 1e-9),
-        }
-        metrics = merge_owned_metrics({
-            "the trainer": trainer_metrics, "the trained groups": group_metrics,
-            "the rollout manager": manager_metrics, "the train loop": loop_metrics,
-        })
-        metrics_logger.log(step + 1, metrics)
-        progress.set_postfix(_postfix(metrics))
-        progress.update(1)
+        eval_metrics = {}
+        if periodic_evaluator is not None and periodic_evaluator.is_due(step + 1):  # eval.every_steps
+            weights = trainer.export_weights(main_process_only=True)  # every rank: a gather under ZeRO-3
+            if is_main_process():
+                eval_metrics = periodic_evaluator.evaluate(model_path, weights, trainer.version)
+        if manager is not None:
+            _log_step(step + 1, groups, trainer_metrics, manager.stats(), eval_metrics, step_start, loop_start,
+                      samples_total, metrics_logger, progress)
+        samples_total += sum(len(group.trajectories) for group in groups)
         every = config.checkpoint.every_steps
         if every and (step + 1) % every == 0 and step + 1 < config.grpo.total_steps:
             _save(trainer, manager, run_dir, step + 1)
@@ -287,15 +375,33 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
     progress.close()
 
 
+def _log_step(step: int, groups: list[Group], trainer_metrics: dict[str, float], manager_metrics: dict[str, float],
+              eval_metrics: dict[str, float], step_start: float, loop_start: float, samples_before: int,
+              metrics_logger, progress) -> None:
+    """Rank 0: one row of metrics.jsonl from the metrics' owners."""
+    samples = sum(len(group.trajectories) for group in groups)
+    step_s = time.perf_counter() - step_start
+    loop_metrics = {
+        "perf/step_s": step_s,
+        "perf/samples_per_s": samples / max(step_s, 1e-9),
+        "perf/samples_per_s_cumulative": (samples_before + samples) / max(time.perf_counter() - loop_start, 1e-9),
+        "perf/world_size": float(world_size()),
+    }
+    metrics = merge_owned_metrics({
+        "the trainer": trainer_metrics, "the trained groups": rollout_metrics(groups),
+        "the rollout manager": manager_metrics, "the train loop": loop_metrics,
+        "the periodic evaluation": eval_metrics,
+    })
+    metrics_logger.log(step, metrics)
+    progress.set_postfix(_postfix(metrics))
+    progress.update(1)
+
+
 def _final_eval(config: ExperimentConfig, checkpoint: Path, metrics_logger) -> dict:
-    from rl.app.evaluate import evaluate, format_table, write_results
+    from rl.app.evaluate import evaluate, flat_metrics, format_table, write_results
 
     results = evaluate(config, str(Path(checkpoint) / "model"))
     write_results(results, config.run_dir / "eval.json")
     print(format_table(results))
-    flat = {f"eval/{dataset}/{structure}/{name}": value
-            for dataset, by_structure in results.items()
-            for structure, figures in by_structure.items()
-            for name, value in figures.items()}
-    metrics_logger.log(config.grpo.total_steps, flat)
+    metrics_logger.log(config.grpo.total_steps, flat_metrics(results))
     return results

@@ -30,6 +30,7 @@ register_suite("sync", "rl.bench.sync")
 register_suite("memory", "rl.bench.memory")
 register_suite("scaling", "rl.bench.scaling")
 register_suite("retriever", "rl.bench.retriever_load")
+register_suite("dp", "rl.bench.dp")
 
 
 def run_suite(name: str, quick: bool = False) -> dict:

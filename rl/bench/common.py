@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 from rl.app.registries import load_experiment
 from rl.config import ExperimentConfig
+from rl.grpo import distributed
 
 CACHE_ENV = "FANOUT_BENCH_CACHE"
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -174,7 +175,7 @@ def prepare_assets(quick: bool) -> BenchAssets:
     """Build (once) and return the world and the tiny model of the setting; later calls reuse the cache."""
     from data.world import ensure_world
     from rollouts.model_loading import set_offline_mode
-    from rl.app.sft import BASE_MODEL_SUBDIR, ensure_warm_start
+    from rl.app.sft import BASE_MODEL_SUBDIR, WarmStartSource, ensure_warm_start
 
     set_offline_mode()
     setting = setting_name(quick)
@@ -183,7 +184,7 @@ def prepare_assets(quick: bool) -> BenchAssets:
     world_dir = Path(config.data.world_dir)
     world = ensure_world(world_dir, config.data.world)
     started = time.perf_counter()
-    model_path = ensure_warm_start(config, world)
+    model_path = ensure_warm_start(config, WarmStartSource.from_world(world))
     elapsed = time.perf_counter() - started
     if elapsed > 5:
         print(
@@ -238,9 +239,8 @@ def generate_training_batch(
 # ----------------------------------------------------------------------------------------------
 
 
-# Set by the trainer's one-process DeepSpeed group (rl/grpo/deepspeed_setup.py); a child process must not inherit
-# them, or it would try to join (or re-bind the port of) this process's group.
-DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# The launcher's variables (or those of the trainer's one-process group): a child process must not inherit them.
+DISTRIBUTED_VARIABLES = distributed.DISTRIBUTED_VARIABLES
 
 
 def child_environment(**extra: str) -> dict[str, str]:

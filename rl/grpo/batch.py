@@ -43,6 +43,9 @@ class TrainBatch:
     policy_versions_B: torch.Tensor  # version of the weights that generated each row
     proximal_logprobs_BT: torch.Tensor | None = None  # filled by the trainer at the start of a step
     reference_logprobs_BT: torch.Tensor | None = None  # filled by the trainer when a KL term is used
+    # A stand-in: rows another rank trains, run here with a loss counted zero so that this rank takes part
+    # in as many forward/backward passes (and DeepSpeed collectives) as the others (rl/grpo/trainer.py).
+    stand_in: bool = False
 
     @property
     def batch_size(self) -> int:

@@ -21,7 +21,13 @@ engine files too (`restrict_deepspeed_loads`), with its three state classes allo
         ...write files into folder...
     find_latest_checkpoint(run_dir)  # -> Path of checkpoint-20
 
-What it simplifies on purpose: one writer (rank 0); no remote storage.
+On N ranks (torchrun; rl/grpo/distributed.py) every rank enters `atomic_checkpoint` together and
+writes its own files (DeepSpeed's per-rank shards) into the one temporary folder; rank 0 alone creates,
+renames and prunes folders and writes `latest`, with a barrier before the rename (every rank's files are
+complete) and after it (no rank moves on before `latest` points at the new checkpoint).
+
+What it simplifies on purpose: one folder writer (rank 0) on a filesystem every rank sees (one node, or a
+shared filesystem); no remote storage.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from rl.grpo.distributed import barrier, is_main_process, main_process_result
 from rl.grpo.faults import fault_point
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -115,21 +122,38 @@ def atomic_checkpoint(checkpoints_dir: str | os.PathLike, step: int, keep_last: 
     """Yield an empty temporary folder to fill; on success it becomes checkpoint-<step> and `latest`.
 
     On an exception the temporary folder is removed and the exception propagates: the previous
-    checkpoints and the `latest` pointer are untouched.
+    checkpoints and the `latest` pointer are untouched. On N ranks all of them enter it, each writes
+    its own files, and rank 0 does the folder work (a rank that raises stops the job through its
+    launcher; the next save clears the folder it left, see `remove_crash_leftovers`).
     """
     checkpoints_dir = Path(checkpoints_dir)
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    remove_crash_leftovers(checkpoints_dir)
     final = checkpoints_dir / checkpoint_name(step)
-    temporary = checkpoints_dir / f"{_TEMPORARY_PREFIX}{final.name}.{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
+    temporary = main_process_result(lambda: _new_temporary_folder(checkpoints_dir, final))
     try:
         yield temporary
     except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+        if is_main_process():
+            shutil.rmtree(temporary, ignore_errors=True)
         raise
+    barrier()  # every rank's files are in the folder
     fault_point("save", step)
+    if is_main_process():
+        _publish(temporary, final, keep_last)
+    barrier()  # `latest` names the new checkpoint before any rank goes on
+
+
+def _new_temporary_folder(checkpoints_dir: Path, final: Path) -> Path:
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    remove_crash_leftovers(checkpoints_dir)
+    temporary = checkpoints_dir / f"{_TEMPORARY_PREFIX}{final.name}.{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    return temporary
+
+
+def _publish(temporary: Path, final: Path, keep_last: int) -> None:
+    """Rename the complete folder into place, point `latest` at it, prune the oldest (the one writer's job)."""
+    checkpoints_dir = final.parent
     if final.exists():  # re-saving a step: move the old one aside first, so a rename is still atomic
         trash = checkpoints_dir / f"{_TRASH_PREFIX}{final.name}.{os.getpid()}"
         os.replace(final, trash)
@@ -142,7 +166,7 @@ def atomic_checkpoint(checkpoints_dir: str | os.PathLike, step: int, keep_last: 
 
 
 def remove_crash_leftovers(checkpoints_dir: str | os.PathLike) -> None:
-    """Delete what a writer killed mid-save left behind (there is one writer, so none is still in use).
+    """Delete what a writer killed mid-save left behind (rank 0 is the one folder writer, so none is in use).
 
     A half-written `.tmp-*` folder or file is deleted. An `.old-checkpoint-<step>.*` folder is a complete
     checkpoint moved aside to be replaced by a re-save of the same step: it is put back if the kill came

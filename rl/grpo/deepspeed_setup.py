@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import torch
 
 from rl.config import ConfigError, ExperimentConfig
 from rl.grpo.core_algos import get_advantage_estimator
+from rl.grpo.distributed import is_initialized, world_size
 
 
 def validate_trainer_config(config: ExperimentConfig) -> None:
@@ -60,9 +63,22 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def build_deepspeed_config(config: ExperimentConfig) -> dict[str, Any]:
-    """The DeepSpeed JSON config derived from the experiment config; `deepspeed.config_file` keys win."""
+def micro_batches_per_rank(config: ExperimentConfig, num_ranks: int) -> int:
+    """Gradient-accumulation micro-batches on each of `num_ranks` ranks: `grpo.minibatches_per_step` shared
+    out, so that N ranks together run as many micro-batches of the same size as one rank alone (at least one
+    each). The global batch is always `rollout.questions_per_step` groups, whatever the number of ranks."""
+    return max(1, math.ceil(config.grpo.minibatches_per_step / num_ranks))
+
+
+def build_deepspeed_config(config: ExperimentConfig, num_ranks: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed JSON config derived from the experiment config; `deepspeed.config_file` keys win.
+
+    `num_ranks` (default: the current world size) sets the per-rank micro-batch and accumulation so that
+    micro-batch x accumulation x ranks is the global batch, `rollout.questions_per_step * group_size`.
+    """
     grpo, section = config.grpo, config.deepspeed
+    num_ranks = world_size() if num_ranks is None else num_ranks
+    accumulation = micro_batches_per_rank(config, num_ranks)
     optimizer_params: dict[str, Any] = {
         "lr": grpo.learning_rate,
         "betas": [0.9, 0.999],
@@ -75,8 +91,8 @@ def build_deepspeed_config(config: ExperimentConfig) -> dict[str, Any]:
     if section.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": config.experiment.device == "cuda"}
     ds_config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": max(config.batch_size // grpo.minibatches_per_step, 1),
-        "gradient_accumulation_steps": grpo.minibatches_per_step,
+        "train_micro_batch_size_per_gpu": max(1, math.ceil(config.batch_size / (accumulation * num_ranks))),
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": grpo.max_grad_norm,
         "zero_optimization": zero,
         "optimizer": {"type": "AdamW", "params": optimizer_params},
@@ -128,8 +144,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+# How long a rank waits for the others in a collective: the other ranks wait for rank 0's SFT warm-start
+# (minutes on CPU) and for each batch of rollouts; DeepSpeed's default is 10 minutes.
+DEFAULT_TIMEOUT_MINUTES = 60
+
+
+def process_group_timeout() -> timedelta:
+    """DEEPSPEED_TIMEOUT (minutes) when set, else DEFAULT_TIMEOUT_MINUTES."""
+    return timedelta(minutes=int(os.environ.get("DEEPSPEED_TIMEOUT", DEFAULT_TIMEOUT_MINUTES)))
+
+
 def init_distributed(device: str) -> None:
-    """Join (or, alone, create) the process group: gloo on CPU, nccl on GPU; one process needs no launcher."""
+    """Join the launcher's process group (torchrun or `deepspeed` set RANK, WORLD_SIZE, MASTER_ADDR/PORT) or,
+    alone, create a one-process one: gloo on CPU, nccl on GPU. Calling it again is a no-op."""
+    if is_initialized():
+        return
     for key, default in (
         ("RANK", "0"),
         ("WORLD_SIZE", "1"),
@@ -139,12 +168,38 @@ def init_distributed(device: str) -> None:
         os.environ.setdefault(key, default)
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(_free_port())
-    if os.environ["WORLD_SIZE"] == "1":
-        # DeepSpeed JIT-compiles a shared-memory all-reduce op on CPU (~35 s the first time on a machine);
-        # it only serves multi-process CPU jobs, so a single process opts out.
+    if device == "cpu" or os.environ["WORLD_SIZE"] == "1":
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op on CPU (35 s to 3 min the first time on a
+        # machine) that replaces gloo's all-reduce in multi-process CPU jobs; its kernels need AVX2/AVX-512 and
+        # a fault there hangs the peers. gloo does every collective instead: slower, but nothing to build.
         with contextlib.suppress(Exception):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", verbose=False)
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", verbose=False,
+                               timeout=process_group_timeout())
+
+
+def held_bytes(engine: Any) -> dict[str, int]:
+    """Bytes this rank holds of the parameters and of the optimizer (Adam moments + fp32 master copies).
+
+    Under ZeRO-3 a parameter's local storage is its partition (`ds_tensor`); ZeRO-1/2/3 keep the optimizer
+    state and master weights of this rank's partition only. Counted from the tensors, not process memory.
+    """
+    parameter_bytes, parameter_storage = 0, set()
+    for parameter in engine.module.parameters():
+        local = getattr(parameter, "ds_tensor", parameter)
+        parameter_bytes += local.numel() * local.element_size()
+        parameter_storage.add(local.data_ptr())
+    optimizer = engine.optimizer
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer  # DeepSpeed's ZeRO wrappers hold the torch optimizer
+    tensors = [tensor for state in optimizer.state.values() for tensor in state.values()
+               if isinstance(tensor, torch.Tensor)]
+    # master weights: what the optimizer updates, when it is not the module's own storage (ZeRO's fp32 partitions)
+    tensors += [parameter for group in optimizer.param_groups for parameter in group["params"]
+                if parameter.data_ptr() not in parameter_storage]
+    unique = {id(tensor): tensor for tensor in tensors}.values()
+    return {"parameter_bytes": parameter_bytes,
+            "optimizer_bytes": sum(tensor.numel() * tensor.element_size() for tensor in unique)}
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -156,4 +211,5 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
-__all__ = ["build_deepspeed_config", "disable_dropout", "init_distributed", "validate_trainer_config"]
+__all__ = ["build_deepspeed_config", "disable_dropout", "held_bytes", "init_distributed", "micro_batches_per_rank",
+           "validate_trainer_config"]

@@ -24,9 +24,17 @@ accumulation gives the gradient of the batch loss exactly. A non-finite reward, 
 skips the step (nothing is applied; `loss/skipped_nonfinite` counts it).
 
 On one CPU process no launcher is needed: the distributed environment (RANK, WORLD_SIZE, a free
-MASTER_PORT, ...) is set when absent and DeepSpeed runs on gloo. Under the `deepspeed` launcher the
-same code runs on GPUs. The default optimizer is torch's AdamW, so no DeepSpeed op is compiled
-(`deepspeed.offload_optimizer=true` switches to DeepSpeed's CPU Adam, whose op build takes minutes).
+MASTER_PORT, ...) is set when absent and DeepSpeed runs on gloo. Under `torchrun --nproc_per_node=N`
+or the `deepspeed` launcher the trainer is data-parallel (gloo on CPU, NCCL on GPU): every rank calls
+`step` with the same global batch and trains on its share of whole groups (rl/grpo/distributed.py),
+losses normalised by the global batch's counts and scaled by N against DeepSpeed's averaging over
+ranks, so N ranks make the same update as one (tests/rl/grpo/test_data_parallel.py). Each rank runs
+`micro_batches_per_rank` micro-batches (padded with zero-loss stand-ins when its share is short, since
+DeepSpeed's collectives need every rank in every forward and backward); ZeRO-1/2 partition the
+optimizer state (and gradients) and ZeRO-3 the parameters too. `step` returns the whole batch's
+metrics on every rank; `export_weights` and the checkpoint calls are collective. The default
+optimizer is torch's AdamW, so no DeepSpeed op is compiled (`deepspeed.offload_optimizer=true`
+switches to DeepSpeed's CPU Adam, whose op build takes minutes).
 
 Non-finite steps: a NaN/inf reward or log-prob is caught before any backward. A NaN/inf loss met
 during accumulation is back-propagated (poisoning the gradients) and the optimizer step refused:
@@ -34,8 +42,8 @@ ZeRO >= 1 optimizers detect and clear non-finite gradients themselves; at ZeRO 0
 them. ZeRO stages 0-3 and bf16 run on CPU; fp16 does not (refused by validation).
 
 What it simplifies on purpose: dropout is disabled in the policy (as in TRL/verl RL training), so
-the first epoch's ratio is exactly 1; the checkpoint folder is written by a single process (a
-multi-node run needs rank-0-only file handling around the collective engine save); no sequence
+the first epoch's ratio is exactly 1; checkpoints resume at the world size that wrote them (DeepSpeed's
+shards are per rank); rows are shared out by whole groups, not balanced by tokens; no sequence
 packing. Every state file is loaded with weights_only=True, DeepSpeed's engine files included
 (its own loader would unpickle anything; `rl.grpo.checkpoint.restrict_deepspeed_loads`).
 """
@@ -48,6 +56,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -85,8 +94,20 @@ from rl.grpo.core_algos import (
 from rl.grpo.deepspeed_setup import (
     build_deepspeed_config,
     disable_dropout,
+    held_bytes,
     init_distributed,
+    micro_batches_per_rank,
     validate_trainer_config,
+)
+from rl.grpo.distributed import (
+    all_ranks_true,
+    gather_to_all,
+    group_shares,
+    is_main_process,
+    merge_rank_metrics,
+    rank,
+    rows_of_groups,
+    world_size,
 )
 from rl.grpo.lm_head import install_compact_lm_head
 from rl.grpo.lora import adapter_config_dict, adapter_state_dict, apply_lora, is_lora_model, merged_state_dict
@@ -114,6 +135,13 @@ class GRPOTrainer:
         self.version = 0
         self.skipped_steps = 0
         init_distributed(config.experiment.device)
+        self.rank, self.world_size = rank(), world_size()
+        self.micro_batches_per_rank = micro_batches_per_rank(config, self.world_size)
+        if self.world_size > 1 and config.rollout.questions_per_step < self.world_size:
+            logger.warning(
+                "rollout.questions_per_step (%d) is smaller than the number of ranks (%d): some ranks have no "
+                "group to train on and only keep step with the others", config.rollout.questions_per_step,
+                self.world_size)
         # DeepSpeed prints its whole config at INFO for every engine; keep warnings and errors.
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         model = self._load_model(model, model_path)
@@ -138,7 +166,7 @@ class GRPOTrainer:
                 model.enable_input_require_grads()
             model = apply_lora(model, config.model.lora)
             disable_dropout(model)
-        self.deepspeed_config = build_deepspeed_config(config)
+        self.deepspeed_config = build_deepspeed_config(config, self.world_size)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=trainable, config=self.deepspeed_config
@@ -193,6 +221,10 @@ class GRPOTrainer:
         """The trained model (a peft model with LoRA), unwrapped from the engine."""
         return self.engine.module
 
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of parameters and of optimizer state this rank holds (ZeRO partitions shrink them)."""
+        return held_bytes(self.engine)
+
     @property
     def lora_enabled(self) -> bool:
         return is_lora_model(self.engine.module)
@@ -207,7 +239,9 @@ class GRPOTrainer:
     def step(self, groups: Sequence[Group]) -> dict[str, float]:
         """Train on one batch of scored groups (as the rollout manager returns them); returns metrics.
 
-        The version moves by one when the weights changed; a skipped step leaves it where it was.
+        The version moves by one when the weights changed; a skipped step leaves it where it was. On N ranks
+        every rank calls it with the same global batch (the train loop broadcasts rank 0's); each rank trains
+        on its share of whole groups and every rank returns the metrics of the whole batch.
         """
         started = time.perf_counter()
         _check_groups(groups)
@@ -231,12 +265,11 @@ class GRPOTrainer:
         trajectories = [trajectory for group in groups for trajectory in group.trajectories]
         batch = collate(trajectories, self.pad_token_id, advantages_B)
         micro_batches = [
-            micro_batch.to(self.engine.device)
-            for micro_batch in split_micro_batches(batch, self.config.grpo.minibatches_per_step)
+            micro_batch.to(self.engine.device) for micro_batch in self._micro_batches_of_this_rank(groups, batch)
         ]
         if self._needs_proximal_pass():
             metrics.update(self._fill_proximal_and_reference(micro_batches))
-        if not self._inputs_are_finite(micro_batches):
+        if not all_ranks_true(self._inputs_are_finite(micro_batches)):
             return self._skipped(metrics, started, reason="non-finite log-probs or advantages")
         counts = self._global_counts(batch)
         epoch_metrics = []
@@ -263,6 +296,23 @@ class GRPOTrainer:
             }
         )
         return metrics
+
+    def _micro_batches_of_this_rank(self, groups: Sequence[Group], batch: TrainBatch) -> list[TrainBatch]:
+        """This rank's share of the global batch, in micro-batches.
+
+        One rank: the whole batch in `grpo.minibatches_per_step` micro-batches. N ranks: the rows of this
+        rank's whole groups (rl.grpo.distributed.group_shares) in `micro_batches_per_rank` micro-batches,
+        topped up with stand-ins (the batch's first row, its loss counted zero): DeepSpeed's collectives
+        (ZeRO-3's parameter gathers in every forward, the gradient reduction in every backward) need every
+        rank to run as many forward and backward passes as the others.
+        """
+        group_sizes = [len(group.trajectories) for group in groups]
+        rows = rows_of_groups(group_sizes, group_shares(group_sizes, self.world_size)[self.rank])
+        share = batch if len(rows) == batch.batch_size else batch.select(torch.tensor(rows, dtype=torch.long))
+        micro_batches = split_micro_batches(share, self.micro_batches_per_rank) if rows else []
+        while self.world_size > 1 and len(micro_batches) < self.micro_batches_per_rank:
+            micro_batches.append(replace(batch.select(slice(0, 1)), stand_in=True))
+        return micro_batches
 
     def _skipped(
         self, metrics: dict[str, float], started: float, reason: str, nonfinite: bool = True
@@ -295,10 +345,13 @@ class GRPOTrainer:
                 self.engine, micro_batch, self.sampling_temperature, compute_entropy=True
             )
             micro_batch.proximal_logprobs_BT = proximal_BT
-            entropy_sum += float((entropy_BT * micro_batch.loss_mask_BT).sum())
-            token_count += micro_batch.num_loss_tokens
+            if not micro_batch.stand_in:
+                entropy_sum += float((entropy_BT * micro_batch.loss_mask_BT).sum())
+                token_count += micro_batch.num_loss_tokens
             if self.config.grpo.kl_coef > 0:
                 micro_batch.reference_logprobs_BT = self._reference_logprobs(micro_batch)
+        if self.world_size > 1:
+            entropy_sum, token_count = (sum(values) for values in zip(*gather_to_all((entropy_sum, token_count))))
         return {"loss/entropy": entropy_sum / max(token_count, 1)}
 
     def _reference_logprobs(self, micro_batch: TrainBatch) -> torch.Tensor:
@@ -338,9 +391,15 @@ class GRPOTrainer:
         for index, micro_batch in enumerate(micro_batches):
             self.engine.set_gradient_accumulation_boundary(index == len(micro_batches) - 1)
             loss, terms = self._micro_batch_loss(micro_batch, counts)
+            if micro_batch.stand_in:
+                loss = loss * 0.0  # takes part in the collectives, adds nothing to the gradient
             all_finite = all_finite and is_finite_loss(loss)
-            # Losses are already normalised by whole-batch counts: no division by accumulation steps.
-            self.engine.backward(loss, scale_wrt_gas=False)
+            # Losses are already normalised by whole-batch counts: no division by accumulation steps. On N
+            # ranks DeepSpeed averages the ranks' gradients; each rank's share of the batch loss is scaled by
+            # N so that the average is their sum, the gradient of the whole batch's loss.
+            self.engine.backward(loss * self.world_size if self.world_size > 1 else loss, scale_wrt_gas=False)
+            if micro_batch.stand_in:
+                continue
             weight = micro_batch.num_loss_tokens / max(counts["num_tokens"], 1.0)
             for key, value in terms.items():
                 if key.endswith("_max"):
@@ -349,7 +408,10 @@ class GRPOTrainer:
                     sums[key] += value  # partial sums of the batch loss
                 else:
                     sums[key] += value * weight  # token-weighted mean of per-token metrics
-        grad_norm = self._grad_norm_before_step() if self.zero_stage == 0 else None
+        if self.world_size > 1:  # every rank's partial sums: the whole batch's metrics
+            sums = merge_rank_metrics(gather_to_all(dict(sums)))
+        all_finite = all_ranks_true(all_finite)
+        grad_norm = self._grad_norm_before_step() if self.zero_stage == 0 else None  # of the reduced gradients
         gradients_finite = grad_norm is None or is_finite_loss(grad_norm)
         if self.zero_stage == 0 and not (all_finite and gradients_finite):
             self.engine.zero_grad()  # plain optimizer: drop the poisoned gradients ourselves
@@ -436,13 +498,20 @@ class GRPOTrainer:
             )
         return contextlib.nullcontext()
 
-    def export_weights(self, kind: str = "full") -> dict[str, torch.Tensor]:
-        """CPU copies of the weights: "full" (LoRA merged in, base-model names) or "adapter" (LoRA only)."""
+    def export_weights(self, kind: str = "full", main_process_only: bool = False) -> dict[str, torch.Tensor] | None:
+        """CPU copies of the weights: "full" (LoRA merged in, base-model names) or "adapter" (LoRA only).
+
+        Under ZeRO-3 on N ranks this is collective (every rank holds a part of each parameter): all ranks
+        call it. With `main_process_only`, rank 0 gets the weights and the other ranks, having taken part
+        in the gather, get None (the weight push and the model folder need one copy).
+        """
         if kind not in ("full", "adapter"):
             raise ValueError(f"export_weights(kind={kind!r}): valid kinds are 'full' and 'adapter'")
         if kind == "adapter" and not self.lora_enabled:
             raise ValueError("export_weights(kind='adapter') needs model.lora.enabled=true; use kind='full'")
         with self._gathered():
+            if main_process_only and not is_main_process():
+                return None
             if kind == "adapter":
                 return adapter_state_dict(self.engine.module)
             if self.lora_enabled:
@@ -472,36 +541,54 @@ class GRPOTrainer:
         step = self.version if step is None else step
         with atomic_checkpoint(checkpoints_dir, step, keep_last=self.config.checkpoint.keep_last) as folder:
             self._save_model(folder)
+            # Collective: every rank writes its own shards (ZeRO partitions of the optimizer, and of the
+            # weights under ZeRO-3); rank 0 also writes the replicated module state.
             self.engine.save_checkpoint(
                 str(folder / "deepspeed"), tag=DEEPSPEED_CHECKPOINT_TAG, save_latest=False
             )
-            save_trainer_state(
-                folder,
-                {
+            rng_by_rank = gather_to_all(capture_rng_state())
+            if is_main_process():
+                state = {
                     "version": self.version,
                     "step": step,
                     "skipped_steps": self.skipped_steps,
-                    "rng": capture_rng_state(),
+                    "world_size": self.world_size,
+                    "rng": rng_by_rank[0],
                     "extra_state": extra_state or {},
-                },
-            )
+                }
+                if self.world_size > 1:
+                    state["rng_by_rank"] = rng_by_rank
+                save_trainer_state(folder, state)
         return Path(checkpoints_dir) / checkpoint_name(step)
 
     def _save_model(self, folder: Path) -> None:
-        base_model = self.engine.module.get_base_model() if self.lora_enabled else self.engine.module
-        base_model.save_pretrained(folder / "model", state_dict=self.export_weights("full"))
+        """The HF model folder (and the LoRA adapter), written by rank 0 from the gathered weights."""
+        weights = self.export_weights("full", main_process_only=True)  # every rank: a gather under ZeRO-3
+        if is_main_process():
+            base_model = self.engine.module.get_base_model() if self.lora_enabled else self.engine.module
+            base_model.save_pretrained(folder / "model", state_dict=weights)
         if self.lora_enabled:
             with self._gathered():
-                self.engine.module.save_pretrained(folder / "adapter")
-        if self.tokenizer is not None:
+                if is_main_process():
+                    self.engine.module.save_pretrained(folder / "adapter")
+        if self.tokenizer is not None and is_main_process():
             self.tokenizer.save_pretrained(folder / "model")
 
     def load_checkpoint(self, path: str | os.PathLike) -> dict:
         """Restore weights, optimizer, scheduler, RNG and version from a checkpoint (or a run's latest one).
 
-        Returns the `extra_state` given to save_checkpoint (e.g. the data cursor).
+        Returns the `extra_state` given to save_checkpoint (e.g. the data cursor). Collective on N ranks:
+        each rank loads its own shards; the number of ranks must be the one that wrote the checkpoint.
         """
         folder = resolve_checkpoint(path)
+        state = load_trainer_state(folder)
+        saved_world_size = int(state.get("world_size", 1))
+        if saved_world_size != self.world_size:
+            raise ConfigError(
+                f"checkpoint '{folder}' was written by {saved_world_size} rank(s) and this run has "
+                f"{self.world_size}: resume with the same number of ranks (torchrun --nproc_per_node="
+                f"{saved_world_size} ...), or start a new run from its weights (model.path={folder / 'model'})"
+            )
         load_path, _ = self.engine.load_checkpoint(
             str(folder / "deepspeed"),
             tag=DEEPSPEED_CHECKPOINT_TAG,
@@ -512,10 +599,9 @@ class GRPOTrainer:
             raise FileNotFoundError(
                 f"checkpoint '{folder}' has no DeepSpeed state under deepspeed/{DEEPSPEED_CHECKPOINT_TAG}"
             )
-        state = load_trainer_state(folder)
         self.version = int(state["version"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng_by_rank"][self.rank] if "rng_by_rank" in state else state["rng"])
         return dict(state.get("extra_state", {}))
 
 

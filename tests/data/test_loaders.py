@@ -155,3 +155,55 @@ def test_passage_formatting_follows_search_r1():
     assert format_passages(documents, max_passage_chars=24) == (
         "Doc 1(Title: Quenbridge) Quenbridge was founded...\n"
         "Doc 2(Title: Varlo Tenmis) Varlo Tenmis was born...")
+
+
+def test_the_generic_loader_reads_any_jsonl_through_its_columns(tmp_path):
+    path = write_jsonl(tmp_path / "my_qa.jsonl", [
+        {"qid": 7, "query": "Which is older, Varlo or Quen?", "gold": ["Varlo"], "kind": "comparison",
+         "hops": ["When was Varlo born?", "When was Quen born?"]},
+        {"query": "Who directed the film that Bemo wrote?", "gold": "Ardo", "kind": "sequential",
+         "hops": [{"question": "Which film did Bemo write?"}, {"question": "Who directed #1?"}]},
+        {"qid": "c", "query": "When was Varlo born?", "gold": 1873},
+        {"qid": "d", "query": "Who founded the company that made #1?", "gold": ["Tenmis"], "hops": ["a", "b", "c"]},
+    ])
+    columns = {"id": "qid", "question": "query", "answers": "gold", "structure": "kind", "sub_questions": "hops"}
+    questions = load_questions(path, "my_qa", columns=columns)
+    assert [(q.id, q.structure, q.answers, len(q.sub_questions), q.source) for q in questions] == [
+        ("7", "parallel", ["Varlo"], 2, "my_qa"),  # a 2Wiki/HotpotQA type name maps to its structure
+        ("my_qa-2", "sequential", ["Ardo"], 2, "my_qa"),  # no id: dataset and line; objects with "question"
+        ("c", "single", ["1873"], 0, "my_qa"),  # no structure, no sub-questions: single; a bare answer
+        ("d", "sequential", ["Tenmis"], 3, "my_qa"),  # no structure but a chain of sub-questions: sequential
+    ]
+    assert questions[1].sub_questions == ["Which film did Bemo write?", "Who directed #1?"]
+
+
+def test_the_generic_loader_reads_parquet_and_nested_columns_with_default_names(tmp_path):
+    path = tmp_path / "mine.parquet"
+    Dataset.from_list([row("p1", "Which came first, A or B?", ["A"], "comparison"),
+                       row("p2", "Where was the author of C born?", ["D"], "bridge")]).to_parquet(str(path))
+    questions = load_questions(path, "anything", columns={"structure": "metadata.type"})
+    assert [(q.id, q.question, q.answers, q.structure) for q in questions] == [
+        ("p1", "Which came first, A or B?", ["A"], "parallel"), ("p2", "Where was the author of C born?", ["D"],
+                                                                 "sequential")]
+
+
+@pytest.mark.parametrize("bad_row, reason", [
+    ({"query": "q", "gold": ["a"], "kind": "diagonal"}, r"'kind' is 'diagonal'; valid values: parallel, "),
+    ({"query": "q", "gold": ["a"], "hops": "a then b"}, r"'hops' must be a list of strings, got str"),
+    ({"query": "q", "gold": ["a"], "hops": ["a", ""]}, r"'hops' must hold non-empty strings"),
+    ({"query": "", "gold": ["a"]}, r"'query' must be a non-empty string"),
+    ({"query": "q"}, r"'gold' must be a non-empty list of strings, got None"),
+])
+def test_the_generic_loader_names_the_mapped_column_of_a_bad_row(tmp_path, bad_row, reason):
+    path = write_jsonl(tmp_path / "mine.jsonl", [{"query": "fine", "gold": ["x"]}, bad_row])
+    columns = {"question": "query", "answers": "gold", "structure": "kind", "sub_questions": "hops"}
+    with pytest.raises(DataError, match=rf"mine\.jsonl:2: malformed row: {reason}"):
+        load_questions(path, "mine", columns=columns)
+
+
+def test_an_unknown_role_in_a_column_mapping_is_a_config_error(tmp_path):
+    from data.errors import ConfigError
+
+    path = write_jsonl(tmp_path / "mine.jsonl", [{"question": "q", "golden_answers": ["a"]}])
+    with pytest.raises(ConfigError, match=r"key 'data.columns.mine': unknown role\(s\) \['answer'\]; the roles are"):
+        load_questions(path, "mine", columns={"answer": "gold"})

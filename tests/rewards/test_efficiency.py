@@ -16,7 +16,8 @@ from rewards.config import RewardConfig
         ("parallel", 3, 1),
         ("single", 0, 1),
         ("sequential", 3, 3),
-        ("sequential", 0, 1),
+        ("sequential", 1, 1),
+        ("sequential", 0, None),  # a chain whose length the data does not say
     ],
 )
 def test_needed_search_rounds(structure, num_sub_questions, expected):
@@ -65,6 +66,23 @@ def test_efficiency_score(model_calls, needed_rounds, expected):
 def test_efficiency_reward(make_trajectory, turns, structure, sub_questions, expected):
     trajectory = make_trajectory(turns, structure=structure, sub_questions=sub_questions)
     assert get_reward("efficiency")(trajectory, RewardConfig()) == pytest.approx(expected)
+
+
+def test_a_chain_of_unknown_length_is_not_penalised(make_trajectory):
+    """A real-data multi-hop question without sub-questions: three hops then the answer is no worse than one."""
+    from rewards import score_trajectory
+
+    config = RewardConfig(weights={"exact_match": 1.0, "efficiency": 0.3})
+    three_hops = make_trajectory(["<search>a</search>", "<search>b</search>", "<search>c</search>",
+                                  "<answer>Paris</answer>"], structure="sequential")
+    one_hop = make_trajectory(["<search>a</search>", "<answer>Paris</answer>"], structure="sequential")
+    for trajectory in (three_hops, one_hop):
+        assert get_reward("efficiency")(trajectory, config) is None
+        breakdown = score_trajectory(trajectory, config)
+        assert breakdown.components == {"exact_match": 1.0} and breakdown.total == 1.0
+    known_two_hops = make_trajectory([turn.text for turn in three_hops.turns], structure="sequential",
+                                     sub_questions=["a", "b"])
+    assert get_reward("efficiency")(known_two_hops, config) == pytest.approx(3 / 4)  # needs 3 calls, made 4
 
 
 def test_episode_counts():

@@ -205,6 +205,17 @@ def test_split_model_segments(protocol, response, segments):
     assert split_model_segments(response, PROTOCOLS[protocol].observation_delimiters) == segments
 
 
+def test_parse_trajectory_accepts_the_tools_the_episode_had(make_trajectory):
+    calculator = '<tool_call>{"name": "calculator", "arguments": {"expression": "1 + 1"}}</tool_call><|im_end|>'
+    trajectory = make_trajectory([calculator, "<answer>Paris</answer><|im_end|>"], protocol="function_call")
+    episode = parse_trajectory(trajectory)  # the default record: only search was configured
+    assert not episode.valid and "unknown tool name 'calculator'" in episode.problem
+    trajectory.tool_names = ["search", "calculator"]  # what the agent loop records with tools.enabled=[search, calculator]
+    episode = parse_trajectory(trajectory)
+    assert episode.valid and episode.model_calls == 2 and episode.search_rounds == 0  # no sub-query was issued
+    assert not parse_trajectory(trajectory, tool_names=["search"]).valid  # an explicit list still wins
+
+
 def test_parse_trajectory_uses_the_trajectory_protocol(make_trajectory):
     turns = [f"{SEARCH_A}\n{SEARCH_B}<|im_end|>", "<answer>Paris</answer><|im_end|>"]
     assert parse_trajectory(make_trajectory(turns, protocol="function_call")).valid

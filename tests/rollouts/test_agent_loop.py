@@ -234,6 +234,16 @@ def test_function_call_protocol_runs_parallel_calls(tokenizer):
         "<tool_response>\nDoc 1(Title: b) result for b\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
     ]
     assert trajectory.final_answer == "x" and trajectory.protocol == "function_call"
+    assert trajectory.tool_names == ["search"]  # the protocol's default schema: the search tool
+
+
+def test_trajectories_record_the_tools_the_protocol_offers(tokenizer):
+    schemas = [{"type": "function", "function": {"name": name, "description": "", "parameters": {}}}
+               for name in ("search", "calculator")]
+    protocol = build_protocol("function_call", tool_schemas=schemas)
+    groups = run_episodes(scripted(tokenizer, lambda response: "<answer> x</answer>"), protocol, FakeExecutor(),
+                          questions(1), group_size=2, rollout_config=config(), policy_version=0)
+    assert [trajectory.tool_names for trajectory in groups[0].trajectories] == [["search", "calculator"]] * 2
 
 
 class RandomTokenEngine:

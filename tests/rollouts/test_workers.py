@@ -340,3 +340,49 @@ def test_the_concurrent_actor_merges_calls_and_waits_for_the_weights_a_call_was_
     assert asyncio.run(worker.version()) == 1
     assert asyncio.run(worker.wait_for_version(1, timeout_s=1)) == 1
     assert asyncio.run(worker.wait_for_version(2, timeout_s=0.05)) == 1  # never pushed: times out
+
+
+def _loss_token_logprobs(model, groups) -> torch.Tensor:
+    """Log-probs under `model` of every model-written token of the groups (the behaviour log-probs' positions)."""
+    from rl.grpo.batch import collate, sequence_logprobs
+
+    batch = collate([trajectory for group in groups for trajectory in group.trajectories], pad_token_id=0)
+    with torch.no_grad():
+        logprobs_BT = sequence_logprobs(model, batch)
+    mask_BT = batch.loss_mask_BT.bool()
+    return logprobs_BT[mask_BT], batch.behaviour_logprobs_BT[mask_BT]
+
+
+def test_after_a_resume_the_first_turns_come_from_the_resumed_weights(ray_session, tiny_checkpoint, tiny_world,
+                                                                     tiny_corpus_path):
+    """A run resumed at version 3 starts its actors from the warm-start folder (version-0 weights). An actor
+    reports version 0 until the pushed weights of version 3 are in its engine, so a call issued for version 3
+    waits for them, even one that runs before the update: Ray does not keep an asyncio actor's calls in order
+    while the update's weights are still being fetched. Every token tagged version 3 comes from them."""
+    from rollouts.model_loading import load_model_and_tokenizer
+
+    config = tiny_model_config(max_staleness=0)
+    warm_start, _ = load_model_and_tokenizer(str(tiny_checkpoint))
+    resumed, _ = load_model_and_tokenizer(str(tiny_checkpoint))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in resumed.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    questions = tiny_world.splits["train"][:8]
+    with build_rollout_manager(config, questions, model_path=str(tiny_checkpoint), corpus_path=tiny_corpus_path,
+                               initial_version=3, model_version=0) as manager:
+        versions_before_push = ray.get([handle.version.remote() for handle in manager.worker_handles()])
+        with pytest.raises(RuntimeError, match=r"push_weights\(state_dict, 3\)"):
+            manager.get_batch(2, current_version=3, timeout=5)
+        ahead_of_the_update = manager.worker_handles()[0].generate.remote(questions[7:], 2, 3, 0)
+        time.sleep(1.0)  # the call is running (or waiting) on the actor before the update is sent
+        manager.push_weights(resumed.state_dict(), version=3)
+        first = ray.get(ahead_of_the_update, timeout=300) + manager.get_batch(2, current_version=3, timeout=300)
+
+    assert versions_before_push == [0, 0]  # the actors hold the warm start and say so
+    assert [group.policy_version for group in first] == [3, 3, 3]
+    resumed_logprobs, behaviour_logprobs = _loss_token_logprobs(resumed, first)
+    warm_start_logprobs, _ = _loss_token_logprobs(warm_start, first)
+    assert behaviour_logprobs.numel() > 0
+    torch.testing.assert_close(behaviour_logprobs, resumed_logprobs, atol=1e-4, rtol=0)
+    assert (behaviour_logprobs - warm_start_logprobs).abs().max() > 0.1

@@ -407,3 +407,75 @@ def test_eval_batch_questions_sets_how_many_questions_generate_together(
     assert evaluate_command(config, checkpoint=tiny_checkpoint) == 0  # builds the world, then evaluates
     assert batches == expected_batches
     assert json.loads((tmp_path / "quickstart" / "eval.json").read_text())["world"]["all"]["n"] == 5
+
+
+TINY_WORLD_OVERRIDES = ["data.world.seed=0", "data.world.num_entities_per_kind=20", "data.world.num_train=120",
+                        "data.world.num_validation=20", "data.world.num_test=40"]
+
+
+@pytest.mark.parametrize(("eval_temperature", "greedy", "sampled_at"), [(0.0, True, 0.0), (0.7, False, 0.7)])
+def test_eval_samples_at_rollout_eval_temperature(tmp_path, tiny_checkpoint, monkeypatch, eval_temperature, greedy,
+                                                  sampled_at):
+    import torch
+
+    import rollouts.agent_loop
+    import rollouts.batcher
+
+    torch.set_num_threads(1)
+    episode_arguments, engine_temperatures = [], []
+    real_run_episodes, real_generate = rollouts.agent_loop.run_episodes, rollouts.batcher.DirectEngine.generate
+
+    def recording_run_episodes(engine, protocol, executor, questions, **kwargs):
+        episode_arguments.append((kwargs["greedy"], kwargs["temperature"]))
+        return real_run_episodes(engine, protocol, executor, questions, **kwargs)
+
+    async def recording_generate(self, *args, temperature, **kwargs):
+        engine_temperatures.append(temperature)
+        return await real_generate(self, *args, temperature=temperature, **kwargs)
+
+    monkeypatch.setattr(rollouts.agent_loop, "run_episodes", recording_run_episodes)
+    monkeypatch.setattr(rollouts.batcher.DirectEngine, "generate", recording_generate)
+    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}", f"rollout.eval_temperature={eval_temperature}",
+                                      "eval.num_questions=2", "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=4",
+                                      *TINY_WORLD_OVERRIDES])
+    assert evaluate_command(config, checkpoint=tiny_checkpoint) == 0
+    assert episode_arguments == [(greedy, eval_temperature)]
+    assert engine_temperatures and set(engine_temperatures) == {sampled_at}  # what the engine was asked for
+
+
+def test_periodic_evaluation_runs_every_n_steps_on_the_validation_split_with_the_given_weights(tmp_path,
+                                                                                             tiny_checkpoint,
+                                                                                             tiny_world):
+    import torch
+
+    from rl.app.evaluate import PeriodicEvaluator
+    from rollouts.model_loading import load_model_and_tokenizer
+
+    torch.set_num_threads(1)
+    config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}", "eval.every_steps=2", "eval.num_questions=4",
+                                      "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=4",
+                                      *TINY_WORLD_OVERRIDES])
+    evaluator = PeriodicEvaluator(config)
+    assert [step for step in range(1, 7) if evaluator.is_due(step)] == [2, 4, 6]
+    assert [question.id for question in evaluator.questions_by_dataset["world"]] == [
+        question.id for question in tiny_world.splits["validation"][:4]]
+
+    model, _ = load_model_and_tokenizer(tiny_checkpoint)
+    weights = {name: torch.zeros_like(tensor) if name.endswith("norm.weight") else tensor
+               for name, tensor in model.state_dict().items()}
+    metrics = evaluator.evaluate(tiny_checkpoint, weights, version=2)
+    assert metrics["eval/validation/world/all/n"] == 4
+    assert set(metrics) >= {f"eval/validation/world/all/{name}" for name in METRIC_NAMES} | {"perf/eval_s"}
+    engine = evaluator.components.engine
+    assert engine.version == 2
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in engine.model.state_dict().items())
+    assert PeriodicEvaluator(load_config(QUICKSTART)).questions_by_dataset == {}  # every_steps=0: nothing loaded
+
+
+def test_eval_every_steps_with_files_needs_validation_files(capsys):
+    files = ["data.source=files", "data.train_files.nq=/data/nq.jsonl", "data.corpus_path=/data/corpus.jsonl"]
+    assert cli_main(["config", "show", QUICKSTART, *files, "eval.every_steps=5"]) == 2
+    error = capsys.readouterr().err
+    assert "key 'eval.every_steps'" in error and "needs data.validation_files" in error
+    assert cli_main(["config", "show", QUICKSTART, *files, "eval.every_steps=5",
+                     "data.validation_files.nq=/data/nq_dev.jsonl"]) == 0

@@ -83,6 +83,7 @@ def test_redact_secrets_replaces_secret_looking_keys_only():
 
 def test_wandb_offline_writes_under_run_dir_and_never_the_api_key(tmp_path, monkeypatch):
     secret = "fanoutsecret0123456789abcdef0123456789abcd"
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the config decides (tests/conftest.py disables wandb)
     monkeypatch.setenv("WANDB_API_KEY", secret)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
@@ -102,6 +103,80 @@ def test_wandb_offline_writes_under_run_dir_and_never_the_api_key(tmp_path, monk
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
+
+
+@pytest.mark.parametrize(
+    ("configured", "environment", "expected"),
+    [
+        ("offline", {}, "offline"),
+        ("offline", {"WANDB_MODE": "disabled"}, "disabled"),
+        ("disabled", {"WANDB_MODE": "offline"}, "offline"),
+        ("offline", {"WANDB_MODE": "Online"}, "online"),
+        ("online", {"WANDB_MODE": "dryrun"}, "offline"),  # wandb's own alias
+        ("offline", {"WANDB_MODE": "loud"}, "offline"),  # not a mode: the config stands (with a warning)
+        ("offline", {"WANDB_MODE": ""}, "offline"),
+    ],
+)
+def test_wandb_mode_from_the_environment_wins(configured, environment, expected):
+    from rl.app.metrics import resolve_wandb_mode
+
+    assert resolve_wandb_mode(configured, environment) == expected
+
+
+def test_wandb_mode_disabled_in_the_environment_starts_no_wandb_run(tmp_path, monkeypatch):
+    import rl.app.metrics
+
+    started = []
+    monkeypatch.setattr(rl.app.metrics, "_init_wandb", lambda *args: started.append(args))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with MetricsLogger(tmp_path, LoggingConfig(wandb_mode="offline")) as logger:
+        logger.log(1, {"reward/total": 1.0})
+        assert not logger.wandb_enabled and logger.wandb_mode == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    MetricsLogger(tmp_path / "other", LoggingConfig(wandb_mode="disabled")).close()
+    assert [args[2] for args in started] == ["offline"]  # the mode wandb.init is given
+
+
+class RecordingWandbRun:
+    def __init__(self):
+        self.axes, self.logged = {}, []
+
+    def define_metric(self, name, step_metric=None):
+        self.axes[name] = step_metric
+
+    def log(self, values, step=None):
+        assert step is None  # every family has its own axis; wandb's implicit step is never set
+        self.logged.append(values)
+
+    def finish(self):
+        pass
+
+
+def test_the_sft_curve_and_grpo_steps_share_the_file_and_keep_their_own_wandb_axes(tmp_path, monkeypatch):
+    import rl.app.metrics
+    from rl.app.sft import SFT_LOG_FILE_NAME, log_sft_curve
+
+    run = RecordingWandbRun()
+    monkeypatch.setattr(rl.app.metrics, "_init_wandb", lambda *args: run)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    sft_dir = tmp_path / "sft"
+    sft_dir.mkdir()
+    (sft_dir / SFT_LOG_FILE_NAME).write_text(
+        '{"step": 50, "sft/loss": 2.5, "sft/learning_rate": 0.003}\n{"step": 100, "sft/loss": 1.25}\n')
+    with MetricsLogger(tmp_path, LoggingConfig(wandb_mode="offline")) as logger:
+        assert log_sft_curve(logger, sft_dir) == 2 and log_sft_curve(logger, tmp_path / "base") == 0
+        assert logger.has_logged("sft/step") and not logger.has_logged("reward/total")
+        logger.log(1, {"reward/total": 0.5, "loss/policy": -0.1})
+    assert read_metrics(tmp_path / "metrics.jsonl") == [
+        {"step": 0, "sft/step": 50, "sft/loss": 2.5, "sft/learning_rate": 0.003},
+        {"step": 0, "sft/step": 100, "sft/loss": 1.25},
+        {"step": 1, "reward/total": 0.5, "loss/policy": -0.1},
+    ]
+    assert run.logged == [{"sft/step": 50, "sft/loss": 2.5, "sft/learning_rate": 0.003},
+                          {"sft/step": 100, "sft/loss": 1.25},
+                          {"reward/total": 0.5, "loss/policy": -0.1, "train/step": 1}]
+    assert run.axes == {"sft/step": None, "sft/*": "sft/step", "train/step": None, "train/*": "train/step",
+                        "reward/*": "train/step", "loss/*": "train/step"}
 
 
 def test_moving_average_hand_computed():

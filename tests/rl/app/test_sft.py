@@ -12,7 +12,7 @@ from data.config import RetrieverConfig
 from rollouts.config import ToolsConfig
 from rl.app.expert import write_expert_dataset
 from rollouts.model_loading import load_model_and_tokenizer, load_tokenizer
-from rl.app.sft import CausalPaddingCollator, ensure_warm_start, run_sft
+from rl.app.sft import CausalPaddingCollator, WarmStartSource, ensure_warm_start, run_sft
 from rollouts.protocols import build_protocol
 
 
@@ -63,7 +63,8 @@ def test_sft_lowers_the_loss_on_the_demonstrations_and_saves_a_loadable_model(tm
     base_model, _ = load_model_and_tokenizer(tiny_checkpoint)
     loss_before = completion_loss(base_model, expert_dataset)
 
-    out_dir = run_sft(config, tiny_checkpoint, tiny_world, tmp_path / "sft", dataset=expert_dataset)
+    out_dir = run_sft(config, tiny_checkpoint, WarmStartSource.from_world(tiny_world), tmp_path / "sft",
+                      dataset=expert_dataset)
 
     model, tokenizer = load_model_and_tokenizer(out_dir)
     assert len(tokenizer) == len(load_tokenizer(tiny_checkpoint))
@@ -133,17 +134,51 @@ def test_loss_without_the_padding_mask_equals_the_loss_with_it(tiny_checkpoint, 
 def test_warm_start_builds_the_tiny_model_then_reuses_the_sft_folder(tmp_path, tiny_world):
     config = small_config(tmp_path, max_steps=2)
     config.sft.enabled = False
-    base_dir = ensure_warm_start(config, tiny_world)
+    base_dir = ensure_warm_start(config, WarmStartSource.from_world(tiny_world))
     assert base_dir == config.run_dir / "base" and (base_dir / "config.json").is_file()
 
     config.sft.enabled = True
-    sft_dir = ensure_warm_start(config, tiny_world)
+    sft_dir = ensure_warm_start(config, WarmStartSource.from_world(tiny_world))
     assert sft_dir == config.run_dir / "sft" and (sft_dir / "sft_summary.json").is_file()
     weights = next(sft_dir.glob("*.safetensors"))
     first_write = weights.stat().st_mtime_ns
-    assert ensure_warm_start(config, tiny_world) == sft_dir
+    assert ensure_warm_start(config, WarmStartSource.from_world(tiny_world)) == sft_dir
     assert weights.stat().st_mtime_ns == first_write  # reused, not trained again
 
     config.model.path = str(sft_dir)
     config.sft.enabled = False
-    assert ensure_warm_start(config, tiny_world) == sft_dir
+    assert ensure_warm_start(config, WarmStartSource.from_world(tiny_world)) == sft_dir
+
+
+def test_warm_start_from_question_files_and_a_corpus_file(tmp_path, tiny_world, monkeypatch):
+    """data.source=files: the tokenizer learns the corpus and questions, the expert plays the file's questions
+    (their sub-questions, or the question itself when a row has none) against the corpus file."""
+    from dataclasses import replace
+
+    from data.corpus import write_jsonl
+    from rl.app.sft import file_texts
+
+    corpus_path = write_jsonl(tmp_path / "corpus.jsonl", tiny_world.documents)
+    questions = [replace(question, sub_questions=[]) if index % 2 else question
+                 for index, question in enumerate(tiny_world.splits["train"][:12])]
+    source = WarmStartSource(questions=questions, corpus_path=str(corpus_path))
+    texts = list(file_texts(questions, str(corpus_path)))
+    assert texts[0] == tiny_world.documents[0]["contents"] and questions[-1].answers[-1] == texts[-1]
+
+    import rl.app.sft
+
+    tokenizer_texts = []
+    real_create = rl.app.sft.create_tiny_checkpoint
+
+    def recording_create(out_dir, texts, tiny, seed=0):
+        tokenizer_texts.extend(texts)
+        return real_create(out_dir, tokenizer_texts, tiny, seed=seed)
+
+    monkeypatch.setattr(rl.app.sft, "create_tiny_checkpoint", recording_create)
+    config = small_config(tmp_path, max_steps=2)
+    config.data.source, config.data.corpus_path = "files", str(corpus_path)
+    sft_dir = ensure_warm_start(config, source)
+    assert tokenizer_texts == texts
+    summary = json.loads((sft_dir / "sft_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["num_trajectories"] == 12  # every question was demonstrated
+    assert len(load_tokenizer(sft_dir)) == len(load_tokenizer(config.run_dir / "base"))

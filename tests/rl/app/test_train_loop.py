@@ -43,7 +43,7 @@ class StandInTrainer:
         self.version += 1
         return {"loss/policy": -0.5, "async/policy_version": float(self.version), **self.extra_metrics}
 
-    def export_weights(self):
+    def export_weights(self, kind="full", main_process_only=False):
         return {}
 
 
@@ -92,6 +92,7 @@ def test_each_step_metric_comes_from_its_one_owner(tmp_path):
         assert row["perf/weight_sync_s"] == 0.25  # the manager's stats, not push_weights' return value
         assert row["reward/total"] == 0.5 and row["reward/exact_match"] == 0.5  # the trained groups'
         assert row["perf/samples_per_s"] > 0  # the loop's
+        assert row["perf/world_size"] == 1.0  # the loop's: one process, no launcher
         for key in CONTRACT_KEYS:
             assert key in row, key
 
@@ -101,6 +102,29 @@ def test_the_loop_refuses_a_metric_reported_by_two_owners(tmp_path, duplicate):
     trainer = StandInTrainer(extra_metrics={duplicate: 0.0})
     with pytest.raises(ValueError, match=rf"{duplicate}' is reported by both the trainer and the"):
         _loop(_config(total_steps=1), trainer, StandInManager(), RowsLogger(), tmp_path, start_step=0)
+
+
+class StandInEvaluator:
+    """Due every second step; records which policy version it was handed."""
+
+    def __init__(self):
+        self.evaluated = []
+
+    def is_due(self, step):
+        return step % 2 == 0
+
+    def evaluate(self, model_path, weights, version):
+        self.evaluated.append((model_path, version))
+        return {"eval/validation/world/all/em": 0.25 * version, "perf/eval_s": 1.5}
+
+
+def test_the_periodic_evaluation_joins_the_rows_of_the_steps_it_is_due(tmp_path):
+    trainer, evaluator, logger = StandInTrainer(), StandInEvaluator(), RowsLogger()
+    _loop(_config(total_steps=5), trainer, StandInManager(), logger, tmp_path, start_step=0,
+          periodic_evaluator=evaluator, model_path=tmp_path / "sft")
+    assert evaluator.evaluated == [(tmp_path / "sft", 2), (tmp_path / "sft", 4)]  # the weights of that step
+    assert [row.get("eval/validation/world/all/em") for row in logger.rows] == [None, 0.5, None, 1.0, None]
+    assert all(row["reward/total"] == 0.5 for row in logger.rows)  # the step's own metrics are still there
 
 
 def test_merge_owned_metrics_keeps_every_key_and_names_both_owners_of_a_clash():

@@ -24,7 +24,7 @@ from rl.bench.rollouts import play_behaviour
 from rl.bench.scaling import project
 from rl.bench.trainer import StepTimes
 
-MY_SUITES = ("rollouts", "async", "trainer", "sync", "memory", "scaling")
+MY_SUITES = ("rollouts", "async", "trainer", "sync", "memory", "scaling", "dp")
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +166,7 @@ CONTRACT_KEYS = {
     "sync": ("sync_fraction_of_step",),
     "memory": ("peak_rss_gib",),
     "scaling": ("actors_ratio", "projection"),
+    "dp": ("step_s", "sync_s_zero3"),
 }
 
 
@@ -185,6 +186,11 @@ def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
         assert figures["by_actors"]["1"]["ratio"] == figures["ratio"]  # quick: the 1-actor block only
     elif suite == "scaling":
         assert figures["actors_ratio"] > 0 and figures["projection"]["sync"]["1"] == 1.0
+    elif suite == "dp":  # step time on 1 and 2 ranks; ZeRO-3 halves the parameters each rank holds
+        assert set(figures["step_s"]) == {"1", "2"} and all(value > 0 for value in figures["step_s"].values())
+        assert figures["sync_s_zero3"] > 0
+        held = figures["held_mib_per_rank"]["zero3"]
+        assert held["2"]["parameter"] == pytest.approx(held["1"]["parameter"] / 2, rel=0.05)
     else:
         assert all(figures[key] > 0 for key in CONTRACT_KEYS[suite])
     assert any(line.startswith("|") for line in lines[:-1])  # a table came before the JSON line

@@ -1,0 +1,55 @@
+"""The `fanout` command line itself: version, the bench suites in --help, log lines on stderr."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from rl.bench import SUITES
+from rl.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def test_version_prints_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fanout {version('fanout-rl')}"
+
+
+def test_bench_help_lists_every_registered_suite(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    help_text = capsys.readouterr().out
+    assert len(SUITES) >= 8
+    for suite in SUITES:
+        assert suite in help_text, suite
+
+
+def test_an_unknown_bench_suite_is_refused_with_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "nope"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_info_log_lines_reach_stderr_and_log_level_hides_them(tmp_path):
+    plugin = tmp_path / "quiet_plugin.py"
+    plugin.write_text("import logging\nlogging.getLogger('rl.app.test_plugin').info('hello from the plugin')\n")
+
+    def run(*options: str) -> str:
+        command = [sys.executable, "-m", "rl", *options, "config", "show", QUICKSTART, f"plugins=[{plugin}]"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    stderr = run()
+    assert "INFO rl.app.test_plugin: hello from the plugin" in stderr
+    assert f"INFO data.plugins: plugin {plugin} imported" in stderr
+    assert "hello from the plugin" not in run("--log-level", "WARNING")
