@@ -24,6 +24,13 @@ from rl.app.plots import (
 DISABLED = LoggingConfig(wandb_mode="disabled")
 
 
+@pytest.fixture(autouse=True)
+def config_decides_the_wandb_mode(monkeypatch):
+    """WANDB_MODE from the environment wins over logging.wandb_mode, and CI exports WANDB_MODE=offline: each
+    test here starts without it, so the config it passes decides (a test that checks the variable sets it)."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
 def test_jsonl_rows_are_exact(tmp_path):
     with MetricsLogger(tmp_path, DISABLED) as logger:
         logger.log(
