@@ -16,6 +16,7 @@ synchronous (the tool layer runs it in a worker thread).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +34,9 @@ from data.config import RetrieverConfig
 from data.corpus import corpus_fingerprint, load_corpus
 from data.errors import ConfigError, DataError
 from data.registry import Registry
+
+# bm25s sets its own logger to DEBUG when imported, which prints a line per index build; warnings only.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 BM25_INDEX_FORMAT = "bm25s-en-snowball-v1"  # part of the index key: change it when tokenisation changes
 

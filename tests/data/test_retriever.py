@@ -89,3 +89,11 @@ def test_build_retriever_by_backend_name(tmp_path):
         build_retriever(RetrieverConfig(backend="faiss"), documents=DOCUMENTS)
     with pytest.raises(ValueError, match="already registered"):
         register_retriever("bm25")(lambda *args: None)
+
+
+def test_bm25s_debug_lines_stay_out_of_the_log():
+    import logging
+
+    import data.retriever  # noqa: F401  (bm25s sets its logger to DEBUG when imported; the retriever lowers it)
+
+    assert not logging.getLogger("bm25s").isEnabledFor(logging.INFO)
