@@ -116,12 +116,18 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
 
 def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
     """Load a saved model folder (tiny or real HF checkpoint, or a hub id: local_model_folder) and its tokenizer."""
+    path = local_model_folder(path)
+    tokenizer = load_tokenizer(path)
+    return load_model(path, dtype, device), tokenizer
+
+
+def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> torch.nn.Module:
+    """The causal LM of a saved model folder (or a hub id: local_model_folder), never downloaded later."""
     if dtype not in _DTYPES:
         raise ConfigError(f"model.dtype {dtype!r} is not one of {sorted(_DTYPES)}")
     path = local_model_folder(path)
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype])
-    return model.to(device), tokenizer
+    set_offline_mode()
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype]).to(device)
 
 
 def _require_local_model(path: str | os.PathLike) -> None:

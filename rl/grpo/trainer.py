@@ -112,10 +112,10 @@ from rl.grpo.distributed import (
 from rl.grpo.lm_head import install_compact_lm_head
 from rl.grpo.lora import adapter_config_dict, adapter_state_dict, apply_lora, is_lora_model, merged_state_dict
 from data.trajectory import Group
+from rollouts.model_loading import load_model
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEEPSPEED_CHECKPOINT_TAG = "state"
 
 
@@ -191,10 +191,7 @@ class GRPOTrainer:
                 "GRPOTrainer needs a model: pass model=..., model_path=..., or set model.path "
                 "(rl.app.modeling.create_tiny_checkpoint writes the tiny default)"
             )
-        from transformers import AutoModelForCausalLM
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[self.config.model.dtype])
+        return load_model(path, dtype=self.config.model.dtype)
 
     @staticmethod
     def _tokenizer_next_to_model(path: str | os.PathLike | None) -> Any:
