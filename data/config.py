@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 @dataclass
 class WorldConfig:
     seed: int = 0  # seed of the generated world (entities, documents, questions)
-    num_entities_per_kind: int = 100  # entities of each kind (people, films, cities, companies)
+    num_entities_per_kind: int = 100  # entities of each kind (people, films, cities, companies), per entity set
+    # Training questions ask about this many extra entity sets, each with its own names and re-drawn facts
+    # (their documents join the corpus); validation and test ask about the base set only, so no test entity
+    # or fact occurs in a training question and only reading the retrieved passages pays. 0: one shared set.
+    train_worlds: int = 0
     num_train: int = 4000  # training questions
     num_validation: int = 200  # validation questions
     num_test: int = 300  # test questions

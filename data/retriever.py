@@ -57,8 +57,16 @@ class Document:
 
 class Retriever(Protocol):
     def search(self, queries: list[str], topk: int) -> list[list[Document]]:
-        """Top-k documents for each query, best first (one list per query, same order)."""
+        """Top-k documents for each query, best first (one list per query, same order).
+
+        A retriever that can restrict a search to a corpus partition takes `partition=NAME` as well."""
         ...
+
+
+def partition_of(doc_id: str) -> str:
+    """The corpus partition of a document: its id's prefix before "/" ("w3/person-0001" -> "w3"), else ""."""
+    prefix, separator, _ = doc_id.partition("/")
+    return prefix if separator else ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,6 +86,7 @@ class BM25Retriever:
         self.fingerprint = corpus_fingerprint(documents)
         self.index_path = Path(index_dir) / f"{BM25_INDEX_FORMAT}-{self.fingerprint}" if index_dir else None
         self.index = self._load_or_build()
+        self._partitions: dict[str, BM25Retriever] = {}  # built on first use, in memory
 
     def _tokenize(self, texts: list[str], return_ids: bool):
         return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, return_ids=return_ids,
@@ -103,7 +112,21 @@ class BM25Retriever:
         except OSError:  # another process saved the same index first
             shutil.rmtree(temporary, ignore_errors=True)
 
-    def search(self, queries: list[str], topk: int) -> list[list[Document]]:
+    def partition(self, name: str) -> "BM25Retriever":
+        """A retriever over the documents of one partition (data.retriever.partition_of)."""
+        with self._lock:
+            if name not in self._partitions:
+                documents = [document for document in self.documents if partition_of(document["id"]) == name]
+                if not documents:
+                    raise RetrievalError(f"the corpus has no partition {name!r} (no document id starts with "
+                                         f"'{name}/')")
+                self._partitions[name] = BM25Retriever(documents)
+            return self._partitions[name]
+
+    def search(self, queries: list[str], topk: int, partition: str | None = None) -> list[list[Document]]:
+        """`partition`: search only that partition's documents (None: the whole corpus)."""
+        if partition is not None:
+            return self.partition(partition).search(queries, topk)
         if not queries:
             return []
         k = max(1, min(topk, len(self.documents)))
@@ -157,7 +180,10 @@ class HttpRetriever:
         raise RetrievalError(f"{self.url} failed after {self.retries + 1} attempts ({last_problem}); "
                              "is the server running (fanout serve-retriever --corpus ...)?")
 
-    def search(self, queries: list[str], topk: int) -> list[list[Document]]:
+    def search(self, queries: list[str], topk: int, partition: str | None = None) -> list[list[Document]]:
+        if partition is not None:
+            raise RetrievalError(f"a question asks to search corpus partition {partition!r}, which the "
+                                 "Search-R1 /retrieve API cannot express; use retriever.backend=bm25")
         if not queries:
             return []
         body = self._post({"queries": list(queries), "topk": topk, "return_scores": True})

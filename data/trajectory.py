@@ -23,6 +23,8 @@ class ToolCall:
     error: str | None = None  # set when the call failed or timed out
     latency_s: float = 0.0
     retrieved_doc_ids: list[str] = field(default_factory=list)  # for search: ids of returned documents
+    # the corpus partition a search stays in: the question's metadata["corpus_partition"]; None: the whole corpus
+    corpus_partition: str | None = None
 
 
 @dataclass

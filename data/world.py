@@ -10,6 +10,18 @@ Entities: people (birth year, birth city, occupation), films (release year, dire
 producing company), companies (founding year, founder, headquarters city) and cities (founding year,
 region). Relations are functional (a film has one director), so every bridge chain has one answer.
 
+Names are combinations of words from one fixed lexicon (`name_lexicon`, the same for every seed), so a
+tokenizer can hold every word a name can contain and a new world brings new combinations and facts, not
+new words.
+
+With `train_worlds: K`, the world holds K+1 entity sets drawn independently: the base set, which validation
+and test ask about, and K training sets, which only training questions ask about. Every set draws its names and its facts
+anew, so names recur across sets with other facts (the city Quenbridge founded in 1843 in one set, in 1402
+in another) and most full names occur in one set only: a policy cannot answer from facts it learnt by heart,
+nor spell names it learnt by heart; it has to copy from the question and read what it retrieves. All documents share one corpus
+file; each set is a partition of it (doc ids `w<i>/...`, the base set's without prefix), and every question
+names its partition in `metadata["corpus_partition"]`, so its searches stay inside its own set.
+
 Everything is seeded (one `random.Random` per stream, never the global RNG): the same WorldConfig gives
 byte-identical files. Questions are generated test split first, then validation, then train, each
 from its own stream, so changing `num_train` leaves the test split unchanged. A question is identified
@@ -49,7 +61,7 @@ from data.world_templates import (
     FactSpec,
 )
 
-WORLD_FORMAT_VERSION = 1  # bump when generation changes, so cached worlds are rebuilt
+WORLD_FORMAT_VERSION = 2  # bump when generation changes, so cached worlds are rebuilt
 SPLITS = ("train", "validation", "test")
 GENERATION_ORDER = ("test", "validation", "train")
 ENTITY_KINDS = ("city", "person", "company", "film")  # creation order: later kinds point to earlier ones
@@ -126,32 +138,96 @@ def _born_between(people: list[Entity], earliest: int, latest: int, rng: random.
     return rng.choice(candidates or people)
 
 
-def generate_entities(num_per_kind: int, rng: random.Random) -> list[Entity]:
-    names = NonceNames(rng)
+@dataclass(frozen=True)
+class NameLexicon:
+    """The words every world's names are made of: the same for every seed, so a tokenizer can hold each as one
+    token and a policy trained on one world meets no new word in another, only new combinations and facts.
+
+    A person is a given name and a surname; a film, a title word and a film noun ("Kelvar Harbor"); a company,
+    a title word and a suffix; a city and a region, one word each. Words never share a stem, so BM25 tells
+    any two names apart by at least one word.
+    """
+
+    given_names: tuple[str, ...]
+    surnames: tuple[str, ...]
+    title_words: tuple[str, ...]  # first words of film and company names
+    cities: tuple[str, ...]
+    regions: tuple[str, ...]
+
+    def words(self) -> list[str]:
+        """Every word a name can contain, suffixes and film nouns included."""
+        return [*self.given_names, *self.surnames, *self.title_words, *self.cities, *self.regions,
+                *FILM_NOUNS, *COMPANY_SUFFIXES]
+
+
+LEXICON_SIZES = {"given_names": 400, "surnames": 400, "title_words": 800, "cities": 1500, "regions": 100}
+
+
+def name_lexicon() -> NameLexicon:
+    """The fixed lexicon (its own seed, whatever the world's)."""
+    names = NonceNames(random.Random("fanout-world:lexicon"))
+    shapes = {"given_names": ((2,), ("",)), "surnames": ((2, 2, 3), ("",)), "title_words": ((2, 2, 3), ("",)),
+              "cities": ((1, 2), CITY_SUFFIXES), "regions": ((2,), REGION_SUFFIXES)}
+    return NameLexicon(**{field_name: tuple(names.word(*shapes[field_name]) for _ in range(size))
+                          for field_name, size in LEXICON_SIZES.items()})
+
+
+class NameDrawer:
+    """Draws names from the lexicon, never the same name twice in one entity set."""
+
+    def __init__(self, lexicon: NameLexicon, rng: random.Random):
+        self.lexicon = lexicon
+        self.rng = rng  # its own stream: sets drawn with equal name streams get the same names, other facts
+        self.used: set[str] = set()
+
+    def draw(self, make: Callable[[], str], what: str, capacity: int) -> str:
+        for _ in range(1000):
+            name = make()
+            if name not in self.used:
+                self.used.add(name)
+                return name
+        raise DataError(f"the name lexicon has no unused {what} left ({capacity} possible names); lower "
+                        "data.world.num_entities_per_kind")
+
+
+def generate_entities(num_per_kind: int, rng: random.Random, names: NameDrawer, id_prefix: str = "") -> list[Entity]:
+    """People, films, companies and cities whose relations point inside this set, named by `names` (no name
+    twice in a set). `id_prefix` puts the set's documents in a corpus partition of their own."""
+    lexicon = names.lexicon
     num_regions = max(3, min(12, num_per_kind // 8))
-    regions = [names.word((2,), REGION_SUFFIXES) for _ in range(num_regions)]
+    regions = names.rng.sample(lexicon.regions, num_regions)
     by_kind: dict[str, list[Entity]] = {kind: [] for kind in ENTITY_KINDS}
 
     def add(kind: str, name: str, facts: dict) -> None:
-        by_kind[kind].append(Entity(kind, name, f"{kind}-{len(by_kind[kind]):04d}", facts))
+        by_kind[kind].append(Entity(kind, name, f"{id_prefix}{kind}-{len(by_kind[kind]):04d}", facts))
+
+    def city_name() -> str:
+        return names.draw(lambda: names.rng.choice(lexicon.cities), "city names", len(lexicon.cities))
+
+    def person_name() -> str:
+        return names.draw(lambda: f"{names.rng.choice(lexicon.given_names)} {names.rng.choice(lexicon.surnames)}",
+                          "person names", len(lexicon.given_names) * len(lexicon.surnames))
+
+    def titled_name(endings: tuple[str, ...], what: str) -> str:
+        return names.draw(lambda: f"{names.rng.choice(lexicon.title_words)} {names.rng.choice(endings)}", what,
+                          len(lexicon.title_words) * len(endings))
 
     for _ in range(num_per_kind):
-        add("city", names.word((1, 2), CITY_SUFFIXES),
-            {"founding_year": rng.randint(1100, 1900), "region": rng.choice(regions)})
+        add("city", city_name(), {"founding_year": rng.randint(1100, 1900), "region": rng.choice(regions)})
     for _ in range(num_per_kind):
-        add("person", f"{names.word((2,))} {names.word((2, 2, 3))}",
+        add("person", person_name(),
             {"birth_year": rng.randint(1800, 1995), "birth_city": rng.choice(by_kind["city"]).name,
              "occupation": rng.choice(OCCUPATIONS)})
     for _ in range(num_per_kind):
         year = rng.randint(1820, 2015)
-        name = f"{names.word((2, 2, 3))} {rng.choice(COMPANY_SUFFIXES)}"
+        name = titled_name(COMPANY_SUFFIXES, "company names")
         founder = _born_between(by_kind["person"], year - 70, year - 20, rng)
         add("company", name, {"founding_year": year, "founder": founder.name,
                               "headquarters": rng.choice(by_kind["city"]).name})
     for _ in range(num_per_kind):
         year = rng.randint(1900, 2020)
         older = [company for company in by_kind["company"] if company.facts["founding_year"] <= year]
-        name = f"{names.word((2, 2, 3))} {rng.choice(FILM_NOUNS)}"
+        name = titled_name(FILM_NOUNS, "film names")
         director = _born_between(by_kind["person"], year - 80, year - 20, rng)
         add("film", name, {"release_year": year, "director": director.name,
                            "filming_city": rng.choice(by_kind["city"]).name,
@@ -310,14 +386,32 @@ def _sample_unique(
     return questions
 
 
-def generate_questions(entities: list[Entity], config: WorldConfig) -> dict[str, list[Question]]:
-    index, used_keys, splits = EntityIndex(entities), set(), {}
+def partition_prefix(set_index: int) -> str:
+    """Doc id prefix of an entity set: "" for the base set, "w<i>/" for training set i (data.retriever.partition_of)."""
+    return f"w{set_index}/" if set_index else ""
+
+
+def _split_evenly(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
+
+
+def generate_questions(entity_sets: list[list[Entity]], config: WorldConfig) -> dict[str, list[Question]]:
+    """Test and validation questions about the first (base) set; training questions about the other sets,
+    evenly, or about the base set too when it is the only one."""
+    indexes, splits = [EntityIndex(entities) for entities in entity_sets], {}
+    used_keys: list[set] = [set() for _ in entity_sets]  # one set's names may recur in another with other facts
     sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
     for split in GENERATION_ORDER:
         rng = random.Random(f"fanout-world:{config.seed}:questions:{split}")
+        set_indexes = list(range(1, len(indexes))) if split == "train" and len(indexes) > 1 else [0]
         questions = []
         for structure, count in structure_counts(sizes[split], dict(config.structure_mix)).items():
-            questions.extend(_sample_unique(structure, count, index, rng, used_keys))
+            for set_index, share in zip(set_indexes, _split_evenly(count, len(set_indexes))):
+                drawn = _sample_unique(structure, share, indexes[set_index], rng, used_keys[set_index])
+                if len(indexes) > 1:  # names recur across the sets: a search must stay inside the question's set
+                    for question in drawn:
+                        question.metadata["corpus_partition"] = partition_prefix(set_index).rstrip("/")
+                questions.extend(drawn)
         rng.shuffle(questions)
         for position, question in enumerate(questions):
             question.id = f"world-{split}-{position:06d}"
@@ -330,14 +424,28 @@ def generate_questions(entities: list[Entity], config: WorldConfig) -> dict[str,
 # ----------------------------------------------------------------------------------------------
 
 
-def generate_world(config: WorldConfig) -> World:
-    """The whole world for a `data.config.WorldConfig` (seeded, deterministic)."""
+def generate_entity_sets(config: WorldConfig) -> list[list[Entity]]:
+    """The base set, then `config.train_worlds` training sets with their own names and re-drawn facts."""
     if config.num_entities_per_kind < 4:
         raise DataError(f"data.world.num_entities_per_kind is {config.num_entities_per_kind}; use at least 4")
-    entity_rng = random.Random(f"fanout-world:{config.seed}:entities")
-    entities = generate_entities(config.num_entities_per_kind, entity_rng)
+    if config.train_worlds < 0:
+        raise DataError(f"data.world.train_worlds is {config.train_worlds}; use 0 or more")
+    lexicon, entity_sets = name_lexicon(), []
+    for set_index in range(config.train_worlds + 1):
+        stream = f"fanout-world:{config.seed}:entities" + (f":{set_index}" if set_index else "")
+        names_stream = f"fanout-world:{config.seed}:names:{set_index}"
+        entity_sets.append(generate_entities(config.num_entities_per_kind, random.Random(stream),
+                                             NameDrawer(lexicon, random.Random(names_stream)),
+                                             partition_prefix(set_index)))
+    return entity_sets
+
+
+def generate_world(config: WorldConfig) -> World:
+    """The whole world for a `data.config.WorldConfig` (seeded, deterministic)."""
+    entity_sets = generate_entity_sets(config)
+    entities = [entity for entity_set in entity_sets for entity in entity_set]
     documents = render_documents(entities, random.Random(f"fanout-world:{config.seed}:documents"))
-    return World(documents=documents, splits=generate_questions(entities, config), entities=entities)
+    return World(documents=documents, splits=generate_questions(entity_sets, config), entities=entities)
 
 
 def world_config_hash(config: WorldConfig) -> str:

@@ -192,6 +192,9 @@ def act_on_turns(protocol: AgentProtocol, trajectories: list[Trajectory], turns:
             turn.answer = trajectory.final_answer = action.answer
         elif action.kind == "search" and not forced_answer_round:
             turn.calls = action.calls
+            partition = trajectory.question.metadata.get("corpus_partition")
+            for call in turn.calls:  # a question may confine its searches to one part of the corpus
+                call.corpus_partition = partition
             searching.append((trajectory, turn))
         else:  # invalid, or a search when no searches are left
             turn.invalid = True

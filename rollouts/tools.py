@@ -60,6 +60,11 @@ class Tool(Protocol):
     async def call(self, arguments: dict) -> ToolResult: ...
 
 
+# A tool with `takes_corpus_partition = True` (the search tool) is called as
+# `call(arguments, corpus_partition=...)` when the call carries one: the question confines its searches to a
+# partition of the corpus (data.retriever.partition_of; the generated world's entity sets).
+
+
 class ToolFailure(RuntimeError):
     """Raised by a tool that failed; the executor turns it into an error observation."""
 
@@ -97,17 +102,18 @@ class QueryBatcher:
     def __init__(self, retriever: Retriever, topk: int):
         self.retriever = retriever
         self.topk = topk
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[str, asyncio.Future]]] = {}
+        # per event loop: (query, corpus partition or None, future) of the calls waiting for the next batch
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[str, str | None, asyncio.Future]]] = {}
         self._lock = threading.Lock()  # one tool may serve event loops in several threads
         self._flush_tasks: set[asyncio.Task] = set()
         self.num_batches = 0  # retriever calls made (for tests and metrics)
 
-    async def search(self, query: str) -> list[Document]:
+    async def search(self, query: str, partition: str | None = None) -> list[Document]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._lock:
             pending = self._pending.setdefault(loop, [])
-            pending.append((query, future))
+            pending.append((query, partition, future))
             start_flush = len(pending) == 1
         if start_flush:  # a task of its own: a caller's timeout must not cancel the others' batch
             task = loop.create_task(self._flush(loop))
@@ -119,11 +125,22 @@ class QueryBatcher:
         await asyncio.sleep(0)  # let the other calls of this round enqueue their queries
         with self._lock:
             batch = self._pending.pop(loop, [])
+        by_partition: dict[str | None, list[tuple[str, asyncio.Future]]] = {}
+        for query, partition, future in batch:
+            by_partition.setdefault(partition, []).append((query, future))
+        for partition, calls in by_partition.items():  # one retriever call per partition searched
+            await self._search_batch(calls, partition)
+
+    async def _search_batch(self, batch: list[tuple[str, asyncio.Future]], partition: str | None) -> None:
         if not batch:
             return
         self.num_batches += 1
+        queries = [query for query, _ in batch]
         try:
-            results = await asyncio.to_thread(self.retriever.search, [query for query, _ in batch], self.topk)
+            if partition is None:
+                results = await asyncio.to_thread(self.retriever.search, queries, self.topk)
+            else:
+                results = await asyncio.to_thread(self.retriever.search, queries, self.topk, partition=partition)
             if len(results) != len(batch):
                 raise ToolFailure(f"retriever returned {len(results)} result lists for {len(batch)} queries")
         except Exception as error:
@@ -156,16 +173,21 @@ class SearchTool:
         self.latency_s = latency_s  # artificial latency of this tool (the executor has its own, for any tool)
         self.batcher = QueryBatcher(retriever, topk) if batch_queries else None
 
-    async def call(self, arguments: dict) -> ToolResult:
+    takes_corpus_partition = True  # the executor passes the call's corpus_partition (ToolCall)
+
+    async def call(self, arguments: dict, corpus_partition: str | None = None) -> ToolResult:
         query = str(arguments.get("query", "")).strip()
         if not query:
             return ToolResult(observation=error_observation("empty search query"), error="empty search query")
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         if self.batcher is not None:
-            documents = await self.batcher.search(query)
-        else:
+            documents = await self.batcher.search(query, corpus_partition)
+        elif corpus_partition is None:
             documents = (await asyncio.to_thread(self.retriever.search, [query], self.topk))[0]
+        else:
+            documents = (await asyncio.to_thread(self.retriever.search, [query], self.topk,
+                                                 partition=corpus_partition))[0]
         if not documents:
             return ToolResult(observation="No results.")
         return ToolResult(observation=format_passages(documents, self.max_passage_chars),
@@ -197,12 +219,13 @@ class FaultInjectingTool:
                              "and sum to at most 1")
         self.tool = tool
         self.name, self.description, self.parameters = tool.name, tool.description, tool.parameters
+        self.takes_corpus_partition = getattr(tool, "takes_corpus_partition", False)
         self.failure_rate, self.timeout_rate, self.hang_s = failure_rate, timeout_rate, hang_s
         self.rng = random.Random(seed)
         self.injected_failures = 0
         self.injected_hangs = 0
 
-    async def call(self, arguments: dict) -> ToolResult:
+    async def call(self, arguments: dict, **call_context: Any) -> ToolResult:
         draw = self.rng.random()
         if draw < self.failure_rate:
             self.injected_failures += 1
@@ -210,7 +233,7 @@ class FaultInjectingTool:
         if draw < self.failure_rate + self.timeout_rate:
             self.injected_hangs += 1
             await asyncio.sleep(self.hang_s)
-        return await self.tool.call(arguments)
+        return await self.tool.call(arguments, **call_context)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,10 +303,12 @@ class ToolExecutor:
         problem = jsonschema.exceptions.best_match(self._validators[call.name].iter_errors(call.arguments))
         return f"bad arguments for {call.name}: {problem.message}" if problem else None
 
-    async def _invoke(self, tool: Tool, arguments: dict[str, Any]) -> ToolResult:
+    async def _invoke(self, tool: Tool, call: ToolCall) -> ToolResult:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
-        return await tool.call(arguments)
+        if getattr(tool, "takes_corpus_partition", False) and call.corpus_partition is not None:
+            return await tool.call(call.arguments, corpus_partition=call.corpus_partition)
+        return await tool.call(call.arguments)
 
     async def _run_call(self, call: ToolCall) -> None:
         started = time.perf_counter()
@@ -292,7 +317,7 @@ class ToolExecutor:
             if problem:
                 self._set_error(call, problem)
                 return
-            invocation = self._invoke(self.tools[call.name], call.arguments)
+            invocation = self._invoke(self.tools[call.name], call)
             result = await asyncio.wait_for(invocation, self.timeout_s)
             call.observation, call.error = result.observation, result.error
             call.retrieved_doc_ids = list(result.retrieved_doc_ids)

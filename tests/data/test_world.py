@@ -9,7 +9,7 @@ import pytest
 
 import data.world as world_module
 from data.errors import DataError
-from data.retriever import BM25Retriever
+from data.retriever import BM25Retriever, partition_of
 from data.world import ensure_world, generate_world, load_world, structure_counts, write_world
 from data.config import WorldConfig
 
@@ -144,6 +144,67 @@ def test_test_split_does_not_depend_on_the_number_of_training_questions():
     few = generate_world(WorldConfig(seed=1, **{**SMALL, "num_train": 50}))
     many = generate_world(WorldConfig(seed=1, **{**SMALL, "num_train": 250}))
     assert [q.to_row() for q in few.splits["test"]] == [q.to_row() for q in many.splits["test"]]
+
+
+def test_training_entity_sets_redraw_names_and_facts_in_partitions_of_their_own():
+    world = generate_world(WorldConfig(seed=4, train_worlds=3, **SMALL))
+    per_set = 4 * SMALL["num_entities_per_kind"]
+    assert len(world.entities) == 4 * per_set
+    assert len({document["id"] for document in world.documents}) == len(world.documents)
+    sets = [world.entities[index * per_set:(index + 1) * per_set] for index in range(4)]
+    assert [{partition_of(entity.doc_id) for entity in entity_set} for entity_set in sets] == [
+        {""}, {"w1"}, {"w2"}, {"w3"}]
+    for entity_set in sets:
+        assert len({entity.name for entity in entity_set}) == per_set  # unique inside a set
+    # every set draws names and facts anew: names recur across sets with other facts
+    bigger = generate_world(WorldConfig(seed=4, train_worlds=3, num_entities_per_kind=100, num_train=100,
+                                        num_validation=10, num_test=10))
+    founded: dict[str, list[int]] = {}
+    for entity in bigger.entities:
+        if entity.kind == "city":
+            founded.setdefault(entity.name, []).append(entity.facts["founding_year"])
+    recurring = [years for years in founded.values() if len(years) > 1]
+    assert len(recurring) >= 5, len(recurring)
+    assert sum(len(set(years)) == len(years) for years in recurring) >= 0.9 * len(recurring)
+    people = [{entity.name for entity in entity_set if entity.kind == "person"} for entity_set in sets]
+    assert len(people[1] & people[2]) <= 2  # full names mostly differ between sets
+
+
+def test_every_question_searches_its_own_sets_partition_and_test_questions_only_the_base_set():
+    world = generate_world(WorldConfig(seed=4, train_worlds=3, **SMALL))
+    for split in ("test", "validation"):
+        for question in world.splits[split]:
+            assert question.metadata["corpus_partition"] == ""
+            assert {partition_of(doc_id) for doc_id in question.supporting_doc_ids} == {""}
+    partitions = [question.metadata["corpus_partition"] for question in world.splits["train"]]
+    assert all({partition_of(doc_id) for doc_id in question.supporting_doc_ids} == {partition}
+               for question, partition in zip(world.splits["train"], partitions))
+    counts = {name: partitions.count(name) for name in ("w1", "w2", "w3")}
+    assert max(counts.values()) - min(counts.values()) <= 3, counts  # spread evenly
+    # inside its partition, BM25 finds every supporting document of a training question first
+    retriever = BM25Retriever(world.documents)
+    for question in world.splits["train"][:60]:
+        hits = [retriever.search([sub], topk=1, partition=question.metadata["corpus_partition"])[0][0].id
+                for sub in question.sub_questions]
+        assert hits == question.supporting_doc_ids, question.question
+    one_set = generate_world(WorldConfig(seed=4, **SMALL))
+    assert all("corpus_partition" not in question.metadata for question in one_set.splits["train"])
+
+
+def test_training_entity_sets_leave_the_base_world_and_its_test_split_unchanged():
+    alone = generate_world(WorldConfig(seed=5, **SMALL))
+    with_sets = generate_world(WorldConfig(seed=5, train_worlds=2, **SMALL))
+    assert with_sets.documents[: len(alone.documents)] == alone.documents
+    for split in ("test", "validation"):  # the same questions; with sets they name their (base) partition
+        rows = [q.to_row() for q in with_sets.splits[split]]
+        for row in rows:
+            assert row["metadata"].pop("corpus_partition") == ""
+        assert rows == [q.to_row() for q in alone.splits[split]]
+
+
+def test_negative_training_entity_sets_are_refused():
+    with pytest.raises(DataError, match="train_worlds"):
+        generate_world(WorldConfig(train_worlds=-1, **SMALL))
 
 
 def test_too_small_world_raises_a_clear_error():

@@ -221,3 +221,32 @@ def test_tools_benchmark_quick_run_reports_a_speedup_per_call_count():
     figures = run(quick=True)
     assert sorted(figures["speedup"]) == ["1", "2", "4", "8"]
     assert all(isinstance(value, float) and value > 0 for value in figures["speedup"].values())
+
+
+def test_a_call_with_a_corpus_partition_searches_only_that_partition_even_batched_with_others():
+    # the same name in two partitions with other facts, as in the generated world's training sets
+    documents = [{"id": "w1/person-0000", "contents": "Varlo Tenmis\nVarlo Tenmis was born in 1843."},
+                 {"id": "w2/person-0000", "contents": "Varlo Tenmis\nVarlo Tenmis was born in 1902."},
+                 {"id": "person-0000", "contents": "Quen Ardo\nQuen Ardo was born in 1777."}]
+    executor = ToolExecutor({"search": SearchTool(BM25Retriever(documents), topk=1)})
+    calls = [ToolCall("search", {"query": "When was Varlo Tenmis born?"}, corpus_partition=partition)
+             for partition in ("w2", "w1", "")]
+    executor.run_turn_sync(calls)
+    assert [call.retrieved_doc_ids for call in calls] == [["w2/person-0000"], ["w1/person-0000"], ["person-0000"]]
+    assert "1902" in calls[0].observation and "1843" in calls[1].observation
+
+
+def test_an_unknown_partition_or_a_retriever_without_partitions_is_an_error_observation():
+    documents = [{"id": "w1/a", "contents": "A\nAlpha."}]
+
+    class NoPartitions:
+        def search(self, queries, topk):
+            return [[Document("w1/a", "A\nAlpha.")] for _ in queries]
+
+    for retriever in (BM25Retriever(documents), NoPartitions()):
+        executor = ToolExecutor({"search": SearchTool(retriever, topk=1)})
+        call = ToolCall("search", {"query": "Alpha"}, corpus_partition="w9")
+        executor.run_turn_sync([call])
+        assert call.error and call.retrieved_doc_ids == []
+    assert "no partition 'w9'" in ToolExecutor({"search": SearchTool(BM25Retriever(documents), topk=1)}) \
+        .run_turn_sync([ToolCall("search", {"query": "Alpha"}, corpus_partition="w9")])[0].error
