@@ -54,7 +54,7 @@ class TinyModelConfig:
     num_key_value_heads: int = 2  # key/value heads (grouped-query attention)
     intermediate_size: int = 512  # MLP width
     max_position_embeddings: int = 2048  # longest context the tiny model supports
-    vocab_size: int = 4096  # target size of the locally trained tokenizer
+    vocab_size: int = 8192  # target size of the locally trained tokenizer (room for every name word as one token)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from data.types import Question
+from data.world import name_lexicon
 from rl.config import ExperimentConfig
 from rl.app.modeling import create_tiny_checkpoint
 from rollouts.model_loading import load_model_and_tokenizer, local_model_folder, set_offline_mode
@@ -53,17 +54,26 @@ logger = logging.getLogger(__name__)
 SFT_LOG_FILE_NAME = "sft_log.jsonl"
 SFT_SUMMARY_FILE_NAME = "sft_summary.json"
 BASE_MODEL_SUBDIR = "base"
+LEXICON_REPEATS = 20  # copies of the name lexicon in the tokenizer's training texts
 WARMUP_FRACTION = 0.05  # share of sft.max_steps spent warming the learning rate up
 
 
 def world_texts(world: Any) -> list[str]:
-    """The texts the tiny model's tokenizer is trained on: corpus, questions, gold sub-questions, answers."""
-    texts = [document["contents"] for document in world.documents]
-    for questions in world.splits.values():
-        for question in questions:
-            texts.append(question.question)
-            texts.extend(question.sub_questions)
-            texts.extend(question.answers)
+    """The texts the tiny model's tokenizer is fitted on: the training questions (with their gold
+    sub-questions and answers) and the passages they cite. Test entities that no training question asks
+    about are then split into tokens the way a freshly generated world's would be."""
+    documents = {document["id"]: document["contents"] for document in world.documents}
+    texts, cited = [], set()
+    for question in world.splits["train"]:
+        texts.append(question.question)
+        texts.extend(question.sub_questions)
+        texts.extend(question.answers)
+        cited.update(question.supporting_doc_ids)
+    texts.extend(documents[doc_id] for doc_id in sorted(cited) if doc_id in documents)
+    # Every word a generated name can contain, often enough that each becomes one token (given the vocabulary
+    # room, model.tiny.vocab_size): a name in any world, this one's test split or a fresh seed's, is then
+    # a few whole tokens the policy copies, never pieces it has not seen together.
+    texts.extend([" " + " ".join(name_lexicon().words())] * LEXICON_REPEATS)
     return texts
 
 

@@ -225,8 +225,8 @@ GOLDEN_CALLS = [
                                                ("parallel", 2, "sequential"), ("sequential", 2, "sequential")]),
     ("tags", {"max_context_tokens": 400}, [("parallel", 3, "parallel"),  # dropped: the observation overflows
                                            ("parallel", 2, "sequential"), ("single", 1, "sequential")]),
-    ("tags", {"max_context_tokens": 368}, [("parallel", 2, "sequential")]),  # dropped: no room for the answer turn
-    ("tags", {"max_context_tokens": 369}, [("parallel", 2, "sequential")]),  # the answer turn fills the context
+    ("tags", {"max_context_tokens": 351}, [("parallel", 2, "sequential")]),  # dropped: no room for the answer turn
+    ("tags", {"max_context_tokens": 352}, [("parallel", 2, "sequential")]),  # the answer turn fills the context
     ("tags", {"max_observation_tokens": 24}, [("parallel", 3, "parallel"), ("sequential", 2, "sequential")]),
     ("function_call", {"max_new_tokens_per_turn": 128}, [("parallel", 2, "parallel"),
                                                          ("sequential", 2, "sequential")]),

@@ -53,11 +53,12 @@ def test_tiny_model_round_trips_and_generates(tmp_path, tokenizer):
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     assert loaded_tokenizer.encode("Varlo ## <answer>") == tokenizer.encode("Varlo ## <answer>")
-    # The saved tokenizer is loaded as trained: a frequent year stays one token (a Qwen2 pre-tokenizer
-    # substituted at load time would split it into four digits).
+    # The saved tokenizer is loaded as trained: a year is two tokens of two digits each (a Qwen2
+    # pre-tokenizer substituted at load time would split it into four digits).
     sentence = "Varlo Tenmis was born in 1873 in Quenbridge."
     assert loaded_tokenizer.encode(sentence) == tokenizer.encode(sentence)
-    assert "Ġ1873" in loaded_tokenizer.convert_ids_to_tokens(loaded_tokenizer.encode(sentence))
+    tokens = loaded_tokenizer.convert_ids_to_tokens(loaded_tokenizer.encode(sentence))
+    assert tokens[tokens.index("Ġin") + 1:][:2] == ["Ġ18", "73"]
     assert loaded_tokenizer.padding_side == "left"
     prompt = torch.tensor([tokenizer.encode("Varlo Tenmis", add_special_tokens=False)])
     first = loaded.generate(prompt, max_new_tokens=6, do_sample=False)

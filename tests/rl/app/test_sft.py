@@ -182,3 +182,24 @@ def test_warm_start_from_question_files_and_a_corpus_file(tmp_path, tiny_world, 
     summary = json.loads((sft_dir / "sft_summary.json").read_text())
     assert summary["steps"] == 2 and summary["num_trajectories"] == 12  # every question was demonstrated
     assert len(load_tokenizer(sft_dir)) == len(load_tokenizer(config.run_dir / "base"))
+
+
+def test_the_tiny_tokenizer_holds_every_name_word_whole_and_splits_a_fresh_worlds_names_the_same_way():
+    from data.config import WorldConfig
+    from data.world import generate_world, name_lexicon
+    from rl.app.modeling import build_tokenizer
+    from rl.app.sft import world_texts
+
+    world = generate_world(WorldConfig(seed=0, num_entities_per_kind=20, num_train=100, num_validation=10,
+                                       num_test=10, train_worlds=2))
+    tokenizer = build_tokenizer(world_texts(world), TinyModelConfig().vocab_size)
+    words = name_lexicon().words()
+    assert all(len(tokenizer.tokenize(" " + word)) == 1 for word in words)
+    fresh = generate_world(WorldConfig(seed=9, num_entities_per_kind=20, num_train=10, num_validation=10,
+                                       num_test=10))
+    for entity in fresh.entities:  # a name of a world the tokenizer never saw: one token per word
+        assert len(tokenizer.tokenize(" " + entity.name)) == len(entity.name.split()), entity.name
+    # fitted on training data only: the test split's passages are not in its texts
+    texts = set(world_texts(world))
+    test_doc_ids = {doc_id for question in world.splits["test"] for doc_id in question.supporting_doc_ids}
+    assert not any(document["contents"] in texts for document in world.documents if document["id"] in test_doc_ids)
