@@ -210,8 +210,13 @@ def _warm_start(config: ExperimentConfig, source: Any) -> Path:
     of N ranks that the other ranks never join."""
     from rl.app.sft import ensure_warm_start
 
-    if world_size() == 1 or not config.sft.enabled:
+    if not config.sft.enabled:
         return ensure_warm_start(config, source)
+    if world_size() == 1:
+        # Alone, the one-process group is already up; without the launcher's variables Accelerate trains
+        # the model as is instead of wrapping it in a one-rank DDP that all-reduces every gradient.
+        with without_distributed_environment():
+            return ensure_warm_start(config, source)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
