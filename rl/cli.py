@@ -86,8 +86,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rl.app.registries import load_experiment
     from rl.app.evaluate import evaluate_command
 
-    return evaluate_command(load_experiment(args.config, args.overrides), checkpoint=args.checkpoint, out=args.out,
-                            compare=args.compare, group_by=args.group_by)
+    config, out = load_experiment(args.config, args.overrides), args.out
+    if args.fresh_world is not None:
+        from rl.app.evaluate import use_fresh_world
+
+        out = out or str(use_fresh_world(config, args.fresh_world).with_suffix(".eval.json"))
+    return evaluate_command(config, checkpoint=args.checkpoint, out=out, compare=args.compare, group_by=args.group_by)
 
 
 def _cmd_build_world(args: argparse.Namespace) -> int:
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--group-by", default="structure", metavar="KEY",
                           help="table rows: 'structure' (parallel/sequential/single, the default) or 'hops' "
                                "(structure and number of gold sub-questions, e.g. parallel/2)")
+    evaluate.add_argument("--fresh-world", type=int, metavar="SEED",
+                          help="evaluate on the test split of a world generated with this seed (names and facts "
+                               "never seen in training), cached in <run_dir>/world-seed<SEED>")
     evaluate.set_defaults(handler=_cmd_eval)
 
     data = commands.add_parser("data", help="data tools")

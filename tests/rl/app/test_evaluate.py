@@ -9,7 +9,7 @@ import pytest
 
 from data.types import Question
 from rl.cli import main as cli_main
-from rl.config import ConfigError, load_config
+from rl.config import ConfigError, ExperimentConfig, load_config
 from rl.app.evaluate import (
     METRIC_NAMES,
     compare_table,
@@ -479,3 +479,19 @@ def test_eval_every_steps_with_files_needs_validation_files(capsys):
     assert "key 'eval.every_steps'" in error and "needs data.validation_files" in error
     assert cli_main(["config", "show", QUICKSTART, *files, "eval.every_steps=5",
                      "data.validation_files.nq=/data/nq_dev.jsonl"]) == 0
+
+
+def test_fresh_world_points_the_config_at_another_seeds_world_beside_the_run_and_refuses_the_runs_own():
+    from rl.app.evaluate import use_fresh_world
+
+    config = ExperimentConfig()
+    config.experiment.output_dir, config.experiment.name = "/tmp/runs", "reader"
+    config.data.world.seed, config.data.world.train_worlds = 0, 8
+    folder = use_fresh_world(config, 7)
+    assert folder == Path("/tmp/runs/reader/world-seed7") == Path(config.data.world_dir)
+    assert (config.data.world.seed, config.data.world.train_worlds) == (7, 0)
+    with pytest.raises(ConfigError, match="own world seed"):
+        use_fresh_world(config, 7)
+    config.data.source = "files"
+    with pytest.raises(ConfigError, match="data.source=world"):
+        use_fresh_world(config, 3)
