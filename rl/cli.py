@@ -84,9 +84,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rl.app.registries import load_experiment
-    from rl.app.evaluate import evaluate_command
+    from rl.app.evaluate import evaluate_command, search_budget_overrides
 
-    return evaluate_command(load_experiment(args.config, args.overrides), checkpoint=args.checkpoint, out=args.out,
+    overrides = search_budget_overrides(args.overrides, args.search_budget)
+    return evaluate_command(load_experiment(args.config, overrides), checkpoint=args.checkpoint, out=args.out,
                             compare=args.compare, group_by=args.group_by)
 
 
@@ -137,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate two checkpoints side by side")
     evaluate.add_argument("--group-by", default="structure", metavar="KEY",
                           help="table rows: 'structure' (parallel/sequential/single, the default) or 'hops' "
-                               "(structure and number of gold sub-questions, e.g. parallel/2)")
+                               "(the structure rows plus one per structure and number of gold sub-questions, "
+                               "e.g. parallel/2)")
+    evaluate.add_argument("--search-budget", type=int, default=None, metavar="N",
+                          help="at most N search rounds per question, then one forced-answer round "
+                               "(= rollout.max_turns=N; default: the config's rollout.max_turns)")
     evaluate.set_defaults(handler=_cmd_eval)
 
     data = commands.add_parser("data", help="data tools")
