@@ -192,7 +192,7 @@ def summarize(
         for group in group_of(trajectory.question):
             by_group.setdefault(group, []).append(figures)
         everything.append(figures)
-    summary = {group: aggregate(by_group[group]) for group in _ordered(by_group)}
+    summary = {group: aggregate(by_group[group]) for group in ordered_groups(by_group)}
     summary["all"] = aggregate(everything)
     return {dataset_name: summary}
 
@@ -211,7 +211,7 @@ def format_table(results: dict) -> str:
               + " | EM 95% CI |")
     lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 3)]
     for dataset, by_structure in results.items():
-        for structure in _ordered(by_structure):
+        for structure in ordered_groups(by_structure):
             figures = by_structure[structure]
             cells = " | ".join(_format_number(name, figures[name]) for name in METRIC_NAMES)
             lines.append(f"| {dataset} | {structure} | {cells} | {format_interval(figures.get(INTERVAL_NAME))} |")
@@ -228,7 +228,7 @@ def compare_table(results_a: dict, results_b: dict) -> str:
     lines = ["| dataset | structure | metric | A | B | B ÷ A |", "|---|---|---|---|---|---|"]
     for dataset, by_structure_a in results_a.items():
         by_structure_b = results_b.get(dataset, {})
-        for structure in _ordered(by_structure_a):
+        for structure in ordered_groups(by_structure_a):
             if structure not in by_structure_b:
                 continue
             for name in METRIC_NAMES:
@@ -242,7 +242,7 @@ def compare_table(results_a: dict, results_b: dict) -> str:
     return "\n".join(lines)
 
 
-def _ordered(by_group: dict) -> list[str]:
+def ordered_groups(by_group: dict) -> list[str]:
     """Structures in STRUCTURE_ORDER, each followed by its "<structure>/<hops>" rows (numbers ascending,
     "unknown" last), then any other group sorted, then "all"."""
 
