@@ -141,7 +141,9 @@ def wilson_interval(successes: float, count: int, z: float = Z_95) -> list[float
     denominator = 1 + z * z / count
     centre = (proportion + z * z / (2 * count)) / denominator
     half_width = z * math.sqrt(proportion * (1 - proportion) / count + z * z / (4 * count * count)) / denominator
-    return [max(0.0, centre - half_width), min(1.0, centre + half_width)]
+    low = 0.0 if successes <= 0 else max(0.0, centre - half_width)  # exact at the ends (no rounding residue)
+    high = 1.0 if successes >= count else min(1.0, centre + half_width)
+    return [low, high]
 
 
 def aggregate(per_question: list[dict[str, float]]) -> dict[str, float]:

@@ -186,7 +186,8 @@ def test_summarize_matches_hand_computed_figures(handcrafted):
 def test_wilson_interval_edges():
     assert wilson_interval(0, 0) == [0.0, 1.0]  # no questions: no information
     low, high = wilson_interval(10, 10)
-    assert high == pytest.approx(1.0) and low == pytest.approx(0.7225, abs=1e-4)  # all right leaves room below
+    assert high == 1.0 and low == pytest.approx(0.7225, abs=1e-4)  # all right still leaves room below
+    assert wilson_interval(0, 3)[0] == 0.0
     low, high = wilson_interval(150, 300)
     assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(2 * 0.0563, abs=2e-4)
 
