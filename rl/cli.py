@@ -84,9 +84,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rl.app.registries import load_experiment
-    from rl.app.evaluate import evaluate_command
+    from rl.app.evaluate import evaluate_command, search_budget_overrides
 
-    config, out = load_experiment(args.config, args.overrides), args.out
+    config = load_experiment(args.config, search_budget_overrides(args.overrides, args.search_budget))
+    out = args.out
     if args.fresh_world is not None:
         from rl.app.evaluate import use_fresh_world
 
@@ -116,7 +117,7 @@ def _cmd_serve_retriever(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from rl.bench import run_suite
 
-    run_suite(args.suite, quick=args.quick)
+    run_suite(args.suite, quick=args.quick, overrides=args.overrides)
     return 0
 
 
@@ -141,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate two checkpoints side by side")
     evaluate.add_argument("--group-by", default="structure", metavar="KEY",
                           help="table rows: 'structure' (parallel/sequential/single, the default) or 'hops' "
-                               "(structure and number of gold sub-questions, e.g. parallel/2)")
+                               "(the structure rows plus one per structure and number of gold sub-questions, "
+                               "e.g. parallel/2)")
+    evaluate.add_argument("--search-budget", type=int, default=None, metavar="N",
+                          help="at most N search rounds per question, then one forced-answer round "
+                               "(= rollout.max_turns=N; default: the config's rollout.max_turns)")
     evaluate.add_argument("--fresh-world", type=int, metavar="SEED",
                           help="evaluate on the test split of a world generated with this seed (names and facts "
                                "never seen in training), cached in <run_dir>/world-seed<SEED>")
@@ -167,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks; the last printed line is a JSON object of figures")
     bench.add_argument("suite", choices=SUITES.names(), help="the suite to run: %(choices)s")
     bench.add_argument("--quick", action="store_true", help="a tiny setting (used by the test suite)")
+    bench.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides for the suites that take them (learn), after the suite's own")
     bench.set_defaults(handler=_cmd_bench)
 
     config = commands.add_parser("config", help="inspect configurations")

@@ -25,6 +25,7 @@ OWN_SCRIPTS = [
     "retriever_server.sh",
     "bench.sh",
     "compare_fanout_sequential.sh",
+    "fanout_grid.sh",
 ]
 
 
@@ -323,3 +324,80 @@ def test_comparison_trains_both_policies_from_one_warm_start_and_compares_them()
     assert plot[5:] == ["fanout=/tmp/cmp/fanout/metrics.jsonl", "sequential=/tmp/cmp/sequential/metrics.jsonl"]
     assert summary[:5] == ["python", "-m", "rl.app.plots", "--summary", "10"] and summary[5:] == plot[5:]
     assert compare_hops[:-2] == compare[:-2] + ["--group-by", "hops"]
+
+
+def test_grid_trains_both_policies_per_seed_from_that_seed_s_warm_start_and_evaluates_every_budget():
+    commands = printed_commands("fanout_grid.sh", "--out", "/tmp/grid", "--seeds", "0 1", "--budgets", "2 6",
+                                "grpo.total_steps=5", "rollout.max_turns=3")
+    assert len(commands) == 2 * (2 + 2 * 2) + 1  # per seed: 2 trainings, 2 budgets x 2 policies; the aggregation
+    for seed, block in ((0, commands[0:6]), (1, commands[6:12])):
+        fanout_train, sequential_train, *evals = block
+        assert fanout_train[:3] == ["fanout", "train", "configs/quickstart.yaml"]
+        assert sequential_train[:3] == ["fanout", "train", "configs/sequential_baseline.yaml"]
+        for train in (fanout_train, sequential_train):
+            assert f"experiment.seed={seed}" in train and "data.world_dir=/tmp/grid/world" in train
+            assert "grpo.total_steps=5" in train and train[-1] == "rollout.max_turns=3"  # the training budget
+        assert f"model.path=/tmp/grid/fanout-s{seed}/sft" in sequential_train and "sft.enabled=false" in sequential_train
+        assert [(e[2], e[e.index("--search-budget") + 1], e[e.index("--out") + 1]) for e in evals] == [
+            ("configs/quickstart.yaml", "2", f"/tmp/grid/eval/fanout/seed{seed}/budget2.json"),
+            ("configs/sequential_baseline.yaml", "2", f"/tmp/grid/eval/sequential/seed{seed}/budget2.json"),
+            ("configs/quickstart.yaml", "6", f"/tmp/grid/eval/fanout/seed{seed}/budget6.json"),
+            ("configs/sequential_baseline.yaml", "6", f"/tmp/grid/eval/sequential/seed{seed}/budget6.json"),
+        ]
+        for evaluation in evals:
+            policy = "fanout" if "quickstart" in evaluation[2] else "sequential"
+            assert evaluation[evaluation.index("--checkpoint") + 1] == f"/tmp/grid/{policy}-s{seed}"
+            assert "--group-by" in evaluation and evaluation[evaluation.index("--group-by") + 1] == "hops"
+            assert "data.world_dir=/tmp/grid/world" in evaluation and "grpo.total_steps=5" in evaluation
+            assert not any(word.startswith("rollout.max_turns=") for word in evaluation)  # --search-budget is it
+    assert commands[-1] == ["python", "-m", "rl.app.grid", "/tmp/grid/eval", "--out", "/tmp/grid/grid"]
+    eval_only = printed_commands("fanout_grid.sh", "--eval-only", "--seeds", "2", "--budgets", "4")
+    assert [command[:2] for command in eval_only] == [["fanout", "eval"]] * 2 + [["python", "-m"]]
+
+
+@pytest.mark.parametrize("arguments", [("--seeds", "0 x"), ("--budgets", ""), ("--colour", "red")])
+def test_grid_rejects_bad_lists_and_options(arguments):
+    result = run_script("fanout_grid.sh", "--dry-run", *arguments)
+    assert result.returncode == 2 and "fanout_grid.sh:" in result.stderr
+
+
+TINY_GRID = [
+    "data.world.num_entities_per_kind=12", "data.world.num_train=60", "data.world.num_validation=6",
+    "data.world.num_test=12", "model.tiny.hidden_size=32", "model.tiny.num_hidden_layers=1",
+    "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1", "model.tiny.intermediate_size=64",
+    "model.tiny.vocab_size=512", "sft.num_trajectories=40", "sft.max_steps=10", "sft.batch_size=8",
+    "grpo.total_steps=1", "rollout.questions_per_step=2", "rollout.group_size=2",
+    "rollout.max_new_tokens_per_turn=12", "rollout.max_context_tokens=512", "eval.num_questions=8",
+    "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.plots=false",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_grid_end_to_end_on_a_tiny_config(tmp_path):
+    """Two seeds x two budgets on a micro model: every eval file, and a grid whose cells hold both policies.
+
+    4 trainings and 8 evaluations, each a fresh process: about 4 minutes on 2 idle cores, far more on a loaded
+    machine (hence the timeout)."""
+    from rl.bench.common import DISTRIBUTED_VARIABLES
+
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in DISTRIBUTED_VARIABLES and not key.startswith("SLURM_")}
+    environment.update(WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    result = subprocess.run(["bash", str(SCRIPTS / "fanout_grid.sh"), "--out", str(tmp_path), "--seeds", "0 1",
+                             "--budgets", "1 2", *TINY_GRID],
+                            capture_output=True, text=True, timeout=3500, cwd=ROOT, env=environment)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for policy in ("fanout", "sequential"):
+        for seed in (0, 1):
+            for budget in (1, 2):
+                results = json.loads((tmp_path / "eval" / policy / f"seed{seed}" / f"budget{budget}.json").read_text())
+                assert results["world"]["all"]["n"] == 8
+                assert results["world"]["all"]["model_calls"] <= budget + 1  # N search rounds + the answer round
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    assert grid["seeds"] == [0, 1] and grid["budgets"] == [1, 2] and grid["policies"] == ["fanout", "sequential"]
+    overall = grid["cells"]["world"]["2"]["all"]
+    assert overall["n"] == 8 and overall["policies"]["fanout"]["seeds"] == 2 and overall["difference"]["seeds"] == 2
+    assert any("/" in group for group in grid["cells"]["world"]["1"])  # the hops rows
+    assert (tmp_path / "grid.md").read_text().startswith("| dataset | budget | group | n |")
+    assert (tmp_path / "sequential-s1" / "config.yaml").read_text().count(f"{tmp_path}/fanout-s1/sft") == 1

@@ -7,7 +7,12 @@ prints a Markdown table and writes the contract JSON
 
     {"<dataset>": {"parallel"|"sequential"|"single"|"all":
                       {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s",
-                       "format_valid"}}}
+                       "format_valid", "em_ci95"}}}
+
+`--group-by hops` keeps those rows and adds one per structure and number of gold sub-questions,
+`"<structure>/<len(sub_questions)>"` ("parallel/2" = two-entity comparisons, "sequential/3" = 3-hop chains,
+"single/1"; "<structure>/unknown" for a question without gold sub-questions), each with the same figures.
+`--search-budget N` evaluates under a budget of N search rounds (the same as `rollout.max_turns=N`, below).
 
 Definitions (per question, then averaged over the questions of a structure):
   em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
@@ -16,9 +21,18 @@ Definitions (per question, then averaged over the questions of a structure):
                      them; questions run in batches of eval.batch_questions, by default
                      rollout.questions_per_step x group_size, so a batched figure includes waiting
                      for the batch's other episodes: eval.batch_questions=1 times each question alone);
-  format_valid       1 if the response follows the agent protocol (the reward package's validator).
+  format_valid       1 if the response follows the agent protocol (the reward package's validator);
+  em_ci95            [low, high]: the 95% Wilson score interval of the EM proportion over the row's questions
+                     (per-question EM is 0 or 1). It covers the question sample only: a policy trained with
+                     another seed moves by more (scripts/fanout_grid.sh intervals over seeds).
   subqueries_per_round is a ratio of totals: all tool calls ÷ all rounds that made at least one call,
   so a model that fans out 3 sub-queries in one round scores 3 and a strictly sequential one scores 1.
+
+Search budget: `rollout.max_turns` = N allows N search rounds (model calls whose searches are run), then
+one forced-answer round, whose observation cue asks for the answer and in which a search is an invalid
+turn (no answer, EM 0). An episode therefore makes at most N + 1 model calls, and may answer earlier.
+This is how Search-R1 and ParallelSearch count `max_turns` (search turns, then one final generation
+without search), so their "budget of 4 turns" is `--search-budget 4`, the quickstart's setting.
 
 Simplifications on purpose: evaluation runs in this process (no Ray actors) with the engine named in
 `rollout.engine`; with several eval datasets the model is loaded once and the datasets run in turn.
@@ -31,12 +45,14 @@ driver holds one more engine for it, loaded with the trainer's weights at each e
     fanout eval configs/quickstart.yaml                       # the run's latest checkpoint
     fanout eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/checkpoint-60
     fanout eval configs/quickstart.yaml --compare runs/sync runs/async     # latest checkpoint of each run
-    fanout eval configs/quickstart.yaml --group-by hops     # rows per structure and number of sub-questions
+    fanout eval configs/quickstart.yaml --group-by hops     # rows per structure and number of sub-questions too
+    fanout eval configs/quickstart.yaml --search-budget 2   # at most 2 search rounds, then the answer
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -54,11 +70,21 @@ METRIC_NAMES = (
     "format_valid",
 )
 STRUCTURE_ORDER = ("parallel", "sequential", "single", "all")
-# `--group-by`: the row key of a question. "hops" splits each structure by its number of gold
-# sub-questions ("parallel/2" = two-entity comparisons, "sequential/3" = 3-hop chains).
+INTERVAL_NAME = "em_ci95"  # [low, high] of each row, next to the METRIC_NAMES figures
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def hops_key(question) -> str:
+    """"<structure>/<number of gold sub-questions>", e.g. "parallel/3"; "<structure>/unknown" without any."""
+    count = len(question.sub_questions)
+    return f"{question.structure}/{count if count else 'unknown'}"
+
+
+# `--group-by`: the row keys a question counts in (besides "all"). "structure" is the contract; "hops" adds,
+# per structure, a row per number of gold sub-questions.
 GROUPINGS: dict[str, Callable] = {
-    "structure": lambda question: question.structure,
-    "hops": lambda question: f"{question.structure}/{max(len(question.sub_questions), 1)}",
+    "structure": lambda question: [question.structure],
+    "hops": lambda question: [question.structure, hops_key(question)],
 }
 _COLUMN_TITLES = {
     "n": "n",
@@ -104,11 +130,28 @@ def question_figures(
     }
 
 
+def wilson_interval(successes: float, count: int, z: float = Z_95) -> list[float]:
+    """[low, high]: the Wilson score interval of a proportion successes/count ([0, 1] when count is 0).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or count successes.
+    """
+    if count == 0:
+        return [0.0, 1.0]
+    proportion = successes / count
+    denominator = 1 + z * z / count
+    centre = (proportion + z * z / (2 * count)) / denominator
+    half_width = z * math.sqrt(proportion * (1 - proportion) / count + z * z / (4 * count * count)) / denominator
+    low = 0.0 if successes <= 0 else max(0.0, centre - half_width)  # exact at the ends (no rounding residue)
+    high = 1.0 if successes >= count else min(1.0, centre + half_width)
+    return [low, high]
+
+
 def aggregate(per_question: list[dict[str, float]]) -> dict[str, float]:
-    """Means over questions; sub-queries per round pooled as total calls ÷ total rounds with calls."""
+    """Means over questions; sub-queries per round pooled as total calls ÷ total rounds with calls; the EM
+    interval (wilson_interval over the questions)."""
     count = len(per_question)
     if count == 0:
-        return {name: 0.0 for name in METRIC_NAMES} | {"n": 0}
+        return {name: 0.0 for name in METRIC_NAMES} | {"n": 0, INTERVAL_NAME: wilson_interval(0, 0)}
 
     def mean(name: str) -> float:
         return sum(figures[name] for figures in per_question) / count
@@ -124,6 +167,7 @@ def aggregate(per_question: list[dict[str, float]]) -> dict[str, float]:
         "subqueries_per_round": total_calls / total_rounds if total_rounds else 0.0,
         "latency_s": mean("latency_s"),
         "format_valid": mean("format_valid"),
+        INTERVAL_NAME: wilson_interval(sum(figures["em"] for figures in per_question), count),
     }
 
 
@@ -135,8 +179,9 @@ def summarize(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """`{dataset_name: {group | "all": figures}}` for one greedy trajectory per question.
 
-    Groups are question structures (the contract), or another key of GROUPINGS. Only the groups present
-    appear: structures in the order parallel, sequential, single, other groups sorted, then "all".
+    Groups are question structures (the contract), plus structure/hops rows with group_by="hops" (GROUPINGS).
+    Only the groups present appear: each structure (parallel, sequential, single) followed by its
+    structure/hops rows in the order of their number, other groups sorted, then "all".
     """
     if group_by not in GROUPINGS:
         raise ConfigError(f"--group-by {group_by!r} is not one of {', '.join(GROUPINGS)}")
@@ -146,9 +191,10 @@ def summarize(
     everything = []
     for trajectory in trajectories:
         figures = question_figures(trajectory, validator)
-        by_group.setdefault(group_of(trajectory.question), []).append(figures)
+        for group in group_of(trajectory.question):
+            by_group.setdefault(group, []).append(figures)
         everything.append(figures)
-    summary = {group: aggregate(by_group[group]) for group in _ordered(by_group)}
+    summary = {group: aggregate(by_group[group]) for group in ordered_groups(by_group)}
     summary["all"] = aggregate(everything)
     return {dataset_name: summary}
 
@@ -157,15 +203,20 @@ def _format_number(name: str, value: float) -> str:
     return str(int(value)) if name == "n" else f"{value:.3f}"
 
 
+def format_interval(interval: list[float] | None) -> str:
+    return "—" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
 def format_table(results: dict) -> str:
-    """Markdown table: one row per dataset and structure, one column per metric."""
-    header = "| dataset | structure | " + " | ".join(_COLUMN_TITLES[name] for name in METRIC_NAMES) + " |"
-    lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 2)]
+    """Markdown table: one row per dataset and group, one column per metric, then the EM interval."""
+    header = ("| dataset | structure | " + " | ".join(_COLUMN_TITLES[name] for name in METRIC_NAMES)
+              + " | EM 95% CI |")
+    lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 3)]
     for dataset, by_structure in results.items():
-        for structure in _ordered(by_structure):
+        for structure in ordered_groups(by_structure):
             figures = by_structure[structure]
             cells = " | ".join(_format_number(name, figures[name]) for name in METRIC_NAMES)
-            lines.append(f"| {dataset} | {structure} | {cells} |")
+            lines.append(f"| {dataset} | {structure} | {cells} | {format_interval(figures.get(INTERVAL_NAME))} |")
     return "\n".join(lines)
 
 
@@ -179,7 +230,7 @@ def compare_table(results_a: dict, results_b: dict) -> str:
     lines = ["| dataset | structure | metric | A | B | B ÷ A |", "|---|---|---|---|---|---|"]
     for dataset, by_structure_a in results_a.items():
         by_structure_b = results_b.get(dataset, {})
-        for structure in _ordered(by_structure_a):
+        for structure in ordered_groups(by_structure_a):
             if structure not in by_structure_b:
                 continue
             for name in METRIC_NAMES:
@@ -193,10 +244,21 @@ def compare_table(results_a: dict, results_b: dict) -> str:
     return "\n".join(lines)
 
 
-def _ordered(by_group: dict) -> list[str]:
-    known = [group for group in STRUCTURE_ORDER if group in by_group and group != "all"]
-    others = sorted(group for group in by_group if group not in STRUCTURE_ORDER)
-    return known + others + (["all"] if "all" in by_group else [])
+def ordered_groups(by_group: dict) -> list[str]:
+    """Structures in STRUCTURE_ORDER, each followed by its "<structure>/<hops>" rows (numbers ascending,
+    "unknown" last), then any other group sorted, then "all"."""
+
+    def hops_order(group: str) -> tuple[int, str]:
+        hops = group.split("/", 1)[1]
+        return (int(hops), "") if hops.isdigit() else (10**9, hops)
+
+    ordered = []
+    for structure in STRUCTURE_ORDER[:-1]:
+        if structure in by_group:
+            ordered.append(structure)
+        ordered.extend(sorted((group for group in by_group if group.startswith(f"{structure}/")), key=hops_order))
+    ordered.extend(sorted(group for group in by_group if group not in ordered and group != "all"))
+    return ordered + (["all"] if "all" in by_group else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,11 +420,18 @@ def evaluate(
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
-    """{"<prefix>/<dataset>/<structure>/<figure>": value} for a metrics row."""
-    return {f"{prefix}/{dataset}/{structure}/{name}": value
-            for dataset, by_structure in results.items()
-            for structure, figures in by_structure.items()
-            for name, value in figures.items()}
+    """{"<prefix>/<dataset>/<structure>/<figure>": value} for a metrics row; the EM interval as
+    `.../em_ci95_low` and `.../em_ci95_high`."""
+    flat = {}
+    for dataset, by_structure in results.items():
+        for structure, figures in by_structure.items():
+            for name, value in figures.items():
+                key = f"{prefix}/{dataset}/{structure}/{name}"
+                if isinstance(value, (list, tuple)):
+                    flat[f"{key}_low"], flat[f"{key}_high"] = value
+                else:
+                    flat[key] = value
+    return flat
 
 
 def load_validation_questions(config: ExperimentConfig) -> dict[str, list]:
@@ -411,6 +480,32 @@ class PeriodicEvaluator:
         return {**flat_metrics(results, prefix="eval/validation"), "perf/eval_s": time.perf_counter() - started}
 
 
+def search_budget_overrides(overrides: list[str], search_budget: int | None) -> list[str]:
+    """The overrides with `rollout.max_turns=<search_budget>` appended (`--search-budget N`).
+
+    Raises ConfigError when the overrides already set rollout.max_turns to another value: two budgets on
+    one command line is a mistake, not a precedence question.
+    """
+    if search_budget is None:
+        return list(overrides)
+    if search_budget < 1:
+        raise ConfigError(f"--search-budget {search_budget}: a budget is at least 1 search round")
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.strip() == "rollout.max_turns" and value.strip() != str(search_budget):
+            raise ConfigError(
+                f"--search-budget {search_budget} contradicts the override '{override}': "
+                "pass one of them (--search-budget N is rollout.max_turns=N)"
+            )
+    return [*overrides, f"rollout.max_turns={search_budget}"]
+
+
+def budget_line(config: ExperimentConfig) -> str:
+    turns = config.rollout.max_turns
+    return (f"search budget: {turns} search round{'s' if turns != 1 else ''} + 1 forced-answer round "
+            f"(rollout.max_turns={turns})")
+
+
 def write_results(results: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -431,6 +526,7 @@ def evaluate_command(
     if compare:
         path_a, path_b = (resolve_model_path(config, path) for path in compare)
         results_a, results_b = (evaluate(config, path, group_by=group_by) for path in (path_a, path_b))
+        print(budget_line(config))
         print(compare_table(results_a, results_b))
         written = write_results(
             {"checkpoints": {"A": compare[0], "B": compare[1]}, "A": results_a, "B": results_b},
@@ -438,6 +534,7 @@ def evaluate_command(
         )
     else:
         results = evaluate(config, resolve_model_path(config, checkpoint), group_by=group_by)
+        print(budget_line(config))
         print(format_table(results))
         written = write_results(results, out or config.run_dir / "eval.json")
     print(f"wrote {written}")

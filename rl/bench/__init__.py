@@ -1,6 +1,8 @@
 """Benchmark suites: `fanout bench SUITE [--quick]`.
 
-Each suite is a module in this package exposing `run(quick: bool) -> dict` and registered in SUITES.
+Each suite is a module in this package exposing `run(quick: bool) -> dict` and registered in SUITES; a
+suite whose `run` also takes `overrides` accepts `key=value` config overrides on the command line
+(`fanout bench learn grpo.total_steps=120`), the others refuse them.
 It prints a human-readable table while it runs; `run_suite` prints, as the last line, one JSON object
 `{"suite": NAME, ...figures}` (the contract in docs/BENCHMARKS.md). `--quick` is a tiny setting used by
 the test suite to check that the suite runs and its figures are well formed; real figures come from a
@@ -10,7 +12,9 @@ run without it. Benchmarks measure ratios side by side in one run, never absolut
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+from typing import Sequence
 
 from data.registry import Registry
 
@@ -31,9 +35,10 @@ register_suite("memory", "rl.bench.memory")
 register_suite("scaling", "rl.bench.scaling")
 register_suite("retriever", "rl.bench.retriever_load")
 register_suite("dp", "rl.bench.dp")
+register_suite("learn", "rl.bench.learn")
 
 
-def run_suite(name: str, quick: bool = False) -> dict:
+def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = ()) -> dict:
     if name not in SUITES:
         from rl.config import ConfigError
 
@@ -44,7 +49,14 @@ def run_suite(name: str, quick: bool = False) -> dict:
         from rl.config import ConfigError
 
         raise ConfigError(f"benchmark suite {name!r} is not implemented yet ({error})") from None
-    figures = module.run(quick=quick)
+    if "overrides" in inspect.signature(module.run).parameters:
+        figures = module.run(quick=quick, overrides=list(overrides))
+    elif overrides:
+        from rl.config import ConfigError
+
+        raise ConfigError(f"benchmark suite {name!r} takes no key=value overrides (got {' '.join(overrides)})")
+    else:
+        figures = module.run(quick=quick)
     result = {"suite": name, **figures}
     print(json.dumps(result), flush=True)
     return result

@@ -14,9 +14,12 @@ from rl.app.evaluate import (
     METRIC_NAMES,
     compare_table,
     evaluate_command,
+    flat_metrics,
     format_table,
     resolve_model_path,
+    search_budget_overrides,
     summarize,
+    wilson_interval,
 )
 from data.trajectory import ToolCall, Trajectory, Turn
 
@@ -170,10 +173,60 @@ def test_summarize_matches_hand_computed_figures(handcrafted):
     assert list(results["world"]) == ["parallel", "sequential", "single", "all"]
     for structure, expected in EXPECTED.items():
         figures = results["world"][structure]
-        assert set(figures) == set(METRIC_NAMES)
+        assert set(figures) == set(METRIC_NAMES) | {"em_ci95"}
         for name, value in expected.items():
             assert figures[name] == pytest.approx(value), (structure, name)
+    # Wilson 95% intervals, textbook values: 1 of 2 -> 0.0945-0.9055, 2 of 5 -> 0.1176-0.7693, 0 of 1 -> 0-0.7935
+    assert results["world"]["parallel"]["em_ci95"] == pytest.approx([0.0945, 0.9055], abs=1e-4)
+    assert results["world"]["all"]["em_ci95"] == pytest.approx([0.1176, 0.7693], abs=1e-4)
+    assert results["world"]["single"]["em_ci95"] == pytest.approx([0.0, 0.7935], abs=1e-4)
     assert json.loads(json.dumps(results)) == results  # the contract JSON round-trips
+
+
+def test_wilson_interval_edges():
+    assert wilson_interval(0, 0) == [0.0, 1.0]  # no questions: no information
+    low, high = wilson_interval(10, 10)
+    assert high == 1.0 and low == pytest.approx(0.7225, abs=1e-4)  # all right still leaves room below
+    assert wilson_interval(0, 3)[0] == 0.0
+    low, high = wilson_interval(150, 300)
+    assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(2 * 0.0563, abs=2e-4)
+
+
+def test_flat_metrics_splits_the_interval_into_two_scalars():
+    flat = flat_metrics({"world": {"all": {"n": 4, "em": 0.5, "em_ci95": [0.15, 0.85]}}}, prefix="eval")
+    assert flat == {"eval/world/all/n": 4, "eval/world/all/em": 0.5,
+                    "eval/world/all/em_ci95_low": 0.15, "eval/world/all/em_ci95_high": 0.85}
+
+
+def test_search_budget_is_rollout_max_turns():
+    assert search_budget_overrides(["grpo.total_steps=2"], None) == ["grpo.total_steps=2"]
+    assert search_budget_overrides(["grpo.total_steps=2"], 3) == ["grpo.total_steps=2", "rollout.max_turns=3"]
+    assert search_budget_overrides(["rollout.max_turns=3"], 3)[-1] == "rollout.max_turns=3"  # the same budget twice
+    with pytest.raises(ConfigError, match="contradicts the override 'rollout.max_turns=4'"):
+        search_budget_overrides(["rollout.max_turns=4"], 2)
+    with pytest.raises(ConfigError, match="at least 1"):
+        search_budget_overrides([], 0)
+
+
+def test_cli_search_budget_sets_the_budget_of_the_evaluation(tmp_path, monkeypatch, capsys):
+    import rl.app.evaluate as evaluate_module
+
+    seen = {}
+
+    def fake_evaluate(config, path, group_by):
+        seen["max_turns"], seen["group_by"] = config.rollout.max_turns, group_by
+        return {"world": {"all": {name: 1.0 for name in METRIC_NAMES}}}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    code = cli_main(["eval", QUICKSTART, f"experiment.output_dir={tmp_path}", "--checkpoint", str(model),
+                     "--search-budget", "2", "--group-by", "hops"])
+    assert code == 0 and seen == {"max_turns": 2, "group_by": "hops"}
+    assert "search budget: 2 search rounds + 1 forced-answer round (rollout.max_turns=2)" in capsys.readouterr().out
+    code = cli_main(["eval", QUICKSTART, "rollout.max_turns=4", "--checkpoint", str(model), "--search-budget", "2"])
+    assert code == 2 and "contradicts" in capsys.readouterr().err
 
 
 def test_summarize_uses_the_given_format_validator(handcrafted):
@@ -194,8 +247,9 @@ def test_format_table_contains_the_numbers(handcrafted):
     assert lines[0].startswith(
         "| dataset | structure | n | EM | F1 | model calls | tool calls | sub-queries/round"
     )
-    assert "| world | parallel | 2 | 0.500 | 0.833 | 2.500 | 3.000 | 2.000 | 2.250 | 1.000 |" in lines
-    assert "| world | all | 5 | 0.400 | 0.533 | 2.200 | 1.800 | 1.500 | 1.170 | 0.600 |" in lines
+    assert lines[0].endswith("| format valid | EM 95% CI |")
+    assert "| world | parallel | 2 | 0.500 | 0.833 | 2.500 | 3.000 | 2.000 | 2.250 | 1.000 | 0.095–0.905 |" in lines
+    assert "| world | all | 5 | 0.400 | 0.533 | 2.200 | 1.800 | 1.500 | 1.170 | 0.600 | 0.118–0.769 |" in lines
     assert len(lines) == 2 + 4
 
 
@@ -313,7 +367,7 @@ def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint
     for structure in set(expected_structures):
         assert results["world"][structure]["n"] == expected_structures.count(structure)
     for figures in results["world"].values():
-        assert set(figures) == set(METRIC_NAMES)
+        assert set(figures) == set(METRIC_NAMES) | {"em_ci95"}
         assert 1 <= figures["model_calls"] <= 3  # max_turns rounds + the forced-answer round
         assert 0.0 <= figures["em"] <= figures["f1"] <= 1.0
     printed = capsys.readouterr().out
@@ -357,15 +411,23 @@ def test_compare_command_writes_both_results_and_prints_ratios(tmp_path, monkeyp
     assert "| world | all | sub-queries/round | 1.000 | 2.000 | 2.00× |" in printed
 
 
-def test_group_by_hops_splits_structures_by_number_of_sub_questions(handcrafted):
+def test_group_by_hops_adds_rows_per_number_of_sub_questions_to_the_structure_rows(handcrafted):
     handcrafted[0].question.sub_questions = ["When was a born?", "When was b born?"]
     handcrafted[1].question.sub_questions = ["a?", "b?", "c?"]
+    handcrafted[2].question.sub_questions = ["x?", "y?"]
+    handcrafted[4].question.sub_questions = ["z?"]
     results = summarize(handcrafted, "world", group_by="hops")["world"]
-    assert list(results) == ["parallel/2", "parallel/3", "sequential/1", "single/1", "all"]
+    assert list(results) == ["parallel", "parallel/2", "parallel/3", "sequential", "sequential/2",
+                             "sequential/unknown", "single", "single/1", "all"]
     assert results["parallel/2"]["n"] == 1 and results["parallel/2"]["em"] == 1.0
     assert results["parallel/3"]["f1"] == pytest.approx(2 / 3)
     assert results["parallel/3"]["subqueries_per_round"] == 2.0  # 3 + 1 queries over 2 rounds
-    assert results["all"] == pytest.approx(EXPECTED["all"])  # grouping by hops leaves the overall row alone
+    assert results["sequential/2"]["em"] == 1.0 and results["sequential/unknown"]["em"] == 0.0  # s2 has none
+    for structure in ("parallel", "sequential", "single", "all"):  # the contract rows are unchanged
+        for name, value in EXPECTED[structure].items():
+            assert results[structure][name] == pytest.approx(value), (structure, name)
+    table = format_table({"world": results}).splitlines()
+    assert [line.split(" | ")[1] for line in table[2:]] == list(results)
     with pytest.raises(ConfigError, match="group-by 'colour'"):
         summarize(handcrafted, "world", group_by="colour")
 

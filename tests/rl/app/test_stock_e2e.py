@@ -32,7 +32,8 @@ GRPO_STEPS = 2  # the recipe's grpo.total_steps
 SMOKE_OVERRIDES = ["sft.max_steps=4", "sft.batch_size=4", "sft.num_trajectories=16", "sft.learning_rate=3e-3",
                    "rollout.group_size=2", "rollout.max_new_tokens_per_turn=48", "grpo.learning_rate=1e-4",
                    "eval.num_questions=4", "logging.wandb_mode=disabled", "logging.progress_bar=false"]
-EVAL_FIELDS = {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s", "format_valid"}
+EVAL_FIELDS = {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s", "format_valid",
+               "em_ci95"}
 
 
 @pytest.fixture(scope="module")

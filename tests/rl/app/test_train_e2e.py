@@ -34,7 +34,8 @@ TINY_RUN = [
 ]
 REQUIRED_KEYS = ["reward/total", "reward/exact_match", "reward/format", "reward/efficiency", "reward/decomposition",
                  "rollout/model_calls", "async/staleness_mean", "perf/samples_per_s", "loss/policy"]
-EVAL_FIELDS = {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s", "format_valid"}
+EVAL_FIELDS = {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_round", "latency_s", "format_valid",
+               "em_ci95"}
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,13 @@ import pytest
 from rl.bench import SUITES, run_suite
 from rl.bench.async_bench import steady_figures
 from rl.bench.common import CACHE_ENV, bench_config, cache_dir, prepare_assets
+from rl.bench.learn import learn_figures, read_curve, reward_window, time_to_reward, trailing_means
 from rl.bench.memory import sample_tree
 from rl.bench.rollouts import play_behaviour
 from rl.bench.scaling import project
 from rl.bench.trainer import StepTimes
 
-MY_SUITES = ("rollouts", "async", "trainer", "sync", "memory", "scaling", "dp")
+MY_SUITES = ("rollouts", "async", "trainer", "sync", "memory", "scaling", "dp", "learn")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,54 @@ def test_steady_figures_skip_the_first_step_and_weight_by_time(tmp_path):
     assert figures["dropped_groups"] == 2.0
 
 
+def write_metrics(path, step_seconds, rewards):
+    rows = [{"step": 0, "sft/step": 10, "sft/loss": 1.5}]  # the warm-start's curve: no reward, ignored
+    rows += [{"step": step, "perf/step_s": seconds, "reward/total": reward}
+             for step, (seconds, reward) in enumerate(zip(step_seconds, rewards), start=1)]
+    rows.append({"step": len(rewards), "eval/world/all/em": 0.5})  # the final eval's row, ignored
+    rows.reverse()  # the order of the file does not matter, the step does
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_time_to_the_synchronous_final_reward_by_hand(tmp_path):
+    # synchronous: wall times 5, 6, 7, 8 s; trailing 2-step means -, 0.3, 0.5, 0.7 -> target 0.7 at 8 s
+    sync = read_curve(write_metrics(tmp_path / "sync.jsonl", [5, 1, 1, 1], [0.2, 0.4, 0.6, 0.8]))
+    assert sync == [(5, 0.2), (6, 0.4), (7, 0.6), (8, 0.8)]
+    # staleness 2: wall times 4, 4.5, 5, 5.5, 6 s; means -, 0.4, 0.7, 0.8, 0.45 -> reaches 0.7 at 5 s
+    stale = read_curve(write_metrics(tmp_path / "async.jsonl", [4, 0.5, 0.5, 0.5, 0.5], [0.3, 0.5, 0.9, 0.7, 0.2]))
+    figures = learn_figures({0: sync, 2: stale}, window=2)
+    assert figures["target_reward"] == pytest.approx(0.7)
+    assert figures["time_to_sync_reward_s"] == {"0": 8, "2": 5}
+    assert figures["time_to_sync_reward_ratio"] == pytest.approx(5 / 8)
+    assert figures["total_s"] == {"0": 8, "2": 6}
+    assert figures["reward_first_window"] == pytest.approx({"0": 0.3, "2": 0.4})
+    assert figures["reward_last_window"] == pytest.approx({"0": 0.7, "2": 0.45})
+    # a single lucky step does not count: the window has to average up to the target
+    assert time_to_reward([(1, 0.0), (2, 0.9), (3, 0.0), (4, 0.0)], target=0.7, window=2) is None
+    never = learn_figures({0: sync, 2: [(1, 0.1), (2, 0.1), (3, 0.2)]}, window=2)
+    assert never["time_to_sync_reward_s"]["2"] is None and never["time_to_sync_reward_ratio"] is None
+
+
+def test_trailing_means_and_the_window():
+    assert trailing_means([1, 2, 3, 4], 3) == [None, None, 2, 3]
+    assert trailing_means([1, 2], 1) == [1, 2]
+    with pytest.raises(ValueError, match="at least 1"):
+        trailing_means([1], 0)
+    assert (reward_window(60), reward_window(2), reward_window(9)) == (10, 1, 2)
+    with pytest.raises(ValueError, match="no full window"):
+        learn_figures({0: [(1.0, 0.5)], 2: [(1.0, 0.5)]}, window=2)
+
+
+def test_only_the_learn_suite_takes_overrides():
+    from rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'tools' takes no key=value overrides"):
+        run_suite("tools", quick=True, overrides=["grpo.total_steps=3"])
+    with pytest.raises(ConfigError, match="sets async.max_staleness itself"):
+        run_suite("learn", quick=True, overrides=["async.max_staleness=1"])
+
+
 def test_step_times_report_medians_of_per_step_rates():
     times = StepTimes(seconds=[1.0, 2.0, 4.0], tokens=[100, 100, 100], completions_per_step=8)
     assert times.completions_per_s() == 4.0  # rates 8, 4, 2
@@ -167,6 +216,7 @@ CONTRACT_KEYS = {
     "memory": ("peak_rss_gib",),
     "scaling": ("actors_ratio", "projection"),
     "dp": ("step_s", "sync_s_zero3"),
+    "learn": ("time_to_sync_reward_ratio", "em"),
 }
 
 
@@ -186,6 +236,10 @@ def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
         assert figures["by_actors"]["1"]["ratio"] == figures["ratio"]  # quick: the 1-actor block only
     elif suite == "scaling":
         assert figures["actors_ratio"] > 0 and figures["projection"]["sync"]["1"] == 1.0
+    elif suite == "learn":  # 2 steps, window 1: the synchronous run reaches its own last reward
+        assert set(figures["em"]) == {"0", "2"} and all(0 <= value <= 1 for value in figures["em"].values())
+        assert figures["steps"] == 2 and figures["window"] == 1 and figures["time_to_sync_reward_s"]["0"] > 0
+        assert figures["time_to_sync_reward_ratio"] is None or figures["time_to_sync_reward_ratio"] > 0
     elif suite == "dp":  # step time on 1 and 2 ranks; ZeRO-3 halves the parameters each rank holds
         assert set(figures["step_s"]) == {"1", "2"} and all(value > 0 for value in figures["step_s"].values())
         assert figures["sync_s_zero3"] > 0

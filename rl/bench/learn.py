@@ -1,0 +1,200 @@
+"""Benchmark: learning per wall-clock second. Does asynchronous GRPO reach the synchronous policy sooner?
+
+    fanout bench learn                              # 60 steps per run, 8 questions x G=4 per step
+    fanout bench learn grpo.total_steps=120         # key=value overrides, applied after the suite's own
+    fanout bench learn --quick                      # 2 steps on the micro model (test-suite setting)
+
+Two real `fanout train` runs (`rl.app.train.train`, in this process, one after the other) of the same
+config, seed and number of steps, from the cached SFT warm-start (rl/bench/common.py):
+`async.max_staleness=0` (exactly synchronous on-policy GRPO) and `async.max_staleness=2`. Each ends with
+the final evaluation on the test split of the benchmark world (greedy, every test question).
+
+Definitions, from each run's metrics.jsonl (rows with `reward/total` and `perf/step_s`, in step order):
+  wall time of step i     Σ perf/step_s of steps 1..i: the training loop's time since its start (the first
+                          step includes the rollout actors' start-up, in both runs);
+  trailing mean at step i mean reward/total over steps i-k+1..i, defined from step k on; the window
+                          k = max(1, round(steps / 6)) (10 for 60 steps) smooths the per-step noise of a
+                          batch of 32 trajectories;
+  target                  the synchronous run's trailing mean at its last step (its final mean reward);
+  time to target          the wall time of the first step whose trailing mean reaches the target. The
+                          synchronous run reaches it at its last step at the latest; an asynchronous run that
+                          never does has none (null), and the ratio is then null too;
+  time_to_sync_reward_ratio  staleness 2's time to target ÷ staleness 0's (below 1: asynchronous got there
+                          sooner);
+  em                      the final evaluation's EM over all test questions, with its Wilson interval.
+
+What it simplifies on purpose: one seed and one run per setting (the ratio moves between repeats; rerun
+to see by how much); the target is only meaningful when the synchronous reward actually rises over the
+run, so the table prints each run's first-window and last-window mean reward next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rl.bench.common import bench_config, load_average, prepare_assets, print_table
+
+STALENESS_VALUES = (0, 2)
+REWARD_KEY = "reward/total"
+STEP_TIME_KEY = "perf/step_s"
+
+
+# ----------------------------------------------------------------------------------------------
+# Time to reward (pure)
+# ----------------------------------------------------------------------------------------------
+
+
+def training_curve(rows: Sequence[dict]) -> list[tuple[float, float]]:
+    """[(wall seconds since the loop started, reward/total)] per training step, in step order."""
+    steps = sorted((row for row in rows if REWARD_KEY in row and STEP_TIME_KEY in row), key=lambda row: row["step"])
+    curve, elapsed = [], 0.0
+    for row in steps:
+        elapsed += row[STEP_TIME_KEY]
+        curve.append((elapsed, row[REWARD_KEY]))
+    return curve
+
+
+def read_curve(metrics_path: str | Path) -> list[tuple[float, float]]:
+    return training_curve([json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()])
+
+
+def reward_window(total_steps: int) -> int:
+    """k, the trailing window: a sixth of the run (at least 1 step)."""
+    return max(1, round(total_steps / 6))
+
+
+def trailing_means(rewards: Sequence[float], window: int) -> list[float | None]:
+    """Mean of the last `window` rewards at each step; None before a full window."""
+    if window < 1:
+        raise ValueError(f"the reward window must be at least 1 step, got {window}")
+    return [None if index + 1 < window else sum(rewards[index + 1 - window:index + 1]) / window
+            for index in range(len(rewards))]
+
+
+def final_reward(curve: Sequence[tuple[float, float]], window: int) -> float:
+    """The trailing mean at the last step (the target, for the synchronous run)."""
+    if len(curve) < window:
+        raise ValueError(f"a run of {len(curve)} steps has no full window of {window} steps")
+    return trailing_means([reward for _, reward in curve], window)[-1]
+
+
+def time_to_reward(curve: Sequence[tuple[float, float]], target: float, window: int) -> float | None:
+    """Wall time of the first step whose trailing mean reaches `target`; None if no step does."""
+    means = trailing_means([reward for _, reward in curve], window)
+    for (elapsed, _), mean in zip(curve, means):
+        if mean is not None and mean >= target - 1e-12:  # the target run's own last mean equals it exactly
+            return elapsed
+    return None
+
+
+def learn_figures(curves: dict[int, list[tuple[float, float]]], window: int) -> dict:
+    """Times to the synchronous run's final reward and their ratio, from the runs' curves by staleness."""
+    target = final_reward(curves[0], window)
+    times = {staleness: time_to_reward(curve, target, window) for staleness, curve in curves.items()}
+    synchronous, asynchronous = times[0], times[max(curves)]
+    ratio = None if synchronous is None or asynchronous is None or synchronous <= 0 else asynchronous / synchronous
+    return {
+        "target_reward": target,
+        "time_to_sync_reward_s": {str(s): t for s, t in times.items()},
+        "time_to_sync_reward_ratio": ratio,
+        "total_s": {str(s): curve[-1][0] for s, curve in curves.items()},
+        "reward_first_window": {str(s): trailing_means([r for _, r in curve], window)[window - 1]
+                                for s, curve in curves.items()},
+        "reward_last_window": {str(s): final_reward(curve, window) for s, curve in curves.items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The runs
+# ----------------------------------------------------------------------------------------------
+
+
+def learn_overrides(quick: bool) -> list[str]:
+    if quick:
+        return ["grpo.total_steps=2"]
+    return ["grpo.total_steps=60", "rollout.questions_per_step=8", "rollout.group_size=4",
+            "rollout.worker_num_cpus=1", "rollout.torch_threads_per_worker=1", "async.max_buffered_groups=64"]
+
+
+def run_setting(quick: bool, max_staleness: int, overrides: Sequence[str], asset_overrides: list[str]) -> dict:
+    """One training run with its final eval: {"curve", "em", "em_ci95", "steps", "staleness_mean"}."""
+    from rl.app.train import train
+
+    config = bench_config(quick, [
+        f"experiment.name=bench-learn-s{max_staleness}", *asset_overrides, *learn_overrides(quick),
+        "eval.at_end=true", "eval.num_questions=0", *overrides, f"async.max_staleness={max_staleness}",
+    ])
+    run_dir = train(config)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    overall = json.loads((run_dir / "eval.json").read_text())
+    overall = next(iter(overall.values()))["all"]
+    staleness = [row["async/staleness_mean"] for row in rows if "async/staleness_mean" in row]
+    return {"curve": training_curve(rows), "em": overall["em"], "em_ci95": overall["em_ci95"], "n": overall["n"],
+            "staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0}
+
+
+def run(quick: bool, overrides: Sequence[str] = ()) -> dict:
+    torch.set_num_threads(1)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    for override in overrides:
+        if override.split("=", 1)[0].strip() == "async.max_staleness":
+            from rl.config import ConfigError
+
+            raise ConfigError("bench learn sets async.max_staleness itself (0 and 2); drop that override")
+    assets = prepare_assets(quick)
+    load_before = load_average()
+    results = {staleness: run_setting(quick, staleness, overrides, assets.run_overrides())
+               for staleness in STALENESS_VALUES}
+    steps = len(results[0]["curve"])
+    window = reward_window(steps)
+    figures = learn_figures({staleness: result["curve"] for staleness, result in results.items()}, window)
+    print_learn_table(results, figures, window, load_before)
+    return {
+        "time_to_sync_reward_ratio": _rounded(figures["time_to_sync_reward_ratio"]),
+        "em": {str(s): round(result["em"], 4) for s, result in results.items()},
+        "em_ci95": {str(s): [round(value, 4) for value in result["em_ci95"]] for s, result in results.items()},
+        "eval_questions": results[0]["n"],
+        "time_to_sync_reward_s": {s: _rounded(t) for s, t in figures["time_to_sync_reward_s"].items()},
+        "total_s": {s: _rounded(t) for s, t in figures["total_s"].items()},
+        "target_reward": _rounded(figures["target_reward"]),
+        "reward_first_window": {s: _rounded(r) for s, r in figures["reward_first_window"].items()},
+        "reward_last_window": {s: _rounded(r) for s, r in figures["reward_last_window"].items()},
+        "steps": steps,
+        "window": window,
+        "load_average": load_before,
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def print_learn_table(results: dict, figures: dict, window: int, load_before: float) -> None:
+    def seconds(value: float | None) -> str:
+        return "not reached" if value is None else f"{value:.1f}"
+
+    rows = []
+    for staleness, result in results.items():
+        key = str(staleness)
+        time_to_target = figures["time_to_sync_reward_s"][key]
+        base = figures["time_to_sync_reward_s"]["0"]
+        rows.append((
+            staleness, len(result["curve"]), f"{figures['total_s'][key]:.1f}",
+            f"{figures['reward_first_window'][key]:.3f}", f"{figures['reward_last_window'][key]:.3f}",
+            seconds(time_to_target),
+            "—" if time_to_target is None or not base else f"{time_to_target / base:.2f}x",
+            f"{result['em']:.3f} [{result['em_ci95'][0]:.3f}–{result['em_ci95'][1]:.3f}]",
+            f"{result['staleness_mean']:.2f}",
+        ))
+    print_table(
+        f"learn: time to the synchronous run's final mean reward ({figures['target_reward']:.3f}, trailing "
+        f"{window}-step mean), final greedy EM on {results[0]['n']} test questions; load {load_before}",
+        ["max_staleness", "steps", "wall s", f"reward first {window}", f"reward last {window}", "time to target s",
+         "vs sync", "EM [95% CI]", "mean staleness"],
+        rows,
+    )

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The fanout-vs-sequential grid (docs/RESULTS.md, docs/GETTING_STARTED.md "Evaluate"): for each seed,
+# 1. fanout: the quickstart (its own SFT warm-start, then GRPO with decomposition + efficiency rewards);
+# 2. sequential: GRPO from THAT SAME warm-start (model.path=<fanout run>/sft, sft.enabled=false) with
+#    correctness + format rewards and one query per turn (configs/sequential_baseline.yaml);
+# 3. greedy evaluation of both policies on the test split under each search budget, grouped by hops,
+#    each policy with its own config (the sequential one keeps tools.max_calls_per_turn=1);
+# then python -m rl.app.grid aggregates every eval into DIR/grid.md and DIR/grid.json: per budget x group x
+# policy, EM mean over seeds with a 95% t interval, model calls, and fanout - sequential with its interval.
+# All runs share one generated world (DIR/world), so every evaluation sees the same test questions.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: scripts/fanout_grid.sh [--dry-run] [--out DIR] [--seeds "0 1 2"] [--budgets "2 3 4 6"] [--eval-only] [key=value ...]
+
+Runs, from the repository root, for each seed S:
+  fanout train configs/quickstart.yaml          experiment.name=fanout-sS     experiment.seed=S ...
+  fanout train configs/sequential_baseline.yaml experiment.name=sequential-sS experiment.seed=S \
+         model.path=DIR/fanout-sS/sft sft.enabled=false ...
+  and for each budget B and policy P in (fanout, sequential):
+  fanout eval  configs/<P's config> ... --checkpoint DIR/P-sS --search-budget B --group-by hops \
+         --out DIR/eval/P/seedS/budgetB.json
+then:
+  python -m rl.app.grid DIR/eval --out DIR/grid        (DIR/grid.md, DIR/grid.json)
+
+Options:
+  --out DIR        parent folder of the runs (default: runs/grid)
+  --seeds "..."    training seeds (default: "0 1 2")
+  --budgets "..."  search budgets, in search rounds = rollout.max_turns (default: "2 3 4 6")
+  --eval-only      skip training: evaluate the runs already in DIR and aggregate
+  --dry-run        print the commands instead of running them
+  -h, --help       show this help
+Overrides (e.g. grpo.total_steps=30 eval.num_questions=0) go to every training and evaluation command,
+except rollout.max_turns=N, the training budget, which the evaluations replace with --search-budget.
+USAGE
+}
+
+need_value() {  # an option's value must follow it (it may be empty: the list check below reports that)
+  if [[ $# -lt 2 ]]; then echo "fanout_grid.sh: $1 needs a value (see --help)" >&2; exit 2; fi
+}
+
+dry_run=0
+eval_only=0
+out=runs/grid
+seeds="0 1 2"
+budgets="2 3 4 6"
+overrides=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --dry-run) dry_run=1; shift ;;
+    --eval-only) eval_only=1; shift ;;
+    --out) need_value "$@"; out="$2"; shift 2 ;;
+    --seeds) need_value "$@"; seeds="$2"; shift 2 ;;
+    --budgets) need_value "$@"; budgets="$2"; shift 2 ;;
+    -*) echo "fanout_grid.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    *) overrides+=("$1"); shift ;;
+  esac
+done
+read -r -a seed_list <<< "$seeds"
+read -r -a budget_list <<< "$budgets"
+for value in "${seed_list[@]}" "${budget_list[@]}"; do
+  if ! [[ "$value" =~ ^[0-9]+$ ]]; then
+    echo "fanout_grid.sh: '$value' in --seeds/--budgets is not a non-negative integer" >&2
+    exit 2
+  fi
+done
+if [[ ${#seed_list[@]} -eq 0 || ${#budget_list[@]} -eq 0 ]]; then
+  echo "fanout_grid.sh: --seeds and --budgets need at least one value each" >&2
+  exit 2
+fi
+
+# shellcheck source=lib/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/run.sh"
+
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+eval_overrides=()
+for override in "${overrides[@]}"; do
+  if [[ "$override" != rollout.max_turns=* ]]; then eval_overrides+=("$override"); fi
+done
+declare -A config_of=([fanout]=configs/quickstart.yaml [sequential]=configs/sequential_baseline.yaml)
+common=(experiment.output_dir="$out" data.world_dir="$out/world")
+for seed in "${seed_list[@]}"; do
+  if [[ "$eval_only" -eq 0 ]]; then
+    # eval.at_end=false: the budget evaluations below include the training budget
+    run fanout train "${config_of[fanout]}" experiment.name="fanout-s$seed" experiment.seed="$seed" \
+      experiment.overwrite=true eval.at_end=false "${common[@]}" "${overrides[@]}"
+    run fanout train "${config_of[sequential]}" experiment.name="sequential-s$seed" experiment.seed="$seed" \
+      experiment.overwrite=true eval.at_end=false model.path="$out/fanout-s$seed/sft" sft.enabled=false \
+      "${common[@]}" "${overrides[@]}"
+  fi
+  for budget in "${budget_list[@]}"; do
+    for policy in fanout sequential; do
+      run fanout eval "${config_of[$policy]}" experiment.name="$policy-s$seed" experiment.seed="$seed" \
+        "${common[@]}" "${eval_overrides[@]}" --checkpoint "$out/$policy-s$seed" --search-budget "$budget" \
+        --group-by hops --out "$out/eval/$policy/seed$seed/budget$budget.json"
+    done
+  done
+done
+run python -m rl.app.grid "$out/eval" --out "$out/grid"
