@@ -64,8 +64,9 @@ def start_groups(protocol: AgentProtocol, tokenizer: Any, questions: list[Questi
         prompt_ids = protocol.render_prompt(question, tokenizer)
         trajectories = [
             Trajectory(question=question, prompt_ids=list(prompt_ids), protocol=protocol.name,
-                       tool_names=protocol.tool_names(), policy_version=policy_version, group_id=group_id)
-            for _ in range(group_size)
+                       tool_names=protocol.tool_names(), policy_version=policy_version, group_id=group_id,
+                       episode_id=f"{group_id}/{index}")
+            for index in range(group_size)
         ]
         groups.append(Group(group_id=group_id, question=question, trajectories=trajectories,
                             policy_version=policy_version))
@@ -192,6 +193,8 @@ def act_on_turns(protocol: AgentProtocol, trajectories: list[Trajectory], turns:
             turn.answer = trajectory.final_answer = action.answer
         elif action.kind == "search" and not forced_answer_round:
             turn.calls = action.calls
+            for call in turn.calls:  # a stateful tool acts on this trajectory's own state
+                call.episode_id = trajectory.episode_id
             searching.append((trajectory, turn))
         else:  # invalid, or a search when no searches are left
             turn.invalid = True
