@@ -53,3 +53,19 @@ class RetrieverConfig:
     timeout_s: float = 10.0  # per-request timeout of the HTTP client
     retries: int = 2  # HTTP client retries on connection errors / 5xx
     max_passage_chars: int = 300  # each passage is truncated to this many characters for the model
+
+
+@dataclass
+class AppsWorldConfig:
+    seed: int = 0  # seed of the generated apps world (contacts, calendars, mail, files, shop and the tasks)
+    num_people: int = 24  # contacts (each with a calendar and maybe mail in the inbox)
+    num_products: int = 24  # products in the shop
+    num_days: int = 5  # calendar days 1..num_days (working hours 9 to 17)
+    num_train: int = 1000  # training tasks
+    num_validation: int = 100  # validation tasks
+    num_test: int = 150  # test tasks
+    # Share of each dependency structure in every split: "independent" (one round of parallel calls),
+    # "chain" (one call per round, each needing the last) and "mixed" (parallel rounds that depend on each other).
+    structure_mix: dict[str, float] = field(
+        default_factory=lambda: {"independent": 0.35, "chain": 0.3, "mixed": 0.35}
+    )

@@ -23,6 +23,7 @@ class ToolCall:
     error: str | None = None  # set when the call failed or timed out
     latency_s: float = 0.0
     retrieved_doc_ids: list[str] = field(default_factory=list)  # for search: ids of returned documents
+    episode_id: str = ""  # the episode whose state the call acts on (stateful tools, e.g. MCP servers); "": none
     # the corpus partition a search stays in: the question's metadata["corpus_partition"]; None: the whole corpus
     corpus_partition: str | None = None
 
@@ -64,6 +65,7 @@ class Trajectory:
     truncated: bool = False  # hit max_context_tokens or max_turns without an answer
     policy_version: int = 0  # version of the weights that generated it (the oldest, if its turns span two)
     group_id: str = ""  # trajectories of one question sampled together share a group id
+    episode_id: str = ""  # unique per trajectory; its tool calls carry it (stateful tools keep one state per episode)
     reward: float = 0.0
     reward_components: dict[str, float] = field(default_factory=dict)
     generate_s: float = 0.0

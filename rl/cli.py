@@ -107,6 +107,19 @@ def _cmd_build_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_apps(args: argparse.Namespace) -> int:
+    from data.apps.world import write_apps_world
+    from data.config import AppsWorldConfig
+
+    apps_config = AppsWorldConfig(seed=args.seed)
+    if args.num_train is not None:
+        apps_config.num_train = args.num_train
+    write_apps_world(args.out, apps_config)
+    print(f"wrote the apps world (base_state.json, train/validation/test.jsonl) to {args.out}; serve it with "
+          f"python -m data.apps.server --world-dir {args.out}")
+    return 0
+
+
 def _cmd_serve_retriever(args: argparse.Namespace) -> int:
     from data.server import serve
 
@@ -159,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     build_world.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     build_world.add_argument("--num-train", type=int, default=None, help="training questions (default from config)")
     build_world.set_defaults(handler=_cmd_build_world)
+    build_apps = data_commands.add_parser("build-apps", help="write the apps world (base state + tasks, docs/APPS.md)")
+    build_apps.add_argument("--out", required=True, help="output folder")
+    build_apps.add_argument("--seed", type=int, default=0, help="apps world seed (default 0)")
+    build_apps.add_argument("--num-train", type=int, default=None, help="training tasks (default 1000)")
+    build_apps.set_defaults(handler=_cmd_build_apps)
 
     serve = commands.add_parser("serve-retriever", help="HTTP retrieval server (Search-R1 compatible /retrieve)")
     serve.add_argument("--corpus", required=True, help="JSONL corpus with {id, contents} rows")

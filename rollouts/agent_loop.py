@@ -64,8 +64,9 @@ def start_groups(protocol: AgentProtocol, tokenizer: Any, questions: list[Questi
         prompt_ids = protocol.render_prompt(question, tokenizer)
         trajectories = [
             Trajectory(question=question, prompt_ids=list(prompt_ids), protocol=protocol.name,
-                       tool_names=protocol.tool_names(), policy_version=policy_version, group_id=group_id)
-            for _ in range(group_size)
+                       tool_names=protocol.tool_names(), policy_version=policy_version, group_id=group_id,
+                       episode_id=f"{group_id}/{index}")
+            for index in range(group_size)
         ]
         groups.append(Group(group_id=group_id, question=question, trajectories=trajectories,
                             policy_version=policy_version))
@@ -193,7 +194,8 @@ def act_on_turns(protocol: AgentProtocol, trajectories: list[Trajectory], turns:
         elif action.kind == "search" and not forced_answer_round:
             turn.calls = action.calls
             partition = trajectory.question.metadata.get("corpus_partition")
-            for call in turn.calls:  # a question may confine its searches to one part of the corpus
+            for call in turn.calls:  # a stateful tool acts on this trajectory's own state; a question may confine
+                call.episode_id = trajectory.episode_id  # its searches to one part of the corpus
                 call.corpus_partition = partition
             searching.append((trajectory, turn))
         else:  # invalid, or a search when no searches are left

@@ -10,6 +10,19 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class McpServerConfig:
+    name: str = ""  # what errors and logs call this server (unique among tools.mcp_servers)
+    command: str = ""  # executable that starts the server on stdio; "python": the interpreter fanout runs in
+    args: list[str] = field(default_factory=list)  # its arguments, e.g. [-m, data.apps.server, --seed, "0"]
+    # Extra environment variables of the server process, over a minimal environment (HOME, PATH, ...) and
+    # fanout's own PYTHONPATH
+    env: dict[str, str] = field(default_factory=dict)
+    allowed_tools: list[str] = field(default_factory=list)  # the server's tools the model may call; []: all
+    timeout_s: float = 10.0  # per-call timeout of this server's tools (instead of tools.timeout_s)
+    startup_timeout_s: float = 60.0  # time for the server to start and answer tools/list
+
+
+@dataclass
 class ToolsConfig:
     enabled: list[str] = field(default_factory=lambda: ["search"])  # registered tool names
     timeout_s: float = 5.0  # per-call timeout; a timed-out call becomes an error observation
@@ -17,6 +30,9 @@ class ToolsConfig:
     max_calls_per_turn: int = 4  # extra calls in one turn are refused with an error observation
     fault_rate: float = 0.0  # fault injection (reliability tests): share of tool calls that raise an error
     fault_timeout_rate: float = 0.0  # fault injection: share of tool calls that hang until tools.timeout_s
+    # MCP servers whose tools the agent may call, each started over stdio by fanout (docs/APPS.md):
+    # a list of {name, command, args, env, allowed_tools, timeout_s, startup_timeout_s}
+    mcp_servers: list[McpServerConfig] = field(default_factory=list)
 
 
 @dataclass

@@ -17,6 +17,11 @@ call (results are identical to one call per query; BM25 scores queries independe
                                     ToolCall("search", {"query": "When was Quen Ardo born?"})])
     calls[0].observation, calls[0].retrieved_doc_ids, calls[1].error
 
+Besides registered tools, `tools.mcp_servers` plugs in MCP servers: `build_tools` starts each one and
+adds the tools it lists (rollouts/mcp_tools.py; the executor then keeps the sources, for the episode
+state of stateful servers and for `close()`). A call carries its episode id (`ToolCall.episode_id`) to
+tools that keep one state per episode.
+
 What it simplifies on purpose: calls of one turn are independent (no call sees another's result);
 blocking tools run in asyncio's default thread pool; `FaultInjectingTool` simulates unreliable tools
 for reliability tests (`tools.fault_rate` / `tools.fault_timeout_rate` wrap every enabled tool in it).
@@ -60,6 +65,9 @@ class Tool(Protocol):
     async def call(self, arguments: dict) -> ToolResult: ...
 
 
+# Optional attributes a tool may have: `timeout_s` (its own per-call timeout instead of tools.timeout_s) and
+# `takes_episode = True` (the executor then calls `call(arguments, episode_id=...)` with the call's episode,
+# for tools that keep one state per episode, like those of an MCP server: rollouts/mcp_tools.py).
 # A tool with `takes_corpus_partition = True` (the search tool) is called as
 # `call(arguments, corpus_partition=...)` when the call carries one: the question confines its searches to a
 # partition of the corpus (data.retriever.partition_of; the generated world's entity sets).
@@ -260,8 +268,9 @@ class ToolExecutor:
     """
 
     def __init__(self, tools: dict[str, Tool], timeout_s: float = 5.0, latency_s: float = 0.0,
-                 max_calls_per_turn: int = 4):
+                 max_calls_per_turn: int = 4, sources: list | None = None):
         self.tools = dict(tools)
+        self.sources = list(sources or [])  # MCP tool sources (rollouts/mcp_tools.py): episode state, close
         self.timeout_s = timeout_s
         self.latency_s = latency_s
         self.max_calls_per_turn = max_calls_per_turn
@@ -270,6 +279,20 @@ class ToolExecutor:
 
     def tool_schemas(self) -> list[dict]:
         return [function_schema(tool) for tool in self.tools.values()]
+
+    def episode_state(self, episode_id: str) -> dict[str, Any]:
+        """{source name: the episode's state} from every tool source that keeps one (the MCP apps server)."""
+        states = {source.config.name: source.episode_state(episode_id) for source in self.sources}
+        return {name: state for name, state in states.items() if state is not None}
+
+    def end_episode(self, episode_id: str) -> None:
+        for source in self.sources:
+            source.end_episode(episode_id)
+
+    def close(self) -> None:
+        """Stop the tool sources' server processes (MCP servers); the executor's tools are unusable after."""
+        for source in self.sources:
+            source.close()
 
     async def run_turn(self, calls: list[ToolCall]) -> list[ToolCall]:
         """Fill observation, error, latency_s and retrieved_doc_ids of every call (in place); never raises."""
@@ -306,6 +329,8 @@ class ToolExecutor:
     async def _invoke(self, tool: Tool, call: ToolCall) -> ToolResult:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
+        if getattr(tool, "takes_episode", False):
+            return await tool.call(call.arguments, episode_id=call.episode_id)
         if getattr(tool, "takes_corpus_partition", False) and call.corpus_partition is not None:
             return await tool.call(call.arguments, corpus_partition=call.corpus_partition)
         return await tool.call(call.arguments)
@@ -317,12 +342,13 @@ class ToolExecutor:
             if problem:
                 self._set_error(call, problem)
                 return
-            invocation = self._invoke(self.tools[call.name], call)
-            result = await asyncio.wait_for(invocation, self.timeout_s)
+            tool = self.tools[call.name]
+            timeout_s = getattr(tool, "timeout_s", None) or self.timeout_s
+            result = await asyncio.wait_for(self._invoke(tool, call), timeout_s)
             call.observation, call.error = result.observation, result.error
             call.retrieved_doc_ids = list(result.retrieved_doc_ids)
         except asyncio.TimeoutError:
-            self._set_error(call, f"{call.name} timed out after {self.timeout_s:g} s")
+            self._set_error(call, f"{call.name} timed out after {timeout_s:g} s")
         except Exception as error:  # any tool failure is an observation, never a crashed rollout
             self._set_error(call, f"{call.name} failed: {type(error).__name__}: {error}")
         finally:
@@ -331,7 +357,7 @@ class ToolExecutor:
 
 def build_tools(tools_config: ToolsConfig, retriever_config: RetrieverConfig, retriever: Retriever | None) -> ToolExecutor:
     """The executor of the tools named in `tools.enabled` (rollouts.config.ToolsConfig, data.config.RetrieverConfig)."""
-    tools = {}
+    tools, sources = {}, []
     for name in tools_config.enabled:
         builder = TOOL_BUILDERS.get(name)
         if builder is None:
@@ -341,5 +367,17 @@ def build_tools(tools_config: ToolsConfig, retriever_config: RetrieverConfig, re
         if tools_config.fault_rate > 0 or tools_config.fault_timeout_rate > 0:
             tools[name] = FaultInjectingTool(tools[name], failure_rate=tools_config.fault_rate,
                                              timeout_rate=tools_config.fault_timeout_rate, seed=0)
+    if tools_config.mcp_servers:
+        from rollouts.mcp_tools import build_mcp_sources  # imported here: rollouts.mcp_tools imports this module
+
+        sources = build_mcp_sources(tools_config.mcp_servers)
+        for source in sources:
+            clashes = sorted(set(source.tools()) & set(tools))
+            if clashes:
+                for started in sources:
+                    started.close()
+                raise ConfigError(f"tools.mcp_servers[{source.config.name}] offers {clashes}, already taken by "
+                                  "another tool; leave them out with its allowed_tools")
+            tools.update(source.tools())
     return ToolExecutor(tools, timeout_s=tools_config.timeout_s, latency_s=tools_config.latency_s,
-                        max_calls_per_turn=tools_config.max_calls_per_turn)
+                        max_calls_per_turn=tools_config.max_calls_per_turn, sources=sources)

@@ -1,6 +1,6 @@
 """The documentation stays true to the code.
 
-- Every Python block of docs/EXTENDING.md runs, in order, in a fresh interpreter (the examples carry
+- Every Python block of docs/EXTENDING.md and docs/APPS.md runs, in order, in a fresh interpreter (the examples carry
   their own asserts); a block announced by `<!-- file: NAME -->` is written to NAME in the working folder
   instead (a plugin file the following blocks load).
 - Every `fanout ...` command in a bash block of the guides parses with the real CLI, and when it
@@ -71,6 +71,16 @@ def test_extending_examples_run(tmp_path):
         text=True,
         timeout=300,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_apps_examples_run(tmp_path):
+    blocks, _ = python_blocks_and_files("APPS.md")
+    program = "\n\n".join(blocks)
+    assert "verify_task" in program and "mcp_servers=[apps]" in program
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

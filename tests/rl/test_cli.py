@@ -53,3 +53,14 @@ def test_info_log_lines_reach_stderr_and_log_level_hides_them(tmp_path):
     assert "INFO rl.app.test_plugin: hello from the plugin" in stderr
     assert f"INFO data.plugins: plugin {plugin} imported" in stderr
     assert "hello from the plugin" not in run("--log-level", "WARNING")
+
+
+def test_data_build_apps_writes_a_world_that_loads_and_the_server_can_serve(tmp_path, capsys):
+    from data.apps.server import base_state_from_arguments, parse_arguments
+    from data.apps.world import load_apps_world
+
+    assert main(["data", "build-apps", "--out", str(tmp_path), "--seed", "4", "--num-train", "20"]) == 0
+    assert f"--world-dir {tmp_path}" in capsys.readouterr().out
+    world = load_apps_world(tmp_path)
+    assert [len(world.splits[split]) for split in ("train", "validation", "test")] == [20, 100, 150]
+    assert base_state_from_arguments(parse_arguments(["--world-dir", str(tmp_path)])) == world.base_state

@@ -219,8 +219,10 @@ def test_tools_benchmark_quick_run_reports_a_speedup_per_call_count():
     from rl.bench.tools import run
 
     figures = run(quick=True)
-    assert sorted(figures["speedup"]) == ["1", "2", "4", "8"]
-    assert all(isinstance(value, float) and value > 0 for value in figures["speedup"].values())
+    for key in ("speedup", "mcp_speedup"):
+        assert sorted(figures[key]) == ["1", "2", "4", "8"]
+        assert all(isinstance(value, float) and value > 0 for value in figures[key].values())
+    assert figures["mcp_speedup"]["8"] > 2  # 8 calls of 20 ms in the server overlap over one MCP session
 
 
 def test_a_call_with_a_corpus_partition_searches_only_that_partition_even_batched_with_others():

@@ -1,0 +1,149 @@
+"""The apps' data: one plain JSON-like dict holding the state of five small apps, generated from a seed.
+
+An episode of the apps environment acts on its own copy of this state (the MCP server keeps one per
+episode). The apps and their collections:
+
+- contacts: `{"contacts": {id: {"id", "name", "email", "phone", "city"}}}`
+- calendar: `{"events": {id: {"id", "title", "day", "hour", "attendees"}}}` (one-hour events, days
+  1..num_days, working hours 9..16 as start hours; attendees are emails)
+- mail: `{"inbox": {id: {"id", "from", "subject", "body"}}, "sent": {id: {"id", "to", "subject", "body"}}}`
+- files: `{"files": {path: {"path", "content"}}}`
+- shop: `{"products": {sku: {"sku", "name", "price", "stock"}}, "orders": {id: {"id", "sku", "quantity",
+  "ship_to", "total", "status"}}}`
+- `counters`: the next number of each kind of id the tools create (events, sent mail, orders).
+
+Names are nonce words (data/world.py's NonceNames), so no model knows a contact without looking it up.
+Everything is seeded with one `random.Random`: the same AppsWorldConfig gives the same state.
+
+What it simplifies on purpose: one user ("me"), whole-hour events, integer prices, no clock (created
+records carry no timestamps, so an end state does not depend on when a call ran).
+
+    state = generate_base_state(AppsWorldConfig(seed=0))
+    state["contacts"]["c01"]["email"]
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+from data.config import AppsWorldConfig
+from data.world import NonceNames
+
+WORK_HOURS = tuple(range(9, 17))  # start hours of one-hour events
+USER_EMAIL = "me@fanout.example"
+EMAIL_DOMAINS = ("mailo.example", "postra.example", "kivo.example")
+PRODUCT_NOUNS = ("Lamp", "Kettle", "Notebook", "Backpack", "Headset", "Mug", "Chair", "Blanket", "Charger",
+                 "Umbrella", "Bottle", "Scarf", "Speaker", "Planner")
+EVENT_TITLES = ("Standup", "Review", "Planning", "Lunch", "Workshop", "Interview", "Sync", "Demo")
+MAIL_SUBJECTS = ("Budget draft", "Trip photos", "Quarterly numbers", "Venue options", "Reading list",
+                 "Design notes", "Invoice question", "Team dinner", "Launch checklist", "Hiring plan")
+AGENDA_TOPICS = ("roadmap", "hiring", "budget", "launch", "offsite", "migration", "security", "pricing")
+CITIES_PER_WORLD = 6
+BUSY_SHARE = 0.35  # chance that a working hour of a person's day holds an event
+
+
+def _contacts(config: AppsWorldConfig, names: NonceNames, rng: random.Random) -> dict[str, dict]:
+    cities = [names.word((1, 2), ("ford", "holm", "vik", "dale", "port")) for _ in range(CITIES_PER_WORLD)]
+    contacts = {}
+    for index in range(config.num_people):
+        first, last = names.word((2,)), names.word((2, 3))
+        contact_id = f"c{index + 1:02d}"
+        contacts[contact_id] = {
+            "id": contact_id, "name": f"{first} {last}",
+            "email": f"{first.lower()}.{last.lower()}@{rng.choice(EMAIL_DOMAINS)}",
+            "phone": f"+1-555-{rng.randrange(10000):04d}", "city": rng.choice(cities),
+        }
+    return contacts
+
+
+def _events(contacts: dict[str, dict], config: AppsWorldConfig, rng: random.Random) -> dict[str, dict]:
+    events = {}
+    for contact in contacts.values():
+        for day in range(1, config.num_days + 1):
+            for hour in WORK_HOURS:
+                if rng.random() < BUSY_SHARE:
+                    event_id = f"ev{len(events) + 1:04d}"
+                    events[event_id] = {"id": event_id, "title": rng.choice(EVENT_TITLES), "day": day,
+                                        "hour": hour, "attendees": [contact["email"]]}
+    return events
+
+
+def _inbox(contacts: dict[str, dict], rng: random.Random) -> dict[str, dict]:
+    """About half the contacts wrote the user exactly one message, the others none."""
+    inbox = {}
+    for contact in contacts.values():
+        if rng.random() < 0.5:
+            message_id = f"m{len(inbox) + 1:03d}"
+            subject = rng.choice(MAIL_SUBJECTS)
+            inbox[message_id] = {"id": message_id, "from": contact["email"], "subject": subject,
+                                 "body": f"Hi, please have a look at the {subject.lower()} when you can."}
+    return inbox
+
+
+def _products(config: AppsWorldConfig, names: NonceNames, rng: random.Random) -> dict[str, dict]:
+    products = {}
+    skus = rng.sample(range(1000, 10000), config.num_products)
+    for sku_number in skus:
+        sku = f"SKU-{sku_number}"
+        products[sku] = {"sku": sku, "name": f"{names.word((2,))} {rng.choice(PRODUCT_NOUNS)}",
+                         "price": rng.randrange(5, 200), "stock": rng.randrange(0, 40)}
+    return products
+
+
+def _orders(contacts: dict[str, dict], products: dict[str, dict], rng: random.Random) -> dict[str, dict]:
+    orders = {}
+    for index in range(max(4, len(products) // 2)):
+        product = rng.choice(list(products.values()))
+        quantity = rng.randint(1, 3)
+        order_id = f"o{index + 1:04d}"
+        orders[order_id] = {"id": order_id, "sku": product["sku"], "quantity": quantity,
+                            "ship_to": rng.choice(list(contacts.values()))["email"],
+                            "total": product["price"] * quantity, "status": "placed"}
+    return orders
+
+
+def _files(products: dict[str, dict], orders: dict[str, dict], rng: random.Random) -> dict[str, dict]:
+    """Agendas, wishlist notes naming a product SKU, and notes naming an order id."""
+    files = {}
+
+    def add(path: str, content: str) -> None:
+        files[path] = {"path": path, "content": content}
+
+    for topic in AGENDA_TOPICS:
+        points = rng.sample(("goals", "risks", "owners", "dates", "costs", "open questions"), 3)
+        add(f"/docs/{topic}-agenda.txt", f"Agenda ({topic}): {', '.join(points)}.")
+    for index, product in enumerate(rng.sample(list(products.values()), min(10, len(products)))):
+        add(f"/notes/wishlist-{index + 1}.txt", f"Remember to buy {product['sku']}.")
+    for index, order in enumerate(rng.sample(list(orders.values()), min(8, len(orders)))):
+        add(f"/notes/order-{index + 1}.txt", f"Order {order['id']} is no longer needed.")
+    return files
+
+
+def generate_base_state(config: AppsWorldConfig) -> dict:
+    """The state every episode of this world starts from (deterministic in the config)."""
+    rng = random.Random(f"apps-state-{config.seed}")
+    names = NonceNames(rng)
+    contacts = _contacts(config, names, rng)
+    products = _products(config, names, rng)
+    orders = _orders(contacts, products, rng)
+    events = _events(contacts, config, rng)
+    return {
+        "user": {"email": USER_EMAIL},
+        "contacts": contacts,
+        "events": events,
+        "inbox": _inbox(contacts, rng),
+        "sent": {},
+        "files": _files(products, orders, rng),
+        "products": products,
+        "orders": orders,
+        "counters": {"event": len(events), "sent": 0, "order": len(orders)},
+    }
+
+
+def fresh_state(base_state: dict) -> dict:
+    """A private copy of the base state for one episode."""
+    return copy.deepcopy(base_state)
+
+
+__all__ = ["USER_EMAIL", "WORK_HOURS", "fresh_state", "generate_base_state"]

@@ -1,0 +1,96 @@
+"""The apps MCP server, in process through the `mcp` SDK's Client: its tool list, one state per episode,
+control tools, and refusals as error results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from mcp import Client
+
+from data.apps.server import build_server, parse_arguments, server_arguments
+from data.apps.state import generate_base_state
+from data.apps.tools import APP_TOOLS
+from data.config import AppsWorldConfig
+from data.mcp_meta import CONTROL_META_KEY, EPISODE_META_KEY
+
+CONFIG = AppsWorldConfig(seed=2)
+
+
+def run_with_client(body, **server_options):
+    base_state = generate_base_state(CONFIG)
+    server = build_server(base_state, **server_options)
+
+    async def main():
+        async with Client(server) as client:
+            return await body(client, base_state)
+
+    return asyncio.run(main())
+
+
+def call(client, name, arguments, episode):
+    return client.call_tool(name, arguments, meta={EPISODE_META_KEY: episode})
+
+
+def text(result) -> str:
+    return result.content[0].text
+
+
+def test_the_server_lists_every_app_tool_with_its_schema_and_flags_the_control_tools():
+    async def body(client, base_state):
+        return (await client.list_tools()).tools
+
+    tools = {tool.name: tool for tool in run_with_client(body)}
+    assert set(tools) == set(APP_TOOLS) | {"episode_state", "episode_end"}
+    assert tools["mail_send"].input_schema == APP_TOOLS["mail_send"].parameters
+    assert [name for name, tool in tools.items() if (tool.meta or {}).get(CONTROL_META_KEY)] == [
+        "episode_state", "episode_end"]
+
+
+def test_each_episode_gets_its_own_state_and_episode_end_forgets_it():
+    async def body(client, base_state):
+        sku = next(sku for sku, product in base_state["products"].items() if product["stock"] >= 1)
+        stock = base_state["products"][sku]["stock"]
+        email = next(iter(base_state["contacts"].values()))["email"]
+        placed = await asyncio.gather(*(call(client, "shop_place_order", {"sku": sku, "quantity": 1, "ship_to": email},
+                                             episode) for episode in ("a", "b")))
+        seen = [json.loads(text(await call(client, "shop_get_product", {"sku": sku}, episode)))["stock"]
+                for episode in ("a", "b", "c")]
+        state_a = json.loads(text(await call(client, "episode_state", {}, "a")))
+        ended = json.loads(text(await call(client, "episode_end", {}, "a")))
+        after_end = json.loads(text(await call(client, "shop_get_product", {"sku": sku}, "a")))["stock"]
+        return stock, [json.loads(text(result)) for result in placed], seen, state_a, ended, after_end
+
+    stock, placed, seen, state_a, ended, after_end = run_with_client(body)
+    assert [order["id"] for order in placed] == ["o0013", "o0013"]  # the same first new id in each episode
+    assert seen == [stock - 1, stock - 1, stock]  # each episode saw only its own order
+    assert state_a["orders"]["o0013"]["quantity"] == 1
+    assert ended == {"ended": True} and after_end == stock
+
+
+def test_refusals_and_bad_arguments_are_error_results_not_protocol_errors():
+    async def body(client, base_state):
+        return [await call(client, "files_read", {"path": "/nope.txt"}, "a"),
+                await call(client, "calendar_free_hours", {"email": "x", "day": 0}, "a"),
+                await call(client, "calendar_teleport", {}, "a")]
+
+    missing, bad, unknown = run_with_client(body)
+    assert missing.is_error and text(missing) == "no file '/nope.txt'"
+    assert bad.is_error and text(bad).startswith("bad arguments for calendar_free_hours: 0 is less than the minimum")
+    assert unknown.is_error and text(unknown).startswith("unknown tool 'calendar_teleport'")
+
+
+def test_the_latency_delays_calls_without_serialising_them():
+    async def body(client, base_state):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.gather(*(call(client, "files_list", {"folder": "/docs"}, f"e{i}") for i in range(4)))
+        return loop.time() - started
+
+    elapsed_s = run_with_client(body, latency_s=0.3)
+    assert 0.3 <= elapsed_s < 0.9
+
+
+def test_the_command_line_names_the_world_it_serves():
+    arguments = parse_arguments(server_arguments(CONFIG, latency_ms=50)[2:])
+    assert (arguments.seed, arguments.num_people, arguments.latency_ms) == (2, CONFIG.num_people, 50.0)

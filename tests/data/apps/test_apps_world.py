@@ -1,0 +1,171 @@
+"""The apps world: seeded and deterministic, typed tools, tasks whose gold rounds match their structure,
+disjoint splits, and verifiers that accept the gold end state and reject corrupted ones."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from data.apps.state import USER_EMAIL, WORK_HOURS
+from data.apps.tasks import APP_STRUCTURES, TASK_FAMILIES, AppTask
+from data.apps.tools import APP_TOOLS, AppError, call_app_tool
+from data.apps.verify import gold_end_state, replay_rounds, verify_task
+from data.apps.world import generate_apps_world, load_apps_world, write_apps_world
+from data.config import AppsWorldConfig
+from data.errors import DataError
+
+SMALL = AppsWorldConfig(seed=3, num_train=90, num_validation=30, num_test=45)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_apps_world(SMALL)
+
+
+def all_tasks(world) -> list[AppTask]:
+    return [task for tasks in world.splits.values() for task in tasks]
+
+
+def test_the_same_config_gives_the_same_world_and_another_seed_another(world):
+    again = generate_apps_world(SMALL)
+    assert again.base_state == world.base_state
+    assert [task.to_row() for task in all_tasks(again)] == [task.to_row() for task in all_tasks(world)]
+    other = generate_apps_world(AppsWorldConfig(seed=4, num_train=90, num_validation=30, num_test=45))
+    assert other.base_state["contacts"] != world.base_state["contacts"]
+
+
+def test_there_are_15_to_30_typed_tools_over_five_apps_each_with_a_valid_object_schema():
+    assert 15 <= len(APP_TOOLS) <= 30
+    assert {name.split("_")[0] for name in APP_TOOLS} == {"contacts", "calendar", "mail", "files", "shop"}
+    for tool in APP_TOOLS.values():
+        jsonschema.Draft202012Validator.check_schema(tool.parameters)
+        assert tool.parameters["type"] == "object" and tool.parameters["additionalProperties"] is False
+        assert tool.schema()["function"]["name"] == tool.name and tool.description
+
+
+def test_tools_refuse_bad_arguments_and_impossible_requests_with_app_errors(world):
+    state = json.loads(json.dumps(world.base_state))
+    with pytest.raises(AppError, match="bad arguments for calendar_free_hours"):
+        call_app_tool(state, "calendar_free_hours", {"email": "x@y", "day": "two"})
+    with pytest.raises(AppError, match="unknown tool 'calendar_teleport'"):
+        call_app_tool(state, "calendar_teleport", {})
+    with pytest.raises(AppError, match="no contact with email"):
+        call_app_tool(state, "mail_send", {"to": "nobody@nowhere", "subject": "s", "body": "b"})
+    email = next(iter(state["contacts"].values()))["email"]
+    busy_hour = next(hour for hour in WORK_HOURS if hour not in call_app_tool(state, "calendar_free_hours",
+                                                                              {"email": email, "day": 1}))
+    with pytest.raises(AppError, match="busy"):
+        call_app_tool(state, "calendar_create_event", {"title": "t", "day": 1, "hour": busy_hour, "attendees": [email]})
+    assert state == world.base_state  # refused requests changed nothing
+
+
+def test_mutating_tools_change_the_state_and_reads_do_not(world):
+    state = json.loads(json.dumps(world.base_state))
+    sku, product = next((sku, dict(product)) for sku, product in state["products"].items() if product["stock"] >= 2)
+    order = call_app_tool(state, "shop_place_order", {"sku": sku, "quantity": 2, "ship_to": USER_EMAIL})
+    assert state["products"][sku]["stock"] == product["stock"] - 2 and order["total"] == 2 * product["price"]
+    assert call_app_tool(state, "shop_cancel_order", {"order_id": order["id"]})["refund"] == order["total"]
+    assert state["products"][sku]["stock"] == world.base_state["products"][sku]["stock"]
+    before = json.dumps(state, sort_keys=True)
+    for tool in APP_TOOLS.values():
+        assert tool.mutates or tool.name.split("_", 1)[1].startswith(("search", "get", "list", "read", "free"))
+    call_app_tool(state, "shop_search", {"query": product["name"].split()[0]})
+    call_app_tool(state, "files_list", {"folder": "/docs"})
+    assert json.dumps(state, sort_keys=True) == before
+
+
+def test_every_split_has_every_structure_and_the_gold_rounds_match_it(world):
+    assert {family.structure for family in TASK_FAMILIES.values()} == set(APP_STRUCTURES)
+    for split, tasks in world.splits.items():
+        assert {task.structure for task in tasks} == set(APP_STRUCTURES), split
+    for task in all_tasks(world):
+        sizes = [len(calls) for calls in task.gold_rounds]
+        if task.structure == "independent":
+            assert len(sizes) == 1 and sizes[0] >= 2, task.id
+        elif task.structure == "chain":
+            assert len(sizes) >= 2 and set(sizes) == {1}, task.id
+        else:
+            assert len(sizes) >= 2 and max(sizes) >= 2, task.id
+        assert task.min_rounds == len(sizes) and task.num_calls == sum(sizes)
+        assert task.to_question().metadata["app_task"]["id"] == task.id
+
+
+def test_splits_are_disjoint_and_sized_as_configured(world):
+    sizes = {split: len(tasks) for split, tasks in world.splits.items()}
+    assert sizes == {"train": 90, "validation": 30, "test": 45}
+    keys = [json.dumps([task.family, task.gold_rounds], sort_keys=True) for task in all_tasks(world)]
+    assert len(set(keys)) == len(keys)
+    assert len({task.id for task in all_tasks(world)}) == len(keys)
+
+
+def test_the_verifier_accepts_every_gold_end_state_with_its_answer(world):
+    for task in all_tasks(world):
+        verdict = verify_task(task, world.base_state, gold_end_state(task, world.base_state), task.answers[0])
+        assert verdict.success, (task.id, verdict.problems)
+
+
+def test_the_verifier_judges_the_end_state_not_the_call_order(world):
+    task = next(task for task in all_tasks(world) if task.family == "send_notice")
+    reversed_round = [list(reversed(task.gold_rounds[0]))]
+    final_state, _ = replay_rounds(world.base_state, reversed_round)  # sent-mail ids come out swapped
+    extra_reads = [[{"name": "files_list", "arguments": {"folder": "/docs"}}]] + task.gold_rounds
+    assert verify_task(task, world.base_state, final_state, "Done.").success
+    assert verify_task(task, world.base_state, replay_rounds(world.base_state, extra_reads)[0], "done").success
+
+
+def corrupted(state: dict, how: str) -> dict:
+    state = json.loads(json.dumps(state))
+    if how == "extra_mail":
+        state["sent"]["s999"] = {"id": "s999", "to": USER_EMAIL, "subject": "oops", "body": "oops"}
+    elif how == "dropped_write":
+        for collection in ("events", "sent", "orders", "files"):
+            created = [key for key in state[collection] if key not in BASE_KEYS[collection]]
+            if created:
+                del state[collection][created[-1]]
+                break
+        else:  # the task cancelled an order: undo it
+            next(order for order in state["orders"].values() if order["status"] == "cancelled")["status"] = "placed"
+    elif how == "deleted_file":
+        del state["files"][sorted(state["files"])[0]]
+    elif how == "changed_stock":
+        next(iter(state["products"].values()))["stock"] += 1
+    return state
+
+
+BASE_KEYS: dict[str, set] = {}
+
+
+@pytest.mark.parametrize("how", ["extra_mail", "dropped_write", "deleted_file", "changed_stock"])
+def test_the_verifier_rejects_corrupted_end_states(world, how):
+    BASE_KEYS.update({collection: set(world.base_state[collection]) for collection in world.base_state})
+    acting = [task for task in all_tasks(world) if any(APP_TOOLS[call["name"]].mutates
+                                                       for calls in task.gold_rounds for call in calls)]
+    assert {task.structure for task in acting} == set(APP_STRUCTURES)
+    for task in [task for structure in APP_STRUCTURES for task in acting if task.structure == structure][::4]:
+        bad_state = corrupted(gold_end_state(task, world.base_state), how)
+        verdict = verify_task(task, world.base_state, bad_state, task.answers[0])
+        assert not verdict.success and not verdict.state_ok and verdict.answer_ok, (task.id, how)
+        assert verdict.problems and all(line.split(":")[0] in world.base_state for line in verdict.problems)
+
+
+def test_the_verifier_rejects_a_wrong_answer_and_a_missing_one(world):
+    task = next(task for task in all_tasks(world) if task.family == "stock_total")
+    end_state = gold_end_state(task, world.base_state)
+    wrong = verify_task(task, world.base_state, end_state, str(int(task.answers[0]) + 1))
+    assert wrong.state_ok and not wrong.answer_ok and not wrong.success
+    assert wrong.problems == [f"answer: got '{int(task.answers[0]) + 1}', expected one of {task.answers}"]
+    assert not verify_task(task, world.base_state, end_state, None).success
+
+
+def test_the_world_round_trips_through_its_files(tmp_path):
+    config = AppsWorldConfig(seed=1, num_train=12, num_validation=6, num_test=6)
+    write_apps_world(tmp_path, config)
+    loaded, generated = load_apps_world(tmp_path), generate_apps_world(config)
+    assert loaded.base_state == generated.base_state
+    assert {split: [task.to_row() for task in tasks] for split, tasks in loaded.splits.items()} == {
+        split: [task.to_row() for task in tasks] for split, tasks in generated.splits.items()}
+    (tmp_path / "test.jsonl").write_text('{"id": "x", "instruction": "i"}\n')
+    with pytest.raises(DataError, match=r"test\.jsonl:1: not an apps task row"):
+        load_apps_world(tmp_path)

@@ -1,0 +1,91 @@
+"""The scripted apps solver through the real agent loop, the function-call protocol and the apps MCP server:
+its episodes pass their verifiers in both modes with the expected number of model calls, concurrent
+episodes keep their own state, and a script that skips a write fails its verifier."""
+
+from __future__ import annotations
+
+import copy
+import tarfile
+
+import pytest
+
+from data.apps.server import server_arguments
+from data.apps.world import generate_apps_world
+from data.config import AppsWorldConfig, RetrieverConfig
+from rl.app.apps_expert import play_apps_tasks, solve_apps_tasks, solver_actions
+from rollouts.config import McpServerConfig, RolloutConfig, ToolsConfig
+from rollouts.protocols import build_protocol
+from rollouts.tools import build_tools
+
+from conftest import QWEN2_TOKENIZER_ARCHIVE
+
+WORLD_CONFIG = AppsWorldConfig(seed=7, num_train=30, num_validation=15, num_test=30)
+ROLLOUT = RolloutConfig(protocol="function_call", max_turns=8, max_new_tokens_per_turn=512,
+                        max_context_tokens=12000, max_observation_tokens=600)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_apps_world(WORLD_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory, qwen25_chat_template):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("qwen2-tokenizer")
+    with tarfile.open(QWEN2_TOKENIZER_ARCHIVE) as archive:
+        archive.extractall(folder, filter="data")
+    tokenizer = copy.copy(AutoTokenizer.from_pretrained(folder / "qwen2-tok", local_files_only=True))
+    tokenizer.chat_template = qwen25_chat_template  # a template with native tool calls and tool messages
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def executor():
+    server = McpServerConfig(name="apps", command="python", args=server_arguments(WORLD_CONFIG),
+                             startup_timeout_s=180, timeout_s=30)
+    executor = build_tools(ToolsConfig(enabled=[], mcp_servers=[server], max_calls_per_turn=8),
+                           RetrieverConfig(), retriever=None)
+    yield executor
+    executor.close()
+
+
+@pytest.fixture(scope="module")
+def protocol(executor):
+    return build_protocol("function_call", prompt_style="full", tool_schemas=executor.tool_schemas())
+
+
+def one_task_per_family(world):
+    tasks = {}
+    for task in world.splits["test"] + world.splits["validation"]:
+        tasks.setdefault(task.family, task)
+    return list(tasks.values())
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_the_solvers_episodes_pass_their_verifiers_with_the_expected_model_calls(mode, world, tokenizer, executor,
+                                                                               protocol):
+    tasks = one_task_per_family(world)
+    assert {task.structure for task in tasks} == {"independent", "chain", "mixed"}
+    episodes = solve_apps_tasks(tasks, [mode] * len(tasks), protocol, tokenizer, executor, world.base_state, ROLLOUT)
+    for episode in episodes:
+        task, trajectory = episode.task, episode.trajectory
+        assert episode.verdict.success, (task.family, episode.verdict.problems)
+        assert trajectory.final_answer == task.answers[0] and not trajectory.truncated
+        expected_calls = task.min_rounds + 1 if mode == "parallel" else task.num_calls + 1
+        assert trajectory.model_calls == expected_calls, task.family
+        assert trajectory.tool_calls == task.num_calls
+        assert all(call.error is None for turn in trajectory.turns for call in turn.calls), task.family
+        assert {call.episode_id for turn in trajectory.turns for call in turn.calls} == {trajectory.episode_id}
+    assert len({episode.trajectory.episode_id for episode in episodes}) == len(episodes)
+
+
+def test_a_script_that_skips_the_final_write_fails_its_verifier(world, tokenizer, executor, protocol):
+    task = next(task for task in world.splits["test"] if task.family == "schedule_meeting")
+    actions = solver_actions(task, "parallel")
+    skipped = actions[:-2] + actions[-1:]  # the lookups and the answer, but no calendar_create_event
+    (episode,) = play_apps_tasks([task], [skipped], protocol, tokenizer, executor, world.base_state, ROLLOUT)
+    assert episode.verdict.answer_ok and not episode.verdict.state_ok
+    assert episode.verdict.problems[0].startswith("events: missing")
+    assert episode.final_state is not None and episode.final_state["events"] == world.base_state["events"]
