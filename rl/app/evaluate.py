@@ -308,14 +308,15 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
 def use_fresh_world(config: ExperimentConfig, seed: int) -> Path:
     """Point `config` at a world generated with another seed: entities, names and facts that no training
     question asked about, read through the same checkpoint and tokenizer. Only its base set is built (the test
-    and validation splits do not depend on data.world.train_worlds). It is cached in <run_dir>/world-seed<N>,
-    so the run's own world is left as it is; returns that folder."""
+    and validation splits depend neither on data.world.train_worlds nor on num_train). It is cached in
+    <run_dir>/world-seed<N>, so the run's own world is left as it is; returns that folder."""
     if config.data.source != "world":
         raise ConfigError(f"--fresh-world needs data.source=world (it is {config.data.source!r})")
     if seed == config.data.world.seed:
         raise ConfigError(f"--fresh-world {seed} is the run's own world seed (data.world.seed); pick another")
     config.data.world.seed = seed
     config.data.world.train_worlds = 0
+    config.data.world.num_train = 0  # the test split does not depend on it; the base set alone could not hold it
     config.data.world_dir = str(config.run_dir / f"world-seed{seed}")
     return Path(config.data.world_dir)
 

@@ -551,7 +551,7 @@ def test_fresh_world_points_the_config_at_another_seeds_world_beside_the_run_and
     config.data.world.seed, config.data.world.train_worlds = 0, 8
     folder = use_fresh_world(config, 7)
     assert folder == Path("/tmp/runs/reader/world-seed7") == Path(config.data.world_dir)
-    assert (config.data.world.seed, config.data.world.train_worlds) == (7, 0)
+    assert (config.data.world.seed, config.data.world.train_worlds, config.data.world.num_train) == (7, 0, 0)
     with pytest.raises(ConfigError, match="own world seed"):
         use_fresh_world(config, 7)
     config.data.source = "files"
