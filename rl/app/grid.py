@@ -11,7 +11,8 @@ and this module aggregates them, per dataset × budget × group (structure or st
                      (mean ± t_{0.975, k-1} · sd / √k over the k seed means; none with one seed). The
                      spread between seeds is the training randomness (each seed has its own SFT
                      warm-start and GRPO run), which is what a claim about the training recipe must beat.
-                     Not clipped to [0, 1]: with 3 seeds (t = 4.30) a wide interval says so;
+                     Not clipped to [0, 1]: with 3 seeds (t = 4.30) a wide interval says so. Seeds that
+                     all score the same give a zero-width interval: read em_pooled_ci95 then;
   em_pooled_ci95     the Wilson interval of all k × n episodes pooled as one sample: the question-sampling
                      uncertainty alone, narrower, for reference (it ignores seed-to-seed variation);
   model_calls, subqueries_per_round   means over seeds;
@@ -218,7 +219,9 @@ def format_grid(grid: dict) -> str:
     seeds = ", ".join(str(seed) for seed in grid["seeds"])
     lines.append("")
     lines.append(f"Seeds {seeds}. EM: mean over seeds [95% t interval over the seed means]; {first} − {second}: "
-                 "mean of the per-seed differences [paired 95% t interval]. Calls: model calls per question, "
+                 "mean of the per-seed differences [paired 95% t interval]; seeds that all score the same give a "
+                 "zero-width interval (grid.json has em_pooled_ci95, the Wilson interval over all episodes). "
+                 "Calls: model calls per question, "
                  "mean over seeds. Budget: search rounds (rollout.max_turns), then one forced-answer round.")
     return "\n".join(lines)
 
