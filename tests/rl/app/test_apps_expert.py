@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from rollouts.config import McpServerConfig, RolloutConfig, ToolsConfig
 from rollouts.protocols import build_protocol
 from rollouts.tools import build_tools
 
-from conftest import QWEN2_TOKENIZER_ARCHIVE
+QWEN2_TOKENIZER_ARCHIVE = Path(__file__).parents[2] / "fixtures" / "qwen2-tokenizer.tgz"  # tests/conftest.py's
 
 WORLD_CONFIG = AppsWorldConfig(seed=7, num_train=30, num_validation=15, num_test=30)
 ROLLOUT = RolloutConfig(protocol="function_call", max_turns=8, max_new_tokens_per_turn=512,
