@@ -196,6 +196,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_malformed_row": ("error", "skip"),
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
     "rollout.actor_logs": ("errors", "all"),
+    "rollout.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    "rollout.lora_sync": ("auto", "merged", "adapter"),
     "grpo.loss_aggregation": ("token_mean", "seq_mean", "constant"),
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
@@ -366,9 +368,16 @@ def resolve_automatic_values(config: ExperimentConfig) -> None:
     rollout.prompt_style: "full" (the ParallelSearch-style instruction) for a model given in model.path, which
     is a stock chat model unless it is a warm-started tiny one (whose configs say "minimal"); "compact" for
     the tiny model built from config.
+    rollout.lora_sync: "adapter" for LoRA on the vLLM engine (only the adapter travels), else "merged";
+    rollout.max_lora_rank: model.lora.r when adapters are synced.
     """
     if config.rollout.prompt_style == "auto":
         config.rollout.prompt_style = "full" if config.model.path else "compact"
+    if config.rollout.lora_sync == "auto":
+        adapters = config.model.lora.enabled and config.rollout.engine == "vllm"
+        config.rollout.lora_sync = "adapter" if adapters else "merged"
+    if config.rollout.lora_sync == "adapter" and config.rollout.max_lora_rank == 0:
+        config.rollout.max_lora_rank = config.model.lora.r
 
 
 def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> None:
@@ -406,6 +415,19 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          "holds custom resources only; CPUs and GPUs per actor are rollout.worker_num_cpus / rollout.worker_num_gpus")
     need(all(amount > 0 for amount in rollout.worker_resources.values()), "rollout.worker_resources",
          "every amount must be > 0 (e.g. {rollout_node: 1})")
+    need(rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+    need(rollout.tensor_parallel_size == 1 or rollout.engine == "vllm", "rollout.tensor_parallel_size",
+         "tensor parallelism is a vLLM engine setting; with rollout.engine=hf keep it at 1")
+    need(rollout.worker_num_gpus == 0 or rollout.engine != "vllm"
+         or rollout.worker_num_gpus == rollout.tensor_parallel_size, "rollout.worker_num_gpus",
+         f"a vLLM actor reserves one GPU per tensor-parallel rank: set it to rollout.tensor_parallel_size "
+         f"({rollout.tensor_parallel_size})")
+    need(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    need(rollout.weight_bucket_mb >= 1, "rollout.weight_bucket_mb", "must be >= 1")
+    need(rollout.max_lora_rank >= 0, "rollout.max_lora_rank", "must be >= 0 (0: model.lora.r)")
+    need(rollout.lora_sync != "adapter" or (config.model.lora.enabled and rollout.engine == "vllm"),
+         "rollout.lora_sync", "'adapter' syncs LoRA adapters alone, which needs model.lora.enabled=true and "
+         "rollout.engine=vllm; use 'merged' (or 'auto')")
     need(rollout.max_turns >= 1, "rollout.max_turns", "must be >= 1")
     need(rollout.max_new_tokens_per_turn >= 1, "rollout.max_new_tokens_per_turn", "must be >= 1")
     need(rollout.temperature >= 0, "rollout.temperature", "must be >= 0")

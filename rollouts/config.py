@@ -71,4 +71,18 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature for training rollouts
     top_p: float = 1.0  # nucleus sampling
     eval_temperature: float = 0.0  # sampling temperature of `fanout eval` and in-training evaluations; 0: greedy
-    vllm_gpu_memory_utilization: float = 0.5  # vLLM engine only
+    # vLLM engine only: share of each GPU's memory vLLM takes for weights, activations and KV cache (the
+    # rest is the trainer's when they share GPUs)
+    gpu_memory_utilization: float = 0.5
+    # vLLM engine only: GPUs (tensor-parallel ranks) per rollout actor, one node; with GPUs,
+    # rollout.worker_num_gpus must equal it (the actor reserves them, vLLM's workers run on them)
+    tensor_parallel_size: int = 1
+    # Ray placement-group strategy for the actors' bundles (one bundle per actor, in one group): "PACK"
+    # (fill a node first), "SPREAD", "STRICT_PACK" (all on one node) or "STRICT_SPREAD" (one actor per node)
+    placement_strategy: str = "PACK"
+    # How LoRA weights reach the engines: "auto" ("adapter" for vLLM, "merged" for hf), "merged" (full
+    # weights with the adapter merged in) or "adapter" (the LoRA matrices only; vLLM's LoRA support)
+    lora_sync: str = "auto"
+    # vLLM engine with lora_sync=adapter: the largest adapter rank it serves (0: model.lora.r, set automatically)
+    max_lora_rank: int = 0
+    weight_bucket_mb: int = 256  # vLLM engine only: weights broadcast to its workers in flat buckets of this size

@@ -82,13 +82,29 @@ class InferenceEngine(ABC):
 
     @abstractmethod
     def load_weights(self, state_dict_or_ref: Any, version: int) -> None:
-        """Load a (full, partial or LoRA-merged) state dict, or a Ray object ref of one; set the version."""
+        """Load a (full, partial or LoRA-merged) state dict, a `LoraAdapter` (engines that serve adapters) or a
+        Ray object ref of one; set the version."""
+
+
+@dataclass
+class LoraAdapter:
+    """LoRA weights alone (rollout.lora_sync=adapter): peft's adapter tensors and its config as a dict.
+
+    An engine that serves adapters (vLLM) applies them over the base weights it loaded at start; the others
+    refuse them (send merged full weights instead).
+    """
+
+    tensors: dict[str, Any]  # peft adapter names (base_model.model....lora_A.weight) -> tensor
+    config: dict  # peft LoraConfig.to_dict(): r, lora_alpha, target_modules, ...
 
 
 def resolve_state_dict(state_dict_or_ref: Any) -> Mapping:
     """A state dict from itself or from a Ray object ref (weights broadcast through the object store)."""
     if isinstance(state_dict_or_ref, Mapping):
         return state_dict_or_ref
+    if isinstance(state_dict_or_ref, LoraAdapter):
+        raise TypeError("this engine loads full (or LoRA-merged) state dicts, not adapters alone; set "
+                        "rollout.lora_sync=merged, or use rollout.engine=vllm, which serves LoRA adapters")
     if type(state_dict_or_ref).__name__ == "ObjectRef":
         import ray
 
@@ -131,6 +147,7 @@ __all__ = [
     "FINISH_REASONS",
     "GenerationOutput",
     "InferenceEngine",
+    "LoraAdapter",
     "build_engine",
     "engine_class",
     "register_engine",

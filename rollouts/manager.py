@@ -31,9 +31,11 @@ replacement with a new worker id, load the current weights into it, and go on
 `rollout.groups_lost` (0 in a healthy run). An exception raised inside a generate call (a bug, not a
 dead process) stops the pump and is re-raised by the next `get_batch`.
 
-Placement: actors ask Ray for `rollout.worker_num_cpus`, `rollout.worker_num_gpus` and the custom
-`rollout.worker_resources` (e.g. {rollout_node: 1} keeps them on nodes started with that resource);
-`rollout/actor_nodes` and `rollout/actors_on_driver_node` report where they ran.
+Placement (rollouts/placement.py): one placement group of one bundle per actor, each of
+`rollout.worker_num_cpus`, `rollout.worker_num_gpus` and the custom `rollout.worker_resources` (e.g.
+{rollout_node: 1} keeps them on nodes started with that resource), laid out by
+`rollout.placement_strategy`; a replacement takes its predecessor's bundle. `rollout/actor_nodes` and
+`rollout/actors_on_driver_node` report where they ran.
 
 What it simplifies on purpose: one manager per driver process; no actor restarts by Ray itself
 (replacement is explicit, so questions are never silently dropped); metrics windows are "since the
@@ -65,6 +67,7 @@ from data.plugins import plugin_runtime_env
 from data.types import Question
 from rollouts.buffer import DROP_REASONS, BufferTimeout, StalenessBuffer
 from rollouts.data_cursor import DataCursor
+from rollouts.placement import ActorPlacement
 from data.trajectory import Group
 from rollouts.weight_sync import PublishedWeights, publish_weights
 from rollouts.worker import WorkerConfig, WorkerSetup, worker_actor_class
@@ -215,6 +218,7 @@ class RolloutManager:
         self._next_worker_id = 0
         self._driver_node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         warn_if_no_node_has(rollout.worker_resources)
+        self._placement = ActorPlacement(rollout)  # every actor's resources reserved at once, actor i in bundle i
         self._slots = [self._new_slot(index) for index in range(rollout.num_workers)]
 
     # ------------------------------------------------------------------ actors
@@ -224,11 +228,7 @@ class RolloutManager:
         # The actor reports the version of the weights it really holds; pushed weights follow (below).
         setup = WorkerSetup(worker_id=worker_id, model_path=self._model_path, corpus_path=self._corpus_path,
                             initial_version=self._model_version)
-        rollout = self.config.rollout
-        actor = self._actor_class.options(
-            num_cpus=rollout.worker_num_cpus, num_gpus=rollout.worker_num_gpus,
-            resources=dict(rollout.worker_resources) or None,
-        ).remote(self.config, setup)
+        actor = self._actor_class.options(**self._placement.options_for(index)).remote(self.config, setup)
         slot = WorkerSlot(index=index, worker_id=worker_id, actor=actor, idle_since=time.monotonic())
         if self._published is not None:
             self._submit_update(slot, self._published)
@@ -561,6 +561,7 @@ class RolloutManager:
                     pass
             self._inflight.clear()
             self._published = None
+            self._placement.remove()
 
     def __enter__(self) -> "RolloutManager":
         return self

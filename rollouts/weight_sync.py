@@ -32,6 +32,8 @@ import numpy as np
 import ray
 import torch
 
+from rollouts.engine import LoraAdapter
+
 # torch dtypes numpy cannot hold travel as a same-width integer view and are viewed back on arrival.
 _NUMPY_CARRIER_DTYPES = {torch.bfloat16: torch.int16}
 
@@ -62,10 +64,17 @@ class EncodedWeights:
 
     arrays: dict[str, np.ndarray]
     torch_dtypes: dict[str, str]  # e.g. "bfloat16"
+    adapter_config: dict | None = None  # set when the arrays are a LoRA adapter alone (rollout.lora_sync=adapter)
 
 
-def encode_weights(state_dict: Mapping[str, torch.Tensor]) -> EncodedWeights:
-    """CPU tensors -> numpy arrays sharing their memory (bf16 goes as an int16 view)."""
+def encode_weights(weights: Mapping[str, torch.Tensor] | LoraAdapter) -> EncodedWeights:
+    """CPU tensors (a state dict, or a LoraAdapter's) -> numpy arrays sharing their memory (bf16 goes as an
+    int16 view)."""
+    if isinstance(weights, LoraAdapter):
+        encoded = encode_weights(weights.tensors)
+        encoded.adapter_config = dict(weights.config)
+        return encoded
+    state_dict = weights
     arrays, torch_dtypes = {}, {}
     for name, tensor in cpu_state_dict(state_dict).items():
         carrier = _NUMPY_CARRIER_DTYPES.get(tensor.dtype)
@@ -78,8 +87,9 @@ def encode_weights(state_dict: Mapping[str, torch.Tensor]) -> EncodedWeights:
     return EncodedWeights(arrays=arrays, torch_dtypes=torch_dtypes)
 
 
-def decode_weights(encoded: EncodedWeights) -> dict[str, torch.Tensor]:
-    """numpy arrays (read-only views into the object store) -> tensors viewing the same memory."""
+def decode_weights(encoded: EncodedWeights) -> dict[str, torch.Tensor] | LoraAdapter:
+    """numpy arrays (read-only views into the object store) -> tensors viewing the same memory (as a
+    LoraAdapter when an adapter was encoded)."""
     tensors = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # loaders copy, never write
@@ -87,15 +97,16 @@ def decode_weights(encoded: EncodedWeights) -> dict[str, torch.Tensor]:
             tensor = torch.from_numpy(array)
             dtype = getattr(torch, encoded.torch_dtypes[name])
             tensors[name] = tensor.view(dtype) if tensor.dtype != dtype else tensor
-    return tensors
+    return tensors if encoded.adapter_config is None else LoraAdapter(tensors, encoded.adapter_config)
 
 
 def state_dict_num_bytes(state_dict: Mapping[str, torch.Tensor]) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in state_dict.values())
 
 
-def publish_weights(state_dict: Mapping[str, torch.Tensor], version: int) -> PublishedWeights:
-    """Put the weights of policy `version` in the object store once; hand `.ref` to every actor."""
+def publish_weights(state_dict: Mapping[str, torch.Tensor] | LoraAdapter, version: int) -> PublishedWeights:
+    """Put the weights of policy `version` (a state dict, or a LoRA adapter alone) in the object store once;
+    hand `.ref` to every actor."""
     if not ray.is_initialized():
         raise RuntimeError("publish_weights needs a running Ray session (call rollouts.manager.init_ray first)")
     start = time.perf_counter()

@@ -60,6 +60,7 @@ echo "==> removing torchvision, torchaudio, torchcodec (built against a differen
 
 echo "==> installing fanout-rl without its dependencies, plus the few it needs here"
 "${pip[@]}" install "${project_dependencies[@]}"
+"${pip[@]}" install --no-deps peft accelerate  # LoRA adapters for the adapter-sync test; their deps are all here
 "${pip[@]}" install --no-deps --editable "${repository_root}"
 
 echo "==> checking the installation"

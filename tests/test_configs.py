@@ -148,6 +148,12 @@ def test_batch_not_divisible_by_minibatches_exits_2(capsys):
         (["rollout.engine=sglang"], "rollout.engine"),
         (["experiment.resume=true", "experiment.overwrite=true"], "experiment.resume"),
         (["data.source=files"], "data.train_files"),
+        (["rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size"),  # the hf engine has none
+        (["rollout.placement_strategy=FILL"], "rollout.placement_strategy"),
+        (["rollout.lora_sync=adapter"], "rollout.lora_sync"),  # no LoRA, hf engine
+        (["rollout.engine=vllm", "experiment.device=cuda", "rollout.worker_num_gpus=1",
+          "rollout.tensor_parallel_size=2"], "rollout.worker_num_gpus"),
+        (["rollout.gpu_memory_utilization=1.5"], "rollout.gpu_memory_utilization"),
     ],
 )
 def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, monkeypatch):
@@ -281,3 +287,11 @@ def test_an_invalid_value_from_the_yaml_is_still_blamed_on_the_yaml(tmp_path, ca
     path.write_text("rollout:\n  group_size: 1\n")
     assert cli_main(["config", "show", str(path), "grpo.learning_rate=1e-5"]) == 2
     assert f"fanout: error: {path}: key 'rollout.group_size'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine, lora, expected", [("vllm", True, ("adapter", 8)), ("vllm", False, ("merged", 0)),
+                                                    ("hf", True, ("merged", 0))])
+def test_automatic_lora_sync_sends_adapters_to_vllm_only(engine, lora, expected, monkeypatch):
+    monkeypatch.setenv("FANOUT_ALLOW_VLLM_CPU", "1")
+    config = load_config(QUICKSTART, [f"rollout.engine={engine}", f"model.lora.enabled={str(lora).lower()}"])
+    assert (config.rollout.lora_sync, config.rollout.max_lora_rank) == expected

@@ -53,6 +53,7 @@ from rl.grpo.distributed import (
     world_size,
 )
 from rl.grpo.faults import fault_point
+from rollouts.engine import LoraAdapter
 from data.trajectory import Group
 
 logger = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def train(config: ExperimentConfig) -> Path:
         if is_main_process() else None
     try:
         if trainer.version != 0:  # resumed: the actors start from the warm start and load these weights first
-            weights = trainer.export_weights(main_process_only=True)  # every rank: a gather under ZeRO-3
+            weights = _rollout_weights(config, trainer)
             if manager is not None:
                 manager.push_weights(weights, trainer.version)
         metrics_logger = None
@@ -345,6 +346,15 @@ def merge_owned_metrics(sources: dict[str, dict[str, float]]) -> dict[str, float
     return merged
 
 
+def _rollout_weights(config: ExperimentConfig, trainer) -> Any:
+    """What the actors load, on rank 0 (None elsewhere; every rank joins the gather under ZeRO-3): the full
+    weights (LoRA merged in), or the adapter alone with rollout.lora_sync=adapter."""
+    if config.rollout.lora_sync != "adapter":
+        return trainer.export_weights(main_process_only=True)
+    tensors = trainer.export_weights("adapter", main_process_only=True)
+    return None if tensors is None else LoraAdapter(tensors, trainer.adapter_config())
+
+
 def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: Path, start_step: int,
           periodic_evaluator=None, model_path: str | None = None) -> None:
     """The steps; every rank runs it. `manager` and `metrics_logger` are rank 0's (None on the other ranks);
@@ -360,7 +370,7 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
         version_before = trainer.version
         trainer_metrics = trainer.step(groups)
         if trainer.version != version_before:  # a skipped (non-finite) step made no new version to push
-            weights = trainer.export_weights(main_process_only=True)  # every rank: a gather under ZeRO-3
+            weights = _rollout_weights(config, trainer)
             if manager is not None:
                 manager.push_weights(weights, trainer.version)  # timed in manager.stats()
         fault_point("mid_step", step + 1)

@@ -39,7 +39,7 @@ def compare_engines(model_path: str) -> dict:
     from rollouts.engine_hf import HFEngine
     from rollouts.engine_vllm import VLLMEngine
 
-    rollout_config = RolloutConfig(max_context_tokens=512, vllm_gpu_memory_utilization=0.2)
+    rollout_config = RolloutConfig(max_context_tokens=512, gpu_memory_utilization=0.2)
     hf_engine = HFEngine.from_pretrained(model_path, rollout_config)
     vllm_engine = VLLMEngine.from_pretrained(model_path, rollout_config, device="cpu")
     prompts = [hf_engine.tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
@@ -65,6 +65,61 @@ def compare_engines(model_path: str) -> dict:
     return result
 
 
+def lora_model_and_adapter(model_path: str, base_state: dict, seed: int):
+    """An HF copy of the model with `base_state`, wrapped by the trainer's LoRA code with random non-zero B
+    matrices: (the adapter as the trainer exports it for vLLM, the merged full weights for the HF engine)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rl.config import LoraConfig
+    from rl.grpo.lora import adapter_config_dict, adapter_state_dict, apply_lora, merged_state_dict
+    from rollouts.engine import LoraAdapter
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.load_state_dict(base_state)
+    peft_model = apply_lora(model, LoraConfig(enabled=True, r=8, alpha=16, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return LoraAdapter(adapter_state_dict(peft_model), adapter_config_dict(peft_model)), merged_state_dict(peft_model)
+
+
+def tensor_parallel_with_adapters(model_path: str) -> dict:
+    """A vLLM engine on 2 tensor-parallel CPU ranks that serves LoRA adapters, against the HF engine on one:
+    the base weights, a full update through the weight group, then two adapters (rollout.lora_sync=adapter)."""
+    from rollouts.config import RolloutConfig
+    from rollouts.engine_hf import HFEngine
+    from rollouts.engine_vllm import VLLMEngine
+
+    hf_engine = HFEngine.from_pretrained(model_path, RolloutConfig(max_context_tokens=512))
+    vllm_engine = VLLMEngine.from_pretrained(
+        model_path, RolloutConfig(max_context_tokens=512, gpu_memory_utilization=0.2, tensor_parallel_size=2,
+                                  lora_sync="adapter", max_lora_rank=8, weight_bucket_mb=1), device="cpu")
+    prompts = [hf_engine.tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
+
+    def greedy(engine) -> list:
+        return as_lists(engine.generate(prompts, MAX_NEW_TOKENS, set(), temperature=0.0))
+
+    result = {"weight_group_size": vllm_engine.weight_group.world_size,
+              "hf_base": greedy(hf_engine), "vllm_base": greedy(vllm_engine)}
+    state = sharpened_state_dict(hf_engine.model)
+    hf_engine.load_weights(state, version=1)
+    vllm_engine.load_weights(state, version=1)
+    result.update(hf_full=greedy(hf_engine), vllm_full=greedy(vllm_engine))
+    for version, seed in ((2, 11), (3, 12)):
+        adapter, merged = lora_model_and_adapter(model_path, state, seed)
+        hf_engine.load_weights(merged, version=version)
+        vllm_engine.load_weights(adapter, version=version)
+        result[f"hf_adapter_{version}"], result[f"vllm_adapter_{version}"] = greedy(hf_engine), greedy(vllm_engine)
+        result[f"adapter_bytes_{version}"] = sum(tensor.numel() * tensor.element_size()
+                                                 for tensor in adapter.tensors.values())
+    result["full_bytes"] = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    result["version"] = vllm_engine.version
+    return result
+
+
 def stop_strings_on_a_stock_tokenizer(model_path: str) -> dict:
     """The scripted rows of stock_model_helpers (multi-token tags, fused or not) in the vLLM and HF engines."""
     from stock_model_helpers import STOP_STRINGS, scripted_bigram_model, scripted_stop_rows
@@ -73,7 +128,7 @@ def stop_strings_on_a_stock_tokenizer(model_path: str) -> dict:
     from rollouts.engine_hf import HFEngine
     from rollouts.engine_vllm import VLLMEngine
 
-    rollout_config = RolloutConfig(max_context_tokens=512, vllm_gpu_memory_utilization=0.2)
+    rollout_config = RolloutConfig(max_context_tokens=512, gpu_memory_utilization=0.2)
     hf_engine = HFEngine.from_pretrained(model_path, rollout_config)
     rows = scripted_stop_rows(hf_engine.tokenizer)
     scripted_bigram_model(hf_engine.model, rows.successors)
@@ -162,6 +217,13 @@ def stock_stop_strings(request, tmp_path_factory) -> dict:
     return run_script("stop-strings", request.getfixturevalue("qwen2_checkpoint"), tmp_path_factory.mktemp("vllm"))
 
 
+@pytest.fixture(scope="module")
+def tensor_parallel(vllm_checkpoint, tmp_path_factory) -> dict:
+    pytest.importorskip("vllm")
+    pytest.importorskip("peft")
+    return run_script("tensor-parallel", vllm_checkpoint, tmp_path_factory.mktemp("vllm"))
+
+
 def test_greedy_tokens_and_logprobs_match_the_hf_engine(comparison):
     for (hf_tokens, hf_logprobs_row, _), (vllm_tokens, vllm_logprobs_row, reason) in zip(
             comparison["hf_greedy"], comparison["vllm_greedy"]):
@@ -215,5 +277,32 @@ def test_multi_token_stop_strings_end_rows_at_the_completing_token_with_a_stock_
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    script = {"compare": compare_engines, "stop-strings": stop_strings_on_a_stock_tokenizer}[sys.argv[1]]
+    script = {"compare": compare_engines, "stop-strings": stop_strings_on_a_stock_tokenizer,
+              "tensor-parallel": tensor_parallel_with_adapters}[sys.argv[1]]
     Path(sys.argv[3]).write_text(json.dumps(script(sys.argv[2])))
+
+
+def assert_same_greedy_rows(vllm_rows: list, hf_rows: list) -> None:
+    for (vllm_tokens, vllm_logprobs_row, _), (hf_tokens, hf_logprobs_row, _) in zip(vllm_rows, hf_rows):
+        assert vllm_tokens == hf_tokens
+        assert vllm_logprobs_row == pytest.approx(hf_logprobs_row, abs=2e-3)
+
+
+def test_two_tensor_parallel_ranks_generate_what_one_hf_model_does_before_and_after_a_weight_group_update(
+        tensor_parallel):
+    run = tensor_parallel
+    assert run["weight_group_size"] == 3  # the actor and both tensor-parallel workers
+    assert_same_greedy_rows(run["vllm_base"], run["hf_base"])
+    assert_same_greedy_rows(run["vllm_full"], run["hf_full"])  # 1 MB buckets: several broadcasts
+    assert run["vllm_full"][0][1] != pytest.approx(run["vllm_base"][0][1], abs=1e-2)  # sharper log-probs: loaded
+
+
+def test_adapter_sync_serves_each_new_lora_adapter_like_the_merged_weights(tensor_parallel):
+    run = tensor_parallel
+    for version in (2, 3):
+        assert_same_greedy_rows(run[f"vllm_adapter_{version}"], run[f"hf_adapter_{version}"])
+    # each adapter changes the policy (log-probs of the same tokens move), and the second replaces the first
+    assert run["vllm_adapter_2"][0][1] != pytest.approx(run["vllm_full"][0][1], abs=1e-2)
+    assert run["vllm_adapter_3"][0][1] != pytest.approx(run["vllm_adapter_2"][0][1], abs=1e-2)
+    assert run["version"] == 3
+    assert run["adapter_bytes_2"] < run["full_bytes"] / 10  # only the LoRA matrices travel

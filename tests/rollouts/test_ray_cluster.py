@@ -60,6 +60,11 @@ def make_reporting_worker_class():
         def update_weights(self, weights, version):
             return 0.0
 
+        def node_id(self):
+            from rollouts.worker import current_node_id
+
+            return current_node_id()
+
         def environment(self, names):
             import os
 
@@ -179,3 +184,29 @@ def test_actor_logs_reach_the_driver(two_node_cluster, capfd, actor_logs):
         output = read_driver_output_until(capfd, "ACTOR-INFO-LINE", output, timeout_s=2 if actor_logs == "errors" else 30)
     assert "ACTOR-ERROR-LINE worker 0" in output
     assert ("ACTOR-INFO-LINE worker 0" in output) == (actor_logs == "all")
+
+
+def test_strict_spread_puts_one_actor_per_node_and_a_replacement_takes_its_predecessors_bundle(two_node_cluster):
+    cluster, worker_node = two_node_cluster
+    config = cluster_config(num_workers=2)
+    config.rollout.worker_resources = {}
+    config.rollout.placement_strategy = "STRICT_SPREAD"
+    with build_rollout_manager(config, QUESTIONS, model_path="unused",
+                               actor_class=make_reporting_worker_class()) as manager:
+        bundle_nodes = manager._placement.bundle_nodes(timeout_s=60)
+        assert sorted(bundle_nodes) == sorted([cluster.head_node.node_id, worker_node.node_id])
+        batch = manager.get_batch(2, current_version=0, timeout=120)
+        nodes_by_worker = {group.worker_id: group.node_id for group in batch}
+        for slot_index, worker_id in enumerate(manager.worker_ids()):
+            if worker_id in nodes_by_worker:
+                assert nodes_by_worker[worker_id] == bundle_nodes[slot_index]
+        ray.kill(manager.worker_handles()[0], no_restart=True)
+        manager.push_weights({}, version=1)
+        deadline = time.monotonic() + 120
+        while manager.worker_ids()[0] == 0 and time.monotonic() < deadline:  # replaced once a call fails
+            manager.get_batch(2, current_version=1, timeout=120)
+            manager.push_weights({}, version=manager.latest_version + 1)
+        assert manager.worker_ids()[0] != 0
+        assert ray.get(manager.worker_handles()[0].node_id.remote(), timeout=60) == bundle_nodes[0]
+        table = ray.util.placement_group_table(manager._placement.group)
+        assert table["state"] == "CREATED" and table["strategy"] == "STRICT_SPREAD"

@@ -40,3 +40,17 @@ def test_non_contiguous_and_grad_tensors_are_made_sendable():
 def test_non_tensor_entries_are_refused_with_their_name():
     with pytest.raises(TypeError, match="'lr' is a float"):
         encode_weights({"lr": 0.1})
+
+
+def test_a_lora_adapter_travels_with_its_config_and_engines_without_adapters_refuse_it():
+    from rollouts.engine import LoraAdapter, resolve_state_dict
+
+    adapter = LoraAdapter({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(8, 16)},
+                          {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]})
+    decoded = decode_weights(encode_weights(adapter))
+    assert isinstance(decoded, LoraAdapter) and decoded.config == adapter.config
+    name = next(iter(adapter.tensors))
+    assert torch.equal(decoded.tensors[name], adapter.tensors[name])
+    assert isinstance(decode_weights(encode_weights(adapter.tensors)), dict)  # a state dict stays one
+    with pytest.raises(TypeError, match="rollout.lora_sync=merged"):
+        resolve_state_dict(decoded)  # what the hf engine's load_weights does first
