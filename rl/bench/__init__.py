@@ -36,6 +36,7 @@ register_suite("scaling", "rl.bench.scaling")
 register_suite("retriever", "rl.bench.retriever_load")
 register_suite("dp", "rl.bench.dp")
 register_suite("learn", "rl.bench.learn")
+register_suite("weight_group", "rl.bench.weight_group")
 
 
 def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = ()) -> dict:

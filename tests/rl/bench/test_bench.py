@@ -248,3 +248,12 @@ def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
     else:
         assert all(figures[key] > 0 for key in CONTRACT_KEYS[suite])
     assert any(line.startswith("|") for line in lines[:-1])  # a table came before the JSON line
+
+
+def test_weight_group_suite_moves_every_byte_to_one_and_two_receivers(capsys):
+    """Quick (16 MB, about 10 s): the receivers assert they got every tensor; the figures are well formed."""
+    run_suite("weight_group", quick=True)
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["suite"] == "weight_group" and figures["num_bytes"] == 16 * 2**20
+    assert set(figures["gb_per_s"]) == {"1", "2"} and all(value > 0 for value in figures["gb_per_s"].values())
+    assert figures["speedup_vs_torch_save"] > 0
