@@ -1,6 +1,7 @@
 """One rank of the data-parallel trainer tests: `torchrun --nproc_per_node=N data_parallel_worker.py OUT CASES`.
 
-For each case (a JSON list of {"name", "zero_stage", "num_groups", "minibatches_per_step", "epochs_per_batch"})
+For each case (a JSON list of {"name", "zero_stage", "num_groups", "minibatches_per_step", "epochs_per_batch"},
+optionally "lora": true, which also writes the adapter alone to `OUT/<name>-adapter.pt`)
 every rank builds the same tiny model, trains one step on the same global batch of synthetic groups, and
 rank 0 writes the updated weights (`OUT/<name>.pt`, gathered under ZeRO-3) and, in `OUT/<name>.json`, the
 step's metrics and the bytes of parameters and optimizer state that each rank holds.
@@ -30,12 +31,16 @@ def run_case(case: dict, out_dir: Path) -> None:
     config = trainer_config(zero_stage=case["zero_stage"], minibatches_per_step=case["minibatches_per_step"],
                             epochs_per_batch=case["epochs_per_batch"])
     config.rollout.questions_per_step = case["num_groups"]
+    config.model.lora.enabled = bool(case.get("lora"))
     trainer = GRPOTrainer(config, model=tiny_model())
     metrics = trainer.step(synthetic_groups(num_groups=case["num_groups"]))
     held = gather_to_all(trainer.held_bytes())
     weights = trainer.export_weights(main_process_only=True)
+    adapter = trainer.export_weights("adapter", main_process_only=True) if case.get("lora") else None
     if is_main_process():
         torch.save(weights, out_dir / f"{case['name']}.pt")
+        if adapter is not None:
+            torch.save(adapter, out_dir / f"{case['name']}-adapter.pt")
         report = {"metrics": metrics, "held_bytes_by_rank": held, "world_size": world_size(),
                   "version": trainer.version}
         (out_dir / f"{case['name']}.json").write_text(json.dumps(report, indent=1))

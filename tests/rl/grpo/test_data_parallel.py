@@ -4,7 +4,8 @@ One `torchrun --nproc_per_node=2` launch (tests/rl/grpo/data_parallel_worker.py,
 cores) trains one step of each case on the same global batch as a 1-rank trainer in this process:
 ZeRO-0 (DeepSpeed's plain all-reduce); ZeRO-1 with groups that do not split evenly and two epochs (a
 proximal pass and two optimizer steps); ZeRO-2 and ZeRO-3 with two epochs; ZeRO-3 with uneven groups
-and two micro-batches per rank; ZeRO-2 with a single group (the second rank trains stand-ins only).
+and two micro-batches per rank; ZeRO-2 with a single group (the second rank trains stand-ins only); LoRA
+under ZeRO-3 (the adapter gathered for adapter-only sync must equal the 1-rank adapter).
 The weights after the step must equal the 1-rank weights to float tolerance, the metrics must be the
 whole batch's, each rank must hold half of the optimizer state (ZeRO-1/2/3) and half of the parameters
 (ZeRO-3), and a 2-rank ZeRO-3 checkpoint must resume to exactly the same next step.
@@ -40,7 +41,15 @@ CASES = [
     {"name": "zero3_uneven", "zero_stage": 3, "num_groups": 3, "minibatches_per_step": 4, "epochs_per_batch": 1},
     {"name": "zero2_one_group", "zero_stage": 2, "num_groups": 1, "minibatches_per_step": 1,
      "epochs_per_batch": 1},
+    {"name": "zero3_lora", "zero_stage": 3, "num_groups": 4, "minibatches_per_step": 2, "epochs_per_batch": 1,
+     "lora": True},
 ]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # model.lora.target_modules' default
+
+
+def is_lora_adapted(name: str) -> bool:
+    """A weight that LoRA changes (merged in): the target projections' matrices, not their biases."""
+    return any(name.endswith(f"{target}.weight") for target in LORA_TARGETS)
 # Adam's first steps move each weight by about lr * sign(gradient), so float noise in a tiny gradient
 # (another summation order on 2 ranks) can move a weight by a visible fraction of lr = 1e-2.
 WEIGHT_ATOL = 1e-4
@@ -98,9 +107,29 @@ def _one_rank_step(case_name: str) -> tuple[dict, dict, dict]:
     config = trainer_config(zero_stage=case["zero_stage"], minibatches_per_step=case["minibatches_per_step"],
                             epochs_per_batch=case["epochs_per_batch"])
     config.rollout.questions_per_step = case["num_groups"]
+    config.model.lora.enabled = bool(case.get("lora"))
     trainer = GRPOTrainer(config, model=tiny_model())
     metrics = trainer.step(synthetic_groups(num_groups=case["num_groups"]))
     return metrics, trainer.export_weights(), trainer.held_bytes()
+
+
+def test_two_lora_ranks_under_zero3_train_the_one_rank_adapter(two_rank_results):
+    """LoRA under ZeRO-3: the adapter each export gathers equals the 1-rank one, and only adapted layers moved."""
+    _, weights, _ = _one_rank_step("zero3_lora")
+    case = next(case for case in CASES if case["name"] == "zero3_lora")
+    config = trainer_config(zero_stage=3, minibatches_per_step=case["minibatches_per_step"])
+    config.rollout.questions_per_step = case["num_groups"]
+    config.model.lora.enabled = True
+    one_rank_adapter = GRPOTrainer(config, model=tiny_model())
+    one_rank_adapter.step(synthetic_groups(num_groups=case["num_groups"]))
+    adapter = one_rank_adapter.export_weights("adapter")
+    two_rank_adapter = torch.load(two_rank_results / "zero3_lora-adapter.pt", weights_only=True)
+    assert sorted(two_rank_adapter) == sorted(adapter) and any("lora_B" in name for name in adapter)
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(two_rank_adapter[name], tensor, atol=WEIGHT_ATOL, rtol=0)
+    initial = tiny_model().state_dict()
+    moved = {name for name, tensor in weights.items() if not torch.equal(tensor, initial[name])}
+    assert moved == {name for name in weights if is_lora_adapted(name)}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
@@ -112,7 +141,8 @@ def test_two_ranks_make_the_one_rank_update(case, two_rank_results):
     assert sorted(two_rank_weights) == sorted(weights)
     initial = tiny_model().state_dict()
     for name, tensor in weights.items():
-        assert not torch.equal(tensor, initial[name]), name  # the step moved it ...
+        if not case.get("lora") or is_lora_adapted(name):  # LoRA: the base is frozen
+            assert not torch.equal(tensor, initial[name]), name  # the step moved it ...
         torch.testing.assert_close(two_rank_weights[name], tensor, atol=WEIGHT_ATOL, rtol=0)  # ... the same way
     two_rank_metrics = report["metrics"]
     for key in ("loss/policy", "loss/grad_norm", "loss/entropy", "loss/clip_fraction",
