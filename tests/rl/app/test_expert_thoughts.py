@@ -11,6 +11,7 @@ from rl.app.expert import expert_trajectories, write_expert_dataset
 from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought, comparison_thought
 from rl.config import ConfigError, load_config
 from rollouts.config import RolloutConfig, ToolsConfig
+from rewards import parse_trajectory
 from rollouts.protocols import build_protocol
 
 
@@ -105,6 +106,7 @@ def test_compare_demonstration_thinks_in_the_answer_turn_only_and_answers_the_go
     assert answer_turn.startswith(f"<think> {answer_thought(question, 'compare')} </think>")
     assert f"</think>\n<answer> {question.answers[0]} </answer>" in answer_turn
     assert thinking.final_answer == plain.final_answer == question.answers[0]
+    assert parse_trajectory(thinking).valid  # the format reward takes the thought as part of the grammar
     assert chain_thinking.response_ids == chain_plain.response_ids  # chains carry no thought
 
 
