@@ -9,8 +9,10 @@ The expert knows each question's gold sub-questions and writes the turns a good 
   answers, i.e. the query the agent writes after reading the previous result.
 - single questions: one search, then the answer (both modes are the same).
 
-The answer is the first gold answer. Turns carry no <think> block: the tiny model's per-turn budget is
-small, and reasoning text the expert would have to invent teaches nothing the search results don't.
+The answer is the first gold answer. By default turns carry no <think> block: the tiny model's per-turn
+budget is small, and reasoning text the expert would have to invent teaches nothing the search results
+don't. With `think="compare"` (`sft.expert_think`) the answer turn of a parallel question first writes
+the fetched years and the comparison out (rl/app/expert_thoughts.py).
 
 Observations come from the real tools (the retriever behind the tool executor), so the model learns to
 read real BM25 results. The demonstration is played through the agent loop itself: a `ScriptedEngine`
@@ -40,6 +42,7 @@ from datasets import Dataset
 
 from data.trajectory import Trajectory
 from data.types import Question
+from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought
 from rollouts.agent_loop import run_episodes
 from rollouts.config import RolloutConfig
 from rollouts.protocols import Action, AgentProtocol, search_calls
@@ -60,6 +63,7 @@ class ExpertPlan:
 
     search_rounds: list[list[str]]
     answer: str
+    thought: str = ""  # written in <think> before the answer ("": none)
 
     @property
     def model_calls(self) -> int:
@@ -72,8 +76,9 @@ def expert_queries(question: Question) -> list[str]:
     return queries or [question.question.strip()]
 
 
-def expert_plan(question: Question, mode: str) -> ExpertPlan:
-    """The search rounds and answer of the expert in `mode` ("parallel" fans out, "sequential" does not)."""
+def expert_plan(question: Question, mode: str, think: str = "none") -> ExpertPlan:
+    """The search rounds and answer of the expert in `mode` ("parallel" fans out, "sequential" does not),
+    with the answer turn's thought in style `think` (rl/app/expert_thoughts.py)."""
     if mode not in EXPERT_MODES:
         raise ExpertError(f"expert mode {mode!r} is not one of {EXPERT_MODES}")
     queries = expert_queries(question)
@@ -83,7 +88,8 @@ def expert_plan(question: Question, mode: str) -> ExpertPlan:
             "answered in one fanned-out round; use mode 'sequential'"
         )
     rounds = [queries] if mode == "parallel" else [[query] for query in queries]
-    return ExpertPlan(search_rounds=rounds, answer=question.answers[0].strip())
+    return ExpertPlan(search_rounds=rounds, answer=question.answers[0].strip(),
+                      thought=answer_thought(question, think))
 
 
 def plan_actions(plan: ExpertPlan) -> list[Action]:
@@ -96,11 +102,15 @@ def expert_turns(plan: ExpertPlan, protocol: AgentProtocol, tokenizer: Any) -> l
     """Token ids of the plan's model turns (`protocol.action_token_ids`: each turn's text tokenised on its own,
     in the model's native tool-call format where its chat template has one, ending on the end-of-turn token
     when no stop string ends it), as the loop records a turn the model generated."""
-    return [protocol.action_token_ids(action, tokenizer) for action in plan_actions(plan)]
+    actions = plan_actions(plan)
+    turns = [protocol.action_token_ids(action, tokenizer) for action in actions[:-1]]
+    if not plan.thought:
+        return turns + [protocol.action_token_ids(actions[-1], tokenizer)]
+    return turns + [protocol.turn_token_ids(protocol.render_action(actions[-1], plan.thought), tokenizer)]
 
 
 def expert_scripts(questions: list[Question], modes: list[str], protocol: AgentProtocol,
-                   tokenizer: Any) -> TurnScripts:
+                   tokenizer: Any, think: str = "none") -> TurnScripts:
     """The expert's turns for each question in its mode, by prompt: the script of a ScriptedEngine.
 
     A question may come only once (its prompt is the key); `expert_trajectories` takes repeats.
@@ -108,7 +118,7 @@ def expert_scripts(questions: list[Question], modes: list[str], protocol: AgentP
     prompts = [tuple(protocol.render_prompt(question, tokenizer)) for question in questions]
     if len(set(prompts)) < len(prompts):
         raise ValueError("expert_scripts: a question's prompt comes twice; play repeats in separate calls")
-    return TurnScripts({prompt: expert_turns(expert_plan(question, mode), protocol, tokenizer)
+    return TurnScripts({prompt: expert_turns(expert_plan(question, mode, think), protocol, tokenizer)
                         for prompt, question, mode in zip(prompts, questions, modes)})
 
 
@@ -119,6 +129,7 @@ def expert_trajectories(
     tokenizer: Any,
     executor: Any,
     rollout_config: RolloutConfig | None = None,
+    think: str = "none",
 ) -> list[Trajectory | None]:
     """Expert trajectories for `questions` (one mode each), played through the agent loop.
 
@@ -133,21 +144,23 @@ def expert_trajectories(
     if len(modes) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(modes)} modes")
     # a question the expert cannot demonstrate in its mode raises ExpertError before anything is played
-    answers = [expert_plan(question, mode).answer for question, mode in zip(questions, modes)]
+    answers = [expert_plan(question, mode, think).answer for question, mode in zip(questions, modes)]
     trajectories: list[Trajectory | None] = [None] * len(questions)
     # the prompt is the question's text rendered, so a repeated text is a repeated prompt
     for indices in passes_without_repeats([question.question for question in questions]):
         played = play_expert([questions[index] for index in indices], [modes[index] for index in indices],
-                             [answers[index] for index in indices], protocol, tokenizer, executor, rollout_config)
+                             [answers[index] for index in indices], protocol, tokenizer, executor, rollout_config,
+                             think)
         for index, trajectory in zip(indices, played):
             trajectories[index] = trajectory
     return trajectories
 
 
 def play_expert(questions: list[Question], modes: list[str], answers: list[str], protocol: AgentProtocol,
-                tokenizer: Any, executor: Any, rollout_config: RolloutConfig) -> list[Trajectory | None]:
+                tokenizer: Any, executor: Any, rollout_config: RolloutConfig,
+                think: str = "none") -> list[Trajectory | None]:
     """Play each question (at most once each) through run_episodes on the scripted expert; None: dropped."""
-    scripts = expert_scripts(questions, modes, protocol, tokenizer)
+    scripts = expert_scripts(questions, modes, protocol, tokenizer, think)
     groups = run_episodes(ScriptedEngine(tokenizer, scripts), protocol, executor, questions, group_size=1,
                           rollout_config=rollout_config, policy_version=0, greedy=True)
     played: list[Trajectory | None] = []
@@ -242,6 +255,7 @@ def write_expert_dataset(
     parallel_fraction: float = 0.3,
     seed: int = 0,
     batch_size: int = 256,
+    think: str = "none",
 ) -> Dataset:
     """A seeded mixture of expert demonstrations as a `datasets.Dataset`.
 
@@ -249,7 +263,10 @@ def write_expert_dataset(
     inspection question_id, structure, mode, model_calls. num_trajectories=0 means one per question.
     Only a `parallel_fraction` share of the parallel questions gets the fanned-out demonstration, so the
     warm-started policy mostly searches one sub-query per turn and RL has both behaviours to choose from.
+    think: what the answer turns write in <think> first (EXPERT_THINK_STYLES; "none": nothing).
     """
+    if think not in EXPERT_THINK_STYLES:
+        raise ValueError(f"sft.expert_think must be one of {EXPERT_THINK_STYLES}, got {think!r}")
     rng = random.Random(seed)
     chosen = sample_questions(questions, num_trajectories or len(questions), rng)
     modes = choose_modes(chosen, parallel_fraction, rng)
@@ -258,7 +275,8 @@ def write_expert_dataset(
     dropped = 0
     for start in range(0, len(chosen), batch_size):
         batch_questions, batch_modes = chosen[start:start + batch_size], modes[start:start + batch_size]
-        trajectories = expert_trajectories(batch_questions, batch_modes, protocol, tokenizer, executor, rollout_config)
+        trajectories = expert_trajectories(batch_questions, batch_modes, protocol, tokenizer, executor, rollout_config,
+                                           think)
         for question, mode, trajectory in zip(batch_questions, batch_modes, trajectories):
             if trajectory is None:
                 dropped += 1

@@ -124,7 +124,7 @@ def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, source: WarmS
         return write_expert_dataset(
             source.questions, protocol, tokenizer, executor, config.rollout,
             num_trajectories=config.sft.num_trajectories, parallel_fraction=config.sft.parallel_fraction,
-            seed=config.experiment.seed,
+            seed=config.experiment.seed, think=config.sft.expert_think,
         )
     finally:
         close = getattr(executor, "close", None)

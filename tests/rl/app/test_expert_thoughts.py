@@ -1,0 +1,116 @@
+"""The expert's <think> before the answer (sft.expert_think): the text on hand-made questions, its agreement
+with the gold answer on every generated comparison, and the demonstration's answer turn through the agent loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from data.config import RetrieverConfig
+from data.types import Question
+from rl.app.expert import expert_trajectories, write_expert_dataset
+from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought, comparison_thought
+from rl.config import ConfigError, load_config
+from rollouts.config import RolloutConfig, ToolsConfig
+from rewards import parse_trajectory
+from rollouts.protocols import build_protocol
+
+
+def comparison(text: str, form: str, names: list[str], years: list[int], answers: list[str]) -> Question:
+    return Question(id="q", question=text, answers=answers, structure="parallel",
+                    sub_questions=[f"When was {name} born?" for name in names],
+                    metadata={"template": f"person_birth_year_{form}", "entities": names,
+                              "sub_answers": [str(year) for year in years]})
+
+
+def test_two_entities_earliest_writes_both_years_and_the_earlier_one():
+    question = comparison("Who was born first, Ann Lee or Bo Kay?", "earliest", ["Ann Lee", "Bo Kay"],
+                          [1990, 1987], ["Bo Kay"])
+    assert answer_thought(question, "compare") == "Ann Lee 1990 , Bo Kay 1987 first Bo Kay 1987"
+
+
+def test_four_entities_latest_keeps_the_best_so_far_after_every_entity():
+    question = comparison("Which of Ann Lee, Bo Kay, Cy Do and Di Ro was born most recently?", "latest",
+                          ["Ann Lee", "Bo Kay", "Cy Do", "Di Ro"], [1950, 1990, 1970, 1991], ["Di Ro"])
+    assert comparison_thought(question) == (
+        "Ann Lee 1950 , Bo Kay 1990 last Bo Kay 1990 , Cy Do 1970 last Bo Kay 1990 , Di Ro 1991 last Di Ro 1991")
+
+
+@pytest.mark.parametrize("direction,count", [("before", 2), ("after", 1)])
+def test_count_writes_each_side_of_the_threshold_then_the_count(direction, count):
+    question = comparison(f"How many of Ann Lee, Bo Kay and Cy Do were born {direction} 1980?", "count",
+                          ["Ann Lee", "Bo Kay", "Cy Do"], [1975, 1990, 1961], [str(count)])
+    assert comparison_thought(question) == f"Ann Lee 1975 before , Bo Kay 1990 after , Cy Do 1961 before ; {count}"
+
+
+def test_no_thought_for_single_and_chain_questions_none_style_or_missing_metadata():
+    single = Question(id="s", question="When was Ann Lee born?", answers=["1987"], structure="single",
+                      sub_questions=["When was Ann Lee born?"], metadata={"entities": ["Ann Lee"],
+                                                                          "sub_answers": ["1987"]})
+    assert answer_thought(single, "compare") == ""
+    bare = Question(id="b", question="Who was born first, A or B?", answers=["A"], structure="parallel",
+                    sub_questions=["When was A born?", "When was B born?"])
+    assert answer_thought(bare, "compare") == ""
+    question = comparison("Who was born first, A or B?", "earliest", ["A", "B"], [1, 2], ["A"])
+    assert answer_thought(question, "none") == ""
+    with pytest.raises(ValueError, match="sft.expert_think"):
+        answer_thought(question, "verbose")
+
+
+def test_every_generated_comparison_thought_ends_on_the_gold_answer(tiny_world):
+    parallel = [question for split in tiny_world.splits.values() for question in split
+                if question.structure == "parallel"]
+    forms = set()
+    for question in parallel:
+        thought = answer_thought(question, "compare")
+        form = question.metadata["template"].rsplit("_", 1)[-1]
+        forms.add(form)
+        for name, year in zip(question.metadata["entities"], question.metadata["sub_answers"]):
+            assert f"{name} {year}" in thought, (question.question, thought)
+        if form == "count":
+            assert thought.rsplit("; ", 1)[1] == question.answers[0], (question.question, thought)
+        else:
+            winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
+            assert thought.endswith(f"{question.answers[0]} {winner_year}"), (question.question, thought)
+    assert forms == {"earliest", "latest", "count"}
+
+
+def test_config_accepts_exactly_the_expert_think_styles():
+    for style in EXPERT_THINK_STYLES:
+        assert load_config(None, [f"sft.expert_think={style}"]).sft.expert_think == style
+    with pytest.raises(ConfigError, match="sft.expert_think"):
+        load_config(None, ["sft.expert_think=verbose"])
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_world, tiny_checkpoint):
+    from data.retriever import build_retriever
+    from rollouts.model_loading import load_tokenizer
+    from rollouts.tools import build_tools
+
+    executor = build_tools(ToolsConfig(), RetrieverConfig(), build_retriever(RetrieverConfig(),
+                                                                             documents=tiny_world.documents))
+    return load_tokenizer(tiny_checkpoint), executor, build_protocol("tags")
+
+
+def test_compare_demonstration_thinks_in_the_answer_turn_only_and_answers_the_gold(tiny_world, setup):
+    tokenizer, executor, tags = setup
+    question = next(q for q in tiny_world.splits["train"] if q.structure == "parallel" and len(q.sub_questions) == 3)
+    chain = next(q for q in tiny_world.splits["train"] if q.structure == "sequential")
+    plain, chain_plain = expert_trajectories([question, chain], ["parallel", "sequential"], tags, tokenizer,
+                                             executor, RolloutConfig(), think="none")
+    thinking, chain_thinking = expert_trajectories([question, chain], ["parallel", "sequential"], tags, tokenizer,
+                                                   executor, RolloutConfig(), think="compare")
+    assert [turn.text for turn in thinking.turns[:-1]] == [turn.text for turn in plain.turns[:-1]]
+    assert "<think>" not in plain.turns[-1].text
+    answer_turn = thinking.turns[-1].text
+    assert answer_turn.startswith(f"<think> {answer_thought(question, 'compare')} </think>")
+    assert f"</think>\n<answer> {question.answers[0]} </answer>" in answer_turn
+    assert thinking.final_answer == plain.final_answer == question.answers[0]
+    assert parse_trajectory(thinking).valid  # the format reward takes the thought as part of the grammar
+    assert chain_thinking.response_ids == chain_plain.response_ids  # chains carry no thought
+
+
+def test_dataset_refuses_an_unknown_think_style(tiny_world, setup):
+    tokenizer, executor, tags = setup
+    with pytest.raises(ValueError, match="sft.expert_think"):
+        write_expert_dataset(tiny_world.splits["train"][:2], tags, tokenizer, executor, think="verbose")
