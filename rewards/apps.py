@@ -38,7 +38,7 @@ import json
 from itertools import combinations
 
 from data.apps.tasks import AppTask
-from data.apps.verify import Verdict, verify_task
+from data.apps.verify import Verdict, gold_end_state, verify_task
 from data.apps.world import APPS_SOURCE_NAME, base_state_of
 from rewards.parsing import parse_trajectory
 from rewards.registry import register_reward
@@ -50,6 +50,20 @@ def app_task_of(trajectory) -> AppTask | None:
     return AppTask.from_row(row) if row else None
 
 
+MAX_CACHED_GOLD_STATES = 2048
+_gold_end_states: dict[tuple[int, str, str], dict] = {}
+
+
+def cached_gold_end_state(task: AppTask, base_state: dict) -> dict:
+    """The task's gold end state, replayed once per process (a group's trajectories share their task)."""
+    key = (id(base_state), task.id, json.dumps(task.gold_rounds, sort_keys=True))
+    if key not in _gold_end_states:
+        if len(_gold_end_states) >= MAX_CACHED_GOLD_STATES:
+            _gold_end_states.clear()
+        _gold_end_states[key] = gold_end_state(task, base_state)
+    return _gold_end_states[key]
+
+
 def verify_trajectory(trajectory, task: AppTask | None = None) -> Verdict | None:
     """The verifier's verdict on the episode's recorded final state and answer (None: not an apps trajectory).
 
@@ -59,7 +73,8 @@ def verify_trajectory(trajectory, task: AppTask | None = None) -> Verdict | None
         return None
     base_state = base_state_of(trajectory.question)
     final_state = trajectory.episode_states.get(APPS_SOURCE_NAME, base_state)
-    return verify_task(task, base_state, final_state, trajectory.final_answer)
+    return verify_task(task, base_state, final_state, trajectory.final_answer,
+                       expected_state=cached_gold_end_state(task, base_state))
 
 
 def apps_efficiency_score(success: bool, model_calls: int, min_rounds: int) -> float:
