@@ -28,34 +28,6 @@ class WorldConfig:
 
 
 @dataclass
-class DataConfig:
-    source: str = "world"  # "world" (generated, no download) or "files" (local benchmark files)
-    world: WorldConfig = field(default_factory=WorldConfig)
-    world_dir: str = ""  # where the generated world is written/cached; empty: <run_dir>/world
-    # Local benchmark files for source=files: {dataset_name: path.jsonl|.parquet}.
-    train_files: dict[str, str] = field(default_factory=dict)
-    eval_files: dict[str, str] = field(default_factory=dict)  # evaluated by `fanout eval` (same format)
-    validation_files: dict[str, str] = field(default_factory=dict)  # evaluated every eval.every_steps in training
-    # Generic loader for any other JSONL/Parquet: {dataset_name: {role: column}}, roles question, answers, id,
-    # structure, sub_questions (data/loaders.py). A dataset listed here is read through its columns.
-    columns: dict[str, dict[str, str]] = field(default_factory=dict)
-    corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
-    on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
-    max_train_questions: int = 0  # 0: all
-
-
-@dataclass
-class RetrieverConfig:
-    backend: str = "bm25"  # "bm25" (in-process bm25s) or "http" (a retrieval server)
-    url: str = "http://127.0.0.1:8000/retrieve"  # retrieval server endpoint for backend=http
-    topk: int = 3  # passages returned per sub-query
-    index_dir: str = ""  # where the BM25 index is saved/loaded; empty: next to the corpus
-    timeout_s: float = 10.0  # per-request timeout of the HTTP client
-    retries: int = 2  # HTTP client retries on connection errors / 5xx
-    max_passage_chars: int = 300  # each passage is truncated to this many characters for the model
-
-
-@dataclass
 class AppsWorldConfig:
     seed: int = 0  # seed of the generated apps world (contacts, calendars, mail, files, shop and the tasks)
     num_people: int = 24  # contacts (each with a calendar and maybe mail in the inbox)
@@ -69,3 +41,35 @@ class AppsWorldConfig:
     structure_mix: dict[str, float] = field(
         default_factory=lambda: {"independent": 0.35, "chain": 0.3, "mixed": 0.35}
     )
+
+
+@dataclass
+class DataConfig:
+    # "world" (the generated QA world, no download), "files" (local benchmark files) or "apps" (the generated
+    # apps world, its tools served by the apps MCP server: docs/APPS.md)
+    source: str = "world"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    world_dir: str = ""  # where the generated world is written/cached; empty: <run_dir>/world
+    # Local benchmark files for source=files: {dataset_name: path.jsonl|.parquet}.
+    train_files: dict[str, str] = field(default_factory=dict)
+    eval_files: dict[str, str] = field(default_factory=dict)  # evaluated by `fanout eval` (same format)
+    validation_files: dict[str, str] = field(default_factory=dict)  # evaluated every eval.every_steps in training
+    # Generic loader for any other JSONL/Parquet: {dataset_name: {role: column}}, roles question, answers, id,
+    # structure, sub_questions (data/loaders.py). A dataset listed here is read through its columns.
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
+    on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
+    max_train_questions: int = 0  # 0: all
+    apps: AppsWorldConfig = field(default_factory=AppsWorldConfig)  # the apps world of data.source=apps
+    apps_world_dir: str = ""  # where the apps world is written/cached; empty: <run_dir>/apps_world
+
+
+@dataclass
+class RetrieverConfig:
+    backend: str = "bm25"  # "bm25" (in-process bm25s) or "http" (a retrieval server)
+    url: str = "http://127.0.0.1:8000/retrieve"  # retrieval server endpoint for backend=http
+    topk: int = 3  # passages returned per sub-query
+    index_dir: str = ""  # where the BM25 index is saved/loaded; empty: next to the corpus
+    timeout_s: float = 10.0  # per-request timeout of the HTTP client
+    retries: int = 2  # HTTP client retries on connection errors / 5xx
+    max_passage_chars: int = 300  # each passage is truncated to this many characters for the model

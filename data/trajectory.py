@@ -66,6 +66,9 @@ class Trajectory:
     policy_version: int = 0  # version of the weights that generated it (the oldest, if its turns span two)
     group_id: str = ""  # trajectories of one question sampled together share a group id
     episode_id: str = ""  # unique per trajectory; its tool calls carry it (stateful tools keep one state per episode)
+    # {tool source name: the episode's state when it ended}, from the stateful tool sources (the apps MCP server);
+    # the agent loop records it so the rewards and eval can verify the end state. {}: no stateful source.
+    episode_states: dict = field(default_factory=dict)
     reward: float = 0.0
     reward_components: dict[str, float] = field(default_factory=dict)
     generate_s: float = 0.0

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RewardConfig:
-    # Named preset that sets the weights/scores below ("", "parallelsearch", "searchr1").
+    # Named preset that sets the weights/scores below ("", "parallelsearch", "searchr1", "apps").
     preset: str = ""
     # {registered reward name: weight}; the total is the weighted sum of applicable components.
     weights: dict[str, float] = field(

@@ -1,4 +1,6 @@
-"""Named reward presets that reproduce published scoring: `parallelsearch` and `searchr1`.
+"""Named reward presets: `parallelsearch` and `searchr1` reproduce published scoring; `apps` scores the apps
+environment (rewards/apps.py: verified success 1.0, format 0.1, efficiency against the dependency depth 0.3,
+decomposition 0.1).
 
 `reward.preset` picks one; it then replaces `reward.weights` and the two graded format scores (other
 reward fields, e.g. `gold_document_credit`, are kept). `reward.preset: ""` uses the config as written.
@@ -103,6 +105,11 @@ PRESETS.add(
         format_score_correct_invalid=1.0 - PARALLELSEARCH_FORMAT_SCORE,
         format_score_wrong_valid=PARALLELSEARCH_FORMAT_SCORE,
     ),
+)
+
+PRESETS.add(
+    "apps",
+    RewardPreset(weights={"apps_success": 1.0, "format": 0.1, "apps_efficiency": 0.3, "apps_decomposition": 0.1}),
 )
 
 

@@ -195,7 +195,7 @@ _YAML_RENAMES = {"async": "async_"}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "experiment.device": ("cpu", "cuda"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.source": ("world", "files"),
+    "data.source": ("world", "files", "apps"),
     "data.on_malformed_row": ("error", "skip"),
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
     "rollout.actor_logs": ("errors", "all"),
@@ -468,6 +468,13 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(config.rollout.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0: greedy)")
     need(config.eval.batch_questions >= 0, "eval.batch_questions",
          "must be >= 0 (0: the training batch; 1: one question at a time)")
+    need(config.data.source != "apps" or config.rollout.protocol == "function_call", "rollout.protocol",
+         "data.source=apps needs the function-call protocol (rollout.protocol=function_call)")
+    need(config.data.source != "apps" or "search" not in config.tools.enabled, "tools.enabled",
+         "data.source=apps calls the apps tools over MCP; leave search out (tools.enabled: [])")
+    apps_mix = config.data.apps.structure_mix
+    need(set(apps_mix) <= {"independent", "chain", "mixed"} and abs(sum(apps_mix.values()) - 1) < 1e-6,
+         "data.apps.structure_mix", "keys are independent/chain/mixed and the shares must sum to 1")
     mix = config.data.world.structure_mix
     need(set(mix) <= {"parallel", "sequential", "single"} and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")

@@ -15,6 +15,9 @@ after the turn — through the chat template for chat-message protocols — toke
 mask 0, so nothing is ever recovered by re-tokenising the response. Nothing the model writes can crash
 the loop: unparseable turns are invalid actions, failing tools are error observations, and contexts
 are bounded by rollout.max_context_tokens (the trajectory is then cut and marked `truncated`).
+With stateful tool sources (an MCP server that keeps one state per episode, e.g. the apps), each
+trajectory records its episode's final state (`Trajectory.episode_states`, what the rewards verify) and
+the episode is then ended on the server.
 
 The loop is written once, as the coroutine `run_episodes_async`. Over a shared engine
 (rollouts/batcher.py) a rollout actor runs several calls at once: their model turns are merged into
@@ -30,6 +33,8 @@ rounds), and the round waits for the slowest tool call of the batch.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -41,6 +46,8 @@ from rollouts.engine import GenerationOutput, InferenceEngine
 from rollouts.protocols import AgentProtocol
 from rollouts.tools import run_sync
 from data.trajectory import Group, ToolCall, Trajectory, Turn
+
+logger = logging.getLogger(__name__)
 
 
 def decode(tokenizer: Any, token_ids: list[int]) -> str:
@@ -260,6 +267,25 @@ def finish_episodes(tokenizer: Any, groups: list[Group], elapsed_s: float) -> li
     return groups
 
 
+async def record_episode_state(executor: Any, trajectory: Trajectory) -> None:
+    """The episode's final state from the executor's stateful sources, then the episode ends there. A failure
+    is logged and leaves the state unrecorded (the verifier then sees the untouched base state)."""
+    try:
+        trajectory.episode_states = await asyncio.to_thread(executor.episode_state, trajectory.episode_id)
+        await asyncio.to_thread(executor.end_episode, trajectory.episode_id)
+    except Exception as error:  # a dead server must not end the rollout; the episode just fails verification
+        logger.warning("episode %s: its final state could not be read (%s: %s)", trajectory.episode_id,
+                       type(error).__name__, error)
+
+
+async def record_episode_states(executor: Any, groups: list[Group]) -> None:
+    """Every trajectory's final state, when the executor has tool sources that keep episode state (MCP)."""
+    if not getattr(executor, "sources", None):
+        return
+    await asyncio.gather(*(record_episode_state(executor, trajectory)
+                           for group in groups for trajectory in group.trajectories))
+
+
 def sampling_temperature(rollout_config: RolloutConfig, greedy: bool, temperature: float | None) -> float:
     if greedy:
         return 0.0
@@ -302,6 +328,7 @@ async def run_episodes_async(engine: Any, protocol: AgentProtocol, executor: Any
             break
         active = await play_round(engine, protocol, executor, active, rollout_config, round_index,
                                   sampling_temperature(rollout_config, greedy, temperature), seed)
+    await record_episode_states(executor, groups)
     return finish_episodes(engine.tokenizer, groups, time.perf_counter() - started)
 
 

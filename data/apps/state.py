@@ -24,7 +24,7 @@ records carry no timestamps, so an end state does not depend on when a call ran)
 
 from __future__ import annotations
 
-import copy
+import json
 import random
 
 from data.config import AppsWorldConfig
@@ -142,8 +142,9 @@ def generate_base_state(config: AppsWorldConfig) -> dict:
 
 
 def fresh_state(base_state: dict) -> dict:
-    """A private copy of the base state for one episode."""
-    return copy.deepcopy(base_state)
+    """A private copy of the base state for one episode (a JSON round trip: the state is plain JSON, and this
+    is several times faster than copy.deepcopy, which every episode and every verification pays)."""
+    return json.loads(json.dumps(base_state))
 
 
 __all__ = ["USER_EMAIL", "WORK_HOURS", "fresh_state", "generate_base_state"]

@@ -83,14 +83,29 @@ def canonical_state(state: dict, base_state: dict) -> dict[str, Counter]:
     return canonical
 
 
+def changed_records(state: dict, other: dict, collection: str, base_ids: set) -> dict:
+    """The records of `state[collection]` that `other` lacks or holds differently, plus every created one
+    (ids not in the base state: their ids are not comparable). Equal records are skipped with a plain dict
+    comparison, so a verification costs about one pass over the state, not a canonical form of every record."""
+    records, other_records = state.get(collection, {}), other.get(collection, {})
+    return {record_id: record for record_id, record in records.items()
+            if record_id not in base_ids or other_records.get(record_id) != record}
+
+
 def state_differences(final_state: dict, expected_state: dict, base_state: dict) -> list[str]:
-    """One line per record that the final state lacks or has in excess, per collection."""
-    final, expected = canonical_state(final_state, base_state), canonical_state(expected_state, base_state)
+    """One line per record that the final state lacks or has in excess, per collection (canonical forms)."""
     problems = []
     for collection in COLLECTIONS:
-        for record in sorted((expected[collection] - final[collection]).elements()):
+        base_ids = set(base_state.get(collection, {}))
+        final_changed = changed_records(final_state, expected_state, collection, base_ids)
+        expected_changed = changed_records(expected_state, final_state, collection, base_ids)
+        if not final_changed and not expected_changed:
+            continue
+        final = canonical_state({collection: final_changed}, base_state)[collection]
+        expected = canonical_state({collection: expected_changed}, base_state)[collection]
+        for record in sorted((expected - final).elements()):
             problems.append(f"{collection}: missing {record}")
-        for record in sorted((final[collection] - expected[collection]).elements()):
+        for record in sorted((final - expected).elements()):
             problems.append(f"{collection}: unexpected {record}")
     return problems
 
@@ -104,9 +119,14 @@ def answer_matches(answer: str | None, golds: list[str]) -> bool:
     return answer is not None and normalize_answer(answer) in {normalize_answer(gold) for gold in golds}
 
 
-def verify_task(task: AppTask, base_state: dict, final_state: dict, answer: str | None) -> Verdict:
-    """The episode's verdict: its final state equals the gold end state, and its answer is a gold answer."""
-    problems = state_differences(final_state, gold_end_state(task, base_state), base_state)
+def verify_task(task: AppTask, base_state: dict, final_state: dict, answer: str | None,
+                expected_state: dict | None = None) -> Verdict:
+    """The episode's verdict: its final state equals the gold end state, and its answer is a gold answer.
+
+    expected_state: the task's gold end state when the caller has it already (gold_end_state; else replayed)."""
+    if expected_state is None:
+        expected_state = gold_end_state(task, base_state)
+    problems = state_differences(final_state, expected_state, base_state)
     answer_ok = answer_matches(answer, task.answers)
     if not answer_ok:
         problems.append(f"answer: got {answer!r}, expected one of {task.answers}")

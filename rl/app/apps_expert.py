@@ -75,8 +75,7 @@ def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[Action]], prot
     episodes = []
     for task, group in zip(tasks, groups):
         (trajectory,) = group.trajectories
-        final_state = executor.episode_state(trajectory.episode_id).get(source_name)
-        executor.end_episode(trajectory.episode_id)
+        final_state = trajectory.episode_states.get(source_name)
         verdict = verify_task(task, base_state, final_state if final_state is not None else base_state,
                               trajectory.final_answer)
         episodes.append(SolvedEpisode(task=task, trajectory=trajectory, final_state=final_state, verdict=verdict))

@@ -14,6 +14,13 @@ prints a Markdown table and writes the contract JSON
 "single/1"; "<structure>/unknown" for a question without gold sub-questions), each with the same figures.
 `--search-budget N` evaluates under a budget of N search rounds (the same as `rollout.max_turns=N`, below).
 
+Apps tasks (`data.source=apps`, dataset "apps") add `success` to every row: 1 when the verifier accepts the
+episode's final app state and answer (data/apps/verify.py), averaged. Their rows are the task's dependency
+structure ("independent", "chain", "mixed") and, always, that structure and the task's number of gold calls
+("independent/3" = three independent calls, "chain/2", "mixed/5"); `subqueries_per_round` is then the
+tool calls per tool-calling round (1 on a chain done right, the number of calls on an independent task done
+in one round), and `em` compares the answer alone.
+
 Definitions (per question, then averaged over the questions of a structure):
   em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
   model_calls        generation rounds of the episode; tool_calls: tool calls over all rounds;
@@ -69,9 +76,19 @@ METRIC_NAMES = (
     "latency_s",
     "format_valid",
 )
-STRUCTURE_ORDER = ("parallel", "sequential", "single", "all")
+STRUCTURE_ORDER = ("parallel", "sequential", "single", "independent", "chain", "mixed", "all")
+SUCCESS_NAME = "success"  # apps rows: share of episodes the verifier accepts (end state and answer)
 INTERVAL_NAME = "em_ci95"  # [low, high] of each row, next to the METRIC_NAMES figures
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def app_task_groups(question) -> list[str] | None:
+    """An apps task's rows: its structure and "<structure>/<number of gold calls>"; None for other questions."""
+    task = question.metadata.get("app_task")
+    if not task:
+        return None
+    num_calls = sum(len(calls) for calls in task["gold_rounds"])
+    return [task["structure"], f"{task['structure']}/{num_calls}"]
 
 
 def hops_key(question) -> str:
@@ -95,6 +112,7 @@ _COLUMN_TITLES = {
     "subqueries_per_round": "sub-queries/round",
     "latency_s": "latency s",
     "format_valid": "format valid",
+    SUCCESS_NAME: "success",
 }
 
 
@@ -115,11 +133,14 @@ def question_figures(
 ) -> dict[str, float]:
     """The per-question numbers that `summarize` averages (plus the search-round count it pools)."""
     from rewards import exact_match, f1_score
+    from rewards.apps import verify_trajectory
 
     prediction = trajectory.final_answer or ""
     golds = trajectory.question.answers
     answered = trajectory.final_answer is not None
-    return {
+    verdict = verify_trajectory(trajectory)  # None unless an apps task
+    success = {} if verdict is None else {SUCCESS_NAME: float(verdict.success)}
+    return success | {
         "em": exact_match(prediction, golds) if answered else 0.0,
         "f1": f1_score(prediction, golds) if answered else 0.0,
         "model_calls": float(trajectory.model_calls),
@@ -158,7 +179,10 @@ def aggregate(per_question: list[dict[str, float]]) -> dict[str, float]:
 
     total_rounds = sum(figures["search_rounds"] for figures in per_question)
     total_calls = sum(figures["tool_calls"] for figures in per_question)
-    return {
+    success = {}
+    if all(SUCCESS_NAME in figures for figures in per_question):  # apps tasks
+        success = {SUCCESS_NAME: mean(SUCCESS_NAME)}
+    return success | {
         "n": count,
         "em": mean("em"),
         "f1": mean("f1"),
@@ -191,7 +215,7 @@ def summarize(
     everything = []
     for trajectory in trajectories:
         figures = question_figures(trajectory, validator)
-        for group in group_of(trajectory.question):
+        for group in app_task_groups(trajectory.question) or group_of(trajectory.question):
             by_group.setdefault(group, []).append(figures)
         everything.append(figures)
     summary = {group: aggregate(by_group[group]) for group in ordered_groups(by_group)}
@@ -208,14 +232,16 @@ def format_interval(interval: list[float] | None) -> str:
 
 
 def format_table(results: dict) -> str:
-    """Markdown table: one row per dataset and group, one column per metric, then the EM interval."""
-    header = ("| dataset | structure | " + " | ".join(_COLUMN_TITLES[name] for name in METRIC_NAMES)
-              + " | EM 95% CI |")
-    lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 3)]
+    """Markdown table: one row per dataset and group, one column per metric (success for apps), then the EM
+    interval."""
+    has_success = any(SUCCESS_NAME in figures for rows in results.values() for figures in rows.values())
+    names = METRIC_NAMES + ((SUCCESS_NAME,) if has_success else ())
+    header = "| dataset | structure | " + " | ".join(_COLUMN_TITLES[name] for name in names) + " | EM 95% CI |"
+    lines = [header, "|" + "---|" * (len(names) + 3)]
     for dataset, by_structure in results.items():
         for structure in ordered_groups(by_structure):
             figures = by_structure[structure]
-            cells = " | ".join(_format_number(name, figures[name]) for name in METRIC_NAMES)
+            cells = " | ".join(_format_number(name, figures[name]) if name in figures else "—" for name in names)
             lines.append(f"| {dataset} | {structure} | {cells} | {format_interval(figures.get(INTERVAL_NAME))} |")
     return "\n".join(lines)
 
@@ -233,7 +259,8 @@ def compare_table(results_a: dict, results_b: dict) -> str:
         for structure in ordered_groups(by_structure_a):
             if structure not in by_structure_b:
                 continue
-            for name in METRIC_NAMES:
+            both_apps = SUCCESS_NAME in by_structure_a[structure] and SUCCESS_NAME in by_structure_b[structure]
+            for name in METRIC_NAMES + ((SUCCESS_NAME,) if both_apps else ()):
                 value_a, value_b = by_structure_a[structure][name], by_structure_b[structure][name]
                 quotient = ratio(value_a, value_b)
                 quotient_text = "—" if quotient is None else f"{quotient:.2f}×"
@@ -276,7 +303,15 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
 
     eval.num_questions > 0 keeps the first N questions of each dataset (files are read in their order).
     """
-    if config.data.source == "world":
+    if config.data.source == "apps":
+        from rl.app.apps_env import APPS_DATASET_NAME, apps_split_questions, prepare_apps
+
+        apps_world = prepare_apps(config)  # its server joins config.tools.mcp_servers
+        if config.eval.split not in apps_world.splits:
+            raise ConfigError(f"key 'eval.split' is {config.eval.split!r}; the apps world has splits "
+                              f"{', '.join(sorted(apps_world.splits))}")
+        questions_by_dataset = {APPS_DATASET_NAME: apps_split_questions(config, apps_world, config.eval.split)}
+    elif config.data.source == "world":
         from data.world import ensure_world
 
         world = ensure_world(world_directory(config), config.data.world)
@@ -437,7 +472,11 @@ def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
 
 def load_validation_questions(config: ExperimentConfig) -> dict[str, list]:
     """{dataset: questions} checked during training: the world's validation split, or data.validation_files."""
-    if config.data.source == "world":
+    if config.data.source == "apps":
+        from rl.app.apps_env import APPS_DATASET_NAME, apps_split_questions, prepare_apps
+
+        questions_by_dataset = {APPS_DATASET_NAME: apps_split_questions(config, prepare_apps(config), "validation")}
+    elif config.data.source == "world":
         from data.world import ensure_world
 
         questions_by_dataset = {"world": ensure_world(world_directory(config), config.data.world).splits["validation"]}

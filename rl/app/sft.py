@@ -40,7 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from data.types import Question
 from data.world import name_lexicon
@@ -98,6 +98,9 @@ class WarmStartSource:
     documents: list[dict] | None = None  # the corpus in memory (the generated world), or
     corpus_path: str = ""  # a corpus file ("" when retriever.backend=http serves it)
     world: Any = None  # data.world.World when the data is the generated world
+    texts: list[str] | None = None  # the tokenizer's texts of another environment (the apps: rl/app/apps_env.py)
+    # another environment's demonstrations: fn(config, tokenizer) -> Dataset (input_ids, completion_mask)
+    dataset_builder: Callable[[Any, Any], Any] | None = None
 
     @classmethod
     def from_world(cls, world: Any) -> "WarmStartSource":
@@ -105,6 +108,8 @@ class WarmStartSource:
 
     def tokenizer_texts(self) -> Iterable[str]:
         """What the tiny model's tokenizer is trained on."""
+        if self.texts is not None:
+            return self.texts
         return world_texts(self.world) if self.world is not None else file_texts(self.questions, self.corpus_path)
 
 
@@ -114,6 +119,8 @@ def is_saved_model(path: Path) -> bool:
 
 def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, source: WarmStartSource) -> Any:
     """Expert demonstrations on the training questions, observed through the same tools as rollouts."""
+    if source.dataset_builder is not None:
+        return source.dataset_builder(config, tokenizer)
     from rl.app.expert import write_expert_dataset
     from rollouts.environment import build_environment
 

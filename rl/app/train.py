@@ -66,11 +66,14 @@ class TrainingData:
     train_questions: list[Question]
     corpus_path: str  # "" when retrieval goes to an HTTP server
     world: Any = None  # data.world.World for the generated world
+    warm_start: Any = None  # rl.app.sft.WarmStartSource of another environment (data.source=apps)
 
     def warm_start_source(self):
         """What the SFT warm-start learns from: the generated world, or these questions and corpus."""
         from rl.app.sft import WarmStartSource
 
+        if self.warm_start is not None:
+            return self.warm_start
         if self.world is not None:
             return WarmStartSource.from_world(self.world)
         return WarmStartSource(questions=self.train_questions, corpus_path=self.corpus_path)
@@ -108,8 +111,16 @@ def seed_everything(seed: int) -> None:
 
 
 def load_training_data(config: ExperimentConfig) -> TrainingData:
-    """The generated world (written once into the run folder) or local benchmark files."""
-    if config.data.source == "world":
+    """The generated world (written once into the run folder), local benchmark files or the apps world (its
+    MCP server then joins config.tools.mcp_servers, rl/app/apps_env.py)."""
+    warm_start = None
+    if config.data.source == "apps":
+        from rl.app.apps_env import apps_split_questions, apps_warm_start_source, prepare_apps
+
+        apps_world = prepare_apps(config)
+        questions, world, corpus_path = apps_split_questions(config, apps_world, "train"), None, ""
+        warm_start = apps_warm_start_source(config, apps_world)
+    elif config.data.source == "world":
         from data.world import ensure_world
 
         world_dir = Path(config.data.world_dir) if config.data.world_dir else config.run_dir / "world"
@@ -132,7 +143,7 @@ def load_training_data(config: ExperimentConfig) -> TrainingData:
         questions = questions[: config.data.max_train_questions]
     if not questions:
         raise ConfigError("the training set is empty: check data.train_files / data.world.num_train")
-    return TrainingData(train_questions=questions, corpus_path=corpus_path, world=world)
+    return TrainingData(train_questions=questions, corpus_path=corpus_path, world=world, warm_start=warm_start)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +161,8 @@ def rollout_metrics(groups: list[Group]) -> dict[str, float]:
         counts[key] += 1
 
     for group in groups:
-        structure = group.question.structure
+        # an apps task's dependency structure (independent / chain / mixed), else the question's
+        structure = group.question.metadata.get("app_task", {}).get("structure", group.question.structure)
         for trajectory in group.trajectories:
             subqueries = trajectory.tool_calls
             rounds = trajectory.search_rounds
@@ -173,7 +185,8 @@ def rollout_metrics(groups: list[Group]) -> dict[str, float]:
                 values["rollout/subqueries_per_round"] = subqueries / rounds
             for key, value in values.items():
                 add(key, value)
-            for key in ("reward/total", "reward/exact_match", "rollout/model_calls", "rollout/subqueries_per_round"):
+            for key in ("reward/total", "reward/exact_match", "reward/apps_success", "rollout/model_calls",
+                        "rollout/subqueries_per_round"):
                 if key in values:
                     add(f"{key}/{structure}", values[key])
     return {key: sums[key] / counts[key] for key in sums}
@@ -192,7 +205,8 @@ def _progress(config: ExperimentConfig, start_step: int):
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
-    shown = {"reward": "reward/total", "em": "reward/exact_match", "calls": "rollout/model_calls",
+    shown = {"reward": "reward/total", "em": "reward/exact_match", "success": "reward/apps_success",
+             "calls": "rollout/model_calls",
              "stale": "async/staleness_mean"}
     return {label: f"{metrics[key]:.3f}" for label, key in shown.items() if key in metrics}
 

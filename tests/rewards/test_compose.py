@@ -164,7 +164,7 @@ def test_mean_metrics_averages_each_component_where_it_applied():
 def test_registry_refuses_duplicates_and_names_valid_choices():
     with pytest.raises(ValueError, match="'exact_match' is already registered"):
         register_reward("exact_match")(lambda trajectory, config: 0.0)
-    with pytest.raises(KeyError, match="unknown reward 'nope'; registered: decomposition"):
+    with pytest.raises(KeyError, match="unknown reward 'nope'; registered: apps_decomposition, apps_efficiency, apps_success, decomposition"):
         get_reward("nope")
     assert {"exact_match", "format", "efficiency", "decomposition", "f1", "em_format"} <= set(
         registered_reward_names()
