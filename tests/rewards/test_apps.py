@@ -3,19 +3,15 @@ dependency depth, decomposition credit, the `apps` preset's totals, and QA traje
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from data.apps.tools import APP_TOOLS
 from data.apps.verify import gold_end_state
-from data.apps.world import APPS_SOURCE_NAME, apps_questions, write_apps_world, load_apps_world
+from data.apps.world import apps_questions, write_apps_world, load_apps_world
 from data.config import AppsWorldConfig
-from data.trajectory import ToolCall, Trajectory, Turn
 from rewards import score_trajectory
 from rewards.apps import apps_efficiency_score, decomposition_score, match_gold_rounds
 from rewards.config import RewardConfig
-from tests.rewards.conftest import build_trajectory
+from trajectory_builders import apps_trajectory, build_trajectory
 
 APPS_PRESET = RewardConfig(preset="apps")
 A, B, C = ({"name": name, "arguments": {"x": 1}} for name in ("a", "b", "c"))
@@ -68,18 +64,6 @@ def meeting(world_dir):
                 and [len(calls) for calls in task.gold_rounds] == [2, 2, 1])
     (question,) = apps_questions([task], world_dir)
     return question, task, world.base_state
-
-
-def call_turn(calls: list[dict]) -> Turn:
-    text = "\n".join(f"<tool_call>{json.dumps(call)}</tool_call>" for call in calls) + "<|im_end|>"
-    return Turn(text=text, calls=[ToolCall(call["name"], dict(call["arguments"])) for call in calls])
-
-
-def apps_trajectory(question, rounds: list[list[dict]], answer: str, final_state: dict | None) -> Trajectory:
-    turns = [call_turn(calls) for calls in rounds] + [Turn(text=f"<answer> {answer} </answer>", answer=answer)]
-    return Trajectory(question=question, prompt_ids=[], turns=turns, protocol="function_call",
-                      tool_names=APP_TOOLS.names(), final_answer=answer,
-                      episode_states={} if final_state is None else {APPS_SOURCE_NAME: final_state})
 
 
 def test_parallel_solution_earns_every_component(meeting):

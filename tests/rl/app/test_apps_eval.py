@@ -9,7 +9,7 @@ from data.apps.verify import gold_end_state
 from data.apps.world import apps_questions, load_apps_world, write_apps_world
 from data.config import AppsWorldConfig
 from rl.app.evaluate import format_table, summarize
-from tests.rewards.test_apps import apps_trajectory
+from trajectory_builders import apps_trajectory, build_trajectory
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,6 @@ def test_apps_rows_report_success_by_structure_and_number_of_calls(world_and_dir
 
 
 def test_qa_rows_have_no_success(world_and_dir):
-    from tests.rewards.conftest import build_trajectory
 
     rows = summarize([build_trajectory(["<search>a</search>", "<answer>Paris</answer>"], structure="single")],
                      "world")["world"]
