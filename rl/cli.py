@@ -130,7 +130,7 @@ def _cmd_serve_retriever(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from rl.bench import run_suite
 
-    run_suite(args.suite, quick=args.quick, overrides=args.overrides)
+    run_suite(args.suite, quick=args.quick, overrides=args.overrides, from_run=args.from_run)
     return 0
 
 
@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks; the last printed line is a JSON object of figures")
     bench.add_argument("suite", choices=SUITES.names(), help="the suite to run: %(choices)s")
     bench.add_argument("--quick", action="store_true", help="a tiny setting (used by the test suite)")
+    bench.add_argument("--from-run", default=None, metavar="RUN_DIR",
+                       help="learn: start from a finished run's config.yaml, world and SFT warm-start")
     bench.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides for the suites that take them (learn), after the suite's own")
     bench.set_defaults(handler=_cmd_bench)

@@ -2,7 +2,8 @@
 
 Each suite is a module in this package exposing `run(quick: bool) -> dict` and registered in SUITES; a
 suite whose `run` also takes `overrides` accepts `key=value` config overrides on the command line
-(`fanout bench learn grpo.total_steps=120`), the others refuse them.
+(`fanout bench learn grpo.total_steps=120`), the others refuse them; `--from-run RUN_DIR` (learn only)
+starts from a finished training run.
 It prints a human-readable table while it runs; `run_suite` prints, as the last line, one JSON object
 `{"suite": NAME, ...figures}` (the contract in docs/BENCHMARKS.md). `--quick` is a tiny setting used by
 the test suite to check that the suite runs and its figures are well formed; real figures come from a
@@ -39,7 +40,7 @@ register_suite("learn", "rl.bench.learn")
 register_suite("weight_group", "rl.bench.weight_group")
 
 
-def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = ()) -> dict:
+def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = (), from_run: str | None = None) -> dict:
     if name not in SUITES:
         from rl.config import ConfigError
 
@@ -50,8 +51,14 @@ def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = ()) -> 
         from rl.config import ConfigError
 
         raise ConfigError(f"benchmark suite {name!r} is not implemented yet ({error})") from None
-    if "overrides" in inspect.signature(module.run).parameters:
-        figures = module.run(quick=quick, overrides=list(overrides))
+    parameters = inspect.signature(module.run).parameters
+    if from_run is not None and "from_run" not in parameters:
+        from rl.config import ConfigError
+
+        raise ConfigError(f"benchmark suite {name!r} does not start from a run (--from-run is for: learn)")
+    if "overrides" in parameters:
+        extra = {"from_run": from_run} if "from_run" in parameters else {}
+        figures = module.run(quick=quick, overrides=list(overrides), **extra)
     elif overrides:
         from rl.config import ConfigError
 

@@ -3,11 +3,14 @@
     fanout bench learn                              # 60 steps per run, 8 questions x G=4 per step
     fanout bench learn grpo.total_steps=120         # key=value overrides, applied after the suite's own
     fanout bench learn --quick                      # 2 steps on the micro model (test-suite setting)
+    fanout bench learn --from-run runs/reader       # a finished run's config, world and SFT warm-start
 
 Two real `fanout train` runs (`rl.app.train.train`, in this process, one after the other) of the same
 config, seed and number of steps, from the cached SFT warm-start (rl/bench/common.py):
 `async.max_staleness=0` (exactly synchronous on-policy GRPO) and `async.max_staleness=2`. Each ends with
-the final evaluation on the test split of the benchmark world (greedy, every test question).
+the final evaluation on the test split of the benchmark world (greedy, every test question). With
+`--from-run RUN_DIR` both runs start instead from that run's saved config.yaml, its world and its SFT
+warm-start (RUN_DIR/sft), with its rollout settings: a setting in which GRPO is known to raise the reward.
 
 Definitions, from each run's metrics.jsonl (rows with `reward/total` and `perf/step_s`, in step order):
   wall time of step i     Σ perf/step_s of steps 1..i: the training loop's time since its start (the first
@@ -33,11 +36,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from rl.bench.common import bench_config, load_average, prepare_assets, print_table
+
+if TYPE_CHECKING:
+    from rl.config import ExperimentConfig
 
 STALENESS_VALUES = (0, 2)
 REWARD_KEY = "reward/total"
@@ -114,6 +120,11 @@ def learn_figures(curves: dict[int, list[tuple[float, float]]], window: int) -> 
 # ----------------------------------------------------------------------------------------------
 
 
+# With --from-run: the run's own rollout settings and batch, one actor with 1 CPU and 1 torch thread.
+FROM_RUN_OVERRIDES = ["grpo.total_steps=60", "rollout.num_workers=1", "rollout.worker_num_cpus=1",
+                      "rollout.torch_threads_per_worker=1", "async.max_buffered_groups=64"]
+
+
 def learn_overrides(quick: bool) -> list[str]:
     if quick:
         return ["grpo.total_steps=2"]
@@ -121,14 +132,42 @@ def learn_overrides(quick: bool) -> list[str]:
             "rollout.worker_num_cpus=1", "rollout.torch_threads_per_worker=1", "async.max_buffered_groups=64"]
 
 
-def run_setting(quick: bool, max_staleness: int, overrides: Sequence[str], asset_overrides: list[str]) -> dict:
-    """One training run with its final eval: {"curve", "em", "em_ci95", "steps", "staleness_mean"}."""
-    from rl.app.train import train
+def from_run_config(from_run: Path, max_staleness: int, overrides: Sequence[str]) -> ExperimentConfig:
+    """The config of one setting started from a finished run: its config.yaml, world and SFT warm-start."""
+    from rl.app.registries import load_experiment
+    from rl.bench.common import QUIET_OVERRIDES, cache_dir
+    from rl.config import ConfigError
 
-    config = bench_config(quick, [
+    saved = from_run / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--from-run {from_run}: no config.yaml there (the folder of a `fanout train` run)")
+    run_config = load_experiment(saved)
+    warm_start = from_run / run_config.sft.output_subdir
+    if not (warm_start / "config.json").is_file():
+        raise ConfigError(f"--from-run {from_run}: no SFT warm-start in {warm_start} (train with sft.enabled=true)")
+    world_dir = run_config.data.world_dir or str(from_run / "world")
+    return load_experiment(saved, [
+        *QUIET_OVERRIDES, f"experiment.output_dir={cache_dir() / 'from-run' / 'runs'}",
+        f"experiment.name=bench-learn-s{max_staleness}", f"model.path={warm_start}", "sft.enabled=false",
+        f"data.world_dir={world_dir}", *FROM_RUN_OVERRIDES, "eval.at_end=true", "eval.num_questions=0",
+        *overrides, f"async.max_staleness={max_staleness}",
+    ])
+
+
+def setting_config(quick: bool, max_staleness: int, overrides: Sequence[str], asset_overrides: list[str],
+                   from_run: Path | None) -> ExperimentConfig:
+    if from_run is not None:
+        return from_run_config(from_run, max_staleness, overrides)
+    return bench_config(quick, [
         f"experiment.name=bench-learn-s{max_staleness}", *asset_overrides, *learn_overrides(quick),
         "eval.at_end=true", "eval.num_questions=0", *overrides, f"async.max_staleness={max_staleness}",
     ])
+
+
+def run_setting(config: ExperimentConfig) -> dict:
+    """One training run with its final eval: {"curve", "em", "em_ci95", "steps", "staleness_mean"}."""
+    from rl.app.train import train
+
     run_dir = train(config)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     overall = json.loads((run_dir / "eval.json").read_text())
@@ -138,7 +177,7 @@ def run_setting(quick: bool, max_staleness: int, overrides: Sequence[str], asset
             "staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0}
 
 
-def run(quick: bool, overrides: Sequence[str] = ()) -> dict:
+def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None) -> dict:
     torch.set_num_threads(1)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     for override in overrides:
@@ -146,9 +185,10 @@ def run(quick: bool, overrides: Sequence[str] = ()) -> dict:
             from rl.config import ConfigError
 
             raise ConfigError("bench learn sets async.max_staleness itself (0 and 2); drop that override")
-    assets = prepare_assets(quick)
+    run_folder = Path(from_run) if from_run else None
+    asset_overrides = [] if run_folder is not None else prepare_assets(quick).run_overrides()
     load_before = load_average()
-    results = {staleness: run_setting(quick, staleness, overrides, assets.run_overrides())
+    results = {staleness: run_setting(setting_config(quick, staleness, overrides, asset_overrides, run_folder))
                for staleness in STALENESS_VALUES}
     steps = len(results[0]["curve"])
     window = reward_window(steps)
@@ -167,6 +207,7 @@ def run(quick: bool, overrides: Sequence[str] = ()) -> dict:
         "steps": steps,
         "window": window,
         "load_average": load_before,
+        "from_run": str(run_folder) if run_folder is not None else None,
     }
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -167,6 +168,36 @@ def test_only_the_learn_suite_takes_overrides():
         run_suite("tools", quick=True, overrides=["grpo.total_steps=3"])
     with pytest.raises(ConfigError, match="sets async.max_staleness itself"):
         run_suite("learn", quick=True, overrides=["async.max_staleness=1"])
+
+
+def test_only_the_learn_suite_starts_from_a_run(tmp_path):
+    from rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'tools' does not start from a run"):
+        run_suite("tools", quick=True, from_run=str(tmp_path))
+    with pytest.raises(ConfigError, match="no config.yaml there"):
+        run_suite("learn", from_run=str(tmp_path))
+
+
+def test_from_run_keeps_the_run_setting_and_starts_from_its_warm_start(tmp_path, bench_cache):
+    from rl.app.registries import load_experiment
+    from rl.bench.learn import from_run_config
+    from rl.config import ConfigError, save_config
+
+    run_dir = tmp_path / "reader"
+    run_dir.mkdir()
+    trained = load_experiment(Path("configs/reader.yaml"), ["rollout.group_size=6", f"experiment.output_dir={tmp_path}"])
+    save_config(trained, run_dir / "config.yaml")
+    with pytest.raises(ConfigError, match="no SFT warm-start"):
+        from_run_config(run_dir, 2, [])
+    (run_dir / "sft").mkdir()
+    (run_dir / "sft" / "config.json").write_text("{}")
+    config = from_run_config(run_dir, 2, ["grpo.total_steps=7"])
+    assert config.model.path == str(run_dir / "sft") and not config.sft.enabled
+    assert config.data.world_dir == str(run_dir / "world") and config.data.world.train_worlds == 40
+    assert config.rollout.group_size == 6 and config.grpo.total_steps == 7 and config.async_.max_staleness == 2
+    assert config.eval.at_end and config.eval.num_questions == 0
+    assert Path(config.experiment.output_dir).is_relative_to(bench_cache)
 
 
 def test_step_times_report_medians_of_per_step_rates():
