@@ -19,6 +19,9 @@ class WorldConfig:
     # or fact occurs in a training question and only reading the retrieved passages pays. 0: one shared set.
     train_worlds: int = 0
     num_train: int = 4000  # training questions
+    # How each entity's passage is written: "prose" (1-3 sentences in randomly drawn templates) or "facts" (the
+    # same facts as one fixed-order sheet, "born 1902 ; born in Zumstead ; occupation architect")
+    passage_style: str = "prose"
     num_validation: int = 200  # validation questions
     num_test: int = 300  # test questions
     # Share of each question structure in every split.

@@ -57,8 +57,10 @@ from data.world_templates import (
     COMPARISONS,
     DOCUMENT_RENDERERS,
     FACTS,
+    PASSAGE_STYLES,
     ComparisonSpec,
     FactSpec,
+    render_fact_sheet,
 )
 
 WORLD_FORMAT_VERSION = 2  # bump when generation changes, so cached worlds are rebuilt
@@ -235,11 +237,17 @@ def generate_entities(num_per_kind: int, rng: random.Random, names: NameDrawer, 
     return [entity for kind in ("person", "film", "company", "city") for entity in by_kind[kind]]
 
 
-def render_documents(entities: list[Entity], rng: random.Random) -> list[dict]:
-    """One document per entity: title line (the name) + 1-3 sentences in randomly chosen templates."""
+def render_documents(entities: list[Entity], rng: random.Random, passage_style: str = "prose") -> list[dict]:
+    """One document per entity: title line (the name), then 1-3 sentences in randomly chosen templates
+    (`prose`) or its labelled facts in a fixed order (`facts`)."""
+    if passage_style not in PASSAGE_STYLES:
+        raise DataError(f"data.world.passage_style is {passage_style!r}; valid: {', '.join(PASSAGE_STYLES)}")
     documents = []
     for entity in entities:
-        text = DOCUMENT_RENDERERS[entity.kind](entity, rng)
+        if passage_style == "facts":
+            text = render_fact_sheet(entity)
+        else:
+            text = DOCUMENT_RENDERERS[entity.kind](entity, rng)
         documents.append({"id": entity.doc_id, "contents": f"{entity.name}\n{text}"})
     return documents
 
@@ -444,7 +452,7 @@ def generate_world(config: WorldConfig) -> World:
     """The whole world for a `data.config.WorldConfig` (seeded, deterministic)."""
     entity_sets = generate_entity_sets(config)
     entities = [entity for entity_set in entity_sets for entity in entity_set]
-    documents = render_documents(entities, random.Random(f"fanout-world:{config.seed}:documents"))
+    documents = render_documents(entities, random.Random(f"fanout-world:{config.seed}:documents"), config.passage_style)
     return World(documents=documents, splits=generate_questions(entity_sets, config), entities=entities)
 
 

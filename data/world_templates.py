@@ -178,3 +178,25 @@ def render_city(entity, rng: random.Random) -> str:
                        "{name} was founded in {year}. The city lies in the {region} region.",
                        "The city of {name}, in the {region} region, was founded in {year}."),
                  name=entity.name, region=facts["region"], year=facts["founding_year"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Fact sheets (data.world.passage_style=facts): each kind's facts in one fixed order, each after the words
+# its questions use, so the value a question asks for always follows the same label
+# ----------------------------------------------------------------------------------------------
+
+FACT_SHEET_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "person": (("born", "birth_year"), ("born in", "birth_city"), ("occupation", "occupation")),
+    "film": (("released", "release_year"), ("directed by", "director"), ("filmed in", "filming_city"),
+             ("produced by", "studio")),
+    "company": (("founded", "founding_year"), ("founded by", "founder"), ("headquartered in", "headquarters")),
+    "city": (("founded", "founding_year"), ("region", "region")),
+}
+PASSAGE_STYLES = ("prose", "facts")
+
+
+def render_fact_sheet(entity) -> str:
+    """"born 1902 ; born in Zumstead ; occupation architect": the entity's facts, labelled, in a fixed order."""
+    if entity.kind not in FACT_SHEET_FIELDS:
+        raise KeyError(f"no fact sheet for entity kind {entity.kind!r}; known kinds: {', '.join(FACT_SHEET_FIELDS)}")
+    return " ; ".join(f"{label} {entity.facts[key]}" for label, key in FACT_SHEET_FIELDS[entity.kind])

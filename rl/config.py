@@ -197,6 +197,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("world", "files", "apps"),
     "data.on_malformed_row": ("error", "skip"),
+    "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
     "rollout.actor_logs": ("errors", "all"),
     "rollout.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
@@ -392,8 +393,9 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     """
     sources = where if isinstance(where, ValueSources) else ValueSources(file=where)
     for dotted, choices in _CHOICES.items():
-        section, name = dotted.split(".")
-        value = getattr(getattr(config, _YAML_RENAMES.get(section, section)), name)
+        value = config
+        for part in dotted.split("."):
+            value = getattr(value, _YAML_RENAMES.get(part, part))
         if value not in choices:
             raise ConfigError(f"{sources.of(dotted)}: key '{dotted}' is {value!r}; valid choices: "
                               f"{', '.join(map(repr, choices))}")

@@ -267,3 +267,29 @@ def test_ensure_world_writes_once_then_reuses_and_rebuilds_on_config_change(tmp_
 def test_load_world_names_missing_files(tmp_path):
     with pytest.raises(DataError, match="build-world"):
         load_world(tmp_path)
+
+
+def test_fact_sheets_state_every_fact_after_its_label_and_keep_the_questions():
+    """passage_style=facts rewrites the passages only: the same questions, each sub-answer right after the
+    label its relation uses, and BM25 still finds every supporting passage."""
+    prose = generate_world(WorldConfig(seed=0, **SMALL))
+    facts = generate_world(WorldConfig(seed=0, passage_style="facts", **SMALL))
+    assert [q.to_row() for q in all_questions(facts)] == [q.to_row() for q in all_questions(prose)]
+    assert [d["id"] for d in facts.documents] == [d["id"] for d in prose.documents]
+    by_id = {document["id"]: document["contents"] for document in facts.documents}
+    city = next(entity for entity in facts.entities if entity.kind == "city")
+    assert by_id[city.doc_id] == f"{city.name}\nfounded {city.facts['founding_year']} ; region {city.facts['region']}"
+    for question in all_questions(facts):
+        for answer, doc_id in zip(question.metadata["sub_answers"], question.supporting_doc_ids):
+            assert re.search(rf"(born|born in|released|directed by|founded|founded by|region|headquartered in|"
+                             rf"filmed in|produced by|occupation) {re.escape(answer)}( ;|$)", by_id[doc_id]), answer
+    retriever = BM25Retriever(facts.documents)
+    sub_questions = [sub for question in all_questions(facts) for sub in question.sub_questions]
+    gold = [doc_id for question in all_questions(facts) for doc_id in question.supporting_doc_ids]
+    top_hits = retriever.search(sub_questions, topk=1)
+    assert sum(hits[0].id == doc_id for hits, doc_id in zip(top_hits, gold)) / len(gold) >= 0.95
+
+
+def test_an_unknown_passage_style_is_refused_by_name():
+    with pytest.raises(DataError, match="data.world.passage_style is 'bullets'"):
+        generate_world(WorldConfig(seed=0, passage_style="bullets", **SMALL))
