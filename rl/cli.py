@@ -206,11 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argparse, with `key=value` overrides accepted after options too (`fanout eval CFG --checkpoint X k=v`).
+
+    argparse stops filling a positional list at the first option, so overrides written after one come back
+    unrecognised; they join the command's overrides (in order). Anything else unrecognised is an error.
+    """
+    args, unrecognised = parser.parse_known_args(argv)
+    if unrecognised:
+        is_override = all("=" in text and not text.startswith("-") for text in unrecognised)
+        if not is_override or not isinstance(getattr(args, "overrides", None), list):
+            parser.error(f"unrecognized arguments: {' '.join(unrecognised)}")
+        args.overrides = [*args.overrides, *unrecognised]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from data.errors import DataError
     from rl.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     configure_logging(args.log_level)
     try:
         return args.handler(args)

@@ -64,3 +64,20 @@ def test_data_build_apps_writes_a_world_that_loads_and_the_server_can_serve(tmp_
     world = load_apps_world(tmp_path)
     assert [len(world.splits[split]) for split in ("train", "validation", "test")] == [20, 100, 150]
     assert base_state_from_arguments(parse_arguments(["--world-dir", str(tmp_path)])) == world.base_state
+
+
+def test_overrides_after_options_join_the_command_overrides():
+    from rl.cli import build_parser, parse_arguments
+
+    parser = build_parser()
+    args = parse_arguments(parser, ["eval", QUICKSTART, "eval.num_questions=4", "--checkpoint", "ckpt",
+                                    "eval.split=train", "--fresh-world", "7", "rollout.max_turns=3"])
+    assert args.checkpoint == "ckpt" and args.fresh_world == 7
+    assert args.overrides == ["eval.num_questions=4", "eval.split=train", "rollout.max_turns=3"]
+
+
+def test_unrecognised_options_are_still_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", QUICKSTART, "--checkpoint", "ckpt", "--no-such-option"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
