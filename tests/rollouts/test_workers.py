@@ -266,7 +266,13 @@ def tiny_model_config(max_staleness: int) -> ExperimentConfig:
     return config
 
 
-@pytest.mark.parametrize("continuous_batching", [True, False], ids=["continuous", "one-call-at-a-time"])
+# The default suite runs the real actor's replacement in the default (continuous) mode; the manager's replacement
+# logic is also covered with fake actors (test_killed_actor_is_replaced_and_its_questions_requeued). The
+# one-call-at-a-time variant costs as much again (about 25 s idle) and runs with -m slow.
+@pytest.mark.parametrize("continuous_batching", [
+    pytest.param(True, id="continuous"),
+    pytest.param(False, id="one-call-at-a-time", marks=pytest.mark.slow),
+])
 def test_two_actors_on_the_tiny_model_deliver_scored_groups_and_replace_a_killed_one(ray_session, tiny_checkpoint,
                                                                                 tiny_world, tiny_corpus_path,
                                                                                 continuous_batching):
