@@ -94,13 +94,15 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+# Batches may wait up to 300 s: on a loaded 2-core machine a replacement actor takes minutes to import torch and
+# start (a 120 s wait timed out at load 4-5); the assertions are about what is delivered, not how fast.
 def test_repeated_actor_kills_lose_no_group_and_deliver_every_batch(ray_session):
     weights = {"layer.weight": torch.zeros(2, 2)}
     batches = []
     with build_rollout_manager(
         two_worker_config(), QUESTIONS, model_path="unused", actor_class=make_slow_worker_class(0.5)
     ) as manager:
-        batches.append(manager.get_batch(QUESTIONS_PER_STEP, current_version=0, timeout=120))
+        batches.append(manager.get_batch(QUESTIONS_PER_STEP, current_version=0, timeout=300))
         for version in range(1, KILLS + 1):
             manager.push_weights(weights, version=version)
             # the new version's 4 questions are in flight, 2 on each actor: kill one of them
@@ -108,7 +110,7 @@ def test_repeated_actor_kills_lose_no_group_and_deliver_every_batch(ray_session)
                 lambda: manager.stats(reset_window=False)["async/inflight_groups"] == QUESTIONS_PER_STEP
             )
             ray.kill(manager.worker_handles()[version % 2])
-            batches.append(manager.get_batch(QUESTIONS_PER_STEP, current_version=version, timeout=120))
+            batches.append(manager.get_batch(QUESTIONS_PER_STEP, current_version=version, timeout=300))
         replacement_versions = ray.get([handle.version.remote() for handle in manager.worker_handles()])
         worker_ids = manager.worker_ids()
         stats = manager.stats()
