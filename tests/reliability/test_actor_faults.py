@@ -94,7 +94,7 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-# Batches may wait up to 300 s: on a loaded 2-core machine a replacement actor takes minutes to import torch and
+# Batches may wait up to 300 s: on a loaded 2-core machine a replacement actor can take over a minute to import torch and
 # start (a 120 s wait timed out at load 4-5); the assertions are about what is delivered, not how fast.
 def test_repeated_actor_kills_lose_no_group_and_deliver_every_batch(ray_session):
     weights = {"layer.weight": torch.zeros(2, 2)}
