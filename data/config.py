@@ -46,7 +46,7 @@ class AppsWorldConfig:
 @dataclass
 class MixedDataConfig:
     # Share of the training questions drawn from apps tasks (the rest from the QA world), in (0, 1): each step's
-    # batch holds this share on average, and so does the SFT warm-start's demonstrations
+    # batch holds this share on average, and so do the SFT warm-start's demonstrations
     apps_fraction: float = 0.5
 
 

@@ -494,6 +494,8 @@ def _validate_mixed(config: ExperimentConfig, need) -> None:
          "data.source=mixed answers its QA questions with the search tool: add search (tools.enabled: [search])")
     need(bool(config.reward.environment_presets.get("apps")), "reward.environment_presets",
          "data.source=mixed scores apps tasks with their own preset: set reward.environment_presets: {apps: apps}")
+    need(not config.sft.enabled or config.sft.num_trajectories >= 2, "sft.num_trajectories",
+         "data.source=mixed warm-starts on demonstrations of both environments: at least 2")
 
 
 def to_dict(config: ExperimentConfig) -> dict:

@@ -34,7 +34,7 @@ from typing import Any
 
 from data.apps.tasks import APPS_ENVIRONMENT
 from data.apps.world import AppsWorld
-from data.mixture import mix_questions
+from data.mixture import mix_questions, share_counts
 from data.types import QA_ENVIRONMENT, Question
 from rl.app.apps_env import APPS_DATASET_NAME, apps_split_questions, apps_tokenizer_texts, prepare_apps
 from rl.config import ExperimentConfig
@@ -80,7 +80,7 @@ def mixed_split_questions(config: ExperimentConfig, worlds: MixedWorlds, split: 
 def demonstration_counts(config: ExperimentConfig) -> dict[str, int]:
     """sft.num_trajectories split between the environments by data.mixed.apps_fraction (at least one each)."""
     total = config.sft.num_trajectories
-    apps_count = min(total - 1, max(1, round(total * config.data.mixed.apps_fraction)))
+    apps_count = min(total - 1, max(1, share_counts(total, environment_shares(config))[APPS_ENVIRONMENT]))
     return {QA_ENVIRONMENT: total - apps_count, APPS_ENVIRONMENT: apps_count}
 
 
