@@ -18,10 +18,9 @@ A mixed run (`data.source=mixed`, rl/app/mixed_env.py) reports both: the dataset
 split) and the dataset "apps" (the apps world's split). Apps tasks (dataset "apps") add `success` to every
 row: 1 when the verifier accepts the episode's final app state and answer (data/apps/verify.py), averaged.
 Their rows are the task's dependency structure ("independent", "chain", "mixed") and, always, that structure
-and the task's number of gold calls
-("independent/3" = three independent calls, "chain/2", "mixed/5"); `subqueries_per_round` is then the
-tool calls per tool-calling round (1 on a chain done right, the number of calls on an independent task done
-in one round), and `em` compares the answer alone.
+and the task's number of gold calls ("independent/3" = three independent calls, "chain/2", "mixed/5");
+`subqueries_per_round` is then the tool calls per tool-calling round (1 on a chain done right, the number of
+calls on an independent task done in one round), and `em` compares the answer alone.
 
 Definitions (per question, then averaged over the questions of a structure):
   em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
