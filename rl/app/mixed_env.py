@@ -17,8 +17,9 @@ rewards/presets.py) and splits the step metrics (`reward/total/qa`, `reward/tota
   the warm-start's `sft_summary.json`.
 - **Eval**: the datasets `world` (the QA world's split) and `apps` (the apps world's split), a table row each.
 
-What it simplifies on purpose: one share for the whole run (no schedule), and every prompt lists every tool
-(a QA question may call an apps tool: it then earns nothing for it).
+What it simplifies on purpose: one share for the whole run (no schedule; each step's batch holds it on
+average), and one tool set for every episode (a QA episode may call an apps tool and an apps episode search;
+the rewards of its own environment judge what it did).
 
     config = load_experiment("configs/mixed_quickstart.yaml")
     worlds = prepare_mixed(config)

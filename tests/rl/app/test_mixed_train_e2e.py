@@ -4,7 +4,11 @@ async GRPO on Ray actors whose episodes call search or the apps server → eval 
 
 A few steps of a tiny model, so the figures it checks are the pipeline's (both kinds of demonstrations in the
 warm-start, each environment's rewards logged under its own keys and in their ranges, one eval dataset per
-environment), not the policy's quality.
+environment), not the policy's quality. Synchronous (async.max_staleness=0), so each step trains on the next
+questions of the seeded order: the first step's 4 are 3 QA questions and 1 apps task.
+
+Slow (`python -m pytest -m slow tests/rl/app/test_mixed_train_e2e.py`): it plays a third tiny pipeline next to
+tests/rl/app/test_train_e2e.py (QA) and tests/rl/app/test_apps_train_e2e.py (apps), which cover each part.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import pytest
 
 from rl.bench.common import DISTRIBUTED_VARIABLES
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 STEPS = 2
 NUM_QA_TEST, NUM_APPS_TEST = 4, 4
 NUM_SFT = 24
@@ -29,7 +35,7 @@ TINY_MIXED_RUN = [
     "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.vocab_size=2048",
     f"sft.num_trajectories={NUM_SFT}", "sft.parallel_fraction=1.0", "sft.max_steps=8", "sft.batch_size=8",
     f"grpo.total_steps={STEPS}", "rollout.questions_per_step=4", "rollout.group_size=2", "rollout.max_turns=3",
-    "rollout.max_new_tokens_per_turn=160", "async.max_staleness=1", "eval.num_questions=0",
+    "rollout.max_new_tokens_per_turn=160", "async.max_staleness=0", "eval.num_questions=0",
     "checkpoint.every_steps=0", "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.plots=false",
 ]
 
@@ -75,8 +81,9 @@ def test_every_step_logs_each_environments_rewards_under_its_own_keys(run_dir):
             assert "reward/exact_match/apps" not in row  # apps samples are scored with the apps preset
             assert 0.0 <= row["reward/total/apps"] <= 1.5
         assert 1 <= row["rollout/model_calls"] <= 4  # max_turns 3 + the forced answer
-        assert row["async/staleness_max"] <= 1 and row["rollout/groups_lost"] == 0
+        assert row["async/staleness_max"] == 0 and row["rollout/groups_lost"] == 0
     assert seen == {"qa", "apps"}
+    assert "reward/total/apps" in training_rows[0] and "reward/total/qa" in training_rows[0]
 
 
 def test_eval_reports_one_dataset_per_environment(run_dir):
