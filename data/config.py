@@ -47,9 +47,17 @@ class AppsWorldConfig:
 
 
 @dataclass
+class MixedDataConfig:
+    # Share of the training questions drawn from apps tasks (the rest from the QA world), in (0, 1): each step's
+    # batch holds this share on average, and so do the SFT warm-start's demonstrations
+    apps_fraction: float = 0.5
+
+
+@dataclass
 class DataConfig:
-    # "world" (the generated QA world, no download), "files" (local benchmark files) or "apps" (the generated
-    # apps world, its tools served by the apps MCP server: docs/APPS.md)
+    # "world" (the generated QA world, no download), "files" (local benchmark files), "apps" (the generated
+    # apps world, its tools served by the apps MCP server: docs/APPS.md) or "mixed" (the QA world and the apps
+    # world in one run, each question played and scored in its own environment: docs/APPS.md, "Mixed training")
     source: str = "world"
     world: WorldConfig = field(default_factory=WorldConfig)
     world_dir: str = ""  # where the generated world is written/cached; empty: <run_dir>/world
@@ -63,8 +71,9 @@ class DataConfig:
     corpus_path: str = ""  # wiki-style JSONL corpus ({"id", "contents"}) for source=files
     on_malformed_row: str = "error"  # "error" (stop, naming file and line) or "skip" (count and skip)
     max_train_questions: int = 0  # 0: all
-    apps: AppsWorldConfig = field(default_factory=AppsWorldConfig)  # the apps world of data.source=apps
+    apps: AppsWorldConfig = field(default_factory=AppsWorldConfig)  # the apps world of data.source=apps or mixed
     apps_world_dir: str = ""  # where the apps world is written/cached; empty: <run_dir>/apps_world
+    mixed: MixedDataConfig = field(default_factory=MixedDataConfig)  # how data.source=mixed mixes the two worlds
 
 
 @dataclass

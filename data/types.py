@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 STRUCTURES = ("parallel", "sequential", "single")
+ENVIRONMENT_KEY = "environment"  # Question.metadata: the environment the question belongs to ("apps", ...)
+QA_ENVIRONMENT = "qa"  # the environment of a question that names none: question answering with search
+
+
+def question_environment(question: "Question") -> str:
+    """The environment a question is played and scored in: metadata["environment"], else "qa"."""
+    return question.metadata.get(ENVIRONMENT_KEY) or QA_ENVIRONMENT
 
 
 @dataclass

@@ -12,7 +12,7 @@ from rewards.registry import get_reward, register_reward, registered_reward_name
 from rewards.correctness import exact_match, f1_score, normalize_answer, substring_exact_match
 from rewards.format import graded_format_score
 from rewards import apps, decomposition, efficiency  # noqa: F401  (registers the rewards)
-from rewards.presets import PRESETS, resolve_preset
+from rewards.presets import PRESETS, config_for_question, resolve_preset
 from rewards.compose import RewardBreakdown, mean_metrics, score_group, score_trajectory
 from rewards.parsing import ParsedEpisode, parse_trajectory
 from rewards.trl_adapter import from_trl, to_trl
@@ -32,6 +32,7 @@ __all__ = [
     "registered_reward_names",
     "PRESETS",
     "resolve_preset",
+    "config_for_question",
     "parse_trajectory",
     "ParsedEpisode",
     "from_trl",

@@ -5,7 +5,8 @@
     breakdown.to_metrics()          # {"reward/total": …, "reward/exact_match": …,
                                     #  "reward/stats/model_calls": …}
 
-`reward.preset` (rewards/presets.py) is applied first. A component returning None is not applicable
+The sample's preset (rewards/presets.py: `reward.environment_presets` for its question's environment, else
+`reward.preset`) is applied first. A component returning None is not applicable
 and left out of the total; a weight of 0 still computes and logs the component (watch a signal
 without training on it). Scoring never raises on model output: a NaN/inf value counts as 0 and is
 flagged in `nonfinite`, and a component that raises counts as 0, is flagged in `errors` and logged
@@ -22,7 +23,7 @@ from typing import Iterable
 
 from rewards.efficiency import episode_counts
 from rewards.parsing import parse_trajectory
-from rewards.presets import resolve_preset
+from rewards.presets import config_for_question, resolve_preset
 from rewards.registry import get_reward
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ def safe_reward_value(name: str, reward_function, trajectory, config) -> tuple[f
 
 
 def score_trajectory(trajectory, reward_config) -> RewardBreakdown:
-    """Weighted sum of the applicable components named in `reward_config.weights` (after the preset)."""
-    config = resolve_preset(reward_config)
+    """Weighted sum of the applicable components named in `reward_config.weights` (after the sample's preset)."""
+    config = resolve_preset(config_for_question(reward_config, trajectory.question))
     breakdown = RewardBreakdown(components={}, weights=dict(config.weights), total=0.0)
     for name in config.weights:
         # get_reward outside the guard: an unknown name is a config error and raises, listing the valid ones

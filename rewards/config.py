@@ -19,3 +19,7 @@ class RewardConfig:
     format_score_wrong_valid: float = 0.1  # Search-R1 graded format score: wrong answer, valid format
     format_score_correct_invalid: float = 0.8  # correct answer, invalid format
     gold_document_credit: bool = True  # decomposition credits sub-queries that retrieve gold documents
+    # {environment: preset}: a sample of a listed environment (its question's metadata "environment"; "qa" when
+    # it names none) is scored with that preset instead of reward.preset / reward.weights, e.g. {apps: apps}
+    # in a data.source=mixed run (QA samples keep the run's weights)
+    environment_presets: dict[str, str] = field(default_factory=dict)

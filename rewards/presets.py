@@ -4,6 +4,9 @@ decomposition 0.1).
 
 `reward.preset` picks one; it then replaces `reward.weights` and the two graded format scores (other
 reward fields, e.g. `gold_document_credit`, are kept). `reward.preset: ""` uses the config as written.
+`reward.environment_presets` routes by environment: `{apps: apps}` scores the samples of apps tasks with the
+apps preset while every other sample keeps `reward.preset` / `reward.weights` (a `data.source: mixed` run);
+`config_for_question` picks a sample's config, then `resolve_preset` applies its preset.
 
 searchr1 — Search-R1's `qa_em_format` reward (v0.3 scripts: structure_format_score 0.2):
     total = em_format, with correct+invalid 0.8 and wrong+valid 0.2 (table in rewards/format.py).
@@ -42,8 +45,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rewards.parsing import parse_trajectory
 from data.registry import Registry
+from data.types import question_environment
+from rewards.parsing import parse_trajectory
 from rewards.registry import register_reward
 
 PARALLELSEARCH_ALPHA = 3.0  # multiplier of the decomposition term when a parallel question is fanned out
@@ -111,6 +115,13 @@ PRESETS.add(
     "apps",
     RewardPreset(weights={"apps_success": 1.0, "format": 0.1, "apps_efficiency": 0.3, "apps_decomposition": 0.1}),
 )
+
+
+def config_for_question(config, question):
+    """The RewardConfig a question's samples are scored with: `config` with the preset that
+    `config.environment_presets` names for the question's environment, else `config` itself."""
+    preset = config.environment_presets.get(question_environment(question), "")
+    return dataclasses.replace(config, preset=preset) if preset else config
 
 
 def resolve_preset(config):

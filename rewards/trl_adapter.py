@@ -25,7 +25,7 @@ from typing import Any, Callable
 from data.types import STRUCTURES, Question
 from rewards.compose import safe_reward_value, score_trajectory
 from rewards.parsing import PROTOCOLS, split_model_segments
-from rewards.presets import resolve_preset
+from rewards.presets import config_for_question, resolve_preset
 from rewards.registry import get_reward
 from data.trajectory import Trajectory, Turn
 
@@ -190,7 +190,8 @@ class ToTrlReward:
             return score_trajectory(trajectory, self.reward_config).total
         reward_function = get_reward(self.reward) if isinstance(self.reward, str) else self.reward
         value, _ = safe_reward_value(
-            self.__name__, reward_function, trajectory, resolve_preset(self.reward_config)
+            self.__name__, reward_function, trajectory,
+            resolve_preset(config_for_question(self.reward_config, trajectory.question)),
         )
         return value
 

@@ -195,7 +195,7 @@ _YAML_RENAMES = {"async": "async_"}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "experiment.device": ("cpu", "cuda"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.source": ("world", "files", "apps"),
+    "data.source": ("world", "files", "apps", "mixed"),
     "data.on_malformed_row": ("error", "skip"),
     "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
@@ -470,8 +470,10 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(config.rollout.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0: greedy)")
     need(config.eval.batch_questions >= 0, "eval.batch_questions",
          "must be >= 0 (0: the training batch; 1: one question at a time)")
-    need(config.data.source != "apps" or config.rollout.protocol == "function_call", "rollout.protocol",
-         "data.source=apps needs the function-call protocol (rollout.protocol=function_call)")
+    need(config.data.source not in ("apps", "mixed") or config.rollout.protocol == "function_call",
+         "rollout.protocol", f"data.source={config.data.source} needs the function-call protocol "
+         "(rollout.protocol=function_call)")
+    _validate_mixed(config, need)
     need(config.data.source != "apps" or "search" not in config.tools.enabled, "tools.enabled",
          "data.source=apps calls the apps tools over MCP; leave search out (tools.enabled: [])")
     apps_mix = config.data.apps.structure_mix
@@ -480,6 +482,22 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     mix = config.data.world.structure_mix
     need(set(mix) <= {"parallel", "sequential", "single"} and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")
+
+
+def _validate_mixed(config: ExperimentConfig, need) -> None:
+    """data.source=mixed: a share of apps tasks strictly between 0 and 1, the search tool for the QA questions
+    and a reward preset for the apps tasks (preset names are checked in rl/app/registries.py)."""
+    if config.data.source != "mixed":
+        return
+    need(0 < config.data.mixed.apps_fraction < 1, "data.mixed.apps_fraction",
+         f"is {config.data.mixed.apps_fraction}; the share of apps tasks must be in (0, 1) (for one environment "
+         "alone use data.source=world or data.source=apps)")
+    need("search" in config.tools.enabled, "tools.enabled",
+         "data.source=mixed answers its QA questions with the search tool: add search (tools.enabled: [search])")
+    need(bool(config.reward.environment_presets.get("apps")), "reward.environment_presets",
+         "data.source=mixed scores apps tasks with their own preset: set reward.environment_presets: {apps: apps}")
+    need(not config.sft.enabled or config.sft.num_trajectories >= 2, "sft.num_trajectories",
+         "data.source=mixed warm-starts on demonstrations of both environments: at least 2")
 
 
 def to_dict(config: ExperimentConfig) -> dict:

@@ -35,8 +35,9 @@ from data.apps.state import WORK_HOURS
 from data.config import AppsWorldConfig
 from data.errors import DataError
 from data.registry import Registry
-from data.types import Question
+from data.types import ENVIRONMENT_KEY, Question
 
+APPS_ENVIRONMENT = "apps"  # Question.metadata["environment"] of an apps task (rewards and metrics route on it)
 APP_STRUCTURES = ("independent", "chain", "mixed")
 SPLIT_ORDER = ("test", "validation", "train")
 # Question.structure of each app structure: one parallel round, or several rounds in a row.
@@ -86,7 +87,7 @@ class AppTask:
         """The task as the agent loop's Question (the task's fields in metadata["app_task"])."""
         return Question(id=self.id, question=self.instruction, answers=list(self.answers),
                         structure=QUESTION_STRUCTURE[self.structure], source="apps",
-                        metadata={"environment": "apps", "app_task": self.to_row()})
+                        metadata={ENVIRONMENT_KEY: APPS_ENVIRONMENT, "app_task": self.to_row()})
 
 
 def call(name: str, **arguments) -> dict:
@@ -351,4 +352,5 @@ def generate_tasks(base_state: dict, config: AppsWorldConfig) -> dict[str, list[
     return {split: splits[split] for split in ("train", "validation", "test")}
 
 
-__all__ = ["APP_STRUCTURES", "AppTask", "TASK_FAMILIES", "generate_tasks", "register_family", "structure_counts"]
+__all__ = ["APPS_ENVIRONMENT", "APP_STRUCTURES", "AppTask", "TASK_FAMILIES", "generate_tasks", "register_family",
+           "structure_counts"]

@@ -97,43 +97,51 @@ def sample_passes(tasks: list, count: int, rng: random.Random) -> list[list]:
     return passes
 
 
-def build_apps_sft_dataset(config: ExperimentConfig, tokenizer: Any) -> Any:
-    """The solver's verified episodes on training tasks as TRL's pre-tokenised rows (input_ids, completion_mask)."""
+def solver_dataset(config: ExperimentConfig, tokenizer: Any, environment: Any, world: AppsWorld,
+                   num_trajectories: int) -> Any:
+    """The solver's verified episodes on `num_trajectories` training tasks, played in `environment` (whose tools
+    include the apps server), as TRL's pre-tokenised rows (input_ids, completion_mask and columns to inspect)."""
     from datasets import Dataset
 
     from rl.app.apps_expert import solve_apps_tasks
     from rl.app.expert import trajectory_to_example
-    from rollouts.environment import build_environment
 
-    world = prepare_apps(config)
-    environment = build_environment(config.rollout, config.tools, config.retriever)
     rng = random.Random(config.experiment.seed)
     columns: dict[str, list] = {name: [] for name in ("input_ids", "completion_mask", "question_id", "structure",
                                                       "mode", "model_calls")}
     rejected = 0
-    try:
-        for tasks in sample_passes(world.splits["train"], config.sft.num_trajectories, rng):
-            modes = choose_solver_modes(tasks, config.sft.parallel_fraction, rng)
-            for episode, mode in zip(solve_apps_tasks(tasks, modes, environment.protocol, tokenizer,
-                                                      environment.executor, world.base_state, config.rollout), modes):
-                if not episode.verdict.success or episode.trajectory.truncated:
-                    rejected += 1
-                    continue
-                input_ids, completion_mask = trajectory_to_example(episode.trajectory)
-                for name, value in (("input_ids", input_ids), ("completion_mask", completion_mask),
-                                    ("question_id", episode.task.id), ("structure", episode.task.structure),
-                                    ("mode", mode), ("model_calls", episode.trajectory.model_calls)):
-                    columns[name].append(value)
-    finally:
-        environment.executor.close()
+    for tasks in sample_passes(world.splits["train"], num_trajectories, rng):
+        modes = choose_solver_modes(tasks, config.sft.parallel_fraction, rng)
+        for episode, mode in zip(solve_apps_tasks(tasks, modes, environment.protocol, tokenizer,
+                                                  environment.executor, world.base_state, config.rollout), modes):
+            if not episode.verdict.success or episode.trajectory.truncated:
+                rejected += 1
+                continue
+            input_ids, completion_mask = trajectory_to_example(episode.trajectory)
+            for name, value in (("input_ids", input_ids), ("completion_mask", completion_mask),
+                                ("question_id", episode.task.id), ("structure", episode.task.structure),
+                                ("mode", mode), ("model_calls", episode.trajectory.model_calls)):
+                columns[name].append(value)
     if not columns["input_ids"]:
         raise ValueError("the apps solver's episodes all failed verification or exceed the rollout limits "
                          "(rollout.max_context_tokens / max_new_tokens_per_turn / max_turns); raise them")
     if rejected:
         logger.warning("apps warm-start: %d of %d solver episodes rejected (failed verification or truncated)",
-                       rejected, config.sft.num_trajectories)
+                       rejected, num_trajectories)
     logger.info("apps warm-start: %d demonstrations, modes %s", len(columns["input_ids"]), dict(Counter(columns["mode"])))
     return Dataset.from_dict(columns)
+
+
+def build_apps_sft_dataset(config: ExperimentConfig, tokenizer: Any) -> Any:
+    """The solver's verified episodes on `sft.num_trajectories` training tasks (`solver_dataset`)."""
+    from rollouts.environment import build_environment
+
+    world = prepare_apps(config)
+    environment = build_environment(config.rollout, config.tools, config.retriever)
+    try:
+        return solver_dataset(config, tokenizer, environment, world, config.sft.num_trajectories)
+    finally:
+        environment.executor.close()
 
 
 def apps_warm_start_source(config: ExperimentConfig, world: AppsWorld) -> Any:
@@ -147,4 +155,4 @@ def apps_warm_start_source(config: ExperimentConfig, world: AppsWorld) -> Any:
 
 __all__ = ["APPS_DATASET_NAME", "apps_server_config", "apps_split_questions", "apps_tokenizer_texts",
            "apps_warm_start_source", "apps_world_directory", "build_apps_sft_dataset", "choose_solver_modes",
-           "prepare_apps"]
+           "prepare_apps", "solver_dataset"]

@@ -14,12 +14,13 @@ prints a Markdown table and writes the contract JSON
 "single/1"; "<structure>/unknown" for a question without gold sub-questions), each with the same figures.
 `--search-budget N` evaluates under a budget of N search rounds (the same as `rollout.max_turns=N`, below).
 
-Apps tasks (`data.source=apps`, dataset "apps") add `success` to every row: 1 when the verifier accepts the
-episode's final app state and answer (data/apps/verify.py), averaged. Their rows are the task's dependency
-structure ("independent", "chain", "mixed") and, always, that structure and the task's number of gold calls
-("independent/3" = three independent calls, "chain/2", "mixed/5"); `subqueries_per_round` is then the
-tool calls per tool-calling round (1 on a chain done right, the number of calls on an independent task done
-in one round), and `em` compares the answer alone.
+A mixed run (`data.source=mixed`, rl/app/mixed_env.py) reports both: the dataset "world" (the QA world's
+split) and the dataset "apps" (the apps world's split). Apps tasks (dataset "apps") add `success` to every
+row: 1 when the verifier accepts the episode's final app state and answer (data/apps/verify.py), averaged.
+Their rows are the task's dependency structure ("independent", "chain", "mixed") and, always, that structure
+and the task's number of gold calls ("independent/3" = three independent calls, "chain/2", "mixed/5");
+`subqueries_per_round` is then the tool calls per tool-calling round (1 on a chain done right, the number of
+calls on an independent task done in one round), and `em` compares the answer alone.
 
 Definitions (per question, then averaged over the questions of a structure):
   em / f1            SQuAD-normalised exact match / token F1 of the final answer (no answer scores 0);
@@ -298,29 +299,41 @@ def world_directory(config: ExperimentConfig) -> Path:
     return Path(config.data.world_dir) if config.data.world_dir else config.run_dir / "world"
 
 
-def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
-    """{dataset name: questions}: the eval split of the generated world, or every data.eval_files entry.
+def generated_split_questions(config: ExperimentConfig, split: str) -> dict[str, list]:
+    """{dataset name: questions} of a generated world's split: "world" (data.source=world), "apps" (apps) or
+    both (mixed, rl/app/mixed_env.py). An apps world's server joins config.tools.mcp_servers."""
+    if config.data.source == "mixed":
+        from rl.app.mixed_env import mixed_split_questions, prepare_mixed
 
-    eval.num_questions > 0 keeps the first N questions of each dataset (files are read in their order).
-    """
-    if config.data.source == "apps":
+        worlds = prepare_mixed(config)
+        splits = set(worlds.qa_world.splits) & set(worlds.apps_world.splits)
+        if split in splits:
+            return mixed_split_questions(config, worlds, split)
+    elif config.data.source == "apps":
         from rl.app.apps_env import APPS_DATASET_NAME, apps_split_questions, prepare_apps
 
-        apps_world = prepare_apps(config)  # its server joins config.tools.mcp_servers
-        if config.eval.split not in apps_world.splits:
-            raise ConfigError(f"key 'eval.split' is {config.eval.split!r}; the apps world has splits "
-                              f"{', '.join(sorted(apps_world.splits))}")
-        questions_by_dataset = {APPS_DATASET_NAME: apps_split_questions(config, apps_world, config.eval.split)}
-    elif config.data.source == "world":
+        apps_world = prepare_apps(config)
+        splits = set(apps_world.splits)
+        if split in splits:
+            return {APPS_DATASET_NAME: apps_split_questions(config, apps_world, split)}
+    else:
         from data.world import ensure_world
 
         world = ensure_world(world_directory(config), config.data.world)
-        if config.eval.split not in world.splits:
-            raise ConfigError(
-                f"key 'eval.split' is {config.eval.split!r}; the generated world has splits "
-                f"{', '.join(sorted(world.splits))}"
-            )
-        questions_by_dataset = {"world": world.splits[config.eval.split]}
+        splits = set(world.splits)
+        if split in splits:
+            return {"world": world.splits[split]}
+    raise ConfigError(f"key 'eval.split' is {split!r}; the generated world of data.source={config.data.source} has "
+                      f"splits {', '.join(sorted(splits))}")
+
+
+def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
+    """{dataset name: questions}: the eval split of the generated world(s), or every data.eval_files entry.
+
+    eval.num_questions > 0 keeps the first N questions of each dataset (files are read in their order).
+    """
+    if config.data.source != "files":
+        questions_by_dataset = generated_split_questions(config, config.eval.split)
     else:
         from data.loaders import load_questions
 
@@ -360,7 +373,7 @@ def eval_corpus_path(config: ExperimentConfig) -> str:
     """The corpus the retriever indexes ("" when a retrieval server holds it)."""
     if config.retriever.backend == "http":
         return ""
-    if config.data.source == "world":
+    if config.data.source in ("world", "mixed"):
         return str(world_directory(config) / "corpus.jsonl")
     return config.data.corpus_path
 
@@ -471,15 +484,10 @@ def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
 
 
 def load_validation_questions(config: ExperimentConfig) -> dict[str, list]:
-    """{dataset: questions} checked during training: the world's validation split, or data.validation_files."""
-    if config.data.source == "apps":
-        from rl.app.apps_env import APPS_DATASET_NAME, apps_split_questions, prepare_apps
-
-        questions_by_dataset = {APPS_DATASET_NAME: apps_split_questions(config, prepare_apps(config), "validation")}
-    elif config.data.source == "world":
-        from data.world import ensure_world
-
-        questions_by_dataset = {"world": ensure_world(world_directory(config), config.data.world).splits["validation"]}
+    """{dataset: questions} checked during training: the generated world(s)' validation split, or
+    data.validation_files."""
+    if config.data.source != "files":
+        questions_by_dataset = generated_split_questions(config, "validation")
     else:
         from data.loaders import load_questions
 

@@ -31,7 +31,7 @@ from rl.app.metrics import read_metrics
 DEFAULT_KEY_PATTERNS = (
     "reward/*",
     "rollout/model_calls",
-    "rollout/model_calls/*",  # per question structure (parallel / sequential / single)
+    "rollout/model_calls/*",  # per question structure (parallel / sequential / single), environment (qa / apps)
     "rollout/tool_calls",
     "rollout/subqueries_per_round",
     "rollout/subqueries_per_round/*",

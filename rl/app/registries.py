@@ -53,6 +53,11 @@ def check_registered_names(config: ExperimentConfig, where: str | ValueSources =
         if value not in choices:
             raise ConfigError(f"{sources.of(dotted)}: key '{dotted}' is {value!r}; valid choices: "
                               f"{', '.join(map(repr, choices))}")
+    for environment, preset in config.reward.environment_presets.items():
+        key = f"reward.environment_presets.{environment}"
+        if preset not in PRESETS:
+            raise ConfigError(f"{sources.of(key)}: key '{key}' is {preset!r}; valid choices: "
+                              f"{', '.join(map(repr, sorted(PRESETS)))}")
     unknown_rewards = sorted(set(config.reward.weights) - set(REWARDS))
     if unknown_rewards:
         raise ConfigError(f"{sources.of('reward.weights')}: key 'reward.weights': unknown reward(s) {unknown_rewards}; "

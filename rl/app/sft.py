@@ -11,7 +11,9 @@ mostly searches one sub-query per turn and RL has something to learn.
 on the data's texts) when `model.path` is empty, runs SFT into <run_dir>/<sft.output_subdir> (reused if
 it is already there and `sft.reuse`), and returns the folder GRPO starts from. It learns from a
 `WarmStartSource`: the generated world, or the run's own training questions and corpus (`data.source=files`:
-the expert then searches each question's sub-questions, or the question itself when the data has none).
+the expert then searches each question's sub-questions, or the question itself when the data has none), or
+another environment's demonstrations (the apps solver's, rl/app/apps_env.py; both kinds in a mixed run,
+rl/app/mixed_env.py, whose sft_summary.json counts the rows of each environment under `environments`).
 
 On CPU, TRL's fused LM head is wrapped by rl/grpo/lm_head.py's compact one (the vocabulary projection only
 on the model's turns; the same loss, about 3x the steps per second).
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 SFT_LOG_FILE_NAME = "sft_log.jsonl"
 SFT_SUMMARY_FILE_NAME = "sft_summary.json"
+ENVIRONMENT_COLUMN = "environment"  # a mixed run's SFT rows: the environment of each demonstration ("qa", "apps")
 BASE_MODEL_SUBDIR = "base"
 LEXICON_REPEATS = 20  # copies of the name lexicon in the tokenizer's training texts
 WARMUP_FRACTION = 0.05  # share of sft.max_steps spent warming the learning rate up
@@ -248,11 +251,22 @@ def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, source:
         "data_s": round(data_s, 2),
         "total_s": round(time.perf_counter() - started, 2),
         "base_model": str(base_model_dir),
+        **demonstrations_by_environment(dataset),
     })
     publish(staging_dir, out_dir)
     logger.info("sft: %d steps in %.0f s, final loss %.4f -> %s", summary["steps"], summary["total_s"],
                 summary["final_loss"], out_dir)
     return out_dir
+
+
+def demonstrations_by_environment(dataset: Any) -> dict:
+    """{"environments": {environment: rows}} for a dataset with an `environment` column (a mixed run's), else {}."""
+    if ENVIRONMENT_COLUMN not in getattr(dataset, "column_names", []):
+        return {}
+    counts: dict[str, int] = {}
+    for environment in dataset[ENVIRONMENT_COLUMN]:
+        counts[environment] = counts.get(environment, 0) + 1
+    return {"environments": counts}
 
 
 def staging_folder(final_dir: Path) -> Path:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from data.plugins import import_plugins
-from data.types import Question
+from data.types import Question, question_environment
 from rl.config import ConfigError, ExperimentConfig, save_config
 from rl.grpo.distributed import (
     broadcast_from_main,
@@ -66,7 +66,7 @@ class TrainingData:
     train_questions: list[Question]
     corpus_path: str  # "" when retrieval goes to an HTTP server
     world: Any = None  # data.world.World for the generated world
-    warm_start: Any = None  # rl.app.sft.WarmStartSource of another environment (data.source=apps)
+    warm_start: Any = None  # rl.app.sft.WarmStartSource of another environment (data.source=apps or mixed)
 
     def warm_start_source(self):
         """What the SFT warm-start learns from: the generated world, or these questions and corpus."""
@@ -111,10 +111,18 @@ def seed_everything(seed: int) -> None:
 
 
 def load_training_data(config: ExperimentConfig) -> TrainingData:
-    """The generated world (written once into the run folder), local benchmark files or the apps world (its
-    MCP server then joins config.tools.mcp_servers, rl/app/apps_env.py)."""
+    """The generated world (written once into the run folder), local benchmark files, the apps world (its
+    MCP server then joins config.tools.mcp_servers, rl/app/apps_env.py) or both worlds (rl/app/mixed_env.py)."""
     warm_start = None
-    if config.data.source == "apps":
+    if config.data.source == "mixed":
+        from rl.app.evaluate import world_directory
+        from rl.app.mixed_env import mixed_training_questions, mixed_warm_start_source, prepare_mixed
+
+        worlds = prepare_mixed(config)  # the apps server joins config.tools.mcp_servers
+        questions, world = mixed_training_questions(config, worlds), worlds.qa_world
+        corpus_path = str(world_directory(config) / "corpus.jsonl")
+        warm_start = mixed_warm_start_source(config, worlds, questions)
+    elif config.data.source == "apps":
         from rl.app.apps_env import apps_split_questions, apps_warm_start_source, prepare_apps
 
         apps_world = prepare_apps(config)
@@ -151,8 +159,15 @@ def load_training_data(config: ExperimentConfig) -> TrainingData:
 # ----------------------------------------------------------------------------------------------
 
 
-def rollout_metrics(groups: list[Group]) -> dict[str, float]:
-    """Means over the step's trajectories: rewards, model calls, sub-queries per round, per structure."""
+ENVIRONMENT_SPLIT_KEYS = ("rollout/model_calls", "rollout/subqueries_per_round")  # and every reward/* key
+
+
+def rollout_metrics(groups: list[Group], by_environment: bool = False) -> dict[str, float]:
+    """Means over the step's trajectories: rewards, model calls, sub-queries per round, per structure.
+
+    by_environment (data.source=mixed): also every reward/* key, model calls and sub-queries per round per
+    environment of the questions (`reward/total/qa`, `reward/exact_match/qa`, `reward/apps_success/apps`, ...),
+    each averaged over that environment's trajectories of the step (absent in a step without any)."""
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
 
@@ -163,6 +178,7 @@ def rollout_metrics(groups: list[Group]) -> dict[str, float]:
     for group in groups:
         # an apps task's dependency structure (independent / chain / mixed), else the question's
         structure = group.question.metadata.get("app_task", {}).get("structure", group.question.structure)
+        environment = question_environment(group.question)
         for trajectory in group.trajectories:
             subqueries = trajectory.tool_calls
             rounds = trajectory.search_rounds
@@ -189,6 +205,10 @@ def rollout_metrics(groups: list[Group]) -> dict[str, float]:
                         "rollout/subqueries_per_round"):
                 if key in values:
                     add(f"{key}/{structure}", values[key])
+            if by_environment:
+                for key, value in values.items():
+                    if key.startswith("reward/") or key in ENVIRONMENT_SPLIT_KEYS:
+                        add(f"{key}/{environment}", value)
     return {key: sums[key] / counts[key] for key in sums}
 
 
@@ -395,7 +415,7 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
                 eval_metrics = periodic_evaluator.evaluate(model_path, weights, trainer.version)
         if manager is not None:
             _log_step(step + 1, groups, trainer_metrics, manager.stats(), eval_metrics, step_start, loop_start,
-                      samples_total, metrics_logger, progress)
+                      samples_total, metrics_logger, progress, by_environment=config.data.source == "mixed")
         samples_total += sum(len(group.trajectories) for group in groups)
         every = config.checkpoint.every_steps
         if every and (step + 1) % every == 0 and step + 1 < config.grpo.total_steps:
@@ -406,8 +426,8 @@ def _loop(config: ExperimentConfig, trainer, manager, metrics_logger, run_dir: P
 
 def _log_step(step: int, groups: list[Group], trainer_metrics: dict[str, float], manager_metrics: dict[str, float],
               eval_metrics: dict[str, float], step_start: float, loop_start: float, samples_before: int,
-              metrics_logger, progress) -> None:
-    """Rank 0: one row of metrics.jsonl from the metrics' owners."""
+              metrics_logger, progress, by_environment: bool = False) -> None:
+    """Rank 0: one row of metrics.jsonl from the metrics' owners (rollout metrics per environment if asked)."""
     samples = sum(len(group.trajectories) for group in groups)
     step_s = time.perf_counter() - step_start
     loop_metrics = {
@@ -417,7 +437,7 @@ def _log_step(step: int, groups: list[Group], trainer_metrics: dict[str, float],
         "perf/world_size": float(world_size()),
     }
     metrics = merge_owned_metrics({
-        "the trainer": trainer_metrics, "the trained groups": rollout_metrics(groups),
+        "the trainer": trainer_metrics, "the trained groups": rollout_metrics(groups, by_environment),
         "the rollout manager": manager_metrics, "the train loop": loop_metrics,
         "the periodic evaluation": eval_metrics,
     })

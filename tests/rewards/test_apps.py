@@ -105,3 +105,34 @@ def test_apps_rewards_do_not_apply_to_qa_trajectories():
     breakdown = score_trajectory(qa, APPS_PRESET)
     assert set(breakdown.components) == {"format"}
     assert breakdown.total == pytest.approx(0.1)
+
+
+MIXED = RewardConfig(weights={"exact_match": 1.0, "format": 0.1, "efficiency": 0.3, "decomposition": 0.1},
+                     environment_presets={"apps": "apps"})
+
+
+def test_one_mixed_config_scores_each_sample_in_its_environment(meeting):
+    """reward.environment_presets routes an apps task's sample to the apps preset; a QA sample keeps the weights."""
+    question, task, base_state = meeting
+    apps = apps_trajectory(question, task.gold_rounds, task.answers[0], gold_end_state(task, base_state))
+    apps_breakdown = score_trajectory(apps, MIXED)
+    assert apps_breakdown.components == score_trajectory(apps, APPS_PRESET).components
+    assert apps_breakdown.weights == {"apps_success": 1.0, "format": 0.1, "apps_efficiency": 0.3,
+                                      "apps_decomposition": 0.1}
+    assert apps_breakdown.total == pytest.approx(1.5)
+    qa = build_trajectory(["<search>a</search>", "<answer>Paris</answer>"], structure="single")
+    qa_breakdown = score_trajectory(qa, MIXED)
+    assert qa_breakdown.weights == MIXED.weights
+    assert set(qa_breakdown.components) == {"exact_match", "format", "efficiency", "decomposition"}
+    assert qa_breakdown.components["exact_match"] == 1.0
+    assert qa_breakdown.total == pytest.approx(score_trajectory(qa, RewardConfig(weights=MIXED.weights)).total)
+
+
+def test_an_environment_preset_for_qa_replaces_the_weights_of_qa_samples_only(meeting):
+    question, task, base_state = meeting
+    routed = RewardConfig(preset="apps", environment_presets={"qa": "searchr1"})
+    qa = build_trajectory(["<search>a</search>", "<answer>Paris</answer>"], structure="single")
+    assert score_trajectory(qa, routed).weights == {"em_format": 1.0}
+    apps = apps_trajectory(question, task.gold_rounds, task.answers[0], gold_end_state(task, base_state))
+    assert set(score_trajectory(apps, routed).weights) == {"apps_success", "format", "apps_efficiency",
+                                                           "apps_decomposition"}
