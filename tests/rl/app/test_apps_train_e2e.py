@@ -19,6 +19,10 @@ import pytest
 
 from rl.bench.common import DISTRIBUTED_VARIABLES
 
+# About a minute idle: behind -m slow (CI budget); tests/rl/app/test_train_e2e.py is the default suite's end-to-end run,
+# and the apps pieces (MCP server, solver, verifiers, rewards, eval rows) have fast tests of their own.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 STEPS = 2
 NUM_TEST = 8
 NUM_SFT = 40
