@@ -40,6 +40,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from data.mixture import repeated_passes
 from data.trajectory import Trajectory
 from data.types import Question
 from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought
@@ -237,12 +238,7 @@ def sample_questions(questions: list[Question], num_trajectories: int, rng: rand
     """`num_trajectories` questions: shuffled passes over `questions` (a question repeats only after all did)."""
     if not questions:
         raise ValueError("no questions to write expert trajectories for (empty training split?)")
-    chosen: list[Question] = []
-    while len(chosen) < num_trajectories:
-        order = list(questions)
-        rng.shuffle(order)
-        chosen.extend(order[: num_trajectories - len(chosen)])
-    return chosen
+    return repeated_passes(questions, num_trajectories, rng)
 
 
 def write_expert_dataset(
