@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from rl.bench.common import DISTRIBUTED_VARIABLES
+from cli_runs import ROOT, metrics_rows, run_fanout  # noqa: F401 (the reliability tests import them from here)
 
-ROOT = Path(__file__).resolve().parents[2]
 SIGKILL_RETURN_CODE = -signal.SIGKILL
 
 # A run of the whole loop (world, Ray rollout actor, DeepSpeed trainer, checkpoints) that takes tens of
@@ -33,49 +29,6 @@ TINY_TRAINING_OVERRIDES = [
     "logging.wandb_mode=disabled",
     "checkpoint.every_steps=1",
 ]
-
-
-def run_fanout(
-    arguments: list[str],
-    env: dict[str, str] | None = None,
-    timeout_s: float = 600,
-) -> subprocess.CompletedProcess:
-    """`python -m rl ARGS` in its own session; afterwards whatever it left running (Ray) is killed too.
-
-    A process killed with SIGKILL cannot stop the Ray processes it started, so the session's process
-    group is killed once the command is over (only processes this call started are in it).
-    """
-    environment = {
-        # never the distributed variables of an in-process trainer test: its MASTER_PORT is still bound
-        **{key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES},
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "disabled",
-        "RAY_DEDUP_LOGS": "0",
-        **(env or {}),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rl", *arguments],
-        cwd=ROOT,
-        env=environment,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if process.poll() is None:
-            process.communicate()
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def metrics_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def trainer_state(checkpoint_dir: Path) -> dict:

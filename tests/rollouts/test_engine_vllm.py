@@ -135,7 +135,6 @@ def vllm_rollout_actor(model_path: str) -> dict:
     import tempfile
 
     import ray
-    import torch
 
     from data.config import RetrieverConfig, WorldConfig
     from data.world import load_split, write_world

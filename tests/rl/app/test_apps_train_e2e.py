@@ -10,14 +10,11 @@ add up), not the policy's quality (docs/RESULTS.md measures that with the full c
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from rl.bench.common import DISTRIBUTED_VARIABLES
+from cli_runs import step_rows, train_run
 
 # About a minute idle: behind -m slow (CI budget); tests/rl/app/test_train_e2e.py is the default suite's end-to-end run,
 # and the apps pieces (MCP server, solver, verifiers, rewards, eval rows) have fast tests of their own.
@@ -40,15 +37,7 @@ TINY_APPS_RUN = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    output_dir = tmp_path_factory.mktemp("runs")
-    command = [sys.executable, "-m", "rl", "train", "configs/apps_quickstart.yaml",
-               f"experiment.output_dir={output_dir}", "experiment.name=apps_e2e", *TINY_APPS_RUN]
-    inherited = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES}
-    environment = {**inherited, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[3], env=environment, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return output_dir / "apps_e2e"
+    return train_run("configs/apps_quickstart.yaml", tmp_path_factory.mktemp("runs"), "apps_e2e", TINY_APPS_RUN)
 
 
 def test_the_warm_start_learned_from_every_solver_episode_verified(run_dir):
@@ -60,8 +49,7 @@ def test_the_warm_start_learned_from_every_solver_episode_verified(run_dir):
 
 
 def test_every_step_logs_the_apps_rewards_in_range(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    training_rows = [row for row in rows if "reward/total" in row]
+    training_rows = step_rows(run_dir)
     assert [row["step"] for row in training_rows] == list(range(1, STEPS + 1))
     for row in training_rows:
         for key in ("reward/apps_success", "reward/format", "reward/apps_efficiency"):

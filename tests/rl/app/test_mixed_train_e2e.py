@@ -14,14 +14,11 @@ tests/rl/app/test_train_e2e.py (QA) and tests/rl/app/test_apps_train_e2e.py (app
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from rl.bench.common import DISTRIBUTED_VARIABLES
+from cli_runs import step_rows, train_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -42,15 +39,7 @@ TINY_MIXED_RUN = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    output_dir = tmp_path_factory.mktemp("runs")
-    command = [sys.executable, "-m", "rl", "train", "configs/mixed_quickstart.yaml",
-               f"experiment.output_dir={output_dir}", "experiment.name=mixed_e2e", *TINY_MIXED_RUN]
-    inherited = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES}
-    environment = {**inherited, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[3], env=environment, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return output_dir / "mixed_e2e"
+    return train_run("configs/mixed_quickstart.yaml", tmp_path_factory.mktemp("runs"), "mixed_e2e", TINY_MIXED_RUN)
 
 
 def test_the_warm_start_learned_from_both_kinds_of_demonstrations(run_dir):
@@ -65,8 +54,7 @@ def test_the_warm_start_learned_from_both_kinds_of_demonstrations(run_dir):
 
 
 def test_every_step_logs_each_environments_rewards_under_its_own_keys(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    training_rows = [row for row in rows if "reward/total" in row]
+    training_rows = step_rows(run_dir)
     assert [row["step"] for row in training_rows] == list(range(1, STEPS + 1))
     seen = set()
     for row in training_rows:

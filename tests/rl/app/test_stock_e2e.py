@@ -12,9 +12,6 @@ the contracts and the stock model went through its own chat template (prompt_sty
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rl.bench.common import DISTRIBUTED_VARIABLES
+from cli_runs import metrics_rows, train_run
 
-ROOT = Path(__file__).resolve().parents[3]
 GRPO_STEPS = 2  # the recipe's grpo.total_steps
 # Smaller still than the recipe: a random model fills every turn's budget, and each of those tokens is
 # projected onto 151,936 rows in the trainer, so the budget and the group are cut; SFT is a few steps,
@@ -38,20 +34,15 @@ EVAL_FIELDS = {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_rou
 
 @pytest.fixture(scope="module")
 def stock_run(tmp_path_factory, qwen2_checkpoint) -> Path:
-    output_dir = tmp_path_factory.mktemp("stock_runs")
-    command = [sys.executable, "-m", "rl", "train", "configs/stock_cpu.yaml", f"model.path={qwen2_checkpoint}",
-               f"experiment.output_dir={output_dir}", *SMOKE_OVERRIDES]
-    inherited = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES}
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env={**inherited, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = train_run("configs/stock_cpu.yaml", tmp_path_factory.mktemp("stock_runs"), "stock_cpu",
+                        [f"model.path={qwen2_checkpoint}", *SMOKE_OVERRIDES], timeout_s=600)
     print(f"stock_cpu recipe: {time.perf_counter() - started:.1f} s")
-    return output_dir / "stock_cpu"
+    return run_dir
 
 
 def test_grpo_steps_are_logged(stock_run):
-    rows = [json.loads(line) for line in (stock_run / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(stock_run)
     training_rows = [row for row in rows if "reward/total" in row]
     assert [row["step"] for row in training_rows] == list(range(1, GRPO_STEPS + 1))
     for row in training_rows:

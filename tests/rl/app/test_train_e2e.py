@@ -9,16 +9,13 @@ GRPO changed the weights of the warm-start.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from rl.bench.common import DISTRIBUTED_VARIABLES
+from cli_runs import metrics_rows, step_rows, train_run
 
 STEPS = 3
 MAX_STALENESS = 1
@@ -40,25 +37,11 @@ EVAL_FIELDS = {"n", "em", "f1", "model_calls", "tool_calls", "subqueries_per_rou
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    output_dir = tmp_path_factory.mktemp("runs")
-    command = [sys.executable, "-m", "rl", "train", "configs/quickstart.yaml", f"experiment.output_dir={output_dir}",
-               "experiment.name=e2e", *TINY_RUN]
-    # A fresh process: the distributed variables an in-process trainer test set must not leak into it
-    # (its MASTER_PORT is still bound by this process's store).
-    inherited = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES}
-    environment = {**inherited, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[3], env=environment, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return output_dir / "e2e"
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return train_run("configs/quickstart.yaml", tmp_path_factory.mktemp("runs"), "e2e", TINY_RUN)
 
 
 def test_every_step_logs_the_contract_metrics(run_dir):
-    training_rows = [row for row in _metrics(run_dir) if "reward/total" in row]
+    training_rows = step_rows(run_dir)
     assert [row["step"] for row in training_rows] == list(range(1, STEPS + 1))
     for row in training_rows:
         for key in REQUIRED_KEYS:
@@ -72,7 +55,7 @@ def test_every_step_logs_the_contract_metrics(run_dir):
 
 
 def test_staleness_bound_held_and_nothing_was_lost(run_dir):
-    for row in _metrics(run_dir):
+    for row in metrics_rows(run_dir):
         if "async/staleness_max" in row:
             assert row["async/staleness_max"] <= MAX_STALENESS
         if "rollout/groups_lost" in row:

@@ -15,9 +15,6 @@ corpus file; the plugin, a file in a temporary folder outside the repository, re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,11 +22,10 @@ import pytest
 from data.config import WorldConfig
 from data.corpus import write_jsonl
 from data.world import generate_world
-from rl.bench.common import DISTRIBUTED_VARIABLES
+from cli_runs import metrics_rows, train_run
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[3]
 STEPS = 2
 EVAL_QUESTIONS = 6
 
@@ -123,7 +119,7 @@ def files_run(tmp_path_factory):
     plugin.write_text(PLUGIN.format(tool_log=str(tool_log)))
     output_dir = tmp_path_factory.mktemp("runs")
     overrides = [
-        f"experiment.output_dir={output_dir}", "experiment.name=files", f"plugins=[{plugin}]",
+        f"plugins=[{plugin}]",
         "data.source=files", f"data.train_files.my_qa={train}", f"data.validation_files.my_qa={validation}",
         f"data.eval_files.my_qa={test}", f"data.corpus_path={corpus}", f"data.columns.my_qa={COLUMNS}",
         "tools.enabled=[search,logged_search]", "rollout.protocol=tags_logged", "reward.weights.answer_brevity=0.05",
@@ -133,13 +129,8 @@ def files_run(tmp_path_factory):
         "rollout.max_new_tokens_per_turn=24", "rollout.max_turns=3", f"eval.every_steps={STEPS}",
         f"eval.num_questions={EVAL_QUESTIONS}", "logging.wandb_mode=disabled", "logging.progress_bar=false",
     ]
-    inherited = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES}
-    environment = {**inherited, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    result = subprocess.run([sys.executable, "-m", "rl", "train", "configs/quickstart.yaml", *overrides], cwd=ROOT,
-                            env=environment, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    run_dir = output_dir / "files"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    run_dir = train_run("configs/quickstart.yaml", output_dir, "files", overrides)
+    rows = metrics_rows(run_dir)
     tool_calls = [json.loads(line) for line in tool_log.read_text().splitlines()] if tool_log.exists() else []
     return run_dir, rows, tool_calls, plugin
 
