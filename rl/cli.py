@@ -154,9 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="write the results JSON here")
     evaluate.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate two checkpoints side by side")
     evaluate.add_argument("--group-by", default="structure", metavar="KEY",
-                          help="table rows: 'structure' (parallel/sequential/single, the default) or 'hops' "
+                          help="table rows: 'structure' (parallel/sequential/single, the default), 'hops' "
                                "(the structure rows plus one per structure and number of gold sub-questions, "
-                               "e.g. parallel/2)")
+                               "e.g. parallel/2) or 'retrieval' (the structure rows plus, per structure, the "
+                               "episodes whose searches found every supporting passage, e.g. parallel/retrieved, "
+                               "and those that missed one, parallel/missed)")
     evaluate.add_argument("--search-budget", type=int, default=None, metavar="N",
                           help="at most N search rounds per question, then one forced-answer round "
                                "(= rollout.max_turns=N; default: the config's rollout.max_turns)")

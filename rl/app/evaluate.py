@@ -98,11 +98,24 @@ def hops_key(question) -> str:
     return f"{question.structure}/{count if count else 'unknown'}"
 
 
-# `--group-by`: the row keys a question counts in (besides "all"). "structure" is the contract; "hops" adds,
-# per structure, a row per number of gold sub-questions.
-GROUPINGS: dict[str, Callable] = {
-    "structure": lambda question: [question.structure],
-    "hops": lambda question: [question.structure, hops_key(question)],
+def retrieval_key(trajectory: Trajectory) -> str:
+    """"<structure>/retrieved" when the episode's searches returned every supporting passage of its question,
+    "<structure>/missed" when one is missing, "<structure>/unknown" when the question names none."""
+    question = trajectory.question
+    if not question.supporting_doc_ids:
+        return f"{question.structure}/unknown"
+    retrieved = {doc_id for turn in trajectory.turns for call in turn.calls for doc_id in call.retrieved_doc_ids}
+    missing = set(question.supporting_doc_ids) - retrieved
+    return f"{question.structure}/{'missed' if missing else 'retrieved'}"
+
+
+# `--group-by`: the row keys an episode counts in (besides "all"). "structure" is the contract; "hops" adds,
+# per structure, a row per number of gold sub-questions; "retrieval" adds, per structure, the episodes whose
+# searches found every supporting passage and those that missed one: failures to find against failures to read.
+GROUPINGS: dict[str, Callable[[Trajectory], list[str]]] = {
+    "structure": lambda trajectory: [trajectory.question.structure],
+    "hops": lambda trajectory: [trajectory.question.structure, hops_key(trajectory.question)],
+    "retrieval": lambda trajectory: [trajectory.question.structure, retrieval_key(trajectory)],
 }
 _COLUMN_TITLES = {
     "n": "n",
@@ -204,7 +217,8 @@ def summarize(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """`{dataset_name: {group | "all": figures}}` for one greedy trajectory per question.
 
-    Groups are question structures (the contract), plus structure/hops rows with group_by="hops" (GROUPINGS).
+    Groups are question structures (the contract), plus structure/hops rows with group_by="hops" and
+    structure/retrieved and structure/missed rows with group_by="retrieval" (GROUPINGS).
     Only the groups present appear: each structure (parallel, sequential, single) followed by its
     structure/hops rows in the order of their number, other groups sorted, then "all".
     """
@@ -216,7 +230,7 @@ def summarize(
     everything = []
     for trajectory in trajectories:
         figures = question_figures(trajectory, validator)
-        for group in app_task_groups(trajectory.question) or group_of(trajectory.question):
+        for group in app_task_groups(trajectory.question) or group_of(trajectory):
             by_group.setdefault(group, []).append(figures)
         everything.append(figures)
     summary = {group: aggregate(by_group[group]) for group in ordered_groups(by_group)}

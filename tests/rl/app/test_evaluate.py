@@ -432,6 +432,28 @@ def test_group_by_hops_adds_rows_per_number_of_sub_questions_to_the_structure_ro
         summarize(handcrafted, "world", group_by="colour")
 
 
+def test_group_by_retrieval_splits_each_structure_by_whether_every_supporting_passage_was_found(handcrafted):
+    # p1 (right) found both of its passages; p2 (half right) missed d3; s1 (right) found both; s2 searched nothing;
+    # g1 names no supporting passage
+    for trajectory, gold_ids in zip(handcrafted, (["d1", "d2"], ["d1", "d3"], ["d5", "d6"], ["d7"], [])):
+        trajectory.question.supporting_doc_ids = gold_ids
+    for trajectory, found in zip(handcrafted, (["d1", "d2"], ["d1", "d2", "d4"], ["d5", "d6"])):
+        calls = [call for turn in trajectory.turns for call in turn.calls]
+        for call, doc_id in zip(calls, found):
+            call.retrieved_doc_ids = [doc_id]
+    handcrafted[1].turns[1].calls[0].retrieved_doc_ids = ["d4", "d2"]  # a later round finds d2 again, never d3
+    results = summarize(handcrafted, "world", group_by="retrieval")["world"]
+    assert list(results) == ["parallel", "parallel/missed", "parallel/retrieved", "sequential", "sequential/missed",
+                             "sequential/retrieved", "single", "single/unknown", "all"]
+    assert results["parallel/retrieved"]["n"] == 1 and results["parallel/retrieved"]["em"] == 1.0
+    assert results["parallel/missed"]["n"] == 1 and results["parallel/missed"]["em"] == 0.0
+    assert results["sequential/retrieved"]["em"] == 1.0 and results["sequential/missed"]["em"] == 0.0
+    assert results["single/unknown"]["n"] == 1
+    for structure in ("parallel", "sequential", "single", "all"):  # the contract rows are unchanged
+        for name, value in EXPECTED[structure].items():
+            assert results[structure][name] == pytest.approx(value), (structure, name)
+
+
 @pytest.mark.parametrize(("batch_questions", "expected_batches"), [(0, [5]), (1, [1, 1, 1, 1, 1]), (2, [2, 2, 1])])
 def test_eval_batch_questions_sets_how_many_questions_generate_together(
     tmp_path, tiny_checkpoint, monkeypatch, batch_questions, expected_batches
