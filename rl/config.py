@@ -119,8 +119,9 @@ class SFTConfig:
     enabled: bool = True  # warm-start with TRL's SFTTrainer on scripted-expert trajectories
     num_trajectories: int = 4000  # expert trajectories written from the training split
     parallel_fraction: float = 0.3  # share of parallel questions the expert answers in one fanned-out round
-    # what the expert writes in <think> before answering: "none", or "compare" (a parallel question's fetched
-    # years and the comparison step by step, rl/app/expert_thoughts.py)
+    # what the expert writes in <think>: "none"; "compare" (before answering a parallel question: its fetched
+    # years and the comparison step by step); or "notes" (compare, and each year noted in the search turn after
+    # the passage that holds it), rl/app/expert_thoughts.py
     expert_think: str = "none"
     max_steps: int = 1500  # optimizer steps of the warm-start (tiny model: about 5 steps/s on 2 CPU cores)
     batch_size: int = 32  # expert trajectories per SFT step
@@ -206,7 +207,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
-    "sft.expert_think": ("none", "compare"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
+    "sft.expert_think": ("none", "compare", "notes"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
 }
 
 

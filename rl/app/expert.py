@@ -12,7 +12,8 @@ The expert knows each question's gold sub-questions and writes the turns a good 
 The answer is the first gold answer. By default turns carry no <think> block: the tiny model's per-turn
 budget is small, and reasoning text the expert would have to invent teaches nothing the search results
 don't. With `think="compare"` (`sft.expert_think`) the answer turn of a parallel question first writes
-the fetched years and the comparison out (rl/app/expert_thoughts.py).
+the fetched years and the comparison out, and `think="notes"` also notes each year in the search turn
+that follows its passage (rl/app/expert_thoughts.py).
 
 Observations come from the real tools (the retriever behind the tool executor), so the model learns to
 read real BM25 results. The demonstration is played through the agent loop itself: a `ScriptedEngine`
@@ -35,7 +36,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from datasets import Dataset
@@ -43,7 +44,7 @@ from datasets import Dataset
 from data.mixture import repeated_passes
 from data.trajectory import Trajectory
 from data.types import Question
-from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought
+from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought, round_thoughts
 from rollouts.agent_loop import run_episodes
 from rollouts.config import RolloutConfig
 from rollouts.protocols import Action, AgentProtocol, search_calls
@@ -65,6 +66,7 @@ class ExpertPlan:
     search_rounds: list[list[str]]
     answer: str
     thought: str = ""  # written in <think> before the answer ("": none)
+    round_thoughts: list[str] = field(default_factory=list)  # written in <think> before each search round's queries
 
     @property
     def model_calls(self) -> int:
@@ -90,7 +92,7 @@ def expert_plan(question: Question, mode: str, think: str = "none") -> ExpertPla
         )
     rounds = [queries] if mode == "parallel" else [[query] for query in queries]
     return ExpertPlan(search_rounds=rounds, answer=question.answers[0].strip(),
-                      thought=answer_thought(question, think))
+                      thought=answer_thought(question, think), round_thoughts=round_thoughts(question, think, rounds))
 
 
 def plan_actions(plan: ExpertPlan) -> list[Action]:
@@ -104,7 +106,9 @@ def expert_turns(plan: ExpertPlan, protocol: AgentProtocol, tokenizer: Any) -> l
     in the model's native tool-call format where its chat template has one, ending on the end-of-turn token
     when no stop string ends it), as the loop records a turn the model generated."""
     actions = plan_actions(plan)
-    turns = [protocol.action_token_ids(action, tokenizer) for action in actions[:-1]]
+    thoughts = plan.round_thoughts or [""] * len(plan.search_rounds)
+    turns = [protocol.turn_token_ids(protocol.render_action(action, thought), tokenizer) if thought
+             else protocol.action_token_ids(action, tokenizer) for action, thought in zip(actions[:-1], thoughts)]
     if not plan.thought:
         return turns + [protocol.action_token_ids(actions[-1], tokenizer)]
     return turns + [protocol.turn_token_ids(protocol.render_action(actions[-1], plan.thought), tokenizer)]

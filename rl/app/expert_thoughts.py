@@ -12,6 +12,12 @@ model can imitate, each next to the values it needs:
 - counts ("How many of A, B and C were born before 1980?"): each entity with its year and whether it lies
   "before" or "after" the threshold, then the count: `Ann Lee 1987 after , Bo Kay 1975 before ; 1`
 
+The "notes" style writes the same answer thought, and before it, when the expert fetches one entity per
+round, notes each year in the turn right after the passage that holds it: the search turn that follows an
+entity's passage starts with `<think> Ann Lee 1987 </think>`. Copying a year from the passage just read is
+local; the answer's comparison then finds every year but the last in the policy's own short notes instead of
+in passages several observations back. (A fanned-out round gets no notes: its passages arrive together.)
+
 Single-hop and chain questions get no thought (the answer is a value copied from the last passage;
 each chain hop's query already carries the previous hop's answer). "none" (the default) writes no
 thought at all, as before this option existed.
@@ -29,7 +35,7 @@ import re
 
 from data.types import Question
 
-EXPERT_THINK_STYLES = ("none", "compare")
+EXPERT_THINK_STYLES = ("none", "compare", "notes")
 COUNT_THRESHOLD = re.compile(r"\b(before|after) (\d+)\?\s*$")  # the count templates' last words
 
 
@@ -40,6 +46,21 @@ def answer_thought(question: Question, style: str) -> str:
     if style == "none" or question.structure != "parallel":
         return ""
     return comparison_thought(question)
+
+
+def round_thoughts(question: Question, style: str, search_rounds: list[list[str]]) -> list[str]:
+    """The thought each search round of `question` starts with ("" for none): in the "notes" style, when the
+    rounds fetch one entity each, every round after the first notes the entity the previous round fetched
+    and its year ("Ann Lee 1987"); otherwise none."""
+    if style not in EXPERT_THINK_STYLES:
+        raise ValueError(f"sft.expert_think must be one of {EXPERT_THINK_STYLES}, got {style!r}")
+    no_thoughts = [""] * len(search_rounds)
+    if style != "notes" or question.structure != "parallel" or not comparison_thought(question):
+        return no_thoughts
+    names, values = question.metadata["entities"], question.metadata["sub_answers"]
+    if len(search_rounds) != len(names) or any(len(queries) != 1 for queries in search_rounds):
+        return no_thoughts
+    return [""] + [f"{name} {value}" for name, value in zip(names[:-1], values[:-1])]
 
 
 def comparison_thought(question: Question) -> str:
@@ -77,4 +98,5 @@ def count_thought(names: list[str], years: list[int], direction: str, threshold:
     return " , ".join(f"{name} {year} {side}" for name, year, side in zip(names, years, sides)) + f" ; {count}"
 
 
-__all__ = ["EXPERT_THINK_STYLES", "answer_thought", "comparison_thought", "count_thought", "running_best_thought"]
+__all__ = ["EXPERT_THINK_STYLES", "answer_thought", "comparison_thought", "count_thought", "round_thoughts",
+           "running_best_thought"]

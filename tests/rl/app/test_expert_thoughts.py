@@ -1,5 +1,6 @@
-"""The expert's <think> before the answer (sft.expert_think): the text on hand-made questions, its agreement
-with the gold answer on every generated comparison, and the demonstration's answer turn through the agent loop."""
+"""The expert's <think> (sft.expert_think): the text on hand-made questions, its agreement with the gold answer on
+every generated comparison, and the demonstration's turns through the agent loop (the answer turn's comparison;
+the "notes" style's year noted in the search turn after each passage)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from data.config import RetrieverConfig
 from data.types import Question
 from rl.app.expert import expert_trajectories, write_expert_dataset
-from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought, comparison_thought
+from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought, comparison_thought, round_thoughts
 from rl.config import ConfigError, load_config
 from rollouts.config import RolloutConfig, ToolsConfig
 from rewards import parse_trajectory
@@ -74,6 +75,21 @@ def test_every_generated_comparison_thought_ends_on_the_gold_answer(tiny_world):
     assert forms == {"earliest", "latest", "count"}
 
 
+def test_notes_note_each_fetched_year_in_the_next_round_only_when_rounds_fetch_one_entity_each():
+    question = comparison("Who was born first, Ann Lee, Bo Kay or Cy Do?", "earliest", ["Ann Lee", "Bo Kay", "Cy Do"],
+                          [1987, 1990, 1975], ["Cy Do"])
+    one_each = [[query] for query in question.sub_questions]
+    assert round_thoughts(question, "notes", one_each) == ["", "Ann Lee 1987", "Bo Kay 1990"]
+    assert round_thoughts(question, "notes", [question.sub_questions]) == [""]  # fanned out: passages come together
+    assert round_thoughts(question, "compare", one_each) == ["", "", ""]
+    assert answer_thought(question, "notes") == answer_thought(question, "compare")
+    bare = Question(id="b", question="Who was born first, A or B?", answers=["A"], structure="parallel",
+                    sub_questions=["When was A born?", "When was B born?"])
+    assert round_thoughts(bare, "notes", [["When was A born?"], ["When was B born?"]]) == ["", ""]  # no metadata
+    with pytest.raises(ValueError, match="sft.expert_think"):
+        round_thoughts(question, "verbose", one_each)
+
+
 def test_config_accepts_exactly_the_expert_think_styles():
     for style in EXPERT_THINK_STYLES:
         assert load_config(None, [f"sft.expert_think={style}"]).sft.expert_think == style
@@ -108,6 +124,27 @@ def test_compare_demonstration_thinks_in_the_answer_turn_only_and_answers_the_go
     assert thinking.final_answer == plain.final_answer == question.answers[0]
     assert parse_trajectory(thinking).valid  # the format reward takes the thought as part of the grammar
     assert chain_thinking.response_ids == chain_plain.response_ids  # chains carry no thought
+
+
+def test_notes_demonstration_notes_each_year_read_in_the_next_search_turn(tiny_world, setup):
+    tokenizer, executor, tags = setup
+    question = next(q for q in tiny_world.splits["train"] if q.structure == "parallel" and len(q.sub_questions) == 3
+                    and comparison_thought(q))
+
+    def play(mode: str, think: str):
+        (trajectory,) = expert_trajectories([question], [mode], tags, tokenizer, executor, RolloutConfig(), think=think)
+        return trajectory
+
+    compare, notes = play("sequential", "compare"), play("sequential", "notes")
+    names, years = question.metadata["entities"], question.metadata["sub_answers"]
+    assert len(notes.turns) == 4 and notes.turns[0].text == compare.turns[0].text  # nothing read yet: no note
+    for turn, name, year, calls in zip(notes.turns[1:3], names, years, notes.turns[:2]):
+        assert turn.text.startswith(f"<think> {name} {year} </think>\n<search>")
+        assert year in calls.calls[0].observation  # the noted year is in the passage just read
+    assert notes.turns[-1].text == compare.turns[-1].text  # the same comparison before the answer
+    assert notes.final_answer == question.answers[0] and parse_trajectory(notes).valid
+    fanned_notes, fanned_compare = play("parallel", "notes"), play("parallel", "compare")
+    assert fanned_notes.response_ids == fanned_compare.response_ids  # one round: nothing to note between passages
 
 
 def test_dataset_refuses_an_unknown_think_style(tiny_world, setup):
