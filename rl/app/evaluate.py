@@ -368,19 +368,38 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
 
 
 def use_fresh_world(config: ExperimentConfig, seed: int) -> Path:
-    """Point `config` at a world generated with another seed: entities, names and facts that no training
-    question asked about, read through the same checkpoint and tokenizer. Only its base set is built (the test
-    and validation splits depend neither on data.world.train_worlds nor on num_train). It is cached in
-    <run_dir>/world-seed<N>, so the run's own world is left as it is; returns that folder."""
-    if config.data.source != "world":
-        raise ConfigError(f"--fresh-world needs data.source=world (it is {config.data.source!r})")
-    if seed == config.data.world.seed:
-        raise ConfigError(f"--fresh-world {seed} is the run's own world seed (data.world.seed); pick another")
-    config.data.world.seed = seed
-    config.data.world.train_worlds = 0
-    config.data.world.num_train = 0  # the test split does not depend on it; the base set alone could not hold it
-    config.data.world_dir = str(config.run_dir / f"world-seed{seed}")
-    return Path(config.data.world_dir)
+    """Point `config` at worlds generated with another seed: entities, names and facts that no training
+    question asked about, read through the same checkpoint and tokenizer. Returns the folder the evaluation
+    writes beside (the QA world's, or the apps world's for data.source=apps); the run's own worlds are left as
+    they are.
+
+    The QA world (data.source world or mixed): only its base set is built (the test and validation splits
+    depend neither on data.world.train_worlds nor on num_train), cached in <run_dir>/world-seed<N>. The apps
+    world (apps or mixed): its contacts, calendars, mail, files, shop and tasks drawn with that seed, cached in
+    <run_dir>/apps_world-seed<N>, and served by an apps server of its own (the run's saved server entry, which
+    serves the run's apps world, is dropped from tools.mcp_servers and added again for the fresh one)."""
+    source = config.data.source
+    if source not in ("world", "apps", "mixed"):
+        raise ConfigError(f"--fresh-world needs a generated world: data.source=world, apps or mixed (it is {source!r})")
+    folder = None
+    if source in ("world", "mixed"):
+        if seed == config.data.world.seed:
+            raise ConfigError(f"--fresh-world {seed} is the run's own world seed (data.world.seed); pick another")
+        config.data.world.seed = seed
+        config.data.world.train_worlds = 0
+        config.data.world.num_train = 0  # the test split does not depend on it; the base set alone could not hold it
+        config.data.world_dir = str(config.run_dir / f"world-seed{seed}")
+        folder = Path(config.data.world_dir)
+    if source in ("apps", "mixed"):
+        from data.apps.world import APPS_SOURCE_NAME
+
+        if seed == config.data.apps.seed:
+            raise ConfigError(f"--fresh-world {seed} is the run's own apps world seed (data.apps.seed); pick another")
+        config.data.apps.seed = seed
+        config.data.apps_world_dir = str(config.run_dir / f"apps_world-seed{seed}")
+        config.tools.mcp_servers = [server for server in config.tools.mcp_servers if server.name != APPS_SOURCE_NAME]
+        folder = folder or Path(config.data.apps_world_dir)
+    return folder
 
 
 def eval_corpus_path(config: ExperimentConfig) -> str:

@@ -577,5 +577,33 @@ def test_fresh_world_points_the_config_at_another_seeds_world_beside_the_run_and
     with pytest.raises(ConfigError, match="own world seed"):
         use_fresh_world(config, 7)
     config.data.source = "files"
-    with pytest.raises(ConfigError, match="data.source=world"):
+    with pytest.raises(ConfigError, match="data.source=world, apps or mixed"):
         use_fresh_world(config, 3)
+
+
+def test_fresh_world_of_a_mixed_run_redraws_both_worlds_and_serves_the_fresh_apps_world():
+    from data.apps.world import APPS_SOURCE_NAME
+    from rl.app.apps_env import apps_server_config
+    from rl.app.evaluate import use_fresh_world
+    from rollouts.config import McpServerConfig
+
+    config = ExperimentConfig()
+    config.experiment.output_dir, config.experiment.name = "/tmp/runs", "mixed"
+    config.data.source = "mixed"
+    own_server = McpServerConfig(name="calculator", command="python", args=["calc.py"])
+    # a finished run's config.yaml holds the apps server of its own apps world
+    config.tools.mcp_servers = [own_server, apps_server_config(Path("/tmp/runs/mixed/apps_world"))]
+    folder = use_fresh_world(config, 7)
+    assert folder == Path("/tmp/runs/mixed/world-seed7") == Path(config.data.world_dir)
+    assert config.data.world.seed == 7 and config.data.apps.seed == 7
+    assert config.data.apps_world_dir == "/tmp/runs/mixed/apps_world-seed7"
+    assert config.tools.mcp_servers == [own_server]  # prepare_apps adds the fresh world's server
+    assert all(server.name != APPS_SOURCE_NAME for server in config.tools.mcp_servers)
+
+    apps_only = ExperimentConfig()
+    apps_only.experiment.output_dir, apps_only.experiment.name = "/tmp/runs", "apps"
+    apps_only.data.source, apps_only.data.apps.seed = "apps", 3
+    assert use_fresh_world(apps_only, 4) == Path("/tmp/runs/apps/apps_world-seed4")
+    assert apps_only.data.world.seed == 0 and not apps_only.data.world_dir  # the QA world is not touched
+    with pytest.raises(ConfigError, match="own apps world seed"):
+        use_fresh_world(apps_only, 4)
