@@ -19,11 +19,7 @@ def run_fanout(
     env: dict[str, str] | None = None,
     timeout_s: float = 600,
 ) -> subprocess.CompletedProcess:
-    """`python -m rl ARGS` in its own session; afterwards whatever it left running (Ray) is killed too.
-
-    A process killed with SIGKILL cannot stop the Ray processes it started, so the session's process
-    group is killed once the command is over (only processes this call started are in it).
-    """
+    """`python -m rl ARGS` in its own session (run_in_session)."""
     environment = {
         # never the distributed variables of an in-process trainer test: its MASTER_PORT is still bound
         **{key: value for key, value in os.environ.items() if key not in DISTRIBUTED_VARIABLES},
@@ -32,8 +28,18 @@ def run_fanout(
         "RAY_DEDUP_LOGS": "0",
         **(env or {}),
     }
+    return run_in_session([sys.executable, "-m", "rl", *arguments], environment, timeout_s)
+
+
+def run_in_session(command: list[str], environment: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
+    """`command` from the repository root in its own session; afterwards whatever it left running (Ray) is
+    killed too.
+
+    A process killed with SIGKILL cannot stop the Ray processes it started, so the session's process
+    group is killed once the command is over (only processes this call started are in it).
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "rl", *arguments],
+        command,
         cwd=ROOT,
         env=environment,
         text=True,

@@ -10,9 +10,7 @@ the resume is `slow` (`pytest -m slow tests/rl/app/test_train_data_parallel.py`)
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from cli_runs import ROOT, metrics_rows, run_in_session
 from rl.grpo.checkpoint import load_trainer_state
 from rl.grpo.distributed import DISTRIBUTED_VARIABLES
 from rl.grpo.faults import FAULT_ENV
 
-ROOT = Path(__file__).resolve().parents[3]
 TINY_RUN = [
     "data.world.num_entities_per_kind=20", "data.world.num_train=100", "data.world.num_validation=10",
     "data.world.num_test=30", "sft.enabled=false", "rollout.questions_per_step=2", "rollout.group_size=2",
@@ -45,22 +43,7 @@ def torchrun_train(output_dir: Path, *overrides: str, fault: str = "") -> subpro
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rl",
                "train", "configs/quickstart.yaml", f"experiment.output_dir={output_dir}", "experiment.name=dp",
                *TINY_RUN, *overrides]
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=600)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if process.poll() is None:
-            process.communicate()
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
-def metrics_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return run_in_session(command, environment, timeout_s=600)
 
 
 @dataclass
