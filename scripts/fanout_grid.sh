@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The fanout-vs-sequential grid (docs/RESULTS.md, docs/GETTING_STARTED.md "Evaluate"): for each seed,
-# 1. fanout: the quickstart (its own SFT warm-start, then GRPO with decomposition + efficiency rewards);
-# 2. sequential: GRPO from THAT SAME warm-start (model.path=<fanout run>/sft, sft.enabled=false) with
-#    correctness + format rewards and one query per turn (configs/sequential_baseline.yaml);
+# 1. fanout: the config (default: the quickstart; its own SFT warm-start, or --warm-start's, then GRPO with
+#    decomposition + efficiency rewards);
+# 2. sequential: GRPO from THAT SAME warm-start (model.path=<warm-start>, sft.enabled=false) with the same
+#    config, correctness + format rewards only and one query per turn (tools.max_calls_per_turn=1), as
+#    configs/sequential_baseline.yaml is to the quickstart;
 # 3. greedy evaluation of both policies on the test split under each search budget, grouped by hops,
-#    each policy with its own config (the sequential one keeps tools.max_calls_per_turn=1);
+#    each policy with its own settings (the sequential one keeps tools.max_calls_per_turn=1);
 # then python -m rl.app.grid aggregates every eval into DIR/grid.md and DIR/grid.json: per budget x group x
 # policy, EM mean over seeds with a 95% t interval, model calls, and fanout - sequential with its interval.
 # All runs share one generated world (DIR/world), so every evaluation sees the same test questions.
@@ -12,20 +14,26 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/fanout_grid.sh [--dry-run] [--out DIR] [--seeds "0 1 2"] [--budgets "2 3 4 6"] [--eval-only] [key=value ...]
+Usage: scripts/fanout_grid.sh [--dry-run] [--out DIR] [--config FILE] [--warm-start PATTERN]
+                              [--seeds "0 1 2"] [--budgets "2 3 4 6"] [--eval-only] [key=value ...]
 
-Runs, from the repository root, for each seed S:
-  fanout train configs/quickstart.yaml          experiment.name=fanout-sS     experiment.seed=S ...
-  fanout train configs/sequential_baseline.yaml experiment.name=sequential-sS experiment.seed=S \
-         model.path=DIR/fanout-sS/sft sft.enabled=false ...
+Runs, from the repository root, for each seed S (CONFIG: --config, default configs/quickstart.yaml):
+  fanout train CONFIG experiment.name=fanout-sS     experiment.seed=S ...
+  fanout train CONFIG experiment.name=sequential-sS experiment.seed=S \
+         model.path=DIR/fanout-sS/sft sft.enabled=false \
+         tools.max_calls_per_turn=1 'reward.weights={exact_match: 1.0, format: 0.1}' ...
   and for each budget B and policy P in (fanout, sequential):
-  fanout eval  configs/<P's config> ... --checkpoint DIR/P-sS --search-budget B --group-by hops \
+  fanout eval  CONFIG <P's settings> ... --checkpoint DIR/P-sS --search-budget B --group-by hops \
          --out DIR/eval/P/seedS/budgetB.json
 then:
   python -m rl.app.grid DIR/eval --out DIR/grid        (DIR/grid.md, DIR/grid.json)
 
 Options:
   --out DIR        parent folder of the runs (default: runs/grid)
+  --config FILE    the fanout policy's config; the sequential policy is it with one query per turn and
+                   correctness + format rewards (default: configs/quickstart.yaml)
+  --warm-start P   start both policies of seed S from the SFT checkpoint P, where {seed} in P is replaced by
+                   S (e.g. 'runs/reader-s{seed}/sft'), instead of the fanout run's own SFT
   --seeds "..."    training seeds (default: "0 1 2")
   --budgets "..."  search budgets, in search rounds = rollout.max_turns (default: "2 3 4 6")
   --eval-only      skip training: evaluate the runs already in DIR and aggregate
@@ -43,6 +51,8 @@ need_value() {  # an option's value must follow it (it may be empty: the list ch
 dry_run=0
 eval_only=0
 out=runs/grid
+config=configs/quickstart.yaml
+warm_start=""
 seeds="0 1 2"
 budgets="2 3 4 6"
 overrides=()
@@ -52,6 +62,8 @@ while [[ $# -gt 0 ]]; do
     --dry-run) dry_run=1; shift ;;
     --eval-only) eval_only=1; shift ;;
     --out) need_value "$@"; out="$2"; shift 2 ;;
+    --config) need_value "$@"; config="$2"; shift 2 ;;
+    --warm-start) need_value "$@"; warm_start="$2"; shift 2 ;;
     --seeds) need_value "$@"; seeds="$2"; shift 2 ;;
     --budgets) need_value "$@"; budgets="$2"; shift 2 ;;
     -*) echo "fanout_grid.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -80,20 +92,36 @@ eval_overrides=()
 for override in "${overrides[@]}"; do
   if [[ "$override" != rollout.max_turns=* ]]; then eval_overrides+=("$override"); fi
 done
-declare -A config_of=([fanout]=configs/quickstart.yaml [sequential]=configs/sequential_baseline.yaml)
+# The sequential policy: the same config, Search-R1's one query per search call, correctness + format rewards.
+policy_settings() {  # sets policy_args to the overrides that make policy $1 out of the config
+  if [[ "$1" == sequential ]]; then
+    policy_args=(tools.max_calls_per_turn=1 "reward.weights={exact_match: 1.0, format: 0.1}")
+  else
+    policy_args=()
+  fi
+}
 common=(experiment.output_dir="$out" data.world_dir="$out/world")
 for seed in "${seed_list[@]}"; do
   if [[ "$eval_only" -eq 0 ]]; then
+    if [[ -n "$warm_start" ]]; then
+      start="${warm_start//\{seed\}/$seed}"
+      fanout_start=(model.path="$start" sft.enabled=false)
+    else
+      start="$out/fanout-s$seed/sft"
+      fanout_start=()
+    fi
     # eval.at_end=false: the budget evaluations below include the training budget
-    run fanout train "${config_of[fanout]}" experiment.name="fanout-s$seed" experiment.seed="$seed" \
-      experiment.overwrite=true eval.at_end=false "${common[@]}" "${overrides[@]}"
-    run fanout train "${config_of[sequential]}" experiment.name="sequential-s$seed" experiment.seed="$seed" \
-      experiment.overwrite=true eval.at_end=false model.path="$out/fanout-s$seed/sft" sft.enabled=false \
+    run fanout train "$config" experiment.name="fanout-s$seed" experiment.seed="$seed" \
+      experiment.overwrite=true eval.at_end=false "${fanout_start[@]}" "${common[@]}" "${overrides[@]}"
+    policy_settings sequential
+    run fanout train "$config" experiment.name="sequential-s$seed" experiment.seed="$seed" \
+      experiment.overwrite=true eval.at_end=false model.path="$start" sft.enabled=false "${policy_args[@]}" \
       "${common[@]}" "${overrides[@]}"
   fi
   for budget in "${budget_list[@]}"; do
     for policy in fanout sequential; do
-      run fanout eval "${config_of[$policy]}" experiment.name="$policy-s$seed" experiment.seed="$seed" \
+      policy_settings "$policy"
+      run fanout eval "$config" experiment.name="$policy-s$seed" experiment.seed="$seed" "${policy_args[@]}" \
         "${common[@]}" "${eval_overrides[@]}" --checkpoint "$out/$policy-s$seed" --search-budget "$budget" \
         --group-by hops --out "$out/eval/$policy/seed$seed/budget$budget.json"
     done

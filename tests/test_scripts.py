@@ -330,29 +330,48 @@ def test_grid_trains_both_policies_per_seed_from_that_seed_s_warm_start_and_eval
     commands = printed_commands("fanout_grid.sh", "--out", "/tmp/grid", "--seeds", "0 1", "--budgets", "2 6",
                                 "grpo.total_steps=5", "rollout.max_turns=3")
     assert len(commands) == 2 * (2 + 2 * 2) + 1  # per seed: 2 trainings, 2 budgets x 2 policies; the aggregation
+    sequential_settings = ["tools.max_calls_per_turn=1", "reward.weights={exact_match: 1.0, format: 0.1}"]
     for seed, block in ((0, commands[0:6]), (1, commands[6:12])):
         fanout_train, sequential_train, *evals = block
-        assert fanout_train[:3] == ["fanout", "train", "configs/quickstart.yaml"]
-        assert sequential_train[:3] == ["fanout", "train", "configs/sequential_baseline.yaml"]
+        assert fanout_train[:3] == sequential_train[:3] == ["fanout", "train", "configs/quickstart.yaml"]
+        assert "sft.enabled=false" not in fanout_train and "tools.max_calls_per_turn=1" not in fanout_train
         for train in (fanout_train, sequential_train):
             assert f"experiment.seed={seed}" in train and "data.world_dir=/tmp/grid/world" in train
             assert "grpo.total_steps=5" in train and train[-1] == "rollout.max_turns=3"  # the training budget
         assert f"model.path=/tmp/grid/fanout-s{seed}/sft" in sequential_train and "sft.enabled=false" in sequential_train
-        assert [(e[2], e[e.index("--search-budget") + 1], e[e.index("--out") + 1]) for e in evals] == [
-            ("configs/quickstart.yaml", "2", f"/tmp/grid/eval/fanout/seed{seed}/budget2.json"),
-            ("configs/sequential_baseline.yaml", "2", f"/tmp/grid/eval/sequential/seed{seed}/budget2.json"),
-            ("configs/quickstart.yaml", "6", f"/tmp/grid/eval/fanout/seed{seed}/budget6.json"),
-            ("configs/sequential_baseline.yaml", "6", f"/tmp/grid/eval/sequential/seed{seed}/budget6.json"),
+        assert all(setting in sequential_train for setting in sequential_settings)
+        assert [(e[2], e[3], e[e.index("--search-budget") + 1], e[e.index("--out") + 1]) for e in evals] == [
+            ("configs/quickstart.yaml", f"experiment.name=fanout-s{seed}", "2",
+             f"/tmp/grid/eval/fanout/seed{seed}/budget2.json"),
+            ("configs/quickstart.yaml", f"experiment.name=sequential-s{seed}", "2",
+             f"/tmp/grid/eval/sequential/seed{seed}/budget2.json"),
+            ("configs/quickstart.yaml", f"experiment.name=fanout-s{seed}", "6",
+             f"/tmp/grid/eval/fanout/seed{seed}/budget6.json"),
+            ("configs/quickstart.yaml", f"experiment.name=sequential-s{seed}", "6",
+             f"/tmp/grid/eval/sequential/seed{seed}/budget6.json"),
         ]
         for evaluation in evals:
-            policy = "fanout" if "quickstart" in evaluation[2] else "sequential"
+            policy = "fanout" if "experiment.name=fanout" in evaluation[3] else "sequential"
             assert evaluation[evaluation.index("--checkpoint") + 1] == f"/tmp/grid/{policy}-s{seed}"
+            assert all((setting in evaluation) == (policy == "sequential") for setting in sequential_settings)
             assert "--group-by" in evaluation and evaluation[evaluation.index("--group-by") + 1] == "hops"
             assert "data.world_dir=/tmp/grid/world" in evaluation and "grpo.total_steps=5" in evaluation
             assert not any(word.startswith("rollout.max_turns=") for word in evaluation)  # --search-budget is it
     assert commands[-1] == ["python", "-m", "rl.app.grid", "/tmp/grid/eval", "--out", "/tmp/grid/grid"]
     eval_only = printed_commands("fanout_grid.sh", "--eval-only", "--seeds", "2", "--budgets", "4")
     assert [command[:2] for command in eval_only] == [["fanout", "eval"]] * 2 + [["python", "-m"]]
+
+
+def test_grid_starts_both_policies_from_a_given_warm_start_per_seed_and_takes_another_config():
+    commands = printed_commands("fanout_grid.sh", "--out", "/tmp/grid", "--seeds", "3", "--budgets", "4",
+                                "--config", "configs/reader.yaml", "--warm-start", "/runs/reader-s{seed}/sft")
+    fanout_train, sequential_train, fanout_eval, sequential_eval, _ = commands
+    for command in commands[:4]:
+        assert command[2] == "configs/reader.yaml"
+    for train in (fanout_train, sequential_train):
+        assert "model.path=/runs/reader-s3/sft" in train and "sft.enabled=false" in train
+    assert "tools.max_calls_per_turn=1" in sequential_train and "tools.max_calls_per_turn=1" not in fanout_train
+    assert "tools.max_calls_per_turn=1" in sequential_eval and "tools.max_calls_per_turn=1" not in fanout_eval
 
 
 @pytest.mark.parametrize("arguments", [("--seeds", "0 x"), ("--budgets", ""), ("--colour", "red")])
