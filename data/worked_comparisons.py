@@ -1,0 +1,72 @@
+"""The worked comparison of a generated-world comparison or count question, from its gold metadata.
+
+A parallel question of the world ("Who was born first, A or B?", "How many of A, B and C were born before
+1980?") asks for a comparison of 2-4 years. Its worked comparison writes that work out as short steps, each
+next to the values it needs:
+
+- earliest / latest: each entity with its year, and after every entity but the first the best so far with
+  its year ("first" or "last" names the direction), so every step compares two adjacent years and the last
+  best is the answer: `Ann Lee 1987 , Bo Kay 1990 first Ann Lee 1987 , Cy Do 1975 first Cy Do 1975`
+- counts: each entity with its year and whether it lies "before" or "after" the threshold, then the count:
+  `Ann Lee 1987 after , Bo Kay 1975 before ; 1`
+
+The scripted expert writes it in <think> before answering (`sft.expert_think`, rl/app/expert_thoughts.py)
+and the `worked_comparison` reward (rewards/thoughts.py) scores a policy's thought against it. It is built
+from the metadata data/world.py writes (`entities`, `sub_answers`, `template`), so it is only as right as
+the world; a question without that metadata (e.g. a benchmark row) has none ("").
+
+    comparison_thought(question)   # "Ann Lee 1987 , Bo Kay 1990 first Ann Lee 1987" or ""
+    comparison_steps(text)         # ["Ann Lee 1987", "Bo Kay 1990 first Ann Lee 1987"]
+"""
+
+from __future__ import annotations
+
+import re
+
+from data.types import Question
+
+COUNT_THRESHOLD = re.compile(r"\b(before|after) (\d+)\?\s*$")  # the count templates' last words
+STEP_SEPARATOR = re.compile(r"\s[,;]\s")
+
+
+def comparison_thought(question: Question) -> str:
+    """The "compare" thought of a parallel comparison or count question; "" without the gold metadata."""
+    metadata = question.metadata or {}
+    names, values, template = metadata.get("entities"), metadata.get("sub_answers"), metadata.get("template", "")
+    if not names or not values or len(names) != len(values) or not all(str(v).isdigit() for v in values):
+        return ""
+    years = [int(value) for value in values]
+    form = template.rsplit("_", 1)[-1]
+    if form in ("earliest", "latest"):
+        return running_best_thought(names, years, earliest=form == "earliest")
+    if form == "count":
+        match = COUNT_THRESHOLD.search(question.question)
+        return count_thought(names, years, match.group(1), int(match.group(2))) if match else ""
+    return ""
+
+
+def running_best_thought(names: list[str], years: list[int], earliest: bool) -> str:
+    """Each entity and its year, then after each but the first the best so far: `A 1987 , B 1990 first A 1987`."""
+    word = "first" if earliest else "last"
+    best = 0
+    steps = [f"{names[0]} {years[0]}"]
+    for index in range(1, len(names)):
+        if (years[index] < years[best]) if earliest else (years[index] > years[best]):
+            best = index
+        steps.append(f"{names[index]} {years[index]} {word} {names[best]} {years[best]}")
+    return " , ".join(steps)
+
+
+def count_thought(names: list[str], years: list[int], direction: str, threshold: int) -> str:
+    """Each entity, its year and its side of the threshold, then the count: `A 1987 after , B 1975 before ; 1`."""
+    sides = ["before" if year < threshold else "after" for year in years]
+    count = sum(side == direction for side in sides)
+    return " , ".join(f"{name} {year} {side}" for name, year, side in zip(names, years, sides)) + f" ; {count}"
+
+
+def comparison_steps(text: str) -> list[str]:
+    """The steps of a worked comparison (split at " , " and " ; "), whitespace collapsed."""
+    return [" ".join(step.split()) for step in STEP_SEPARATOR.split(f" {text.strip()} ") if step.strip()]
+
+
+__all__ = ["COUNT_THRESHOLD", "comparison_steps", "comparison_thought", "count_thought", "running_best_thought"]
