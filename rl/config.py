@@ -55,6 +55,9 @@ class TinyModelConfig:
     intermediate_size: int = 512  # MLP width
     max_position_embeddings: int = 2048  # longest context the tiny model supports
     vocab_size: int = 8192  # target size of the locally trained tokenizer (room for every name word as one token)
+    # How the tokenizer splits numbers: "pairs" (a year is two tokens of about a hundred, " 19" "87", each seen in many
+    # years) or "whole" (every number 0-2099 is one token, " 1987"; the vocabulary grows by the ~2400 tokens it takes)
+    numbers: str = "pairs"
 
 
 @dataclass
@@ -197,6 +200,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "experiment.device": ("cpu", "cuda"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("world", "files", "apps", "mixed"),
+    "model.tiny.numbers": ("pairs", "whole"),
     "data.on_malformed_row": ("error", "skip"),
     "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),

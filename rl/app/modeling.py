@@ -13,6 +13,7 @@ or a real HF checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable
@@ -46,16 +47,39 @@ CHAT_TEMPLATE = (
 )
 
 
+# model.tiny.numbers: how numbers are cut before byte-level BPE.
+# - "pairs": into pairs of digits; a year is two tokens from a set of about a hundred ("Ġ18" "43"), each seen in
+#   many years, so the order of years is learnable, and a year the tokenizer never saw is split the same way as
+#   one it did.
+# - "whole": a number is one piece, and every number up to WHOLE_NUMBERS_UP_TO is in the tokenizer's training
+#   texts WHOLE_NUMBER_REPEATS times (with and without a leading space), so each is one token ("Ġ1987") whether
+#   or not the world used it. A year is then copied in one step, and its order must be learnt per token.
+NUMBER_SPLITS = {"pairs": r" ?\d\d", "whole": r" ?\d+"}
+WHOLE_NUMBERS_UP_TO = 2099
+WHOLE_NUMBER_REPEATS = 20
+WHOLE_NUMBER_VOCABULARY = 2 * (WHOLE_NUMBERS_UP_TO + 1) + 300  # the numbers, spaced and not, and BPE's partial merges
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on `texts`; protocol tags and chat markers are single, unsplittable tokens."""
+def number_texts(numbers: str) -> list[str]:
+    """The extra tokenizer training texts of a number style: every number, spaced and not, for "whole"."""
+    if numbers not in NUMBER_SPLITS:
+        raise ValueError(f"model.tiny.numbers must be one of {tuple(NUMBER_SPLITS)}, got {numbers!r}")
+    if numbers == "pairs":
+        return []
+    spaced = " " + " ".join(str(number) for number in range(WHOLE_NUMBERS_UP_TO + 1))
+    glued = "\n".join(str(number) for number in range(WHOLE_NUMBERS_UP_TO + 1))
+    return [spaced, glued] * WHOLE_NUMBER_REPEATS
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str = "pairs") -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts`; protocol tags and chat markers are single, unsplittable tokens.
+    `numbers` ("pairs" or "whole", above) says how numbers are cut; "whole" adds its own vocabulary room."""
+    extra_texts = number_texts(numbers)
+    if extra_texts:
+        texts, vocab_size = itertools.chain(texts, extra_texts), vocab_size + WHOLE_NUMBER_VOCABULARY
     tokenizer = Tokenizer(models.BPE())
-    # Numbers split into pairs of digits before byte-level BPE: a year is two tokens from a set of about a
-    # hundred ("Ġ18" "43"), each seen in many years, so the order of years is learnable, and a year the
-    # tokenizer never saw is split the same way as one it did.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r" ?\d\d"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(NUMBER_SPLITS[numbers]), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
@@ -111,7 +135,7 @@ def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tin
                            seed: int = 0) -> Path:
     """Train the tokenizer, build the model, save both with save_pretrained; returns the folder."""
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(texts, tiny.vocab_size)
+    tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers)
     model = build_tiny_model(tokenizer, tiny, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -80,3 +80,16 @@ def test_same_seed_same_weights(tokenizer):
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a saved model folder"):
         load_model_and_tokenizer(tmp_path / "nope")
+
+
+def test_numbers_are_digit_pairs_by_default_and_one_token_each_when_whole():
+    pairs = build_tokenizer(TEXTS, vocab_size=400)
+    assert pairs.tokenize(" 1873") == ["Ġ18", "73"] and len(pairs.tokenize(" 1987")) > 1
+    whole = build_tokenizer(TEXTS, vocab_size=400, numbers="whole")
+    for number in (0, 7, 42, 1100, 1873, 1987, 2020, 2099):  # 1987 is in no text: every number gets its token
+        assert len(whole.tokenize(f" {number}")) == 1 and len(whole.tokenize(str(number))) == 1, number
+    assert whole.tokenize(" in 1987")[-1] == "Ġ1987"
+    assert len(whole.tokenize(" 12345")) > 1  # beyond the range numbers are pieces, still lossless
+    assert whole.decode(whole.encode("born 12345 or 1987.", add_special_tokens=False)) == "born 12345 or 1987."
+    with pytest.raises(ValueError, match="model.tiny.numbers"):
+        build_tokenizer(TEXTS, vocab_size=400, numbers="digits")
