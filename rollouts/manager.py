@@ -77,6 +77,8 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.05  # how often the pump thread looks at finished calls when none finished
 GET_BATCH_POLL_S = 0.5  # how often a waiting get_batch checks that the pump thread is alive
 DEFAULT_OBJECT_STORE_BYTES = 2 * 1024**3  # weights of a 0.5B model in bf16 fit twice
+RAY_WORKER_NICENESS = "RAY_worker_niceness"  # Ray's setting: how many nice levels below the driver its workers run
+LOCAL_WORKER_NICENESS = "0"  # a local Ray's rollout actors compete for the CPU as the trainer does
 
 
 # Set for every rollout actor: the default path never reaches a hub, and tokenizers must not fork threads.
@@ -112,7 +114,7 @@ def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memor
     """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
 
     Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), offline HF
-    settings for every worker. On a cluster (`ray job submit`), the cluster decides resources and the job's
+    settings for every worker, and workers at the driver's priority (RAY_worker_niceness=0 unless exported). On a cluster (`ray job submit`), the cluster decides resources and the job's
     runtime env comes first (driver_runtime_env). Either way actor output is streamed to this process's
     terminal (and so into the job's logs); what the actors emit is rollout.actor_logs (configure_actor_logging
     in rollouts/worker.py). plugins: the config's `plugins`, imported in every worker process.
@@ -127,6 +129,11 @@ def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memor
     if object_store_memory_bytes is None:
         physical_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         object_store_memory_bytes = min(DEFAULT_OBJECT_STORE_BYTES, physical_bytes // 4)
+    # Ray starts its workers RAY_worker_niceness (default 15) nice levels below the driver, as background tasks.
+    # Here the rollout actors are the work: at nice 15 they lose the CPU to the trainer's own steps and to any
+    # other job on the machine (runs beside a CPU-bound job went from ~14 s to ~270 s per GRPO step). A value the
+    # user exported still wins.
+    os.environ.setdefault(RAY_WORKER_NICENESS, LOCAL_WORKER_NICENESS)
     # "local": a Ray of its own even when `ray start` ran on this machine (a bare ray.init() would join the
     # cluster recorded in /tmp/ray/ray_current_cluster, and refuse num_cpus there)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,

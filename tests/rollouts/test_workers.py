@@ -7,6 +7,7 @@ the tiny checkpoint and the tiny generated world.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -392,3 +393,14 @@ def test_after_a_resume_the_first_turns_come_from_the_resumed_weights(ray_sessio
     assert behaviour_logprobs.numel() > 0
     torch.testing.assert_close(behaviour_logprobs, resumed_logprobs, atol=1e-4, rtol=0)
     assert (behaviour_logprobs - warm_start_logprobs).abs().max() > 0.1
+
+
+@ray.remote(num_cpus=0)
+def worker_niceness() -> int:
+    return os.nice(0)
+
+
+def test_a_local_ray_runs_its_workers_at_the_driver_s_priority(ray_session):
+    """Ray's default puts workers 15 nice levels down, where the rollout actors starve beside the trainer."""
+    assert os.environ["RAY_worker_niceness"] == "0"
+    assert ray.get(worker_niceness.remote(), timeout=60) == os.nice(0)
