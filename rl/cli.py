@@ -91,7 +91,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.fresh_world is not None:
         from rl.app.evaluate import use_fresh_world
 
-        out = out or str(use_fresh_world(config, args.fresh_world).with_suffix(".eval.json"))
+        fresh_folder = use_fresh_world(config, args.fresh_world)  # always: an --out must not skip the redraw
+        out = out or str(fresh_folder.with_suffix(".eval.json"))
     return evaluate_command(config, checkpoint=args.checkpoint, out=out, compare=args.compare, group_by=args.group_by)
 
 

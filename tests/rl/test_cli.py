@@ -81,3 +81,22 @@ def test_unrecognised_options_are_still_refused(capsys):
         main(["eval", QUICKSTART, "--checkpoint", "ckpt", "--no-such-option"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", [None, "chosen.json"])
+def test_eval_fresh_world_evaluates_the_redrawn_world_whether_or_not_out_is_given(tmp_path, monkeypatch, out):
+    """--out once short-circuited the redraw: the run's own world was evaluated and written as the fresh one."""
+    import rl.app.evaluate as evaluate_module
+
+    seen = {}
+
+    def capture(config, checkpoint=None, out=None, compare=None, group_by="structure"):
+        seen.update(world_seed=config.data.world.seed, world_dir=config.data.world_dir, out=out)
+        return 0
+
+    monkeypatch.setattr(evaluate_module, "evaluate_command", capture)
+    arguments = ["eval", QUICKSTART, f"experiment.output_dir={tmp_path}", "--checkpoint", "ckpt", "--fresh-world", "7"]
+    assert main(arguments + (["--out", str(tmp_path / out)] if out else [])) == 0
+    run_dir = tmp_path / "quickstart"
+    assert seen["world_seed"] == 7 and seen["world_dir"] == str(run_dir / "world-seed7")
+    assert seen["out"] == str(tmp_path / out) if out else seen["out"] == str(run_dir / "world-seed7.eval.json")
