@@ -5,7 +5,8 @@
 
 Importing the package registers every built-in reward: exact_match, f1, substring_exact_match,
 format, em_format, decomposition, efficiency, parallelsearch_decomposition,
-parallelsearch_search_count, worked_comparison, and the apps environment's apps_success, apps_efficiency, apps_decomposition.
+parallelsearch_search_count, worked_comparison, and the apps environment's apps_success, apps_efficiency,
+apps_decomposition.
 """
 
 from rewards.registry import get_reward, register_reward, registered_reward_names  # noqa: I001  (first: no cycles)

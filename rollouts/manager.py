@@ -114,8 +114,9 @@ def init_ray(num_cpus: int | None = None, local: bool = True, object_store_memor
     """Start (or join) Ray with settings that suit a laptop; a set RAY_ADDRESS (or local=False) joins a cluster.
 
     Locally: no dashboard, a modest object store (2 GiB or a quarter of RAM, whichever is smaller), offline HF
-    settings for every worker, and workers at the driver's priority (RAY_worker_niceness=0 unless exported). On a cluster (`ray job submit`), the cluster decides resources and the job's
-    runtime env comes first (driver_runtime_env). Either way actor output is streamed to this process's
+    settings for every worker, and workers at the driver's priority (RAY_worker_niceness=0 unless exported).
+    On a cluster (`ray job submit`), the cluster decides resources and the job's runtime env comes first
+    (driver_runtime_env). Either way actor output is streamed to this process's
     terminal (and so into the job's logs); what the actors emit is rollout.actor_logs (configure_actor_logging
     in rollouts/worker.py). plugins: the config's `plugins`, imported in every worker process.
     """

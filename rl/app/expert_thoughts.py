@@ -25,7 +25,7 @@ gets no thought rather than a wrong one.
 from __future__ import annotations
 
 from data.types import Question
-from data.worked_comparisons import comparison_thought, count_thought, running_best_thought
+from data.worked_comparisons import comparison_thought
 
 EXPERT_THINK_STYLES = ("none", "compare", "notes")
 
@@ -54,5 +54,4 @@ def round_thoughts(question: Question, style: str, search_rounds: list[list[str]
     return [""] + [f"{name} {value}" for name, value in zip(names[:-1], values[:-1])]
 
 
-__all__ = ["EXPERT_THINK_STYLES", "answer_thought", "comparison_thought", "count_thought", "round_thoughts",
-           "running_best_thought"]
+__all__ = ["EXPERT_THINK_STYLES", "answer_thought", "round_thoughts"]

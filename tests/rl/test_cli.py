@@ -99,4 +99,5 @@ def test_eval_fresh_world_evaluates_the_redrawn_world_whether_or_not_out_is_give
     assert main(arguments + (["--out", str(tmp_path / out)] if out else [])) == 0
     run_dir = tmp_path / "quickstart"
     assert seen["world_seed"] == 7 and seen["world_dir"] == str(run_dir / "world-seed7")
-    assert seen["out"] == str(tmp_path / out) if out else seen["out"] == str(run_dir / "world-seed7.eval.json")
+    expected_out = tmp_path / out if out else run_dir / "world-seed7.eval.json"
+    assert seen["out"] == str(expected_out)

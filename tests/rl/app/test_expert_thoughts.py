@@ -8,8 +8,9 @@ import pytest
 
 from data.config import RetrieverConfig
 from data.types import Question
+from data.worked_comparisons import comparison_thought
 from rl.app.expert import expert_trajectories, write_expert_dataset
-from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought, comparison_thought, round_thoughts
+from rl.app.expert_thoughts import EXPERT_THINK_STYLES, answer_thought, round_thoughts
 from rl.config import ConfigError, load_config
 from rollouts.config import RolloutConfig, ToolsConfig
 from rewards import parse_trajectory
