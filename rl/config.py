@@ -126,6 +126,9 @@ class SFTConfig:
     # years and the comparison step by step); or "notes" (compare, and each year noted in the search turn after
     # the passage that holds it), rl/app/expert_thoughts.py
     expert_think: str = "none"
+    # share of the demonstrations played with rollout.max_turns = their own search rounds, so their last
+    # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
+    forced_answer_fraction: float = 0.0
     max_steps: int = 1500  # optimizer steps of the warm-start (tiny model: about 5 steps/s on 2 CPU cores)
     batch_size: int = 32  # expert trajectories per SFT step
     learning_rate: float = 3e-3  # SFT learning rate (high: the tiny model starts from scratch)
@@ -452,6 +455,8 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(grpo.kl_coef >= 0, "grpo.kl_coef", "must be >= 0")
     need(grpo.epochs_per_batch >= 1, "grpo.epochs_per_batch", "must be >= 1")
     need(config.retriever.topk >= 1, "retriever.topk", "must be >= 1")
+    for key in ("parallel_fraction", "forced_answer_fraction"):
+        need(0 <= getattr(config.sft, key) <= 1, f"sft.{key}", f"is {getattr(config.sft, key)}; a share must be in [0, 1]")
     faults = (config.tools.fault_rate, config.tools.fault_timeout_rate)
     need(min(faults) >= 0 and sum(faults) <= 1, "tools.fault_rate",
          "tools.fault_rate and tools.fault_timeout_rate must be >= 0 and sum to at most 1")

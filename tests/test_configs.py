@@ -154,6 +154,8 @@ def test_batch_not_divisible_by_minibatches_exits_2(capsys):
         (["rollout.engine=vllm", "experiment.device=cuda", "rollout.worker_num_gpus=1",
           "rollout.tensor_parallel_size=2"], "rollout.worker_num_gpus"),
         (["rollout.gpu_memory_utilization=1.5"], "rollout.gpu_memory_utilization"),
+        (["sft.forced_answer_fraction=1.5"], "sft.forced_answer_fraction"),
+        (["sft.parallel_fraction=-0.1"], "sft.parallel_fraction"),
     ],
 )
 def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, monkeypatch):

@@ -33,6 +33,7 @@ whose model turns are not the scripted ones, or that does not end on the scripte
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -245,6 +246,41 @@ def sample_questions(questions: list[Question], num_trajectories: int, rng: rand
     return repeated_passes(questions, num_trajectories, rng)
 
 
+def choose_forced_answer(count: int, fraction: float, seed: int) -> list[bool]:
+    """Which of `count` demonstrations end on the forced-answer cue: a seeded `fraction` share.
+
+    Drawn from a stream of its own, so the questions and modes drawn before do not depend on the fraction.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"sft.forced_answer_fraction must be in [0, 1], got {fraction}")
+    if fraction == 0.0:
+        return [False] * count
+    rng = random.Random(f"forced-answer-{seed}")
+    return [rng.random() < fraction for _ in range(count)]
+
+
+def expert_trajectories_under_budgets(questions: list[Question], modes: list[str], forced: list[bool],
+                                      protocol: AgentProtocol, tokenizer: Any, executor: Any,
+                                      rollout_config: RolloutConfig, think: str = "none") -> list[Trajectory | None]:
+    """`expert_trajectories`, where a question marked in `forced` is played with max_turns = its search rounds.
+
+    The loop then appends the forced-answer cue to the last round's observation, as under a binding budget. A
+    plan with more rounds than rollout.max_turns keeps max_turns (and is dropped as not fitting, as without).
+    Questions are played in one call per budget, in their order.
+    """
+    budgets = [min(len(expert_plan(question, mode, think).search_rounds), rollout_config.max_turns) if is_forced
+               else rollout_config.max_turns for question, mode, is_forced in zip(questions, modes, forced)]
+    trajectories: list[Trajectory | None] = [None] * len(questions)
+    for budget in sorted(set(budgets)):
+        indices = [index for index, value in enumerate(budgets) if value == budget]
+        played = expert_trajectories([questions[index] for index in indices], [modes[index] for index in indices],
+                                     protocol, tokenizer, executor,
+                                     dataclasses.replace(rollout_config, max_turns=budget), think)
+        for index, trajectory in zip(indices, played):
+            trajectories[index] = trajectory
+    return trajectories
+
+
 def write_expert_dataset(
     questions: list[Question],
     protocol: AgentProtocol,
@@ -256,6 +292,7 @@ def write_expert_dataset(
     seed: int = 0,
     batch_size: int = 256,
     think: str = "none",
+    forced_answer_fraction: float = 0.0,
 ) -> Dataset:
     """A seeded mixture of expert demonstrations as a `datasets.Dataset`.
 
@@ -264,20 +301,27 @@ def write_expert_dataset(
     Only a `parallel_fraction` share of the parallel questions gets the fanned-out demonstration, so the
     warm-started policy mostly searches one sub-query per turn and RL has both behaviours to choose from.
     think: what the answer turns write in <think> first (EXPERT_THINK_STYLES; "none": nothing).
+    forced_answer_fraction: share of the demonstrations played under a search budget equal to their own
+    search rounds (`rollout.max_turns` = rounds), so their last observation ends with the forced-answer cue,
+    as an evaluation under a binding budget shows it (`choose_forced_answer`). The questions and modes are
+    those of the same call without it.
     """
     if think not in EXPERT_THINK_STYLES:
         raise ValueError(f"sft.expert_think must be one of {EXPERT_THINK_STYLES}, got {think!r}")
+    rollout_config = rollout_config or RolloutConfig()
     rng = random.Random(seed)
     chosen = sample_questions(questions, num_trajectories or len(questions), rng)
     modes = choose_modes(chosen, parallel_fraction, rng)
+    forced = choose_forced_answer(len(chosen), forced_answer_fraction, seed)
     columns: dict[str, list] = {name: [] for name in ("input_ids", "completion_mask", "question_id", "structure",
-                                                      "mode", "model_calls")}
+                                                      "mode", "model_calls", "forced_answer")}
     dropped = 0
     for start in range(0, len(chosen), batch_size):
         batch_questions, batch_modes = chosen[start:start + batch_size], modes[start:start + batch_size]
-        trajectories = expert_trajectories(batch_questions, batch_modes, protocol, tokenizer, executor, rollout_config,
-                                           think)
-        for question, mode, trajectory in zip(batch_questions, batch_modes, trajectories):
+        batch_forced = forced[start:start + batch_size]
+        trajectories = expert_trajectories_under_budgets(batch_questions, batch_modes, batch_forced, protocol,
+                                                         tokenizer, executor, rollout_config, think)
+        for question, mode, is_forced, trajectory in zip(batch_questions, batch_modes, batch_forced, trajectories):
             if trajectory is None:
                 dropped += 1
                 continue
@@ -288,6 +332,7 @@ def write_expert_dataset(
             columns["structure"].append(question.structure)
             columns["mode"].append(mode)
             columns["model_calls"].append(trajectory.model_calls)
+            columns["forced_answer"].append(is_forced)
     if not columns["input_ids"]:
         raise ExpertError(f"all {len(chosen)} expert demonstrations exceed the rollout limits (rollout."
                           "max_context_tokens / max_new_tokens_per_turn / max_turns); raise them")
@@ -301,11 +346,13 @@ __all__ = [
     "EXPERT_MODES",
     "ExpertError",
     "ExpertPlan",
+    "choose_forced_answer",
     "choose_modes",
     "expert_plan",
     "expert_queries",
     "expert_scripts",
     "expert_trajectories",
+    "expert_trajectories_under_budgets",
     "expert_trajectory",
     "expert_turns",
     "plan_actions",

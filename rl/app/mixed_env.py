@@ -102,7 +102,8 @@ def build_mixed_sft_dataset(config: ExperimentConfig, tokenizer: Any) -> Any:
         qa_rows = write_expert_dataset(
             worlds.qa_world.splits["train"], environment.protocol, tokenizer, environment.executor, config.rollout,
             num_trajectories=counts[QA_ENVIRONMENT], parallel_fraction=config.sft.parallel_fraction,
-            seed=config.experiment.seed, think=config.sft.expert_think)
+            seed=config.experiment.seed, think=config.sft.expert_think,
+            forced_answer_fraction=config.sft.forced_answer_fraction)
         apps_rows = solver_dataset(config, tokenizer, environment, worlds.apps_world, counts[APPS_ENVIRONMENT])
     finally:
         environment.executor.close()

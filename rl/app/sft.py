@@ -135,6 +135,7 @@ def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, source: WarmS
             source.questions, protocol, tokenizer, executor, config.rollout,
             num_trajectories=config.sft.num_trajectories, parallel_fraction=config.sft.parallel_fraction,
             seed=config.experiment.seed, think=config.sft.expert_think,
+            forced_answer_fraction=config.sft.forced_answer_fraction,
         )
     finally:
         close = getattr(executor, "close", None)

@@ -206,6 +206,41 @@ def test_parallel_fraction_extremes(tiny_world, tokenizer, executor, tags, paral
         assert calls == (expected_calls or len(by_id[question_id].sub_questions) + 1)
 
 
+def test_forced_answer_fraction_ends_a_share_of_demonstrations_on_the_cue(tiny_world, tokenizer, executor, tags):
+    """Forced demonstrations run out of searches exactly at their last round: the cue closes the last observation,
+    the model turns are those of the same demonstration without it, and the questions and modes do not change."""
+    questions = tiny_world.splits["train"][:40]
+    rollout_config = RolloutConfig(max_turns=4)
+    plain = write_expert_dataset(questions, tags, tokenizer, executor, rollout_config, num_trajectories=60,
+                                 parallel_fraction=0.5, seed=3)
+    forced = write_expert_dataset(questions, tags, tokenizer, executor, rollout_config, num_trajectories=60,
+                                  parallel_fraction=0.5, seed=3, forced_answer_fraction=0.5)
+
+    assert plain["question_id"] == forced["question_id"] and plain["mode"] == forced["mode"]
+    assert plain["model_calls"] == forced["model_calls"]
+    assert not any(plain["forced_answer"]) and 10 < sum(forced["forced_answer"]) < 50
+    cue = "No searches left"
+    for row in range(len(forced)):
+        text = decode(tokenizer, forced["input_ids"][row])
+        plain_text = decode(tokenizer, plain["input_ids"][row])
+        turns = masked_segments(forced["input_ids"][row], forced["completion_mask"][row], 1)
+        assert turns == masked_segments(plain["input_ids"][row], plain["completion_mask"][row], 1)
+        searches = forced["model_calls"][row] - 1
+        # without the fraction, only a demonstration that uses all 4 rounds meets the cue
+        assert (cue in plain_text) == (searches == 4)
+        if forced["forced_answer"][row]:
+            observations = masked_segments(forced["input_ids"][row], forced["completion_mask"][row], 0)
+            assert text.count(cue) == 1 and cue in decode(tokenizer, observations[-1])
+        else:
+            assert text == plain_text
+
+
+def test_forced_answer_fraction_outside_0_1_is_refused(tiny_world, tokenizer, executor, tags):
+    with pytest.raises(ValueError, match="sft.forced_answer_fraction"):
+        write_expert_dataset(tiny_world.splits["train"][:4], tags, tokenizer, executor, RolloutConfig(),
+                             forced_answer_fraction=1.5)
+
+
 # ------------------------------------------------------------------ golden demonstrations
 # fixtures/expert_golden.json was recorded from the expert's own copy of the loop's rounds (rl/app/expert.py at
 # e96bcaa, before it played through rollouts.agent_loop on the scripted engine), so this test holds the expert
