@@ -3,7 +3,7 @@
     fanout bench async            # 12 steps per setting, 4 groups x G=4, 100 ms tool latency, 1 then 2 actors
     fanout bench async --quick    # 2 steps per setting, micro model (test-suite setting)
 
-Each setting is a real `fanout train` run (`rl.app.train.train`, in this process, one Ray session): the
+Each setting is a real `fanout train` run (`rl.app.train.train`, in this process, one Ray session per block): the
 quickstart config at benchmark sizes (rl/bench/common.py), starting from the cached SFT warm-start, one
 Ray rollout actor (1 CPU, 1 torch thread), the DeepSpeed trainer in the driver with 1 torch thread, so
 on 2 cores the trainer and the actor each have one. Tools answer after `tools.latency_s`, so generation
@@ -21,7 +21,9 @@ The sweep runs with the quickstart's one actor (the `ratio` figure) and with two
 both with continuous batching (the default: an actor's in-flight calls share engine batches, see
 rollouts/batcher.py), then once more with one actor running one call at a time
 (`rollout.continuous_batching=false`, `one_call_at_a_time`), the reference that shows what the
-batching adds. Every ratio is against staleness 0 in the same block. Overlapping generation with
+batching adds, and last with one actor at Ray's default worker priority (`RAY_worker_niceness=15`, in a Ray
+session of its own; `ray_default_priority`), against the framework's local setting (0: actors at the
+driver's priority, rollouts/manager.py init_ray). Every ratio is against staleness 0 in the same block. Overlapping generation with
 training alone gives at most (generation + training) ÷ max(generation, training) per step; beyond it,
 the staleness window lets an actor hold more calls in flight, so its engine batches grow and one call's
 tool waits are filled by the others' generation.
@@ -29,8 +31,10 @@ tool waits are filled by the others' generation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -40,11 +44,45 @@ from rl.bench.common import bench_config, load_average, prepare_assets, print_ta
 STALENESS_VALUES = (0, 1, 2, 4)
 
 
+RAY_DEFAULT_WORKER_NICENESS = "15"  # Ray's own default: workers 15 nice levels below the driver
+
+
 def blocks(quick: bool) -> dict[str, tuple[int, bool]]:
     """Measured blocks: name -> (rollout actors, continuous batching)."""
     if quick:
         return {"1": (1, True)}
-    return {"1": (1, True), "2": (2, True), "one_call_at_a_time": (1, False)}
+    return {"1": (1, True), "2": (2, True), "one_call_at_a_time": (1, False), "ray_default_priority": (1, True)}
+
+
+def block_worker_niceness(name: str) -> str | None:
+    """The RAY_worker_niceness a block runs its actors at; None: the framework's (init_ray's) setting."""
+    return RAY_DEFAULT_WORKER_NICENESS if name == "ray_default_priority" else None
+
+
+@contextlib.contextmanager
+def ray_worker_niceness(niceness: str | None):
+    """Run the block in a Ray started with RAY_worker_niceness=niceness (None: as it is), then stop that Ray.
+
+    Ray reads the setting when it starts its workers, so the block gets a Ray session of its own.
+    """
+    if niceness is None:
+        yield
+        return
+    import ray
+
+    from rollouts.manager import RAY_WORKER_NICENESS
+
+    ray.shutdown()
+    before = os.environ.get(RAY_WORKER_NICENESS)
+    os.environ[RAY_WORKER_NICENESS] = niceness
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop(RAY_WORKER_NICENESS, None)
+        else:
+            os.environ[RAY_WORKER_NICENESS] = before
 
 
 def async_overrides(quick: bool, num_workers: int = 1, continuous_batching: bool = True) -> list[str]:
@@ -100,17 +138,17 @@ def run(quick: bool) -> dict:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     assets = prepare_assets(quick)
     load_before = load_average()
-    measured = {
-        name: {
-            staleness: run_setting(quick, staleness, actors, continuous, assets.run_overrides())
-            for staleness in STALENESS_VALUES
-        }
-        for name, (actors, continuous) in blocks(quick).items()
-    }
+    measured = {}
+    for name, (actors, continuous) in blocks(quick).items():
+        with ray_worker_niceness(block_worker_niceness(name)):
+            measured[name] = {
+                staleness: run_setting(quick, staleness, actors, continuous, assets.run_overrides())
+                for staleness in STALENESS_VALUES
+            }
     config = bench_config(quick, async_overrides(quick))
     for name, results in measured.items():
         actors, continuous = blocks(quick)[name]
-        print_block(config, actors, continuous, results, load_before)
+        print_block(config, actors, continuous, results, load_before, block_worker_niceness(name))
     print(
         "anchors from the literature (their hardware and models): AReaL 2.77x, AsyncFlow 1.59x "
         "over synchronous"
@@ -119,14 +157,14 @@ def run(quick: bool) -> dict:
     return {
         **figures["1"],  # the quickstart's one actor: the contract's "ratio"
         "by_actors": {name: block for name, block in figures.items() if name.isdigit()},
-        **({"one_call_at_a_time": figures["one_call_at_a_time"]} if "one_call_at_a_time" in figures else {}),
+        **{name: figures[name] for name in ("one_call_at_a_time", "ray_default_priority") if name in figures},
         "inflight_calls_per_actor": config.rollout.max_inflight_calls_per_worker,
         "load_average": load_before,
     }
 
 
 def print_block(config, actors: int, continuous: bool, results: dict[int, dict[str, float]],
-                load_before: float) -> None:
+                load_before: float, worker_niceness: str | None = None) -> None:
     base = results[0]["samples_per_s"]
     rows = [
         (
@@ -149,6 +187,7 @@ def print_block(config, actors: int, continuous: bool, results: dict[int, dict[s
         f"{'continuous batching' if continuous else 'one call at a time'} "
         f"(up to {config.rollout.max_inflight_calls_per_worker} calls of {config.rollout.questions_per_worker_call} "
         f"questions in flight per actor), tool latency {config.tools.latency_s * 1000:.0f} ms, "
+        f"{'actors at Ray worker niceness ' + worker_niceness + ', ' if worker_niceness else ''}"
         f"load {load_before}",
         ["max_staleness", "steady steps", "step s", "train s", "samples/s", "vs sync", "trainer waits",
          "actor idle", "mean staleness", "dropped"],

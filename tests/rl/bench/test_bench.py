@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rl.bench import SUITES, run_suite
-from rl.bench.async_bench import steady_figures
+from rl.bench.async_bench import block_worker_niceness, blocks, ray_worker_niceness, steady_figures
 from rl.bench.common import CACHE_ENV, bench_config, cache_dir, prepare_assets
 from rl.bench.learn import learn_figures, read_curve, reward_window, time_to_reward, trailing_means
 from rl.bench.memory import sample_tree
@@ -288,3 +288,24 @@ def test_weight_group_suite_moves_every_byte_to_one_and_two_receivers(capsys):
     assert figures["suite"] == "weight_group" and figures["num_bytes"] == 16 * 2**20
     assert set(figures["gb_per_s"]) == {"1", "2"} and all(value > 0 for value in figures["gb_per_s"].values())
     assert figures["speedup_vs_torch_save"] > 0
+
+
+def test_async_ray_default_priority_block_runs_in_a_ray_of_its_own_at_niceness_15(monkeypatch):
+    """The side-by-side block at Ray's default worker priority: its own Ray session, started with
+    RAY_worker_niceness=15, and the framework's setting restored (and that Ray stopped) after it."""
+    import ray
+
+    from rollouts.manager import RAY_WORKER_NICENESS
+
+    shutdowns = []
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(os.environ.get(RAY_WORKER_NICENESS)))
+    monkeypatch.setenv(RAY_WORKER_NICENESS, "0")
+    assert "ray_default_priority" in blocks(quick=False) and "ray_default_priority" not in blocks(quick=True)
+    assert [block_worker_niceness(name) for name in blocks(quick=False)] == [None, None, None, "15"]
+
+    with ray_worker_niceness("15"):
+        assert os.environ[RAY_WORKER_NICENESS] == "15"
+    assert shutdowns == ["0", "15"] and os.environ[RAY_WORKER_NICENESS] == "0"
+    with ray_worker_niceness(None):  # the other blocks share the process's Ray session
+        pass
+    assert shutdowns == ["0", "15"]
