@@ -143,6 +143,9 @@ class EvalConfig:
     every_steps: int = 0
     split: str = "test"  # split of the generated world `fanout eval` and the final evaluation use
     num_questions: int = 300  # questions per dataset in every evaluation; 0: all of them
+    # evaluate only questions of these structures (parallel / sequential / single), before num_questions
+    # applies; empty: all (e.g. [parallel] with a larger data.world.num_test: more comparisons per grid cell)
+    structures: list[str] = field(default_factory=list)
     at_end: bool = True  # evaluate the final policy when training ends
     # questions generated together (0: the training batch, questions_per_step * group_size). Batching is
     # faster, but then latency_s is the wall time of a batch's rounds; 1 measures each question alone.
@@ -478,6 +481,8 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          "eval.every_steps", "with data.source=files, evaluating during training needs data.validation_files "
          "({name: path}); or set eval.every_steps=0")
     need(config.rollout.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0: greedy)")
+    need(set(config.eval.structures) <= {"parallel", "sequential", "single"}, "eval.structures",
+         f"is {config.eval.structures}; the question structures are parallel, sequential and single")
     need(config.eval.batch_questions >= 0, "eval.batch_questions",
          "must be >= 0 (0: the training batch; 1: one question at a time)")
     need(config.data.source not in ("apps", "mixed") or config.rollout.protocol == "function_call",

@@ -15,7 +15,8 @@ set -euo pipefail
 usage() {
   cat <<'USAGE'
 Usage: scripts/fanout_grid.sh [--dry-run] [--out DIR] [--config FILE] [--warm-start PATTERN]
-                              [--seeds "0 1 2"] [--budgets "2 3 4 6"] [--eval-only] [key=value ...]
+                              [--seeds "0 1 2"] [--budgets "2 3 4 6"] [--eval-only] [--test-questions N]
+                              [key=value ...]
 
 Runs, from the repository root, for each seed S (CONFIG: --config, default configs/quickstart.yaml):
   fanout train CONFIG experiment.name=fanout-sS     experiment.seed=S ...
@@ -37,6 +38,13 @@ Options:
   --seeds "..."    training seeds (default: "0 1 2")
   --budgets "..."  search budgets, in search rounds = rollout.max_turns (default: "2 3 4 6")
   --eval-only      skip training: evaluate the runs already in DIR and aggregate
+  --test-questions N
+                   evaluate on a test split of N questions instead of the config's (data.world.num_test=N, the
+                   world in DIR/world-testN; results in DIR/eval-testN, aggregated into DIR/grid-testN.md/.json),
+                   e.g. with --eval-only and eval.structures=[parallel] for more questions per parallel cell.
+                   The policies are trained on DIR/world as before: with data.world.train_worlds > 0
+                   (configs/reader.yaml) its training questions do not depend on the test split's size; with one
+                   shared entity set (the quickstart) they do, so train with data.world.num_test=N instead
   --dry-run        print the commands instead of running them
   -h, --help       show this help
 Overrides (e.g. grpo.total_steps=30 eval.num_questions=0) go to every training and evaluation command,
@@ -53,6 +61,7 @@ eval_only=0
 out=runs/grid
 config=configs/quickstart.yaml
 warm_start=""
+test_questions=""
 seeds="0 1 2"
 budgets="2 3 4 6"
 overrides=()
@@ -66,6 +75,7 @@ while [[ $# -gt 0 ]]; do
     --warm-start) need_value "$@"; warm_start="$2"; shift 2 ;;
     --seeds) need_value "$@"; seeds="$2"; shift 2 ;;
     --budgets) need_value "$@"; budgets="$2"; shift 2 ;;
+    --test-questions) need_value "$@"; test_questions="$2"; shift 2 ;;
     -*) echo "fanout_grid.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     *) overrides+=("$1"); shift ;;
   esac
@@ -78,6 +88,10 @@ for value in "${seed_list[@]}" "${budget_list[@]}"; do
     exit 2
   fi
 done
+if [[ -n "$test_questions" && ! "$test_questions" =~ ^[1-9][0-9]*$ ]]; then
+  echo "fanout_grid.sh: --test-questions '$test_questions' is not a positive integer" >&2
+  exit 2
+fi
 if [[ ${#seed_list[@]} -eq 0 || ${#budget_list[@]} -eq 0 ]]; then
   echo "fanout_grid.sh: --seeds and --budgets need at least one value each" >&2
   exit 2
@@ -101,6 +115,15 @@ policy_settings() {  # sets policy_args to the overrides that make policy $1 out
   fi
 }
 common=(experiment.output_dir="$out" data.world_dir="$out/world")
+eval_world=("${common[@]}")
+results=eval
+aggregate=grid
+if [[ -n "$test_questions" ]]; then
+  eval_world=(experiment.output_dir="$out" data.world_dir="$out/world-test$test_questions"
+              data.world.num_test="$test_questions")
+  results="eval-test$test_questions"
+  aggregate="grid-test$test_questions"
+fi
 for seed in "${seed_list[@]}"; do
   if [[ "$eval_only" -eq 0 ]]; then
     if [[ -n "$warm_start" ]]; then
@@ -122,9 +145,9 @@ for seed in "${seed_list[@]}"; do
     for policy in fanout sequential; do
       policy_settings "$policy"
       run fanout eval "$config" experiment.name="$policy-s$seed" experiment.seed="$seed" "${policy_args[@]}" \
-        "${common[@]}" "${eval_overrides[@]}" --checkpoint "$out/$policy-s$seed" --search-budget "$budget" \
-        --group-by hops --out "$out/eval/$policy/seed$seed/budget$budget.json"
+        "${eval_world[@]}" "${eval_overrides[@]}" --checkpoint "$out/$policy-s$seed" --search-budget "$budget" \
+        --group-by hops --out "$out/$results/$policy/seed$seed/budget$budget.json"
     done
   done
 done
-run python -m rl.app.grid "$out/eval" --out "$out/grid"
+run python -m rl.app.grid "$out/$results" --out "$out/$aggregate"

@@ -374,7 +374,23 @@ def test_grid_starts_both_policies_from_a_given_warm_start_per_seed_and_takes_an
     assert "tools.max_calls_per_turn=1" in sequential_eval and "tools.max_calls_per_turn=1" not in fanout_eval
 
 
-@pytest.mark.parametrize("arguments", [("--seeds", "0 x"), ("--budgets", ""), ("--colour", "red")])
+def test_grid_evaluates_trained_runs_on_a_larger_test_split_beside_the_first_grid():
+    commands = printed_commands("fanout_grid.sh", "--out", "/tmp/grid", "--seeds", "1", "--budgets", "3",
+                                "--eval-only", "--test-questions", "1200", "eval.structures=[parallel]")
+    fanout_eval, sequential_eval, aggregate = commands
+    for evaluation, policy in ((fanout_eval, "fanout"), (sequential_eval, "sequential")):
+        assert "data.world_dir=/tmp/grid/world-test1200" in evaluation and "data.world.num_test=1200" in evaluation
+        assert "data.world_dir=/tmp/grid/world" not in evaluation and "eval.structures=[parallel]" in evaluation
+        assert evaluation[evaluation.index("--checkpoint") + 1] == f"/tmp/grid/{policy}-s1"
+        assert evaluation[evaluation.index("--out") + 1] == f"/tmp/grid/eval-test1200/{policy}/seed1/budget3.json"
+    assert aggregate == ["python", "-m", "rl.app.grid", "/tmp/grid/eval-test1200", "--out", "/tmp/grid/grid-test1200"]
+    trained = printed_commands("fanout_grid.sh", "--out", "/tmp/grid", "--seeds", "1", "--budgets", "3",
+                               "--test-questions", "1200")
+    assert all("data.world_dir=/tmp/grid/world" in train for train in trained[:2])  # training keeps its world
+
+
+@pytest.mark.parametrize("arguments", [("--seeds", "0 x"), ("--budgets", ""), ("--colour", "red"),
+                                       ("--test-questions", "0"), ("--test-questions", "many")])
 def test_grid_rejects_bad_lists_and_options(arguments):
     result = run_script("fanout_grid.sh", "--dry-run", *arguments)
     assert result.returncode == 2 and "fanout_grid.sh:" in result.stderr

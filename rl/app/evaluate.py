@@ -344,6 +344,7 @@ def generated_split_questions(config: ExperimentConfig, split: str) -> dict[str,
 def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
     """{dataset name: questions}: the eval split of the generated world(s), or every data.eval_files entry.
 
+    eval.structures keeps the questions of those structures (a dataset with none of them is an error), then
     eval.num_questions > 0 keeps the first N questions of each dataset (files are read in their order).
     """
     if config.data.source != "files":
@@ -360,6 +361,16 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
             name: load_questions(path, name, config.data.on_malformed_row, config.data.columns.get(name))
             for name, path in config.data.eval_files.items()
         }
+    structures = set(config.eval.structures)
+    if structures:
+        kept = {name: [question for question in questions if question.structure in structures]
+                for name, questions in questions_by_dataset.items()}
+        for name, questions in kept.items():
+            if not questions:
+                present = sorted({question.structure for question in questions_by_dataset[name]})
+                raise ConfigError(f"key 'eval.structures' is {sorted(structures)}, but dataset {name!r} has only "
+                                  f"{', '.join(present) or 'no'} questions")
+        questions_by_dataset = kept
     limit = config.eval.num_questions
     return {
         name: questions[:limit] if limit > 0 else questions

@@ -16,6 +16,7 @@ from rl.app.evaluate import (
     evaluate_command,
     flat_metrics,
     format_table,
+    load_eval_questions,
     resolve_model_path,
     search_budget_overrides,
     summarize,
@@ -607,3 +608,23 @@ def test_fresh_world_of_a_mixed_run_redraws_both_worlds_and_serves_the_fresh_app
     assert apps_only.data.world.seed == 0 and not apps_only.data.world_dir  # the QA world is not touched
     with pytest.raises(ConfigError, match="own apps world seed"):
         use_fresh_world(apps_only, 4)
+
+
+def test_eval_structures_keeps_those_questions_before_num_questions_applies(tmp_path):
+    world = [f"experiment.output_dir={tmp_path}", "data.world.num_entities_per_kind=20", "data.world.num_train=20",
+             "data.world.num_validation=4", "data.world.num_test=30"]
+    every = load_eval_questions(load_config(QUICKSTART, [*world, "eval.num_questions=0"]))["world"]
+    parallel = load_eval_questions(load_config(QUICKSTART, [*world, "eval.structures=[parallel]",
+                                                            "eval.num_questions=4"]))["world"]
+    assert [question.id for question in parallel] == [q.id for q in every if q.structure == "parallel"][:4]
+    assert {question.structure for question in every} == {"parallel", "sequential", "single"}
+
+
+def test_eval_structures_naming_an_absent_or_unknown_structure_is_an_error(tmp_path):
+    singles_only = [f"experiment.output_dir={tmp_path}", "data.world.num_entities_per_kind=20",
+                    "data.world.num_train=20", "data.world.num_validation=4", "data.world.num_test=6",
+                    "data.world.structure_mix={single: 1.0}", "eval.structures=[parallel]"]
+    with pytest.raises(ConfigError, match="'eval.structures' is \\['parallel'\\], but dataset 'world' has only single"):
+        load_eval_questions(load_config(QUICKSTART, singles_only))
+    with pytest.raises(ConfigError, match="eval.structures"):
+        load_config(QUICKSTART, ["eval.structures=[comparison]"])
