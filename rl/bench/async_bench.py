@@ -117,13 +117,15 @@ def steady_figures(metrics_path: Path) -> dict[str, float]:
 
 
 def run_setting(quick: bool, max_staleness: int, num_workers: int, continuous_batching: bool,
-                asset_overrides: list[str]) -> dict[str, float]:
+                asset_overrides: list[str], worker_niceness: str | None = None) -> dict[str, float]:
     from rl.app.train import train
 
+    serial = "" if continuous_batching else "-serial"
+    nice = "" if worker_niceness is None else f"-nice{worker_niceness}"
     config = bench_config(
         quick,
         [
-            f"experiment.name=bench-async-a{num_workers}{'' if continuous_batching else '-serial'}-s{max_staleness}",
+            f"experiment.name=bench-async-a{num_workers}{serial}{nice}-s{max_staleness}",
             *asset_overrides,
             *async_overrides(quick, num_workers, continuous_batching),
             f"async.max_staleness={max_staleness}",
@@ -140,9 +142,10 @@ def run(quick: bool) -> dict:
     load_before = load_average()
     measured = {}
     for name, (actors, continuous) in blocks(quick).items():
-        with ray_worker_niceness(block_worker_niceness(name)):
+        niceness = block_worker_niceness(name)
+        with ray_worker_niceness(niceness):
             measured[name] = {
-                staleness: run_setting(quick, staleness, actors, continuous, assets.run_overrides())
+                staleness: run_setting(quick, staleness, actors, continuous, assets.run_overrides(), niceness)
                 for staleness in STALENESS_VALUES
             }
     config = bench_config(quick, async_overrides(quick))

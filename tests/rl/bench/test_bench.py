@@ -309,3 +309,23 @@ def test_async_ray_default_priority_block_runs_in_a_ray_of_its_own_at_niceness_1
     with ray_worker_niceness(None):  # the other blocks share the process's Ray session
         pass
     assert shutdowns == ["0", "15"]
+
+
+def test_async_blocks_write_their_runs_to_folders_of_their_own(monkeypatch, tmp_path):
+    """The priority block's runs do not overwrite the first block's (same actors and staleness)."""
+    import rl.app.train
+    from rl.bench import async_bench
+
+    names = []
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"perf/step_s": 1.0, "perf/samples_per_s": 2.0, "async/trainer_wait_s": 0.5}) + "\n")
+
+    def fake_train(config):
+        names.append(config.experiment.name)
+        return tmp_path
+
+    monkeypatch.setattr(rl.app.train, "train", fake_train)
+    async_bench.run_setting(True, 2, 1, True, [])
+    async_bench.run_setting(True, 2, 1, False, [])
+    async_bench.run_setting(True, 2, 1, True, [], worker_niceness="15")
+    assert names == ["bench-async-a1-s2", "bench-async-a1-serial-s2", "bench-async-a1-nice15-s2"]
