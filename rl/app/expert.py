@@ -54,6 +54,7 @@ from rollouts.scripted_engine import ScriptedEngine, TurnScripts
 logger = logging.getLogger(__name__)
 
 EXPERT_MODES = ("parallel", "sequential")
+FORCED_ANSWER_COLUMN = "forced_answer"  # dataset column: the demonstration ends on the forced-answer cue
 
 
 class ExpertError(ValueError):
@@ -314,7 +315,7 @@ def write_expert_dataset(
     modes = choose_modes(chosen, parallel_fraction, rng)
     forced = choose_forced_answer(len(chosen), forced_answer_fraction, seed)
     columns: dict[str, list] = {name: [] for name in ("input_ids", "completion_mask", "question_id", "structure",
-                                                      "mode", "model_calls", "forced_answer")}
+                                                      "mode", "model_calls", FORCED_ANSWER_COLUMN)}
     dropped = 0
     for start in range(0, len(chosen), batch_size):
         batch_questions, batch_modes = chosen[start:start + batch_size], modes[start:start + batch_size]
@@ -332,7 +333,7 @@ def write_expert_dataset(
             columns["structure"].append(question.structure)
             columns["mode"].append(mode)
             columns["model_calls"].append(trajectory.model_calls)
-            columns["forced_answer"].append(is_forced)
+            columns[FORCED_ANSWER_COLUMN].append(is_forced)
     if not columns["input_ids"]:
         raise ExpertError(f"all {len(chosen)} expert demonstrations exceed the rollout limits (rollout."
                           "max_context_tokens / max_new_tokens_per_turn / max_turns); raise them")
@@ -344,6 +345,7 @@ def write_expert_dataset(
 
 __all__ = [
     "EXPERT_MODES",
+    "FORCED_ANSWER_COLUMN",
     "ExpertError",
     "ExpertPlan",
     "choose_forced_answer",

@@ -90,7 +90,7 @@ def build_mixed_sft_dataset(config: ExperimentConfig, tokenizer: Any) -> Any:
     from datasets import concatenate_datasets
 
     from rl.app.apps_env import solver_dataset
-    from rl.app.expert import write_expert_dataset
+    from rl.app.expert import FORCED_ANSWER_COLUMN, write_expert_dataset
     from rl.app.sft import ENVIRONMENT_COLUMN
     from rollouts.environment import build_environment
 
@@ -107,6 +107,8 @@ def build_mixed_sft_dataset(config: ExperimentConfig, tokenizer: Any) -> Any:
         apps_rows = solver_dataset(config, tokenizer, environment, worlds.apps_world, counts[APPS_ENVIRONMENT])
     finally:
         environment.executor.close()
+    # the apps solver never plays to a budget: its rows get the QA expert's forced_answer column as False
+    apps_rows = apps_rows.add_column(FORCED_ANSWER_COLUMN, [False] * len(apps_rows))
     dataset = concatenate_datasets([
         qa_rows.add_column(ENVIRONMENT_COLUMN, [QA_ENVIRONMENT] * len(qa_rows)),
         apps_rows.add_column(ENVIRONMENT_COLUMN, [APPS_ENVIRONMENT] * len(apps_rows)),

@@ -117,3 +117,31 @@ def test_step_metrics_are_split_by_environment():
     assert metrics["reward/total/chain"] == pytest.approx(0.75)
     unsplit = rollout_metrics(groups)
     assert not any(key.endswith(("/qa", "/apps")) for key in unsplit)
+
+
+def test_the_mixed_warm_start_joins_qa_demonstrations_that_end_on_the_cue_and_apps_episodes(
+        tmp_path, qwen25_chat_template):
+    """build_mixed_sft_dataset on tiny worlds: both environments' rows in one dataset, the QA expert's
+    forced_answer column kept (True for its rows at share 1.0) and False on the apps solver's."""
+    import copy
+    import tarfile
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from rl.app.expert import FORCED_ANSWER_COLUMN
+    from rl.app.mixed_env import build_mixed_sft_dataset
+
+    with tarfile.open(Path(__file__).parents[2] / "fixtures" / "qwen2-tokenizer.tgz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    tokenizer = copy.copy(AutoTokenizer.from_pretrained(tmp_path / "qwen2-tok", local_files_only=True))
+    tokenizer.chat_template = qwen25_chat_template
+    config = load_experiment(CONFIG, [f"experiment.output_dir={tmp_path / 'runs'}", "data.mixed.apps_fraction=0.5",
+                                      *TINY_WORLDS, "sft.num_trajectories=8", "sft.forced_answer_fraction=1.0",
+                                      "rollout.max_context_tokens=12000", "rollout.max_new_tokens_per_turn=512",
+                                      "rollout.max_observation_tokens=600"])
+    dataset = build_mixed_sft_dataset(config, tokenizer)
+
+    rows = list(zip(dataset["environment"], dataset[FORCED_ANSWER_COLUMN]))
+    assert {environment for environment, _ in rows} == {"qa", "apps"}
+    assert all(forced == (environment == "qa") for environment, forced in rows)
