@@ -402,7 +402,7 @@ TINY_GRID = [
     "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1", "model.tiny.intermediate_size=64",
     "model.tiny.vocab_size=512", "sft.num_trajectories=40", "sft.max_steps=10", "sft.batch_size=8",
     "grpo.total_steps=1", "rollout.questions_per_step=2", "rollout.group_size=2",
-    "rollout.max_new_tokens_per_turn=12", "rollout.max_context_tokens=512", "eval.num_questions=8",
+    "rollout.max_new_tokens_per_turn=48", "rollout.max_context_tokens=1024", "eval.num_questions=8",
     "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.plots=false",
 ]
 
