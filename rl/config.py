@@ -27,6 +27,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from data.config import DataConfig, RetrieverConfig, WorldConfig
 from data.errors import ConfigError
+from data.types import STRUCTURES
 from rewards.config import RewardConfig
 from rollouts.config import RolloutConfig, ToolsConfig
 
@@ -481,8 +482,8 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          "eval.every_steps", "with data.source=files, evaluating during training needs data.validation_files "
          "({name: path}); or set eval.every_steps=0")
     need(config.rollout.eval_temperature >= 0, "rollout.eval_temperature", "must be >= 0 (0: greedy)")
-    need(set(config.eval.structures) <= {"parallel", "sequential", "single"}, "eval.structures",
-         f"is {config.eval.structures}; the question structures are parallel, sequential and single")
+    need(set(config.eval.structures) <= set(STRUCTURES), "eval.structures",
+         f"is {config.eval.structures}; the question structures are {', '.join(STRUCTURES)}")
     need(config.eval.batch_questions >= 0, "eval.batch_questions",
          "must be >= 0 (0: the training batch; 1: one question at a time)")
     need(config.data.source not in ("apps", "mixed") or config.rollout.protocol == "function_call",
@@ -495,7 +496,7 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(set(apps_mix) <= {"independent", "chain", "mixed"} and abs(sum(apps_mix.values()) - 1) < 1e-6,
          "data.apps.structure_mix", "keys are independent/chain/mixed and the shares must sum to 1")
     mix = config.data.world.structure_mix
-    need(set(mix) <= {"parallel", "sequential", "single"} and abs(sum(mix.values()) - 1) < 1e-6,
+    need(set(mix) <= set(STRUCTURES) and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")
 
 

@@ -47,16 +47,13 @@ STALENESS_VALUES = (0, 1, 2, 4)
 RAY_DEFAULT_WORKER_NICENESS = "15"  # Ray's own default: workers 15 nice levels below the driver
 
 
-def blocks(quick: bool) -> dict[str, tuple[int, bool]]:
-    """Measured blocks: name -> (rollout actors, continuous batching)."""
+def blocks(quick: bool) -> dict[str, tuple[int, bool, str | None]]:
+    """Measured blocks: name -> (rollout actors, continuous batching, RAY_worker_niceness of the actors; None:
+    the framework's setting, init_ray's)."""
     if quick:
-        return {"1": (1, True)}
-    return {"1": (1, True), "2": (2, True), "one_call_at_a_time": (1, False), "ray_default_priority": (1, True)}
-
-
-def block_worker_niceness(name: str) -> str | None:
-    """The RAY_worker_niceness a block runs its actors at; None: the framework's (init_ray's) setting."""
-    return RAY_DEFAULT_WORKER_NICENESS if name == "ray_default_priority" else None
+        return {"1": (1, True, None)}
+    return {"1": (1, True, None), "2": (2, True, None), "one_call_at_a_time": (1, False, None),
+            "ray_default_priority": (1, True, RAY_DEFAULT_WORKER_NICENESS)}
 
 
 @contextlib.contextmanager
@@ -141,8 +138,7 @@ def run(quick: bool) -> dict:
     assets = prepare_assets(quick)
     load_before = load_average()
     measured = {}
-    for name, (actors, continuous) in blocks(quick).items():
-        niceness = block_worker_niceness(name)
+    for name, (actors, continuous, niceness) in blocks(quick).items():
         with ray_worker_niceness(niceness):
             measured[name] = {
                 staleness: run_setting(quick, staleness, actors, continuous, assets.run_overrides(), niceness)
@@ -150,8 +146,8 @@ def run(quick: bool) -> dict:
             }
     config = bench_config(quick, async_overrides(quick))
     for name, results in measured.items():
-        actors, continuous = blocks(quick)[name]
-        print_block(config, actors, continuous, results, load_before, block_worker_niceness(name))
+        actors, continuous, niceness = blocks(quick)[name]
+        print_block(config, actors, continuous, results, load_before, niceness)
     print(
         "anchors from the literature (their hardware and models): AReaL 2.77x, AsyncFlow 1.59x "
         "over synchronous"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rl.bench import SUITES, run_suite
-from rl.bench.async_bench import block_worker_niceness, blocks, ray_worker_niceness, steady_figures
+from rl.bench.async_bench import blocks, ray_worker_niceness, steady_figures
 from rl.bench.common import CACHE_ENV, bench_config, cache_dir, prepare_assets
 from rl.bench.learn import learn_figures, read_curve, reward_window, time_to_reward, trailing_means
 from rl.bench.memory import sample_tree
@@ -301,7 +301,7 @@ def test_async_ray_default_priority_block_runs_in_a_ray_of_its_own_at_niceness_1
     monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(os.environ.get(RAY_WORKER_NICENESS)))
     monkeypatch.setenv(RAY_WORKER_NICENESS, "0")
     assert "ray_default_priority" in blocks(quick=False) and "ray_default_priority" not in blocks(quick=True)
-    assert [block_worker_niceness(name) for name in blocks(quick=False)] == [None, None, None, "15"]
+    assert [niceness for _, _, niceness in blocks(quick=False).values()] == [None, None, None, "15"]
 
     with ray_worker_niceness("15"):
         assert os.environ[RAY_WORKER_NICENESS] == "15"
