@@ -93,7 +93,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         fresh_folder = use_fresh_world(config, args.fresh_world)  # always: an --out must not skip the redraw
         out = out or str(fresh_folder.with_suffix(".eval.json"))
-    return evaluate_command(config, checkpoint=args.checkpoint, out=out, compare=args.compare, group_by=args.group_by)
+    return evaluate_command(config, checkpoint=args.checkpoint, out=out, compare=args.compare, group_by=args.group_by,
+                            episodes=args.episodes)
 
 
 def _cmd_build_world(args: argparse.Namespace) -> int:
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(evaluate)
     evaluate.add_argument("--checkpoint", help="model folder (a checkpoint or any HF model path)")
     evaluate.add_argument("--out", help="write the results JSON here")
+    evaluate.add_argument("--episodes", metavar="FILE",
+                          help="also write every episode as a JSON line (rounds, tool calls, observations, answer, "
+                               "figures; the verifier's verdict on apps tasks)")
     evaluate.add_argument("--compare", nargs=2, metavar=("A", "B"), help="evaluate two checkpoints side by side")
     evaluate.add_argument("--group-by", default="structure", metavar="KEY",
                           help="table rows: 'structure' (parallel/sequential/single, the default), 'hops' "

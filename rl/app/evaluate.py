@@ -55,6 +55,12 @@ driver holds one more engine for it, loaded with the trainer's weights at each e
     fanout eval configs/quickstart.yaml --compare runs/sync runs/async     # latest checkpoint of each run
     fanout eval configs/quickstart.yaml --group-by hops     # rows per structure and number of sub-questions too
     fanout eval configs/quickstart.yaml --search-budget 2   # at most 2 search rounds, then the answer
+    fanout eval configs/quickstart.yaml --episodes runs/quickstart/episodes.jsonl   # every episode, to read
+
+`--episodes FILE` writes one JSON line per episode: the checkpoint ("A"/"B" with --compare), dataset, question
+id, structure, question, gold answers, prediction, the figures above, and each round's text, tool calls (name,
+arguments, observation, error) and answer; apps tasks add their gold call rounds and the verifier's verdict
+(state_ok, answer_ok and what differs).
 """
 
 from __future__ import annotations
@@ -475,8 +481,9 @@ def build_eval_components(config: ExperimentConfig, model_path: str):
 
 
 def play_and_summarize(config: ExperimentConfig, components, questions_by_dataset: dict[str, list],
-                       group_by: str = "structure") -> dict:
-    """One episode per question at rollout.eval_temperature (0: greedy), in batches; the contract summary."""
+                       group_by: str = "structure", episodes: list | None = None) -> dict:
+    """One episode per question at rollout.eval_temperature (0: greedy), in batches; the contract summary.
+    `episodes`, if given, receives (dataset name, trajectory) for every episode played."""
     from rollouts.agent_loop import run_episodes
 
     batch_questions = config.eval.batch_questions or config.batch_size  # default: the training batch
@@ -499,17 +506,55 @@ def play_and_summarize(config: ExperimentConfig, components, questions_by_datase
             )
             trajectories.extend(group.trajectories[0] for group in groups)
         results.update(summarize(trajectories, dataset_name, group_by=group_by))
+        if episodes is not None:
+            episodes.extend((dataset_name, trajectory) for trajectory in trajectories)
     return results
 
 
 def evaluate(
     config: ExperimentConfig, checkpoint_path: str, questions_by_dataset: dict[str, list] | None = None,
-    group_by: str = "structure",
+    group_by: str = "structure", episodes: list | None = None,
 ) -> dict:
-    """One episode per question with the model at checkpoint_path; the contract summary."""
+    """One episode per question with the model at checkpoint_path; the contract summary (`episodes`: as in
+    play_and_summarize)."""
     if questions_by_dataset is None:
         questions_by_dataset = load_eval_questions(config)
-    return play_and_summarize(config, build_eval_components(config, checkpoint_path), questions_by_dataset, group_by)
+    return play_and_summarize(config, build_eval_components(config, checkpoint_path), questions_by_dataset, group_by,
+                              episodes)
+
+
+def episode_row(dataset: str, trajectory: Trajectory, checkpoint: str) -> dict:
+    """One line of `fanout eval --episodes`: the question, what the policy did round by round, and its figures."""
+    question = trajectory.question
+    row = {
+        "checkpoint": checkpoint, "dataset": dataset, "id": question.id, "structure": question.structure,
+        "question": question.question, "answers": list(question.answers), "prediction": trajectory.final_answer,
+        "figures": question_figures(trajectory, protocol_format_is_valid), "truncated": trajectory.truncated,
+        "turns": [
+            {"text": turn.text, "answer": turn.answer, "invalid": turn.invalid,
+             "calls": [{"name": call.name, "arguments": call.arguments, "observation": call.observation,
+                        "error": call.error} for call in turn.calls]}
+            for turn in trajectory.turns
+        ],
+    }
+    task = question.metadata.get("app_task")
+    if task:
+        from rewards.apps import verify_trajectory
+
+        verdict = verify_trajectory(trajectory)
+        row["gold_rounds"] = task["gold_rounds"]
+        row["verdict"] = {"state_ok": verdict.state_ok, "answer_ok": verdict.answer_ok, "problems": verdict.problems}
+    return row
+
+
+def write_episodes(episodes: list[tuple[str, Trajectory, str]], path: str | Path) -> Path:
+    """`fanout eval --episodes FILE`: one JSON line per episode (episode_row), in evaluation order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for dataset, trajectory, checkpoint in episodes:
+            handle.write(json.dumps(episode_row(dataset, trajectory, checkpoint), default=str) + "\n")
+    return path
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
@@ -611,13 +656,21 @@ def evaluate_command(
     out: str | None = None,
     compare: list[str] | tuple[str, str] | None = None,
     group_by: str = "structure",
+    episodes: str | None = None,
 ) -> int:
-    """`fanout eval`: print the table (or the A/B comparison) and write the JSON; returns the exit code."""
+    """`fanout eval`: print the table (or the A/B comparison) and write the JSON (and, with `episodes`, every
+    episode as a JSON line, write_episodes); returns the exit code."""
     if group_by not in GROUPINGS:
         raise ConfigError(f"--group-by {group_by!r} is not one of {', '.join(GROUPINGS)}")
+    played: dict[str, list] = {}
+
+    def run(path: str, label: str) -> dict:
+        collected = played.setdefault(label, []) if episodes else None
+        return evaluate(config, path, group_by=group_by, episodes=collected)
+
     if compare:
         path_a, path_b = (resolve_model_path(config, path) for path in compare)
-        results_a, results_b = (evaluate(config, path, group_by=group_by) for path in (path_a, path_b))
+        results_a, results_b = run(path_a, "A"), run(path_b, "B")
         print(budget_line(config))
         print(compare_table(results_a, results_b))
         written = write_results(
@@ -625,9 +678,13 @@ def evaluate_command(
             out or config.run_dir / "eval_compare.json",
         )
     else:
-        results = evaluate(config, resolve_model_path(config, checkpoint), group_by=group_by)
+        model_path = resolve_model_path(config, checkpoint)
+        results = run(model_path, model_path)
         print(budget_line(config))
         print(format_table(results))
         written = write_results(results, out or config.run_dir / "eval.json")
     print(f"wrote {written}")
+    if episodes:
+        rows = [(dataset, trajectory, label) for label, pairs in played.items() for dataset, trajectory in pairs]
+        print(f"wrote {write_episodes(rows, episodes)} ({len(rows)} episodes)")
     return 0

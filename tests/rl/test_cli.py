@@ -90,7 +90,7 @@ def test_eval_fresh_world_evaluates_the_redrawn_world_whether_or_not_out_is_give
 
     seen = {}
 
-    def capture(config, checkpoint=None, out=None, compare=None, group_by="structure"):
+    def capture(config, checkpoint=None, out=None, compare=None, group_by="structure", episodes=None):
         seen.update(world_seed=config.data.world.seed, world_dir=config.data.world_dir, out=out)
         return 0
 

@@ -56,3 +56,23 @@ def test_qa_rows_have_no_success(world_and_dir):
                      "world")["world"]
     assert "success" not in rows["single"] and "success" not in rows["all"]
     assert "success" not in format_table({"world": rows}).splitlines()[0]
+
+
+def test_episode_rows_carry_the_gold_rounds_and_the_verifiers_verdict(world_and_dir, tmp_path):
+    import json
+
+    from rl.app.evaluate import write_episodes
+
+    world, folder = world_and_dir
+    chain = first_task(world, "chain", 2)
+    (question,) = apps_questions([chain], folder)
+    right = apps_trajectory(question, chain.gold_rounds, chain.answers[0], gold_end_state(chain, world.base_state))
+    nothing_written = apps_trajectory(question, chain.gold_rounds, chain.answers[0], world.base_state)
+    path = write_episodes([("apps", right, "ckpt"), ("apps", nothing_written, "ckpt")], tmp_path / "episodes.jsonl")
+    good, bad = (json.loads(line) for line in path.read_text().splitlines())
+    assert good["gold_rounds"] == chain.gold_rounds and good["id"] == chain.id
+    assert good["verdict"] == {"state_ok": True, "answer_ok": True, "problems": []}
+    assert good["figures"]["success"] == 1.0 and good["prediction"] == chain.answers[0]
+    assert [[call["name"] for call in turn["calls"]] for turn in good["turns"] if turn["calls"]] == \
+        [[call["name"] for call in calls] for calls in chain.gold_rounds]
+    assert bad["verdict"]["state_ok"] is False and bad["verdict"]["problems"] and bad["figures"]["success"] == 0.0

@@ -214,7 +214,7 @@ def test_cli_search_budget_sets_the_budget_of_the_evaluation(tmp_path, monkeypat
 
     seen = {}
 
-    def fake_evaluate(config, path, group_by):
+    def fake_evaluate(config, path, group_by, episodes=None):
         seen["max_turns"], seen["group_by"] = config.rollout.max_turns, group_by
         return {"world": {"all": {name: 1.0 for name in METRIC_NAMES}}}
 
@@ -360,9 +360,22 @@ def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint
     checkpoint.mkdir(parents=True)
     (checkpoint / "model").symlink_to(tiny_checkpoint, target_is_directory=True)
 
-    assert evaluate_command(config, checkpoint=str(checkpoint)) == 0
+    episodes_file = tmp_path / "episodes.jsonl"
+    assert evaluate_command(config, checkpoint=str(checkpoint), episodes=str(episodes_file)) == 0
     results = json.loads((tmp_path / "quickstart" / "eval.json").read_text())
     expected_structures = [question.structure for question in tiny_world.splits["test"][:6]]
+    # --episodes: one row per question, in order, whose figures average to the table's
+    rows = [json.loads(line) for line in episodes_file.read_text().splitlines()]
+    assert [row["id"] for row in rows] == [question.id for question in tiny_world.splits["test"][:6]]
+    assert {row["dataset"] for row in rows} == {"world"} and {row["checkpoint"] for row in rows} == {str(checkpoint / "model")}
+    for name in ("em", "model_calls", "tool_calls"):
+        assert sum(row["figures"][name] for row in rows) / 6 == pytest.approx(results["world"]["all"][name])
+    for row in rows:
+        assert len(row["turns"]) == row["figures"]["model_calls"]
+        assert sum(len(turn["calls"]) for turn in row["turns"]) == row["figures"]["tool_calls"]
+        assert all(set(call) == {"name", "arguments", "observation", "error"} for turn in row["turns"]
+                   for call in turn["calls"])
+        assert row["answers"] and "verdict" not in row  # QA rows carry no apps verdict
     assert list(results) == ["world"]
     assert results["world"]["all"]["n"] == 6
     for structure in set(expected_structures):
@@ -372,7 +385,7 @@ def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint
         assert 1 <= figures["model_calls"] <= 3  # max_turns rounds + the forced-answer round
         assert 0.0 <= figures["em"] <= figures["f1"] <= 1.0
     printed = capsys.readouterr().out
-    assert "| world | all | 6 |" in printed and "eval.json" in printed
+    assert "| world | all | 6 |" in printed and "eval.json" in printed and "(6 episodes)" in printed
 
 
 def test_compare_command_writes_both_results_and_prints_ratios(tmp_path, monkeypatch, capsys):
@@ -396,7 +409,7 @@ def test_compare_command_writes_both_results_and_prints_ratios(tmp_path, monkeyp
         str(model_a): {"world": {"all": figures}},
         str(model_b): {"world": {"all": {**figures, "model_calls": 2.0, "subqueries_per_round": 2.0}}},
     }
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda config, path, group_by: canned[path])
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda config, path, group_by, episodes=None: canned[path])
     config = load_config(QUICKSTART, [f"experiment.output_dir={tmp_path}"])
     out = tmp_path / "comparison.json"
 
