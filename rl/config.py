@@ -59,6 +59,10 @@ class TinyModelConfig:
     # How the tokenizer splits numbers: "pairs" (a year is two tokens of about a hundred, " 19" "87", each seen in many
     # years) or "whole" (every number 0-2099 is one token, " 1987"; the vocabulary grows by the ~2400 tokens it takes)
     numbers: str = "pairs"
+    # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address,
+    # SKU, file path and order id of its base state (rl/app/apps_env.py apps_identifiers), so that the model copies
+    # an argument in one step instead of 4-7 pieces; the QA world has none (its names are whole words already).
+    whole_identifiers: bool = True
 
 
 @dataclass

@@ -78,6 +78,19 @@ def apps_tokenizer_texts(world: AppsWorld) -> list[str]:
     return texts
 
 
+def apps_identifiers(world: AppsWorld) -> list[str]:
+    """The base state's identifiers a task's calls copy: contact names and e-mail addresses, SKUs, file paths
+    and order ids (model.tiny.whole_identifiers makes each one token of the tiny tokenizer)."""
+    state = world.base_state
+    identifiers = {state["user"]["email"]}
+    for contact in state["contacts"].values():
+        identifiers.update((contact["name"], contact["email"]))
+    identifiers.update(state["products"])
+    identifiers.update(state["files"])
+    identifiers.update(state["orders"])
+    return sorted(identifiers)
+
+
 def choose_solver_modes(tasks: list, parallel_fraction: float, rng: random.Random) -> list[str]:
     """"parallel" for a parallel_fraction share of the tasks with a round of several calls; else "sequential"."""
     if not 0.0 <= parallel_fraction <= 1.0:
@@ -149,10 +162,10 @@ def apps_warm_start_source(config: ExperimentConfig, world: AppsWorld) -> Any:
     from rl.app.sft import WarmStartSource
 
     return WarmStartSource(questions=apps_split_questions(config, world, "train"),
-                           texts=apps_tokenizer_texts(world),
+                           texts=apps_tokenizer_texts(world), identifiers=apps_identifiers(world),
                            dataset_builder=build_apps_sft_dataset)
 
 
-__all__ = ["APPS_DATASET_NAME", "apps_server_config", "apps_split_questions", "apps_tokenizer_texts",
+__all__ = ["APPS_DATASET_NAME", "apps_identifiers", "apps_server_config", "apps_split_questions", "apps_tokenizer_texts",
            "apps_warm_start_source", "apps_world_directory", "build_apps_sft_dataset", "choose_solver_modes",
            "prepare_apps", "solver_dataset"]

@@ -37,7 +37,7 @@ from data.apps.tasks import APPS_ENVIRONMENT
 from data.apps.world import AppsWorld
 from data.mixture import mix_questions, share_counts
 from data.types import QA_ENVIRONMENT, Question
-from rl.app.apps_env import APPS_DATASET_NAME, apps_split_questions, apps_tokenizer_texts, prepare_apps
+from rl.app.apps_env import APPS_DATASET_NAME, apps_identifiers, apps_split_questions, apps_tokenizer_texts, prepare_apps
 from rl.config import ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def mixed_warm_start_source(config: ExperimentConfig, worlds: MixedWorlds, quest
 
     return WarmStartSource(questions=questions, world=worlds.qa_world,
                            texts=world_texts(worlds.qa_world) + apps_tokenizer_texts(worlds.apps_world),
+                           identifiers=apps_identifiers(worlds.apps_world),
                            dataset_builder=build_mixed_sft_dataset)
 
 

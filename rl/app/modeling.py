@@ -71,9 +71,12 @@ def number_texts(numbers: str) -> list[str]:
     return [spaced, glued] * WHOLE_NUMBER_REPEATS
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str = "pairs") -> PreTrainedTokenizerFast:
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str = "pairs",
+                    whole_tokens: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts`; protocol tags and chat markers are single, unsplittable tokens.
-    `numbers` ("pairs" or "whole", above) says how numbers are cut; "whole" adds its own vocabulary room."""
+    `numbers` ("pairs" or "whole", above) says how numbers are cut; "whole" adds its own vocabulary room.
+    `whole_tokens` are strings that become one token each wherever they occur (an environment's identifiers,
+    e.g. the apps world's e-mail addresses and SKUs), so the model copies one in one step."""
     extra_texts = number_texts(numbers)
     if extra_texts:
         texts, vocab_size = itertools.chain(texts, extra_texts), vocab_size + WHOLE_NUMBER_VOCABULARY
@@ -94,6 +97,10 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str =
     tokenizer.train_from_iterator(texts, trainer=trainer)
     # Added (not special) tokens: matched before BPE, kept when decoding with skip_special_tokens.
     tokenizer.add_tokens(PROTOCOL_TAGS + [SUBQUERY_SEPARATOR])
+    identifiers = sorted(set(whole_tokens) - set(PROTOCOL_TAGS) - {SUBQUERY_SEPARATOR})
+    if any(not identifier or identifier != identifier.strip() for identifier in identifiers):
+        raise ValueError("whole tokens must be non-empty and carry no leading or trailing whitespace")
+    tokenizer.add_tokens(identifiers)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS_TOKEN,
@@ -132,10 +139,10 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, tiny: TinyModelConfig, 
 
 
 def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tiny: TinyModelConfig,
-                           seed: int = 0) -> Path:
+                           seed: int = 0, whole_tokens: Iterable[str] = ()) -> Path:
     """Train the tokenizer, build the model, save both with save_pretrained; returns the folder."""
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers)
+    tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers, whole_tokens)
     model = build_tiny_model(tokenizer, tiny, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -40,7 +40,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -102,6 +102,8 @@ class WarmStartSource:
     corpus_path: str = ""  # a corpus file ("" when retriever.backend=http serves it)
     world: Any = None  # data.world.World when the data is the generated world
     texts: list[str] | None = None  # the tokenizer's texts of another environment (the apps: rl/app/apps_env.py)
+    # strings the tiny tokenizer keeps as one token each (model.tiny.whole_identifiers; the apps world's ids)
+    identifiers: list[str] = field(default_factory=list)
     # another environment's demonstrations: fn(config, tokenizer) -> Dataset (input_ids, completion_mask)
     dataset_builder: Callable[[Any, Any], Any] | None = None
 
@@ -329,7 +331,9 @@ def ensure_warm_start(config: ExperimentConfig, source: WarmStartSource) -> Path
         if not is_saved_model(base_dir):
             logger.info("building the tiny model and its tokenizer in %s", base_dir)
             staging_dir = staging_folder(base_dir)
-            create_tiny_checkpoint(staging_dir, source.tokenizer_texts(), config.model.tiny, seed=config.experiment.seed)
+            whole_tokens = source.identifiers if config.model.tiny.whole_identifiers else ()
+            create_tiny_checkpoint(staging_dir, source.tokenizer_texts(), config.model.tiny, seed=config.experiment.seed,
+                                   whole_tokens=whole_tokens)
             publish(staging_dir, base_dir)
     if not config.sft.enabled:
         return base_dir

@@ -93,3 +93,24 @@ def test_numbers_are_digit_pairs_by_default_and_one_token_each_when_whole():
     assert whole.decode(whole.encode("born 12345 or 1987.", add_special_tokens=False)) == "born 12345 or 1987."
     with pytest.raises(ValueError, match="model.tiny.numbers"):
         build_tokenizer(TEXTS, vocab_size=400, numbers="digits")
+
+
+def test_whole_tokens_are_one_token_wherever_they_occur_and_decode_losslessly(tmp_path):
+    identifiers = ["zosgond.pinkresi@postra.example", "SKU-7230", "/notes/wishlist-1.txt", "Zosgond Pinkresi"]
+    texts = TEXTS + ['{"to": "zosgond.pinkresi@postra.example", "sku": "SKU-7230"}'] * 5
+    plain = build_tokenizer(texts, vocab_size=400)
+    whole = build_tokenizer(texts, vocab_size=400, whole_tokens=identifiers)
+    assert len(whole) == len(plain) + len(identifiers)
+    for identifier in identifiers:
+        assert len(plain.tokenize(identifier)) > 1
+        for context in (f" {identifier},", f'"{identifier}"', f"read {identifier}."):
+            assert identifier in whole.tokenize(context), context  # the same token after a space or a quote
+            ids = whole.encode(context, add_special_tokens=False)
+            assert whole.decode(ids) == context
+    with pytest.raises(ValueError, match="whitespace"):
+        build_tokenizer(TEXTS, vocab_size=400, whole_tokens=[" SKU-1"])
+    whole.save_pretrained(tmp_path)  # and it survives saving and loading as a model's tokenizer
+    build_tiny_model(whole, TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            num_key_value_heads=1, intermediate_size=64)).save_pretrained(tmp_path)
+    _, loaded = load_model_and_tokenizer(str(tmp_path))
+    assert "SKU-7230" in loaded.tokenize('{"sku": "SKU-7230"}')

@@ -170,9 +170,10 @@ def test_warm_start_from_question_files_and_a_corpus_file(tmp_path, tiny_world, 
     tokenizer_texts = []
     real_create = rl.app.sft.create_tiny_checkpoint
 
-    def recording_create(out_dir, texts, tiny, seed=0):
+    def recording_create(out_dir, texts, tiny, seed=0, whole_tokens=()):
         tokenizer_texts.extend(texts)
-        return real_create(out_dir, tokenizer_texts, tiny, seed=seed)
+        assert not list(whole_tokens)  # question files carry no identifiers
+        return real_create(out_dir, tokenizer_texts, tiny, seed=seed, whole_tokens=whole_tokens)
 
     monkeypatch.setattr(rl.app.sft, "create_tiny_checkpoint", recording_create)
     config = small_config(tmp_path, max_steps=2)

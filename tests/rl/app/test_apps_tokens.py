@@ -1,0 +1,60 @@
+"""model.tiny.whole_identifiers on the apps world: every identifier a task's gold calls copy (a contact's name or
+e-mail address, a SKU, a file path of the base state, an order id) is one token of the tiny tokenizer, in the
+instruction and in the call alike; with the key off the tokenizer has no such tokens."""
+
+from __future__ import annotations
+
+import json
+
+from data.apps.world import generate_apps_world
+from data.config import AppsWorldConfig
+from rl.app.apps_env import apps_identifiers, apps_tokenizer_texts
+from rl.app.modeling import build_tokenizer
+from rl.app.sft import WarmStartSource, ensure_warm_start
+from rl.config import load_config
+
+WORLD = generate_apps_world(AppsWorldConfig(seed=3, num_train=40, num_validation=10, num_test=20))
+
+
+def copied_arguments(task) -> list[str]:
+    """The string arguments of the task's gold calls that come from the base state (not written text)."""
+    values = []
+    for calls in task.gold_rounds:
+        for call in calls:
+            for name, value in call["arguments"].items():
+                for item in value if isinstance(value, list) else [value]:
+                    if name in ("sku", "email", "to", "from_email", "ship_to", "attendees", "order_id", "text") or \
+                            (name == "path" and item in WORLD.base_state["files"]):
+                        values.append(item)
+    return values
+
+
+def test_every_copied_argument_is_one_token_in_the_instruction_and_in_the_call():
+    identifiers = set(apps_identifiers(WORLD))
+    tokenizer = build_tokenizer(apps_tokenizer_texts(WORLD), vocab_size=2048, whole_tokens=identifiers)
+    checked = 0
+    for task in WORLD.splits["train"] + WORLD.splits["test"]:
+        for value in copied_arguments(task):
+            assert value in identifiers, (task.family, value)
+            call_tokens = tokenizer.tokenize(json.dumps({"arguments": {"x": value}}))
+            assert value in call_tokens, (task.family, value)
+            if value in task.instruction:
+                assert value in tokenizer.tokenize(task.instruction), (task.family, value)
+            checked += 1
+    assert checked > 100
+
+
+def test_whole_identifiers_off_builds_the_plain_tokenizer(tmp_path):
+    texts, identifiers = apps_tokenizer_texts(WORLD), apps_identifiers(WORLD)
+    source = WarmStartSource(questions=[], texts=texts, identifiers=identifiers)
+    sizes = {}
+    for flag in (True, False):
+        config = load_config("configs/apps_quickstart.yaml", [f"experiment.output_dir={tmp_path / str(flag)}",
+                                                              "sft.enabled=false", f"model.tiny.whole_identifiers={flag}"])
+        from rollouts.model_loading import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(str(ensure_warm_start(config, source)))
+        sizes[flag] = len(tokenizer)
+        assert model.config.vocab_size == len(tokenizer)
+        assert (identifiers[0] in tokenizer.tokenize(f" {identifiers[0]}")) is flag
+    assert sizes[True] - sizes[False] == len(identifiers)
