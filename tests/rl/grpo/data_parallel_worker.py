@@ -64,6 +64,11 @@ def main() -> None:
     out_dir, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
     for case in cases:
         run_case(case, out_dir)
+    # Leave the group together: a rank that exits with the group alive can abort in gloo's teardown
+    # ("terminate called without an active exception", SIGABRT), failing a run whose work is done.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
