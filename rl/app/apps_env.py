@@ -166,6 +166,6 @@ def apps_warm_start_source(config: ExperimentConfig, world: AppsWorld) -> Any:
                            dataset_builder=build_apps_sft_dataset)
 
 
-__all__ = ["APPS_DATASET_NAME", "apps_identifiers", "apps_server_config", "apps_split_questions", "apps_tokenizer_texts",
-           "apps_warm_start_source", "apps_world_directory", "build_apps_sft_dataset", "choose_solver_modes",
+__all__ = ["APPS_DATASET_NAME", "apps_identifiers", "apps_server_config", "apps_split_questions",
+           "apps_tokenizer_texts", "apps_warm_start_source", "apps_world_directory", "build_apps_sft_dataset", "choose_solver_modes",
            "prepare_apps", "solver_dataset"]

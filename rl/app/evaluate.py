@@ -549,12 +549,10 @@ def episode_row(dataset: str, trajectory: Trajectory, checkpoint: str) -> dict:
 
 def write_episodes(episodes: list[tuple[str, Trajectory, str]], path: str | Path) -> Path:
     """`fanout eval --episodes FILE`: one JSON line per episode (episode_row), in evaluation order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for dataset, trajectory, checkpoint in episodes:
-            handle.write(json.dumps(episode_row(dataset, trajectory, checkpoint), default=str) + "\n")
-    return path
+    from data.corpus import write_jsonl
+
+    return write_jsonl(path, (episode_row(dataset, trajectory, checkpoint)
+                              for dataset, trajectory, checkpoint in episodes))
 
 
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:

@@ -37,7 +37,8 @@ from data.apps.tasks import APPS_ENVIRONMENT
 from data.apps.world import AppsWorld
 from data.mixture import mix_questions, share_counts
 from data.types import QA_ENVIRONMENT, Question
-from rl.app.apps_env import APPS_DATASET_NAME, apps_identifiers, apps_split_questions, apps_tokenizer_texts, prepare_apps
+from rl.app.apps_env import (APPS_DATASET_NAME, apps_identifiers, apps_split_questions, apps_tokenizer_texts,
+                              prepare_apps)
 from rl.config import ExperimentConfig
 
 logger = logging.getLogger(__name__)

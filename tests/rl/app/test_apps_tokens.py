@@ -12,6 +12,7 @@ from rl.app.apps_env import apps_identifiers, apps_tokenizer_texts
 from rl.app.modeling import build_tokenizer
 from rl.app.sft import WarmStartSource, ensure_warm_start
 from rl.config import load_config
+from rollouts.model_loading import load_model_and_tokenizer
 
 WORLD = generate_apps_world(AppsWorldConfig(seed=3, num_train=40, num_validation=10, num_test=20))
 
@@ -51,8 +52,6 @@ def test_whole_identifiers_off_builds_the_plain_tokenizer(tmp_path):
     for flag in (True, False):
         config = load_config("configs/apps_quickstart.yaml", [f"experiment.output_dir={tmp_path / str(flag)}",
                                                               "sft.enabled=false", f"model.tiny.whole_identifiers={flag}"])
-        from rollouts.model_loading import load_model_and_tokenizer
-
         model, tokenizer = load_model_and_tokenizer(str(ensure_warm_start(config, source)))
         sizes[flag] = len(tokenizer)
         assert model.config.vocab_size == len(tokenizer)

@@ -367,7 +367,8 @@ def test_evaluate_command_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint
     # --episodes: one row per question, in order, whose figures average to the table's
     rows = [json.loads(line) for line in episodes_file.read_text().splitlines()]
     assert [row["id"] for row in rows] == [question.id for question in tiny_world.splits["test"][:6]]
-    assert {row["dataset"] for row in rows} == {"world"} and {row["checkpoint"] for row in rows} == {str(checkpoint / "model")}
+    assert {row["dataset"] for row in rows} == {"world"}
+    assert {row["checkpoint"] for row in rows} == {str(checkpoint / "model")}
     for name in ("em", "model_calls", "tool_calls"):
         assert sum(row["figures"][name] for row in rows) / 6 == pytest.approx(results["world"]["all"][name])
     for row in rows:
