@@ -11,7 +11,8 @@ Failures never crash a rollout. A tool result with `isError` is an error observa
 text; a call past the server's `timeout_s` is a timeout error; when the server dies (a crash, a kill)
 the calls in flight become error observations and the next call starts it again (`restarts` counts
 it). Each call carries its episode id in the request `_meta` (`fanout-rl/episode`), so a stateful server
-(the apps server, data/apps/server.py) keeps one state per episode; `episode_state` / `end_episode`
+(the apps server, data/apps/server.py) keeps one state per episode, and its question's partition when it has
+one (`fanout-rl/partition`: the apps server's training world); `episode_state` / `end_episode`
 call the server's control tools when it has them.
 
 Each server connection lives on an event loop of its own in a background thread: the `mcp` client is
@@ -37,14 +38,15 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 from mcp import types as mcp_types
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 from data.errors import ConfigError
-from data.mcp_meta import CONTROL_META_KEY, EPISODE_META_KEY
+from data.mcp_meta import CONTROL_META_KEY, EPISODE_META_KEY, PARTITION_META_KEY
 from rollouts.config import McpServerConfig
 from rollouts.tools import ToolFailure, ToolResult
 
@@ -66,6 +68,26 @@ def server_parameters(config: McpServerConfig) -> StdioServerParameters:
     command = sys.executable if config.command == "python" else config.command
     inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
     return StdioServerParameters(command=command, args=list(config.args), env={**inherited, **config.env})
+
+
+def server_error_stream() -> TextIO:
+    """Where a server's stderr goes: this process's stderr when it is a real file. The `mcp` SDK's default is
+    the sys.stderr of the moment it was imported, which under a notebook or a capturing test runner is an
+    object without a file descriptor, and then no server can start (io.UnsupportedOperation: fileno)."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+            continue
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - kept open for every later server
+    return _DEVNULL
+
+
+_DEVNULL: TextIO | None = None
 
 
 def result_text(result: mcp_types.CallToolResult) -> str:
@@ -109,9 +131,10 @@ class McpConnection:
             raise ToolFailure(f"MCP server {self.config.name!r}: the connection is closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
-    async def call_tool(self, name: str, arguments: dict, episode_id: str = "") -> mcp_types.CallToolResult:
+    async def call_tool(self, name: str, arguments: dict, episode_id: str = "",
+                        partition: str | None = None) -> mcp_types.CallToolResult:
         """tools/call on the server (cancelling the await cancels the request)."""
-        return await asyncio.wrap_future(self._submit(self._call_tool(name, arguments, episode_id)))
+        return await asyncio.wrap_future(self._submit(self._call_tool(name, arguments, episode_id, partition)))
 
     def call_tool_sync(self, name: str, arguments: dict, episode_id: str = "") -> mcp_types.CallToolResult:
         return self._submit(self._call_tool(name, arguments, episode_id)).result()
@@ -150,7 +173,7 @@ class McpConnection:
         """Holds the client session open (the `async with` must enter and exit in one task) until `stop`."""
         try:
             # no session-wide read timeout: it would also bound the handshake of a slowly starting server
-            async with Client(self.parameters) as client:
+            async with Client(stdio_client(self.parameters, errlog=server_error_stream())) as client:
                 ready.set_result(client)
                 await stop.wait()
         except BaseException as error:  # noqa: BLE001 - a dead server must not take the loop down
@@ -167,13 +190,17 @@ class McpConnection:
             if self._serve_task is not None:
                 await asyncio.wait({self._serve_task}, timeout=10)
 
-    async def _call_tool(self, name: str, arguments: dict, episode_id: str) -> mcp_types.CallToolResult:
+    async def _call_tool(self, name: str, arguments: dict, episode_id: str,
+                         partition: str | None = None) -> mcp_types.CallToolResult:
         client = await self._connected()
+        meta = {EPISODE_META_KEY: episode_id} if episode_id else {}
+        if partition:
+            meta[PARTITION_META_KEY] = partition
         try:
             # The executor enforces timeout_s (and cancels the call); this only bounds calls made without it
             # (the control tools), well after the executor's timeout so the two never race.
             return await client.call_tool(name, arguments, read_timeout_seconds=2 * self.config.timeout_s + 5,
-                                          meta={EPISODE_META_KEY: episode_id} if episode_id else None)
+                                          meta=meta or None)
         except MCPError as error:
             if error.code != mcp_types.CONNECTION_CLOSED:
                 raise ToolFailure(f"MCP server {self.config.name!r} refused {name}: {error}") from None
@@ -223,6 +250,7 @@ class McpTool:
     """One tool of an MCP server, as the ToolExecutor sees a tool (name, description, schema, async call)."""
 
     takes_episode = True  # the executor passes each call's episode id
+    takes_corpus_partition = True  # and its question's partition (the apps server's training world)
 
     def __init__(self, connection: McpConnection, listed: mcp_types.Tool):
         self.connection = connection
@@ -231,8 +259,8 @@ class McpTool:
         self.parameters = dict(listed.input_schema)
         self.timeout_s = connection.config.timeout_s
 
-    async def call(self, arguments: dict, episode_id: str = "") -> ToolResult:
-        result = await self.connection.call_tool(self.name, arguments, episode_id)
+    async def call(self, arguments: dict, episode_id: str = "", corpus_partition: str | None = None) -> ToolResult:
+        result = await self.connection.call_tool(self.name, arguments, episode_id, corpus_partition)
         text = result_text(result)
         if result.is_error:
             return ToolResult(observation=f"Error: {text}", error=text or f"{self.name} failed")

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import textwrap
+import sys
 import time
 
 import pytest
@@ -113,7 +114,7 @@ def test_two_concurrent_episodes_on_one_server_keep_separate_state(apps_executor
     assert "/docs/budget-agenda.txt" in state_a["files"]
     assert "/docs/budget-agenda.txt" not in apps_executor.episode_state("b")["apps"]["files"]
     apps_executor.end_episode("a")
-    assert "/mine.txt" not in apps_executor.episode_state("a")["apps"]["files"]  # forgotten: fresh again
+    assert "apps" not in apps_executor.episode_state("a")  # forgotten: no state until its next call
 
 
 def test_gold_rounds_played_concurrently_in_episodes_pass_their_verifiers(apps_executor, apps_world):
@@ -213,3 +214,18 @@ def test_a_server_that_cannot_start_is_a_config_error_naming_it(tmp_path):
     server = McpServerConfig(name="broken", command="python", args=[str(broken)], startup_timeout_s=20)
     with pytest.raises(ConfigError, match=r"tools.mcp_servers\[broken\]: MCP server 'broken' could not start"):
         build_tools(ToolsConfig(enabled=[], mcp_servers=[server]), RetrieverConfig(), retriever=None)
+
+
+def test_a_server_starts_when_this_processs_stderr_has_no_file_descriptor(tiny_server_path, monkeypatch):
+    import io
+
+    from rollouts.mcp_tools import server_error_stream
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a notebook's or a capturing runner's stderr
+    assert server_error_stream() is sys.__stderr__
+    environment = tiny_environment(tiny_server_path)
+    try:
+        (call,) = environment.executor.run_turn_sync([ToolCall("pid", {})])
+        assert call.error is None and call.observation.isdigit()
+    finally:
+        environment.executor.close()
