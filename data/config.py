@@ -36,7 +36,12 @@ class AppsWorldConfig:
     num_people: int = 24  # contacts (each with a calendar and maybe mail in the inbox)
     num_products: int = 24  # products in the shop
     num_days: int = 5  # calendar days 1..num_days (working hours 9 to 17)
-    num_train: int = 1000  # training tasks
+    num_train: int = 1000  # training tasks (over the base world and the training worlds, split evenly)
+    # Training tasks also come from this many extra apps worlds (w1, w2, ...), each with its own names and
+    # re-drawn records (contacts, calendars, mail, files, shop); validation and test act on the base world
+    # only, so a policy cannot solve a test task from arguments it learnt by heart: it has to copy them from the
+    # instruction and read them from what the tools return. 0: every task acts on the base world.
+    train_worlds: int = 0
     num_validation: int = 100  # validation tasks
     num_test: int = 150  # test tasks
     # Share of each dependency structure in every split: "independent" (one round of parallel calls),

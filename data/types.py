@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass, field
 STRUCTURES = ("parallel", "sequential", "single")
 ENVIRONMENT_KEY = "environment"  # Question.metadata: the environment the question belongs to ("apps", ...)
 QA_ENVIRONMENT = "qa"  # the environment of a question that names none: question answering with search
+# Question.metadata: the part of the tools' world a question is about. Its tool calls carry it: a search stays
+# in that corpus partition (data/world.py, train_worlds), the apps server starts the episode from that world's
+# state (data/apps/world.py, train_worlds). Absent: the whole corpus, the base world.
+PARTITION_KEY = "corpus_partition"
 
 
 def question_environment(question: "Question") -> str:

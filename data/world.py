@@ -51,7 +51,7 @@ from data.config import WorldConfig
 from data.corpus import iter_jsonl, load_corpus, write_corpus, write_jsonl
 from data.errors import DataError
 from data.registry import Registry
-from data.types import Question
+from data.types import PARTITION_KEY, Question
 from data.world_templates import (
     CHAINS_BY_HOPS,
     COMPARISONS,
@@ -418,7 +418,7 @@ def generate_questions(entity_sets: list[list[Entity]], config: WorldConfig) -> 
                 drawn = _sample_unique(structure, share, indexes[set_index], rng, used_keys[set_index])
                 if len(indexes) > 1:  # names recur across the sets: a search must stay inside the question's set
                     for question in drawn:
-                        question.metadata["corpus_partition"] = partition_prefix(set_index).rstrip("/")
+                        question.metadata[PARTITION_KEY] = partition_prefix(set_index).rstrip("/")
                 questions.extend(drawn)
         rng.shuffle(questions)
         for position, question in enumerate(questions):

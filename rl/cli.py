@@ -77,8 +77,12 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rl.app.registries import load_experiment
     from rl.app.train import train
+    from rl.grpo.deepspeed_setup import leave_distributed
 
-    train(load_experiment(args.config, args.overrides))
+    try:
+        train(load_experiment(args.config, args.overrides))
+    finally:
+        leave_distributed()
     return 0
 
 
@@ -116,8 +120,10 @@ def _cmd_build_apps(args: argparse.Namespace) -> int:
     apps_config = AppsWorldConfig(seed=args.seed)
     if args.num_train is not None:
         apps_config.num_train = args.num_train
+    apps_config.train_worlds = args.train_worlds
     write_apps_world(args.out, apps_config)
-    print(f"wrote the apps world (base_state.json, train/validation/test.jsonl) to {args.out}; serve it with "
+    states = "base_state.json" + (f", base_state-w1..w{args.train_worlds}.json" if args.train_worlds else "")
+    print(f"wrote the apps world ({states}, train/validation/test.jsonl) to {args.out}; serve it with "
           f"python -m data.apps.server --world-dir {args.out}")
     return 0
 
@@ -184,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     build_apps.add_argument("--out", required=True, help="output folder")
     build_apps.add_argument("--seed", type=int, default=0, help="apps world seed (default 0)")
     build_apps.add_argument("--num-train", type=int, default=None, help="training tasks (default 1000)")
+    build_apps.add_argument("--train-worlds", type=int, default=0,
+                            help="re-drawn worlds the training tasks also act on (default 0: the base world only)")
     build_apps.set_defaults(handler=_cmd_build_apps)
 
     serve = commands.add_parser("serve-retriever", help="HTTP retrieval server (Search-R1 compatible /retrieve)")

@@ -499,6 +499,7 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     apps_mix = config.data.apps.structure_mix
     need(set(apps_mix) <= {"independent", "chain", "mixed"} and abs(sum(apps_mix.values()) - 1) < 1e-6,
          "data.apps.structure_mix", "keys are independent/chain/mixed and the shares must sum to 1")
+    need(config.data.apps.train_worlds >= 0, "data.apps.train_worlds", "must be >= 0 (0: the base world only)")
     mix = config.data.world.structure_mix
     need(set(mix) <= set(STRUCTURES) and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")

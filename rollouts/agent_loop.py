@@ -39,7 +39,7 @@ import time
 import uuid
 from typing import Any
 
-from data.types import Question
+from data.types import PARTITION_KEY, Question
 from rollouts.config import RolloutConfig
 from rollouts.batcher import DirectEngine, mix_seed
 from rollouts.engine import GenerationOutput, InferenceEngine
@@ -200,7 +200,7 @@ def act_on_turns(protocol: AgentProtocol, trajectories: list[Trajectory], turns:
             turn.answer = trajectory.final_answer = action.answer
         elif action.kind == "search" and not forced_answer_round:
             turn.calls = action.calls
-            partition = trajectory.question.metadata.get("corpus_partition")
+            partition = trajectory.question.metadata.get(PARTITION_KEY)
             for call in turn.calls:  # a stateful tool acts on this trajectory's own state; a question may confine
                 call.episode_id = trajectory.episode_id  # its searches to one part of the corpus
                 call.corpus_partition = partition

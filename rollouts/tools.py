@@ -68,9 +68,10 @@ class Tool(Protocol):
 # Optional attributes a tool may have: `timeout_s` (its own per-call timeout instead of tools.timeout_s) and
 # `takes_episode = True` (the executor then calls `call(arguments, episode_id=...)` with the call's episode,
 # for tools that keep one state per episode, like those of an MCP server: rollouts/mcp_tools.py).
-# A tool with `takes_corpus_partition = True` (the search tool) is called as
-# `call(arguments, corpus_partition=...)` when the call carries one: the question confines its searches to a
-# partition of the corpus (data.retriever.partition_of; the generated world's entity sets).
+# A tool with `takes_corpus_partition = True` (the search tool, MCP tools) is called with
+# `corpus_partition=...` too when the call carries one: the question confines its searches to a partition of
+# the corpus (data.retriever.partition_of; the generated world's entity sets), or an MCP server starts the
+# episode from that part of its world (the apps server's training worlds).
 
 
 class ToolFailure(RuntimeError):
@@ -329,11 +330,12 @@ class ToolExecutor:
     async def _invoke(self, tool: Tool, call: ToolCall) -> ToolResult:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
+        context: dict[str, Any] = {}
         if getattr(tool, "takes_episode", False):
-            return await tool.call(call.arguments, episode_id=call.episode_id)
+            context["episode_id"] = call.episode_id
         if getattr(tool, "takes_corpus_partition", False) and call.corpus_partition is not None:
-            return await tool.call(call.arguments, corpus_partition=call.corpus_partition)
-        return await tool.call(call.arguments)
+            context["corpus_partition"] = call.corpus_partition
+        return await tool.call(call.arguments, **context)
 
     async def _run_call(self, call: ToolCall) -> None:
         started = time.perf_counter()

@@ -1,7 +1,7 @@
 """The apps' MCP server: the 19 app tools over stdio, built with the `mcp` SDK, one app state per episode.
 
     python -m data.apps.server --seed 0                    # what tools.mcp_servers starts (docs/APPS.md)
-    python -m data.apps.server --world-dir apps_world/     # the base state of a written world
+    python -m data.apps.server --world-dir apps_world/     # the base states of a written world
 
 It is a low-level `mcp.server.lowlevel.Server` (the tools' JSON schemas are declared in
 data/apps/tools.py, not derived from Python signatures). `tools/list` returns the app tools plus two
@@ -10,7 +10,10 @@ control tools that a client keeps from the model (their `_meta` carries `"fanout
 
 Every call names its episode in the request's `_meta` as `"fanout-rl/episode": "<id>"`. The server keeps
 one state per episode, created on the episode's first call as a copy of the base state, so concurrent
-episodes never see each other's changes. A call without that key acts on the shared episode "".
+episodes never see each other's changes. A call without that key acts on the shared episode "". A written
+world with training worlds (AppsWorldConfig.train_worlds) has one base state each: a call whose `_meta`
+names `"fanout-rl/partition": "w1"` starts its episode from world w1's state (the partition of an episode's
+first call decides). `episode_state` of an episode that made no call reports null: it has no state yet.
 Calls run one at a time on the server's event loop (a tool is a few dictionary operations), so each
 call is atomic; `--latency-ms` adds an awaited delay before each call, which models a remote API and
 lets concurrent calls overlap. Arguments are validated against the tool's schema; a bad argument or a
@@ -34,23 +37,38 @@ from mcp.server.stdio import stdio_server
 
 from data.apps.state import fresh_state, generate_base_state
 from data.apps.tools import APP_TOOLS, AppError, call_app_tool
+from data.apps.world import BASE_STATE_FILE, read_world_states
 from data.config import AppsWorldConfig
-from data.mcp_meta import CONTROL_META_KEY, EPISODE_META_KEY
+from data.mcp_meta import CONTROL_META_KEY, EPISODE_META_KEY, PARTITION_META_KEY
 
 EMPTY_OBJECT_SCHEMA = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 class EpisodeStates:
-    """episode id -> that episode's app state, created from the base state on first use, LRU-bounded."""
+    """episode id -> that episode's app state, created on first use from the base state of its world (the base
+    world, or a training world named by its partition), LRU-bounded."""
 
-    def __init__(self, base_state: dict, max_episodes: int = 4096):
+    def __init__(self, base_state: dict, max_episodes: int = 4096, world_states: dict[str, dict] | None = None):
         self.base_state = base_state
+        self.world_states = dict(world_states or {})
         self.max_episodes = max_episodes
         self.states: OrderedDict[str, dict] = OrderedDict()
 
-    def get(self, episode_id: str) -> dict:
+    def start_state(self, partition: str) -> dict:
+        if not partition:
+            return self.base_state
+        if partition not in self.world_states:
+            raise AppError(f"this server holds no apps world {partition!r} (it holds "
+                           f"{', '.join(sorted(self.world_states)) or 'only the base world'})")
+        return self.world_states[partition]
+
+    def peek(self, episode_id: str) -> dict | None:
+        """The episode's state, None when it has made no call yet."""
+        return self.states.get(episode_id)
+
+    def get(self, episode_id: str, partition: str = "") -> dict:
         if episode_id not in self.states:
-            self.states[episode_id] = fresh_state(self.base_state)
+            self.states[episode_id] = fresh_state(self.start_state(partition))
             while len(self.states) > self.max_episodes:
                 self.states.popitem(last=False)
         self.states.move_to_end(episode_id)
@@ -75,24 +93,26 @@ def tool_list() -> list[types.Tool]:
     return tools
 
 
-def build_server(base_state: dict, latency_s: float = 0.0, max_episodes: int = 4096) -> Server:
-    """The MCP server of the apps over `base_state` (not yet running)."""
-    episodes = EpisodeStates(base_state, max_episodes)
+def build_server(base_state: dict, latency_s: float = 0.0, max_episodes: int = 4096,
+                 world_states: dict[str, dict] | None = None) -> Server:
+    """The MCP server of the apps over `base_state` and the training worlds' states (not yet running)."""
+    episodes = EpisodeStates(base_state, max_episodes, world_states)
     tools = tool_list()
 
     async def list_tools(context, params) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(context, params: types.CallToolRequestParams) -> types.CallToolResult:
-        episode_id = str((params.meta or {}).get(EPISODE_META_KEY, ""))
+        meta = params.meta or {}
+        episode_id, partition = str(meta.get(EPISODE_META_KEY, "")), str(meta.get(PARTITION_META_KEY) or "")
         if params.name == "episode_state":
-            return text_result(episodes.get(episode_id))
+            return text_result(json.dumps(episodes.peek(episode_id), ensure_ascii=False))
         if params.name == "episode_end":
             return text_result({"ended": episodes.end(episode_id)})
         if latency_s > 0:
             await anyio.sleep(latency_s)
         try:
-            return text_result(call_app_tool(episodes.get(episode_id), params.name, params.arguments or {}))
+            return text_result(call_app_tool(episodes.get(episode_id, partition), params.name, params.arguments or {}))
         except AppError as error:
             return text_result(str(error), is_error=True)
 
@@ -113,17 +133,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-people", type=int, default=defaults.num_people)
     parser.add_argument("--num-products", type=int, default=defaults.num_products)
     parser.add_argument("--num-days", type=int, default=defaults.num_days)
-    parser.add_argument("--world-dir", default="", help="serve the base_state.json of a written world instead")
+    parser.add_argument("--world-dir", default="",
+                        help="serve the base states of a written world instead (base_state.json, base_state-w<k>.json)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="awaited delay before every app tool call")
     parser.add_argument("--max-episodes", type=int, default=4096, help="episode states kept (least recent dropped)")
     return parser.parse_args(argv)
 
 
-def base_state_from_arguments(arguments: argparse.Namespace) -> dict:
+def states_from_arguments(arguments: argparse.Namespace) -> tuple[dict, dict[str, dict]]:
+    """(the base world's state, {training world: its state}) the server serves."""
     if arguments.world_dir:
-        return json.loads((Path(arguments.world_dir) / "base_state.json").read_text())
+        folder = Path(arguments.world_dir)
+        return json.loads((folder / BASE_STATE_FILE).read_text()), read_world_states(folder)
     return generate_base_state(AppsWorldConfig(seed=arguments.seed, num_people=arguments.num_people,
-                                               num_products=arguments.num_products, num_days=arguments.num_days))
+                                               num_products=arguments.num_products, num_days=arguments.num_days)), {}
 
 
 def server_arguments(config: AppsWorldConfig, latency_ms: float = 0.0) -> list[str]:
@@ -135,8 +158,9 @@ def server_arguments(config: AppsWorldConfig, latency_ms: float = 0.0) -> list[s
 
 def main(argv: list[str] | None = None) -> None:
     arguments = parse_arguments(argv)
-    server = build_server(base_state_from_arguments(arguments), latency_s=arguments.latency_ms / 1000,
-                          max_episodes=arguments.max_episodes)
+    base_state, world_states = states_from_arguments(arguments)
+    server = build_server(base_state, latency_s=arguments.latency_ms / 1000, max_episodes=arguments.max_episodes,
+                          world_states=world_states)
     anyio.run(serve_stdio, server)
 
 

@@ -13,7 +13,8 @@ episode). The apps and their collections:
 - `counters`: the next number of each kind of id the tools create (events, sent mail, orders).
 
 Names are nonce words (data/world.py's NonceNames), so no model knows a contact without looking it up.
-Everything is seeded with one `random.Random`: the same AppsWorldConfig gives the same state.
+Everything is seeded with one `random.Random`: the same AppsWorldConfig gives the same state, and a training
+world (`world_index` > 0) draws its own names and records from its own stream.
 
 What it simplifies on purpose: one user ("me"), whole-hour events, integer prices, no clock (created
 records carry no timestamps, so an end state does not depend on when a call ran).
@@ -120,9 +121,11 @@ def _files(products: dict[str, dict], orders: dict[str, dict], rng: random.Rando
     return files
 
 
-def generate_base_state(config: AppsWorldConfig) -> dict:
-    """The state every episode of this world starts from (deterministic in the config)."""
-    rng = random.Random(f"apps-state-{config.seed}")
+def generate_base_state(config: AppsWorldConfig, world_index: int = 0) -> dict:
+    """The state every episode of this world starts from (deterministic in the config). world_index > 0: the
+    state of training world `w<world_index>` (AppsWorldConfig.train_worlds), the same sizes with its own names
+    and re-drawn records."""
+    rng = random.Random(f"apps-state-{config.seed}" + (f"-w{world_index}" if world_index else ""))
     names = NonceNames(rng)
     contacts = _contacts(config, names, rng)
     products = _products(config, names, rng)

@@ -35,7 +35,7 @@ from data.apps.state import WORK_HOURS
 from data.config import AppsWorldConfig
 from data.errors import DataError
 from data.registry import Registry
-from data.types import ENVIRONMENT_KEY, Question
+from data.types import ENVIRONMENT_KEY, PARTITION_KEY, Question
 
 APPS_ENVIRONMENT = "apps"  # Question.metadata["environment"] of an apps task (rewards and metrics route on it)
 APP_STRUCTURES = ("independent", "chain", "mixed")
@@ -45,6 +45,7 @@ QUESTION_STRUCTURE = {"independent": "parallel", "chain": "sequential", "mixed":
 NOTICE_SUBJECTS = ("Office closed on Friday", "New wifi password", "Fire drill at 3pm", "Parking changes",
                    "Printer moved", "Holiday schedule")
 MAX_DRAWS_PER_TASK = 200
+WORLD_KEY = "world"  # AppTask.metadata: the training world a task acts on (absent: the base world)
 
 
 @dataclass
@@ -70,6 +71,11 @@ class AppTask:
         return len(self.gold_rounds)
 
     @property
+    def world(self) -> str:
+        """The training world the task acts on ("w1", ...; AppsWorldConfig.train_worlds), "" for the base world."""
+        return self.metadata.get(WORLD_KEY, "")
+
+    @property
     def num_calls(self) -> int:
         return sum(len(round_calls) for round_calls in self.gold_rounds)
 
@@ -84,10 +90,14 @@ class AppTask:
             raise DataError(f"not an apps task row ({error})", path, line) from None
 
     def to_question(self) -> Question:
-        """The task as the agent loop's Question (the task's fields in metadata["app_task"])."""
+        """The task as the agent loop's Question (the task's fields in metadata["app_task"]). A training world's
+        task names its world as the question's partition: its calls carry it, and the apps server starts the
+        episode from that world's state."""
+        metadata = {ENVIRONMENT_KEY: APPS_ENVIRONMENT, "app_task": self.to_row()}
+        if self.world:
+            metadata[PARTITION_KEY] = self.world
         return Question(id=self.id, question=self.instruction, answers=list(self.answers),
-                        structure=QUESTION_STRUCTURE[self.structure], source="apps",
-                        metadata={ENVIRONMENT_KEY: APPS_ENVIRONMENT, "app_task": self.to_row()})
+                        structure=QUESTION_STRUCTURE[self.structure], source="apps", metadata=metadata)
 
 
 def call(name: str, **arguments) -> dict:
@@ -335,9 +345,12 @@ def _sample_structure(state: dict, structure: str, count: int, rng: random.Rando
     return tasks
 
 
-def generate_tasks(base_state: dict, config: AppsWorldConfig) -> dict[str, list[AppTask]]:
-    """Train, validation and test tasks over `base_state`, disjoint by uniqueness key, ids `apps-<split>-<n>`."""
-    sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
+def generate_tasks(base_state: dict, config: AppsWorldConfig,
+                   num_train: int | None = None) -> dict[str, list[AppTask]]:
+    """Train, validation and test tasks over `base_state`, disjoint by uniqueness key, ids `apps-<split>-<n>`
+    (num_train: the training tasks of the base world, default config.num_train)."""
+    sizes = {"train": config.num_train if num_train is None else num_train, "validation": config.num_validation,
+             "test": config.num_test}
     seen: set = set()
     splits: dict[str, list[AppTask]] = {}
     for split in SPLIT_ORDER:
@@ -352,5 +365,21 @@ def generate_tasks(base_state: dict, config: AppsWorldConfig) -> dict[str, list[
     return {split: splits[split] for split in ("train", "validation", "test")}
 
 
-__all__ = ["APPS_ENVIRONMENT", "APP_STRUCTURES", "AppTask", "TASK_FAMILIES", "generate_tasks", "register_family",
+def generate_world_tasks(state: dict, config: AppsWorldConfig, world: str, count: int) -> list[AppTask]:
+    """`count` training tasks over the state of training world `world` ("w1", ...), ids `apps-train-<world>-<n>`;
+    each names its world (AppTask.world)."""
+    rng = random.Random(f"apps-tasks-{config.seed}-train-{world}")
+    tasks: list[AppTask] = []
+    seen: set = set()
+    for structure, structure_count in structure_counts(count, config.structure_mix).items():
+        tasks.extend(_sample_structure(state, structure, structure_count, rng, seen))
+    rng.shuffle(tasks)
+    for index, task in enumerate(tasks):
+        task.id = f"apps-train-{world}-{index:05d}"
+        task.metadata[WORLD_KEY] = world
+    return tasks
+
+
+__all__ = ["APPS_ENVIRONMENT", "APP_STRUCTURES", "AppTask", "TASK_FAMILIES", "generate_tasks", "generate_world_tasks",
+           "register_family",
            "structure_counts"]

@@ -5,6 +5,12 @@ test tasks (data/apps/tasks.py) from one AppsWorldConfig, with no download; it c
 round replays on the base state (a generator bug fails here, not in training). `write_apps_world`
 saves it as `base_state.json` and `<split>.jsonl` (one AppTask row each); `load_apps_world` reads it back.
 
+With `train_worlds: K`, training tasks also act on K re-drawn worlds `w1`..`wK` (own names and records,
+saved as `base_state-w<k>.json`); `num_train` is split evenly over the base world and them, and validation
+and test act on the base world only. A training world's task names its world (`AppTask.world`), its
+question names it as its partition (`metadata["corpus_partition"]`, which its calls carry to the apps server)
+and its base state's path, so the server and the verifier both start from that world's state.
+
     world = generate_apps_world(AppsWorldConfig(seed=0))
     write_apps_world("apps_world/", AppsWorldConfig(seed=0))
     world = load_apps_world("apps_world/")
@@ -20,11 +26,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.apps.state import generate_base_state
-from data.apps.tasks import AppTask, generate_tasks
+from data.apps.tasks import AppTask, generate_tasks, generate_world_tasks
 from data.apps.verify import replay_rounds
 from data.config import AppsWorldConfig
 from data.corpus import iter_jsonl, write_jsonl
@@ -33,14 +39,28 @@ from data.types import Question
 
 SPLITS = ("train", "validation", "test")
 BASE_STATE_FILE = "base_state.json"
+WORLD_STATE_FILE = "base_state-{world}.json"  # the base state of training world <world> (train_worlds)
 BASE_STATE_PATH_KEY = "apps_base_state_path"  # Question.metadata: the base_state.json its episode starts from
 APPS_SOURCE_NAME = "apps"  # the tools.mcp_servers name of the apps server (Trajectory.episode_states key)
 
 
 @dataclass
 class AppsWorld:
-    base_state: dict  # the state every episode starts from
+    base_state: dict  # the state every episode of the base world starts from
     splits: dict[str, list[AppTask]]  # "train", "validation", "test"
+    world_states: dict[str, dict] = field(default_factory=dict)  # training world ("w1", ...) -> its base state
+
+    def state_of(self, task: AppTask) -> dict:
+        """The base state `task` starts from: its training world's, or the base world's."""
+        if not task.world:
+            return self.base_state
+        if task.world not in self.world_states:
+            raise DataError(f"apps task {task.id!r} acts on world {task.world!r}, which this apps world does not "
+                            f"hold (it holds {sorted(self.world_states) or 'no training worlds'})")
+        return self.world_states[task.world]
+
+    def all_states(self) -> list[dict]:
+        return [self.base_state, *self.world_states.values()]
 
     def task(self, task_id: str) -> AppTask:
         for tasks in self.splits.values():
@@ -50,20 +70,45 @@ class AppsWorld:
         raise KeyError(f"no apps task {task_id!r}")
 
 
+def world_name(index: int) -> str:
+    return f"w{index}"
+
+
+def train_counts(config: AppsWorldConfig) -> list[int]:
+    """Training tasks of the base world, then of each training world: num_train split evenly."""
+    if config.train_worlds < 0:
+        raise DataError(f"data.apps.train_worlds is {config.train_worlds}; use 0 or more")
+    parts = config.train_worlds + 1
+    return [config.num_train // parts + (index < config.num_train % parts) for index in range(parts)]
+
+
 def generate_apps_world(config: AppsWorldConfig) -> AppsWorld:
+    counts = train_counts(config)
     base_state = generate_base_state(config)
-    splits = generate_tasks(base_state, config)
+    splits = generate_tasks(base_state, config, num_train=counts[0])
+    world_states = {}
+    for index, count in enumerate(counts[1:], start=1):
+        name = world_name(index)
+        world_states[name] = generate_base_state(config, world_index=index)
+        splits["train"].extend(generate_world_tasks(world_states[name], config, name, count))
+    world = AppsWorld(base_state=base_state, splits=splits, world_states=world_states)
     for tasks in splits.values():
         for task in tasks:
-            replay_rounds(base_state, task.gold_rounds)  # raises AppError naming the round and call
-    return AppsWorld(base_state=base_state, splits=splits)
+            replay_rounds(world.state_of(task), task.gold_rounds)  # raises AppError naming the round and call
+    return world
+
+
+def write_state(path: Path, state: dict) -> None:
+    path.write_text(json.dumps(state, indent=1, sort_keys=True))
 
 
 def write_apps_world(out_dir: str | os.PathLike, config: AppsWorldConfig) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = generate_apps_world(config)
-    (out / BASE_STATE_FILE).write_text(json.dumps(world.base_state, indent=1, sort_keys=True))
+    write_state(out / BASE_STATE_FILE, world.base_state)
+    for name, state in world.world_states.items():
+        write_state(out / WORLD_STATE_FILE.format(world=name), state)
     for split, tasks in world.splits.items():
         write_jsonl(out / f"{split}.jsonl", (task.to_row() for task in tasks))
     return out
@@ -76,7 +121,15 @@ def load_apps_world(directory: str | os.PathLike) -> AppsWorld:
         raise DataError("no base_state.json here; write the world with write_apps_world first", str(folder))
     splits = {split: [AppTask.from_row(row, str(folder / f"{split}.jsonl"), line)
                       for line, row in iter_jsonl(folder / f"{split}.jsonl")] for split in SPLITS}
-    return AppsWorld(base_state=json.loads(state_path.read_text()), splits=splits)
+    return AppsWorld(base_state=json.loads(state_path.read_text()), splits=splits,
+                     world_states=read_world_states(folder))
+
+
+def read_world_states(folder: Path) -> dict[str, dict]:
+    """{training world: its base state} of the base_state-<world>.json files in folder."""
+    prefix, suffix = WORLD_STATE_FILE.split("{world}")
+    return {path.name[len(prefix):-len(suffix)]: json.loads(path.read_text())
+            for path in sorted(folder.glob(WORLD_STATE_FILE.format(world="*")))}
 
 
 def ensure_apps_world(folder: str | os.PathLike, config: AppsWorldConfig) -> AppsWorld:
@@ -88,11 +141,12 @@ def ensure_apps_world(folder: str | os.PathLike, config: AppsWorldConfig) -> App
 
 def apps_questions(tasks: list[AppTask], world_dir: str | os.PathLike) -> list[Question]:
     """The tasks as questions whose metadata names the base state (of the world in world_dir) they start from."""
-    state_path = str((Path(world_dir) / BASE_STATE_FILE).resolve())
+    folder = Path(world_dir).resolve()
     questions = []
     for task in tasks:
         question = task.to_question()
-        question.metadata[BASE_STATE_PATH_KEY] = state_path
+        state_file = WORLD_STATE_FILE.format(world=task.world) if task.world else BASE_STATE_FILE
+        question.metadata[BASE_STATE_PATH_KEY] = str(folder / state_file)
         questions.append(question)
     return questions
 
@@ -114,4 +168,5 @@ def base_state_of(question: Question) -> dict:
 
 
 __all__ = ["APPS_SOURCE_NAME", "BASE_STATE_PATH_KEY", "AppsWorld", "apps_questions", "base_state_of",
-           "ensure_apps_world", "generate_apps_world", "load_apps_world", "write_apps_world"]
+           "ensure_apps_world", "generate_apps_world", "load_apps_world", "read_world_states", "train_counts",
+           "write_apps_world"]

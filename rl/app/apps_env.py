@@ -64,13 +64,13 @@ def apps_split_questions(config: ExperimentConfig, world: AppsWorld, split: str)
 
 
 def apps_tokenizer_texts(world: AppsWorld) -> list[str]:
-    """The base state's records, the training tasks' instructions, answers, gold calls and their results."""
-    texts = [json.dumps(record, ensure_ascii=False) for collection in world.base_state.values()
+    """The base states' records, the training tasks' instructions, answers, gold calls and their results."""
+    texts = [json.dumps(record, ensure_ascii=False) for state in world.all_states() for collection in state.values()
              if isinstance(collection, dict) for record in collection.values()]
     for task in world.splits["train"]:
         texts.append(task.instruction)
         texts.extend(task.answers)
-        _, results = replay_rounds(world.base_state, task.gold_rounds)
+        _, results = replay_rounds(world.state_of(task), task.gold_rounds)
         for calls, round_results in zip(task.gold_rounds, results):
             texts.extend(json.dumps(call) for call in calls)
             texts.extend(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
@@ -79,15 +79,16 @@ def apps_tokenizer_texts(world: AppsWorld) -> list[str]:
 
 
 def apps_identifiers(world: AppsWorld) -> list[str]:
-    """The base state's identifiers a task's calls copy: contact names and e-mail addresses, SKUs, file paths
+    """The base states' identifiers a task's calls copy: contact names and e-mail addresses, SKUs, file paths
     and order ids (model.tiny.whole_identifiers makes each one token of the tiny tokenizer)."""
-    state = world.base_state
-    identifiers = {state["user"]["email"]}
-    for contact in state["contacts"].values():
-        identifiers.update((contact["name"], contact["email"]))
-    identifiers.update(state["products"])
-    identifiers.update(state["files"])
-    identifiers.update(state["orders"])
+    identifiers = set()
+    for state in world.all_states():
+        identifiers.add(state["user"]["email"])
+        for contact in state["contacts"].values():
+            identifiers.update((contact["name"], contact["email"]))
+        identifiers.update(state["products"])
+        identifiers.update(state["files"])
+        identifiers.update(state["orders"])
     return sorted(identifiers)
 
 
@@ -110,6 +111,21 @@ def sample_passes(tasks: list, count: int, rng: random.Random) -> list[list]:
     return passes
 
 
+def distinct_instruction_batches(tasks: list) -> list[list]:
+    """`tasks` in order, cut into batches that hold an instruction at most once (training worlds share
+    instructions such as "Cancel the order named in /notes/order-3.txt", and the solver's scripted engine
+    finds a task's turns by its prompt)."""
+    batches: list[list] = [[]]
+    seen: set[str] = set()
+    for task in tasks:
+        if task.instruction in seen:
+            batches.append([])
+            seen = set()
+        batches[-1].append(task)
+        seen.add(task.instruction)
+    return [batch for batch in batches if batch]
+
+
 def solver_dataset(config: ExperimentConfig, tokenizer: Any, environment: Any, world: AppsWorld,
                    num_trajectories: int) -> Any:
     """The solver's verified episodes on `num_trajectories` training tasks, played in `environment` (whose tools
@@ -123,10 +139,12 @@ def solver_dataset(config: ExperimentConfig, tokenizer: Any, environment: Any, w
     columns: dict[str, list] = {name: [] for name in ("input_ids", "completion_mask", "question_id", "structure",
                                                       "mode", "model_calls")}
     rejected = 0
-    for tasks in sample_passes(world.splits["train"], num_trajectories, rng):
+    passes = sample_passes(world.splits["train"], num_trajectories, rng)
+    for tasks in (batch for tasks in passes for batch in distinct_instruction_batches(tasks)):
         modes = choose_solver_modes(tasks, config.sft.parallel_fraction, rng)
         for episode, mode in zip(solve_apps_tasks(tasks, modes, environment.protocol, tokenizer,
-                                                  environment.executor, world.base_state, config.rollout), modes):
+                                                  environment.executor, world.base_state, config.rollout,
+                                                  world_states=world.world_states), modes):
             if not episode.verdict.success or episode.trajectory.truncated:
                 rejected += 1
                 continue

@@ -58,11 +58,12 @@ def solver_actions(task: AppTask, mode: str) -> list[Action]:
 
 
 def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[Action]], protocol: AgentProtocol, tokenizer: Any,
-                    executor: Any, base_state: dict, rollout_config: RolloutConfig,
-                    source_name: str = "apps") -> list[SolvedEpisode]:
+                    executor: Any, base_state: dict, rollout_config: RolloutConfig, source_name: str = "apps",
+                    world_states: dict[str, dict] | None = None) -> list[SolvedEpisode]:
     """Play the given turns of each task (concurrently, one episode each) and verify each end state.
 
-    executor: a rollouts.tools.ToolExecutor whose MCP source `source_name` serves the apps.
+    executor: a rollouts.tools.ToolExecutor whose MCP source `source_name` serves the apps. A task of a training
+    world (AppTask.world) starts from and is verified against world_states[task.world].
     """
     questions = [task.to_question() for task in tasks]
     prompts = [tuple(protocol.render_prompt(question, tokenizer)) for question in questions]
@@ -76,19 +77,21 @@ def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[Action]], prot
     for task, group in zip(tasks, groups):
         (trajectory,) = group.trajectories
         final_state = trajectory.episode_states.get(source_name)
-        verdict = verify_task(task, base_state, final_state if final_state is not None else base_state,
+        start_state = (world_states or {})[task.world] if task.world else base_state
+        verdict = verify_task(task, start_state, final_state if final_state is not None else start_state,
                               trajectory.final_answer)
         episodes.append(SolvedEpisode(task=task, trajectory=trajectory, final_state=final_state, verdict=verdict))
     return episodes
 
 
 def solve_apps_tasks(tasks: list[AppTask], modes: list[str], protocol: AgentProtocol, tokenizer: Any, executor: Any,
-                     base_state: dict, rollout_config: RolloutConfig, source_name: str = "apps") -> list[SolvedEpisode]:
+                     base_state: dict, rollout_config: RolloutConfig, source_name: str = "apps",
+                     world_states: dict[str, dict] | None = None) -> list[SolvedEpisode]:
     """The solver's episodes of `tasks`, one mode each, verified."""
     if len(modes) != len(tasks):
         raise ValueError(f"{len(tasks)} tasks but {len(modes)} modes")
     return play_apps_tasks(tasks, [solver_actions(task, mode) for task, mode in zip(tasks, modes)], protocol,
-                           tokenizer, executor, base_state, rollout_config, source_name)
+                           tokenizer, executor, base_state, rollout_config, source_name, world_states)
 
 
 __all__ = ["SOLVER_MODES", "SolvedEpisode", "play_apps_tasks", "solve_apps_tasks", "solver_actions"]

@@ -413,6 +413,7 @@ def use_fresh_world(config: ExperimentConfig, seed: int) -> Path:
         if seed == config.data.apps.seed:
             raise ConfigError(f"--fresh-world {seed} is the run's own apps world seed (data.apps.seed); pick another")
         config.data.apps.seed = seed
+        config.data.apps.train_worlds = 0  # its test split does not depend on them
         config.data.apps_world_dir = str(config.run_dir / f"apps_world-seed{seed}")
         config.tools.mcp_servers = [server for server in config.tools.mcp_servers if server.name != APPS_SOURCE_NAME]
         folder = folder or Path(config.data.apps_world_dir)

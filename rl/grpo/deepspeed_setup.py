@@ -178,6 +178,13 @@ def init_distributed(device: str) -> None:
                                timeout=process_group_timeout())
 
 
+def leave_distributed() -> None:
+    """Leave the process group when this process is done (a no-op without one). A rank that exits with its gloo
+    group alive can abort in the group's teardown while its peers still run (rank 0's final eval)."""
+    if is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def held_bytes(engine: Any) -> dict[str, int]:
     """Bytes this rank holds of the parameters and of the optimizer (Adam moments + fp32 master copies).
 
@@ -211,5 +218,5 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
-__all__ = ["build_deepspeed_config", "disable_dropout", "held_bytes", "init_distributed", "micro_batches_per_rank",
+__all__ = ["build_deepspeed_config", "disable_dropout", "held_bytes", "init_distributed", "leave_distributed", "micro_batches_per_rank",
            "validate_trainer_config"]

@@ -56,14 +56,17 @@ def test_info_log_lines_reach_stderr_and_log_level_hides_them(tmp_path):
 
 
 def test_data_build_apps_writes_a_world_that_loads_and_the_server_can_serve(tmp_path, capsys):
-    from data.apps.server import base_state_from_arguments, parse_arguments
+    from data.apps.server import parse_arguments, states_from_arguments
     from data.apps.world import load_apps_world
 
-    assert main(["data", "build-apps", "--out", str(tmp_path), "--seed", "4", "--num-train", "20"]) == 0
+    assert main(["data", "build-apps", "--out", str(tmp_path), "--seed", "4", "--num-train", "20",
+                 "--train-worlds", "2"]) == 0
     assert f"--world-dir {tmp_path}" in capsys.readouterr().out
     world = load_apps_world(tmp_path)
     assert [len(world.splits[split]) for split in ("train", "validation", "test")] == [20, 100, 150]
-    assert base_state_from_arguments(parse_arguments(["--world-dir", str(tmp_path)])) == world.base_state
+    assert sorted(world.world_states) == ["w1", "w2"]
+    assert states_from_arguments(parse_arguments(["--world-dir", str(tmp_path)])) == (world.base_state,
+                                                                                      world.world_states)
 
 
 def test_overrides_after_options_join_the_command_overrides():

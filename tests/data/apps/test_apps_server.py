@@ -12,7 +12,7 @@ from data.apps.server import build_server, parse_arguments, server_arguments
 from data.apps.state import generate_base_state
 from data.apps.tools import APP_TOOLS
 from data.config import AppsWorldConfig
-from data.mcp_meta import CONTROL_META_KEY, EPISODE_META_KEY
+from data.mcp_meta import CONTROL_META_KEY, EPISODE_META_KEY, PARTITION_META_KEY
 
 CONFIG = AppsWorldConfig(seed=2)
 
@@ -94,3 +94,30 @@ def test_the_latency_delays_calls_without_serialising_them():
 def test_the_command_line_names_the_world_it_serves():
     arguments = parse_arguments(server_arguments(CONFIG, latency_ms=50)[2:])
     assert (arguments.seed, arguments.num_people, arguments.latency_ms) == (2, CONFIG.num_people, 50.0)
+
+
+def test_an_episode_starts_from_the_training_world_its_partition_names():
+    world_state = generate_base_state(CONFIG, world_index=1)
+
+    async def body(client, base_state):
+        def contact(episode, partition=None):
+            meta = {EPISODE_META_KEY: episode} | ({PARTITION_META_KEY: partition} if partition else {})
+            return client.call_tool("contacts_search", {"text": "@"}, meta=meta)
+
+        in_world, in_base, unknown = await asyncio.gather(contact("a", "w1"), contact("b"), contact("c", "w9"))
+        later = await contact("a")  # the episode keeps the state its first call started it from
+        untouched = json.loads(text(await call(client, "episode_state", {}, "never-called")))
+        return [json.loads(text(result)) for result in (in_world, in_base, later)], unknown, untouched
+
+    (in_world, in_base, later), unknown, untouched = asyncio.run(_with_worlds(body, {"w1": world_state}))
+    names = {contact["name"] for contact in world_state["contacts"].values()}
+    assert {contact["name"] for contact in in_world} <= names and {contact["name"] for contact in later} <= names
+    assert in_world and not {contact["name"] for contact in in_base} & names  # re-drawn names, none shared
+    assert unknown.is_error and text(unknown) == "this server holds no apps world 'w9' (it holds w1)"
+    assert untouched is None  # an episode that made no call has no state yet
+
+
+async def _with_worlds(body, world_states):
+    base_state = generate_base_state(CONFIG)
+    async with Client(build_server(base_state, world_states=world_states)) as client:
+        return await body(client, base_state)

@@ -12,9 +12,10 @@ from data.apps.state import USER_EMAIL, WORK_HOURS
 from data.apps.tasks import APP_STRUCTURES, TASK_FAMILIES, AppTask
 from data.apps.tools import APP_TOOLS, AppError, call_app_tool
 from data.apps.verify import gold_end_state, replay_rounds, verify_task
-from data.apps.world import generate_apps_world, load_apps_world, write_apps_world
+from data.apps.world import apps_questions, base_state_of, generate_apps_world, load_apps_world, write_apps_world
 from data.config import AppsWorldConfig
 from data.errors import DataError
+from data.types import PARTITION_KEY
 
 SMALL = AppsWorldConfig(seed=3, num_train=90, num_validation=30, num_test=45)
 
@@ -169,3 +170,27 @@ def test_the_world_round_trips_through_its_files(tmp_path):
     (tmp_path / "test.jsonl").write_text('{"id": "x", "instruction": "i"}\n')
     with pytest.raises(DataError, match=r"test\.jsonl:1: not an apps task row"):
         load_apps_world(tmp_path)
+
+
+def test_training_worlds_redraw_every_record_and_only_training_tasks_act_on_them(world, tmp_path):
+    config = AppsWorldConfig(seed=3, num_train=90, num_validation=30, num_test=45, train_worlds=2)
+    write_apps_world(tmp_path, config)
+    redrawn = load_apps_world(tmp_path)
+    assert redrawn.base_state == world.base_state and sorted(redrawn.world_states) == ["w1", "w2"]
+    for split in ("validation", "test"):  # held-out tasks are those of the world without training worlds
+        assert [task.to_row() for task in redrawn.splits[split]] == [task.to_row() for task in world.splits[split]]
+    by_world = {name: [task for task in redrawn.splits["train"] if task.world == name] for name in ("", "w1", "w2")}
+    assert [len(tasks) for tasks in by_world.values()] == [30, 30, 30]  # num_train split evenly
+    base_names = {contact["name"] for contact in world.base_state["contacts"].values()}
+    for name in ("w1", "w2"):
+        state = redrawn.world_states[name]
+        assert not base_names & {contact["name"] for contact in state["contacts"].values()}
+        assert {task.structure for task in by_world[name]} == set(APP_STRUCTURES)
+        for task in by_world[name]:  # the gold rounds hold in the task's own world
+            assert task.id.startswith(f"apps-train-{name}-") and redrawn.state_of(task) is state
+            assert verify_task(task, state, gold_end_state(task, state), task.answers[0]).success
+    questions = apps_questions(by_world["w1"][:1] + by_world[""][:1], tmp_path)
+    assert questions[0].metadata[PARTITION_KEY] == "w1" and PARTITION_KEY not in questions[1].metadata
+    assert [base_state_of(question) for question in questions] == [redrawn.world_states["w1"], redrawn.base_state]
+    with pytest.raises(DataError, match="acts on world 'w1', which this apps world does not hold"):
+        world.state_of(by_world["w1"][0])

@@ -90,3 +90,26 @@ def test_a_script_that_skips_the_final_write_fails_its_verifier(world, tokenizer
     assert episode.verdict.answer_ok and not episode.verdict.state_ok
     assert episode.verdict.problems[0].startswith("events: missing")
     assert episode.final_state is not None and episode.final_state["events"] == world.base_state["events"]
+
+
+def test_training_world_tasks_play_on_their_own_world_over_the_served_world_dir(tmp_path, tokenizer, protocol):
+    from data.apps.world import load_apps_world, write_apps_world
+    from rl.app.apps_env import apps_server_config
+
+    config = AppsWorldConfig(seed=7, num_train=60, num_validation=15, num_test=30, train_worlds=1)
+    world = load_apps_world(write_apps_world(tmp_path, config))
+    tasks = list({task.family: task for task in world.splits["train"] if task.world == "w1"}.values())
+    server = apps_server_config(tmp_path)
+    server.timeout_s = 30
+    world_executor = build_tools(ToolsConfig(enabled=[], mcp_servers=[server], max_calls_per_turn=8),
+                                 RetrieverConfig(), retriever=None)
+    try:
+        episodes = solve_apps_tasks(tasks, ["parallel"] * len(tasks), protocol, tokenizer, world_executor,
+                                    world.base_state, ROLLOUT, world_states=world.world_states)
+    finally:
+        world_executor.close()
+    assert len(tasks) == 10
+    for episode in episodes:  # each episode ran on world w1: its end state and answer are w1's
+        assert episode.verdict.success, (episode.task.family, episode.verdict.problems)
+        assert all(call.error is None for turn in episode.trajectory.turns for call in turn.calls)
+        assert episode.final_state["contacts"] == world.world_states["w1"]["contacts"] != world.base_state["contacts"]

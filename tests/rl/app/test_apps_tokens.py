@@ -57,3 +57,15 @@ def test_whole_identifiers_off_builds_the_plain_tokenizer(tmp_path):
         assert model.config.vocab_size == len(tokenizer)
         assert (identifiers[0] in tokenizer.tokenize(f" {identifiers[0]}")) is flag
     assert sizes[True] - sizes[False] == len(identifiers)
+
+
+def test_with_training_worlds_every_worlds_identifiers_and_tasks_feed_the_tokenizer():
+    world = generate_apps_world(AppsWorldConfig(seed=3, num_train=150, num_validation=10, num_test=20, train_worlds=2))
+    identifiers, texts = set(apps_identifiers(world)), apps_tokenizer_texts(world)
+    for state in world.all_states():
+        assert {contact["email"] for contact in state["contacts"].values()} <= identifiers
+        assert set(state["products"]) <= identifiers
+    task = next(task for task in world.splits["train"] if task.world == "w2" and task.family == "order_from_note")
+    note = world.world_states["w2"]["files"][task.gold_rounds[0][0]["arguments"]["path"]]["content"]
+    assert task.instruction in texts and note in texts  # its call's result read in its own world
+    assert len(identifiers) > len(apps_identifiers(WORLD)) * 2
