@@ -106,7 +106,7 @@ def build_server(base_state: dict, latency_s: float = 0.0, max_episodes: int = 4
         meta = params.meta or {}
         episode_id, partition = str(meta.get(EPISODE_META_KEY, "")), str(meta.get(PARTITION_META_KEY) or "")
         if params.name == "episode_state":
-            return text_result(json.dumps(episodes.peek(episode_id), ensure_ascii=False))
+            return text_result(episodes.peek(episode_id))  # null: no call yet
         if params.name == "episode_end":
             return text_result({"ended": episodes.end(episode_id)})
         if latency_s > 0:

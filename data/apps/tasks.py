@@ -345,6 +345,19 @@ def _sample_structure(state: dict, structure: str, count: int, rng: random.Rando
     return tasks
 
 
+def _draw_tasks(state: dict, config: AppsWorldConfig, count: int, rng: random.Random, seen: set,
+                id_prefix: str) -> list[AppTask]:
+    """`count` tasks over `state` in config.structure_mix, distinct by uniqueness key (`seen` across calls),
+    shuffled, ids `<id_prefix>-<n>`."""
+    tasks = []
+    for structure, structure_count in structure_counts(count, config.structure_mix).items():
+        tasks.extend(_sample_structure(state, structure, structure_count, rng, seen))
+    rng.shuffle(tasks)
+    for index, task in enumerate(tasks):
+        task.id = f"{id_prefix}-{index:05d}"
+    return tasks
+
+
 def generate_tasks(base_state: dict, config: AppsWorldConfig,
                    num_train: int | None = None) -> dict[str, list[AppTask]]:
     """Train, validation and test tasks over `base_state`, disjoint by uniqueness key, ids `apps-<split>-<n>`
@@ -352,34 +365,20 @@ def generate_tasks(base_state: dict, config: AppsWorldConfig,
     sizes = {"train": config.num_train if num_train is None else num_train, "validation": config.num_validation,
              "test": config.num_test}
     seen: set = set()
-    splits: dict[str, list[AppTask]] = {}
-    for split in SPLIT_ORDER:
-        rng = random.Random(f"apps-tasks-{config.seed}-{split}")
-        tasks = []
-        for structure, count in structure_counts(sizes[split], config.structure_mix).items():
-            tasks.extend(_sample_structure(base_state, structure, count, rng, seen))
-        rng.shuffle(tasks)
-        for index, task in enumerate(tasks):
-            task.id = f"apps-{split}-{index:05d}"
-        splits[split] = tasks
+    splits = {split: _draw_tasks(base_state, config, sizes[split], random.Random(f"apps-tasks-{config.seed}-{split}"),
+                                 seen, f"apps-{split}") for split in SPLIT_ORDER}
     return {split: splits[split] for split in ("train", "validation", "test")}
 
 
 def generate_world_tasks(state: dict, config: AppsWorldConfig, world: str, count: int) -> list[AppTask]:
     """`count` training tasks over the state of training world `world` ("w1", ...), ids `apps-train-<world>-<n>`;
     each names its world (AppTask.world)."""
-    rng = random.Random(f"apps-tasks-{config.seed}-train-{world}")
-    tasks: list[AppTask] = []
-    seen: set = set()
-    for structure, structure_count in structure_counts(count, config.structure_mix).items():
-        tasks.extend(_sample_structure(state, structure, structure_count, rng, seen))
-    rng.shuffle(tasks)
-    for index, task in enumerate(tasks):
-        task.id = f"apps-train-{world}-{index:05d}"
+    tasks = _draw_tasks(state, config, count, random.Random(f"apps-tasks-{config.seed}-train-{world}"), set(),
+                        f"apps-train-{world}")
+    for task in tasks:
         task.metadata[WORLD_KEY] = world
     return tasks
 
 
 __all__ = ["APPS_ENVIRONMENT", "APP_STRUCTURES", "AppTask", "TASK_FAMILIES", "generate_tasks", "generate_world_tasks",
-           "register_family",
-           "structure_counts"]
+           "register_family", "structure_counts"]

@@ -143,8 +143,7 @@ def solver_dataset(config: ExperimentConfig, tokenizer: Any, environment: Any, w
     for tasks in (batch for tasks in passes for batch in distinct_instruction_batches(tasks)):
         modes = choose_solver_modes(tasks, config.sft.parallel_fraction, rng)
         for episode, mode in zip(solve_apps_tasks(tasks, modes, environment.protocol, tokenizer,
-                                                  environment.executor, world.base_state, config.rollout,
-                                                  world_states=world.world_states), modes):
+                                                  environment.executor, world, config.rollout), modes):
             if not episode.verdict.success or episode.trajectory.truncated:
                 rejected += 1
                 continue
@@ -185,5 +184,5 @@ def apps_warm_start_source(config: ExperimentConfig, world: AppsWorld) -> Any:
 
 
 __all__ = ["APPS_DATASET_NAME", "apps_identifiers", "apps_server_config", "apps_split_questions",
-           "apps_tokenizer_texts", "apps_warm_start_source", "apps_world_directory", "build_apps_sft_dataset", "choose_solver_modes",
-           "prepare_apps", "solver_dataset"]
+           "apps_tokenizer_texts", "apps_warm_start_source", "apps_world_directory", "build_apps_sft_dataset",
+           "choose_solver_modes", "distinct_instruction_batches", "prepare_apps", "solver_dataset"]

@@ -15,11 +15,11 @@ the episode the solver reads the episode's final app state from the server (`exe
 verifies it and the answer with the task's verifier (data/apps/verify.py), and ends the episode.
 
 What it simplifies on purpose: the solver knows the gold arguments (as the QA expert knows the gold
-sub-questions), so it never reads the observations; a task comes at most once per call (a scripted turn
+sub-questions), so it never reads the observations; an instruction comes at most once per call (a scripted turn
 is found by its prompt).
 
     episodes = solve_apps_tasks(tasks, ["parallel"] * len(tasks), protocol, tokenizer, executor,
-                                world.base_state, rollout_config)
+                                world, rollout_config)
     [episode.verdict.success for episode in episodes]
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 
 from data.apps.tasks import AppTask
 from data.apps.verify import Verdict, verify_task
+from data.apps.world import AppsWorld
 from data.trajectory import ToolCall, Trajectory
 from rollouts.agent_loop import run_episodes
 from rollouts.config import RolloutConfig
@@ -58,12 +59,12 @@ def solver_actions(task: AppTask, mode: str) -> list[Action]:
 
 
 def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[Action]], protocol: AgentProtocol, tokenizer: Any,
-                    executor: Any, base_state: dict, rollout_config: RolloutConfig, source_name: str = "apps",
-                    world_states: dict[str, dict] | None = None) -> list[SolvedEpisode]:
-    """Play the given turns of each task (concurrently, one episode each) and verify each end state.
+                    executor: Any, world: AppsWorld, rollout_config: RolloutConfig,
+                    source_name: str = "apps") -> list[SolvedEpisode]:
+    """Play the given turns of each task (concurrently, one episode each) and verify each end state against the
+    base state the task starts from (`world.state_of`: its training world's, or the base world's).
 
-    executor: a rollouts.tools.ToolExecutor whose MCP source `source_name` serves the apps. A task of a training
-    world (AppTask.world) starts from and is verified against world_states[task.world].
+    executor: a rollouts.tools.ToolExecutor whose MCP source `source_name` serves the apps of `world`.
     """
     questions = [task.to_question() for task in tasks]
     prompts = [tuple(protocol.render_prompt(question, tokenizer)) for question in questions]
@@ -77,7 +78,7 @@ def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[Action]], prot
     for task, group in zip(tasks, groups):
         (trajectory,) = group.trajectories
         final_state = trajectory.episode_states.get(source_name)
-        start_state = (world_states or {})[task.world] if task.world else base_state
+        start_state = world.state_of(task)
         verdict = verify_task(task, start_state, final_state if final_state is not None else start_state,
                               trajectory.final_answer)
         episodes.append(SolvedEpisode(task=task, trajectory=trajectory, final_state=final_state, verdict=verdict))
@@ -85,13 +86,12 @@ def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[Action]], prot
 
 
 def solve_apps_tasks(tasks: list[AppTask], modes: list[str], protocol: AgentProtocol, tokenizer: Any, executor: Any,
-                     base_state: dict, rollout_config: RolloutConfig, source_name: str = "apps",
-                     world_states: dict[str, dict] | None = None) -> list[SolvedEpisode]:
+                     world: AppsWorld, rollout_config: RolloutConfig, source_name: str = "apps") -> list[SolvedEpisode]:
     """The solver's episodes of `tasks`, one mode each, verified."""
     if len(modes) != len(tasks):
         raise ValueError(f"{len(tasks)} tasks but {len(modes)} modes")
     return play_apps_tasks(tasks, [solver_actions(task, mode) for task, mode in zip(tasks, modes)], protocol,
-                           tokenizer, executor, base_state, rollout_config, source_name, world_states)
+                           tokenizer, executor, world, rollout_config, source_name)
 
 
 __all__ = ["SOLVER_MODES", "SolvedEpisode", "play_apps_tasks", "solve_apps_tasks", "solver_actions"]

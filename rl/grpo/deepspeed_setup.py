@@ -218,5 +218,5 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
-__all__ = ["build_deepspeed_config", "disable_dropout", "held_bytes", "init_distributed", "leave_distributed", "micro_batches_per_rank",
-           "validate_trainer_config"]
+__all__ = ["build_deepspeed_config", "disable_dropout", "held_bytes", "init_distributed", "leave_distributed",
+           "micro_batches_per_rank", "validate_trainer_config"]

@@ -69,7 +69,7 @@ def test_the_solvers_episodes_pass_their_verifiers_with_the_expected_model_calls
                                                                                protocol):
     tasks = one_task_per_family(world)
     assert {task.structure for task in tasks} == {"independent", "chain", "mixed"}
-    episodes = solve_apps_tasks(tasks, [mode] * len(tasks), protocol, tokenizer, executor, world.base_state, ROLLOUT)
+    episodes = solve_apps_tasks(tasks, [mode] * len(tasks), protocol, tokenizer, executor, world, ROLLOUT)
     for episode in episodes:
         task, trajectory = episode.task, episode.trajectory
         assert episode.verdict.success, (task.family, episode.verdict.problems)
@@ -86,7 +86,7 @@ def test_a_script_that_skips_the_final_write_fails_its_verifier(world, tokenizer
     task = next(task for task in world.splits["test"] if task.family == "schedule_meeting")
     actions = solver_actions(task, "parallel")
     skipped = actions[:-2] + actions[-1:]  # the lookups and the answer, but no calendar_create_event
-    (episode,) = play_apps_tasks([task], [skipped], protocol, tokenizer, executor, world.base_state, ROLLOUT)
+    (episode,) = play_apps_tasks([task], [skipped], protocol, tokenizer, executor, world, ROLLOUT)
     assert episode.verdict.answer_ok and not episode.verdict.state_ok
     assert episode.verdict.problems[0].startswith("events: missing")
     assert episode.final_state is not None and episode.final_state["events"] == world.base_state["events"]
@@ -105,7 +105,7 @@ def test_training_world_tasks_play_on_their_own_world_over_the_served_world_dir(
                                  RetrieverConfig(), retriever=None)
     try:
         episodes = solve_apps_tasks(tasks, ["parallel"] * len(tasks), protocol, tokenizer, world_executor,
-                                    world.base_state, ROLLOUT, world_states=world.world_states)
+                                    world, ROLLOUT)
     finally:
         world_executor.close()
     assert len(tasks) == 10
