@@ -134,6 +134,9 @@ class SFTConfig:
     # share of the demonstrations played with rollout.max_turns = their own search rounds, so their last
     # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
     forced_answer_fraction: float = 0.0
+    # which tokens carry the SFT loss: "model_turns" (what the policy writes) or "all" (also the prompt and every
+    # observation: passages repeat the names they are about, so the model also learns to copy from them)
+    loss_on: str = "model_turns"
     max_steps: int = 1500  # optimizer steps of the warm-start (tiny model: about 5 steps/s on 2 CPU cores)
     batch_size: int = 32  # expert trajectories per SFT step
     learning_rate: float = 3e-3  # SFT learning rate (high: the tiny model starts from scratch)
@@ -223,6 +226,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "sft.expert_think": ("none", "compare", "notes"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
+    "sft.loss_on": ("model_turns", "all"),
 }
 
 

@@ -156,6 +156,7 @@ def test_batch_not_divisible_by_minibatches_exits_2(capsys):
         (["rollout.gpu_memory_utilization=1.5"], "rollout.gpu_memory_utilization"),
         (["sft.forced_answer_fraction=1.5"], "sft.forced_answer_fraction"),
         (["sft.parallel_fraction=-0.1"], "sft.parallel_fraction"),
+        (["sft.loss_on=observations"], "sft.loss_on"),
     ],
 )
 def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, monkeypatch):

@@ -119,6 +119,29 @@ def test_trainer_builds_labels_from_the_completion_mask(tmp_path, tiny_checkpoin
         assert torch.equal(labels_L, expected_L)
 
 
+def test_loss_on_all_puts_the_loss_on_every_real_token_and_none_on_padding(tmp_path, tiny_checkpoint, expert_dataset):
+    from trl import SFTTrainer
+
+    from rl.app.sft import trainer_arguments
+
+    config = small_config(tmp_path)
+    config.sft.loss_on = "all"
+    model, tokenizer = load_model_and_tokenizer(tiny_checkpoint)
+    trainer = SFTTrainer(model=model, args=trainer_arguments(config, tmp_path), processing_class=tokenizer,
+                         train_dataset=expert_dataset, data_collator=CausalPaddingCollator(tokenizer.pad_token_id))
+    lengths = {tuple(ids): len(ids) for ids in expert_dataset["input_ids"]}
+    batch = next(iter(trainer.get_train_dataloader()))
+    counted = 0
+    for input_ids_L, labels_L in zip(batch["input_ids"], batch["labels"]):
+        length = next(n for ids, n in lengths.items() if list(ids) == input_ids_L[:n].tolist())
+        assert torch.equal(labels_L[:length], input_ids_L[:length])  # prompt and observations included
+        assert (labels_L[length:] == -100).all()
+        counted += length
+    model_turn_tokens = sum(sum(mask) for ids, mask in zip(expert_dataset["input_ids"], expert_dataset["completion_mask"])
+                            if any(list(ids) == row[:len(ids)].tolist() for row in batch["input_ids"]))
+    assert counted > 2 * model_turn_tokens
+
+
 def test_loss_without_the_padding_mask_equals_the_loss_with_it(tiny_checkpoint, expert_dataset):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
