@@ -1,11 +1,12 @@
-"""SFT warm-start: TRL's SFTTrainer on scripted-expert trajectories, loss on the model's turns only.
+"""SFT warm-start: TRL's SFTTrainer on scripted-expert trajectories, loss on the model's turns (by default).
 
 GRPO from a randomly initialised tiny model would never find the protocol, so `fanout train` first
 teaches it by imitation: the scripted expert (rl/app/expert.py) plays training questions with the real
 retriever, and TRL's `SFTTrainer` fits the pre-tokenised trajectories with `completion_only_loss`
-(the `completion_mask` column zeroes the loss on the prompt and on every <information> block). The
-mixture fans out on only `sft.parallel_fraction` of the parallel questions, so the warm-started policy
-mostly searches one sub-query per turn and RL has something to learn.
+(the `completion_mask` column zeroes the loss on the prompt and on every <information> block;
+`sft.loss_on=all` puts it on every token instead, docs/RESULTS.md "Reading"). The mixture fans out on
+only `sft.parallel_fraction` of the parallel questions, so the warm-started policy mostly searches one
+sub-query per turn and RL has something to learn.
 
 `ensure_warm_start` is what the training entry point calls: it builds the tiny model (tokenizer trained
 on the data's texts) when `model.path` is empty, runs SFT into <run_dir>/<sft.output_subdir> (reused if
@@ -240,7 +241,7 @@ def run_sft(config: ExperimentConfig, base_model_dir: str | os.PathLike, source:
                          processing_class=tokenizer, data_collator=CausalPaddingCollator(tokenizer.pad_token_id),
                          peft_config=lora_config(config))
     if install_compact_lm_head(trainer.model):  # after SFTTrainer added its fused head, which it wraps
-        logger.info("sft: compact LM head (the vocabulary projection on the model's turns only, rl/grpo/lm_head.py)")
+        logger.info("sft: compact LM head (the vocabulary projection at the loss positions only, rl/grpo/lm_head.py)")
     result = trainer.train()
     trained = trainer.model.merge_and_unload() if config.model.lora.enabled else trainer.model
     staging_dir.mkdir(parents=True, exist_ok=True)
