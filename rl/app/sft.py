@@ -186,7 +186,7 @@ def trainer_arguments(config: ExperimentConfig, out_dir: Path) -> Any:
         warmup_steps=max(1, math.ceil(WARMUP_FRACTION * sft.max_steps)),
         weight_decay=0.0,
         max_grad_norm=1.0,
-        completion_only_loss=sft.loss_on == "model_turns",  # the completion_mask column: loss on model turns only
+        completion_only_loss=sft.loss_on == "model_turns",  # True: the completion_mask column, loss on model turns only
         max_length=config.rollout.max_context_tokens,
         padding_free=False,
         # Batches of similar length (random megabatches sorted by length): a third fewer padded tokens.

@@ -101,18 +101,28 @@ def test_collated_labels_ignore_prompt_observations_and_padding(expert_dataset):
     assert torch.equal(with_mask["input_ids"], batch["input_ids"]) and torch.equal(with_mask["labels"], batch["labels"])
 
 
-def test_trainer_builds_labels_from_the_completion_mask(tmp_path, tiny_checkpoint, expert_dataset):
+def first_trainer_batch(config: ExperimentConfig, tiny_checkpoint, dataset) -> list[tuple[dict, list[int]]]:
+    """The first batch TRL's SFTTrainer builds from `dataset` under `config`: (the batch row's input_ids and labels,
+    the completion_mask of the example it was padded from)."""
     from trl import SFTTrainer
 
     from rl.app.sft import trainer_arguments
 
     model, tokenizer = load_model_and_tokenizer(tiny_checkpoint)
-    trainer = SFTTrainer(model=model, args=trainer_arguments(small_config(tmp_path), tmp_path), processing_class=tokenizer,
-                         train_dataset=expert_dataset, data_collator=CausalPaddingCollator(tokenizer.pad_token_id))
-    by_input = {tuple(ids): mask for ids, mask in zip(expert_dataset["input_ids"], expert_dataset["completion_mask"])}
+    trainer = SFTTrainer(model=model, args=trainer_arguments(config, config.run_dir), processing_class=tokenizer,
+                         train_dataset=dataset, data_collator=CausalPaddingCollator(tokenizer.pad_token_id))
+    by_input = {tuple(ids): mask for ids, mask in zip(dataset["input_ids"], dataset["completion_mask"])}
     batch = next(iter(trainer.get_train_dataloader()))
+    rows = []
     for input_ids_L, labels_L in zip(batch["input_ids"], batch["labels"]):
         completion_mask = next(mask for ids, mask in by_input.items() if list(ids) == input_ids_L[:len(ids)].tolist())
+        rows.append(({"input_ids": input_ids_L, "labels": labels_L}, completion_mask))
+    return rows
+
+
+def test_trainer_builds_labels_from_the_completion_mask(tmp_path, tiny_checkpoint, expert_dataset):
+    for row, completion_mask in first_trainer_batch(small_config(tmp_path), tiny_checkpoint, expert_dataset):
+        input_ids_L, labels_L = row["input_ids"], row["labels"]
         expected_L = torch.full_like(labels_L, -100)
         expected_L[:len(completion_mask)] = torch.where(torch.tensor(completion_mask) == 1,
                                                         input_ids_L[:len(completion_mask)], -100)
@@ -120,25 +130,15 @@ def test_trainer_builds_labels_from_the_completion_mask(tmp_path, tiny_checkpoin
 
 
 def test_loss_on_all_puts_the_loss_on_every_real_token_and_none_on_padding(tmp_path, tiny_checkpoint, expert_dataset):
-    from trl import SFTTrainer
-
-    from rl.app.sft import trainer_arguments
-
     config = small_config(tmp_path)
     config.sft.loss_on = "all"
-    model, tokenizer = load_model_and_tokenizer(tiny_checkpoint)
-    trainer = SFTTrainer(model=model, args=trainer_arguments(config, tmp_path), processing_class=tokenizer,
-                         train_dataset=expert_dataset, data_collator=CausalPaddingCollator(tokenizer.pad_token_id))
-    lengths = {tuple(ids): len(ids) for ids in expert_dataset["input_ids"]}
-    batch = next(iter(trainer.get_train_dataloader()))
-    counted = 0
-    for input_ids_L, labels_L in zip(batch["input_ids"], batch["labels"]):
-        length = next(n for ids, n in lengths.items() if list(ids) == input_ids_L[:n].tolist())
+    counted, model_turn_tokens = 0, 0
+    for row, completion_mask in first_trainer_batch(config, tiny_checkpoint, expert_dataset):
+        input_ids_L, labels_L, length = row["input_ids"], row["labels"], len(completion_mask)
         assert torch.equal(labels_L[:length], input_ids_L[:length])  # prompt and observations included
         assert (labels_L[length:] == -100).all()
         counted += length
-    model_turn_tokens = sum(sum(mask) for ids, mask in zip(expert_dataset["input_ids"], expert_dataset["completion_mask"])
-                            if any(list(ids) == row[:len(ids)].tolist() for row in batch["input_ids"]))
+        model_turn_tokens += sum(completion_mask)
     assert counted > 2 * model_turn_tokens
 
 
