@@ -18,6 +18,11 @@ class WorldConfig:
     # (their documents join the corpus); validation and test ask about the base set only, so no test entity
     # or fact occurs in a training question and only reading the retrieved passages pays. 0: one shared set.
     train_worlds: int = 0
+    # Who gets which names: "per_set" (every entity set, and every world seed, draws its own combinations of
+    # lexicon words) or "shared" (every set of every seed holds the same names, each with facts drawn anew,
+    # so a name recurs in every set and the same question text has another answer in each: only the
+    # retrieved passage tells them apart)
+    names: str = "per_set"
     num_train: int = 4000  # training questions
     # How each entity's passage is written: "prose" (1-3 sentences in randomly drawn templates) or "facts" (the
     # same facts as one fixed-order sheet, "born 1902 ; born in Zumstead ; occupation architect")

@@ -21,6 +21,9 @@ in another) and most full names occur in one set only: a policy cannot answer fr
 nor spell names it learnt by heart; it has to copy from the question and read what it retrieves. All documents share one corpus
 file; each set is a partition of it (doc ids `w<i>/...`, the base set's without prefix), and every question
 names its partition in `metadata["corpus_partition"]`, so its searches stay inside its own set.
+With `names: shared`, every set, of every seed, holds the same names instead, each with its own facts: a
+question's text then recurs across sets with other answers, and the names a policy meets at test time are
+familiar while their facts are not (nothing learnt by heart helps there either).
 
 Everything is seeded (one `random.Random` per stream, never the global RNG): the same WorldConfig gives
 byte-identical files. Questions are generated test split first, then validation, then train, each
@@ -432,18 +435,30 @@ def generate_questions(entity_sets: list[list[Entity]], config: WorldConfig) -> 
 # ----------------------------------------------------------------------------------------------
 
 
+NAME_MODES = ("per_set", "shared")
+
+
+def names_stream(config: WorldConfig, set_index: int) -> str:
+    """The seed of a set's name draws: its own per world seed and set, or one for every set of every seed."""
+    if config.names == "shared":
+        return "fanout-world:shared-names"
+    return f"fanout-world:{config.seed}:names:{set_index}"
+
+
 def generate_entity_sets(config: WorldConfig) -> list[list[Entity]]:
-    """The base set, then `config.train_worlds` training sets with their own names and re-drawn facts."""
+    """The base set, then `config.train_worlds` training sets with their own facts, and their own names
+    unless `config.names` is "shared"."""
     if config.num_entities_per_kind < 4:
         raise DataError(f"data.world.num_entities_per_kind is {config.num_entities_per_kind}; use at least 4")
     if config.train_worlds < 0:
         raise DataError(f"data.world.train_worlds is {config.train_worlds}; use 0 or more")
+    if config.names not in NAME_MODES:
+        raise DataError(f"data.world.names is {config.names!r}; valid: {', '.join(NAME_MODES)}")
     lexicon, entity_sets = name_lexicon(), []
     for set_index in range(config.train_worlds + 1):
         stream = f"fanout-world:{config.seed}:entities" + (f":{set_index}" if set_index else "")
-        names_stream = f"fanout-world:{config.seed}:names:{set_index}"
         entity_sets.append(generate_entities(config.num_entities_per_kind, random.Random(stream),
-                                             NameDrawer(lexicon, random.Random(names_stream)),
+                                             NameDrawer(lexicon, random.Random(names_stream(config, set_index))),
                                              partition_prefix(set_index)))
     return entity_sets
 

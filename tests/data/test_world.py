@@ -202,6 +202,30 @@ def test_training_entity_sets_leave_the_base_world_and_its_test_split_unchanged(
         assert rows == [q.to_row() for q in alone.splits[split]]
 
 
+def test_shared_names_give_every_set_and_every_seed_the_same_names_with_facts_drawn_anew():
+    world = generate_world(WorldConfig(seed=4, train_worlds=2, names="shared", **SMALL))
+    fresh = generate_world(WorldConfig(seed=9, names="shared", **SMALL))
+    per_set = 4 * SMALL["num_entities_per_kind"]
+    sets = [world.entities[index * per_set:(index + 1) * per_set] for index in range(3)] + [fresh.entities]
+    assert len({tuple((entity.kind, entity.name) for entity in entity_set) for entity_set in sets}) == 1
+    born = [[entity.facts["birth_year"] for entity in entity_set if entity.kind == "person"] for entity_set in sets]
+    for other in born[1:]:  # the same person, another birth year, in nearly every set
+        assert sum(first != year for first, year in zip(born[0], other)) >= 0.9 * len(other)
+    # one name, one query, three sets: each partition's search finds its own set's passage, with its own year
+    retriever = BM25Retriever(world.documents)
+    person = sets[0][0]
+    assert person.kind == "person"
+    passages = [retriever.search([f"When was {person.name} born?"], topk=1, partition=partition)[0][0]
+                for partition in ("", "w1", "w2")]
+    assert [passage.id for passage in passages] == [person.doc_id, f"w1/{person.doc_id}", f"w2/{person.doc_id}"]
+    assert [str(born[index][0]) in passage.contents for index, passage in enumerate(passages)] == [True] * 3
+
+
+def test_an_unknown_names_mode_is_refused_by_name():
+    with pytest.raises(DataError, match="data.world.names is 'global'"):
+        generate_world(WorldConfig(seed=0, names="global", **SMALL))
+
+
 def test_negative_training_entity_sets_are_refused():
     with pytest.raises(DataError, match="train_worlds"):
         generate_world(WorldConfig(train_worlds=-1, **SMALL))
