@@ -47,6 +47,10 @@ class AppsWorldConfig:
     # only, so a policy cannot solve a test task from arguments it learnt by heart: it has to copy them from the
     # instruction and read them from what the tools return. 0: every task acts on the base world.
     train_worlds: int = 0
+    # Who gets which identities: "per_set" (every world draws its own contact names, addresses, SKUs and product
+    # names) or "shared" (every world of every seed holds the same ones, with its records drawn anew: the same
+    # instruction then needs other arguments and gets other results in each world)
+    names: str = "per_set"
     num_validation: int = 100  # validation tasks
     num_test: int = 150  # test tasks
     # Share of each dependency structure in every split: "independent" (one round of parallel calls),

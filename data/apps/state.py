@@ -14,7 +14,10 @@ episode). The apps and their collections:
 
 Names are nonce words (data/world.py's NonceNames), so no model knows a contact without looking it up.
 Everything is seeded with one `random.Random`: the same AppsWorldConfig gives the same state, and a training
-world (`world_index` > 0) draws its own names and records from its own stream.
+world (`world_index` > 0) draws its own names and records from its own stream. With `names: shared`, the
+identities (contact names, addresses, phones, city names, SKUs, product names) come from one stream that
+every world of every seed shares, and only the records around them (calendars, mail, stock, prices, orders,
+notes, which city a contact lives in) are drawn per world.
 
 What it simplifies on purpose: one user ("me"), whole-hour events, integer prices, no clock (created
 records carry no timestamps, so an end state does not depend on when a call ran).
@@ -29,7 +32,8 @@ import json
 import random
 
 from data.config import AppsWorldConfig
-from data.world import NonceNames
+from data.errors import DataError
+from data.world import NAME_MODES, NonceNames
 
 WORK_HOURS = tuple(range(9, 17))  # start hours of one-hour events
 USER_EMAIL = "me@fanout.example"
@@ -42,9 +46,12 @@ MAIL_SUBJECTS = ("Budget draft", "Trip photos", "Quarterly numbers", "Venue opti
 AGENDA_TOPICS = ("roadmap", "hiring", "budget", "launch", "offsite", "migration", "security", "pricing")
 CITIES_PER_WORLD = 6
 BUSY_SHARE = 0.35  # chance that a working hour of a person's day holds an event
+# data.apps.names=shared: the one stream of every world's identities (contact names, e-mail addresses, phones,
+# city names, SKUs, product names); the records around them come from the world's own stream
+SHARED_IDENTITIES_STREAM = "apps-identities"
 
 
-def _contacts(config: AppsWorldConfig, names: NonceNames, rng: random.Random) -> dict[str, dict]:
+def _contacts(config: AppsWorldConfig, names: NonceNames, ids: random.Random, rng: random.Random) -> dict[str, dict]:
     cities = [names.word((1, 2), ("ford", "holm", "vik", "dale", "port")) for _ in range(CITIES_PER_WORLD)]
     contacts = {}
     for index in range(config.num_people):
@@ -52,8 +59,8 @@ def _contacts(config: AppsWorldConfig, names: NonceNames, rng: random.Random) ->
         contact_id = f"c{index + 1:02d}"
         contacts[contact_id] = {
             "id": contact_id, "name": f"{first} {last}",
-            "email": f"{first.lower()}.{last.lower()}@{rng.choice(EMAIL_DOMAINS)}",
-            "phone": f"+1-555-{rng.randrange(10000):04d}", "city": rng.choice(cities),
+            "email": f"{first.lower()}.{last.lower()}@{ids.choice(EMAIL_DOMAINS)}",
+            "phone": f"+1-555-{ids.randrange(10000):04d}", "city": rng.choice(cities),
         }
     return contacts
 
@@ -82,12 +89,12 @@ def _inbox(contacts: dict[str, dict], rng: random.Random) -> dict[str, dict]:
     return inbox
 
 
-def _products(config: AppsWorldConfig, names: NonceNames, rng: random.Random) -> dict[str, dict]:
+def _products(config: AppsWorldConfig, names: NonceNames, ids: random.Random, rng: random.Random) -> dict[str, dict]:
     products = {}
-    skus = rng.sample(range(1000, 10000), config.num_products)
+    skus = ids.sample(range(1000, 10000), config.num_products)
     for sku_number in skus:
         sku = f"SKU-{sku_number}"
-        products[sku] = {"sku": sku, "name": f"{names.word((2,))} {rng.choice(PRODUCT_NOUNS)}",
+        products[sku] = {"sku": sku, "name": f"{names.word((2,))} {ids.choice(PRODUCT_NOUNS)}",
                          "price": rng.randrange(5, 200), "stock": rng.randrange(0, 40)}
     return products
 
@@ -123,12 +130,15 @@ def _files(products: dict[str, dict], orders: dict[str, dict], rng: random.Rando
 
 def generate_base_state(config: AppsWorldConfig, world_index: int = 0) -> dict:
     """The state every episode of this world starts from (deterministic in the config). world_index > 0: the
-    state of training world `w<world_index>` (AppsWorldConfig.train_worlds), the same sizes with its own names
-    and re-drawn records."""
+    state of training world `w<world_index>` (AppsWorldConfig.train_worlds), the same sizes with re-drawn
+    records and its own names, or with config.names "shared" the names every world of every seed holds."""
+    if config.names not in NAME_MODES:
+        raise DataError(f"data.apps.names is {config.names!r}; valid: {', '.join(NAME_MODES)}")
     rng = random.Random(f"apps-state-{config.seed}" + (f"-w{world_index}" if world_index else ""))
-    names = NonceNames(rng)
-    contacts = _contacts(config, names, rng)
-    products = _products(config, names, rng)
+    ids = random.Random(SHARED_IDENTITIES_STREAM) if config.names == "shared" else rng
+    names = NonceNames(ids)
+    contacts = _contacts(config, names, ids, rng)
+    products = _products(config, names, ids, rng)
     orders = _orders(contacts, products, rng)
     events = _events(contacts, config, rng)
     return {

@@ -385,8 +385,9 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
 
 
 def use_fresh_world(config: ExperimentConfig, seed: int) -> Path:
-    """Point `config` at worlds generated with another seed: entities, names and facts that no training
-    question asked about, read through the same checkpoint and tokenizer. Returns the folder the evaluation
+    """Point `config` at worlds generated with another seed: entities, names (the same ones with
+    data.world.names=shared) and facts that no training question asked about, read through the same
+    checkpoint and tokenizer. Returns the folder the evaluation
     writes beside (the QA world's, or the apps world's for data.source=apps); the run's own worlds are left as
     they are.
 

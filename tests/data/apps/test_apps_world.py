@@ -194,3 +194,28 @@ def test_training_worlds_redraw_every_record_and_only_training_tasks_act_on_them
     assert [base_state_of(question) for question in questions] == [redrawn.world_states["w1"], redrawn.base_state]
     with pytest.raises(DataError, match="acts on world 'w1', which this apps world does not hold"):
         world.state_of(by_world["w1"][0])
+
+
+def test_shared_names_keep_every_identity_across_worlds_and_seeds_and_redraw_the_records():
+    config = AppsWorldConfig(seed=3, num_train=90, num_validation=30, num_test=45, train_worlds=2, names="shared")
+    shared = generate_apps_world(config)
+    fresh = generate_apps_world(AppsWorldConfig(seed=8, num_train=30, num_validation=10, num_test=15, names="shared"))
+    states = [shared.base_state, *shared.world_states.values(), fresh.base_state]
+
+    def identities(state):
+        return ({(c["id"], c["name"], c["email"], c["phone"]) for c in state["contacts"].values()},
+                {(p["sku"], p["name"]) for p in state["products"].values()})
+
+    assert all(identities(state) == identities(states[0]) for state in states)
+    for state in states[1:]:  # the records around the identities are drawn anew in every world
+        stock = [(state["products"][sku]["stock"], states[0]["products"][sku]["stock"]) for sku in state["products"]]
+        assert sum(mine != base for mine, base in stock) >= len(stock) // 2
+        assert state["events"] != states[0]["events"]
+    for task in shared.splits["train"]:  # the gold rounds hold in each task's own world
+        state = shared.state_of(task)
+        assert verify_task(task, state, gold_end_state(task, state), task.answers[0]).success
+
+
+def test_an_unknown_apps_names_mode_is_refused_by_name():
+    with pytest.raises(DataError, match="data.apps.names is 'global'"):
+        generate_apps_world(AppsWorldConfig(seed=3, num_train=30, num_validation=10, num_test=15, names="global"))
