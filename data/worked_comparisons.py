@@ -10,6 +10,12 @@ next to the values it needs:
 - counts: each entity with its year and whether it lies "before" or "after" the threshold, then the count:
   `Ann Lee 1987 after , Bo Kay 1975 before ; 1`
 
+The "side_by_side" form of earliest / latest puts the two entries each step compares next to each other and
+writes the winner's year before its name: `Ann Lee 1987 , Bo Kay 1990 vs Ann Lee 1987 first 1987 Ann Lee`.
+Within a question every name has the same number of words, so both years sit at fixed distances from the
+winner's year (a copy by position), the decision is spread over the year's digits instead of falling on one
+name token, and the name follows from the year written. Counts keep the form above.
+
 The scripted expert writes it in <think> before answering (`sft.expert_think`, rl/app/expert_thoughts.py)
 and the `worked_comparison` reward (rewards/thoughts.py) scores a policy's thought against it. It is built
 from the metadata data/world.py writes (`entities`, `sub_answers`, `template`), so it is only as right as
@@ -29,17 +35,25 @@ COUNT_THRESHOLD = re.compile(r"\b(before|after) (\d+)\?\s*$")  # the count templ
 STEP_SEPARATOR = re.compile(r"\s[,;]\s")
 
 
-def comparison_thought(question: Question) -> str:
-    """The "compare" thought of a parallel comparison or count question; "" without the gold metadata."""
+THOUGHT_FORMS = ("compare", "side_by_side")
+
+
+def comparison_thought(question: Question, form: str = "compare") -> str:
+    """The worked comparison of a parallel comparison or count question in `form` (THOUGHT_FORMS); "" without
+    the gold metadata."""
+    if form not in THOUGHT_FORMS:
+        raise ValueError(f"unknown worked-comparison form {form!r}; valid: {', '.join(THOUGHT_FORMS)}")
     metadata = question.metadata or {}
     names, values, template = metadata.get("entities"), metadata.get("sub_answers"), metadata.get("template", "")
     if not names or not values or len(names) != len(values) or not all(str(v).isdigit() for v in values):
         return ""
     years = [int(value) for value in values]
-    form = template.rsplit("_", 1)[-1]
-    if form in ("earliest", "latest"):
-        return running_best_thought(names, years, earliest=form == "earliest")
-    if form == "count":
+    kind = template.rsplit("_", 1)[-1]
+    if kind in ("earliest", "latest"):
+        if form == "side_by_side":
+            return side_by_side_thought(names, years, earliest=kind == "earliest")
+        return running_best_thought(names, years, earliest=kind == "earliest")
+    if kind == "count":
         match = COUNT_THRESHOLD.search(question.question)
         return count_thought(names, years, match.group(1), int(match.group(2))) if match else ""
     return ""
@@ -57,6 +71,21 @@ def running_best_thought(names: list[str], years: list[int], earliest: bool) -> 
     return " , ".join(steps)
 
 
+def side_by_side_thought(names: list[str], years: list[int], earliest: bool) -> str:
+    """Each entity and its year, then after each but the first that entry against the best so far and the new
+    best, year first: `A 1987 , B 1990 vs A 1987 first 1987 A`."""
+    word = "first" if earliest else "last"
+    best = 0
+    steps = [f"{names[0]} {years[0]}"]
+    for index in range(1, len(names)):
+        previous = best
+        if (years[index] < years[best]) if earliest else (years[index] > years[best]):
+            best = index
+        steps.append(f"{names[index]} {years[index]} vs {names[previous]} {years[previous]} {word} "
+                     f"{years[best]} {names[best]}")
+    return " , ".join(steps)
+
+
 def count_thought(names: list[str], years: list[int], direction: str, threshold: int) -> str:
     """Each entity, its year and its side of the threshold, then the count: `A 1987 after , B 1975 before ; 1`."""
     sides = ["before" if year < threshold else "after" for year in years]
@@ -69,4 +98,5 @@ def comparison_steps(text: str) -> list[str]:
     return [" ".join(step.split()) for step in STEP_SEPARATOR.split(f" {text.strip()} ") if step.strip()]
 
 
-__all__ = ["COUNT_THRESHOLD", "comparison_steps", "comparison_thought", "count_thought", "running_best_thought"]
+__all__ = ["COUNT_THRESHOLD", "THOUGHT_FORMS", "comparison_steps", "comparison_thought", "count_thought",
+           "running_best_thought", "side_by_side_thought"]

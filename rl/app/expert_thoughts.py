@@ -12,6 +12,11 @@ entity's passage starts with `<think> Ann Lee 1987 </think>`. Copying a year fro
 local; the answer's comparison then finds every year but the last in the policy's own short notes instead of
 in passages several observations back. (A fanned-out round gets no notes: its passages arrive together.)
 
+The "side_by_side" style writes the answer turn's comparison with the two entries each step compares next
+to each other and the winner's year before its name (data/worked_comparisons.py): `Ann Lee 1987 , Bo Kay 1990
+vs Ann Lee 1987 first 1987 Ann Lee`. Its answer turns are longer (up to ~90 tokens for four people), so give
+it a `rollout.max_new_tokens_per_turn` that holds them; demonstrations that do not fit are dropped.
+
 Single-hop and chain questions get no thought (the answer is a value copied from the last passage;
 each chain hop's query already carries the previous hop's answer). "none" (the default) writes no
 thought at all, as before this option existed.
@@ -27,7 +32,7 @@ from __future__ import annotations
 from data.types import Question
 from data.worked_comparisons import comparison_thought
 
-EXPERT_THINK_STYLES = ("none", "compare", "notes")
+EXPERT_THINK_STYLES = ("none", "compare", "notes", "side_by_side")
 
 
 def answer_thought(question: Question, style: str) -> str:
@@ -36,7 +41,7 @@ def answer_thought(question: Question, style: str) -> str:
         raise ValueError(f"sft.expert_think must be one of {EXPERT_THINK_STYLES}, got {style!r}")
     if style == "none" or question.structure != "parallel":
         return ""
-    return comparison_thought(question)
+    return comparison_thought(question, "side_by_side" if style == "side_by_side" else "compare")
 
 
 def round_thoughts(question: Question, style: str, search_rounds: list[list[str]]) -> list[str]:

@@ -152,3 +152,34 @@ def test_dataset_refuses_an_unknown_think_style(tiny_world, setup):
     tokenizer, executor, tags = setup
     with pytest.raises(ValueError, match="sft.expert_think"):
         write_expert_dataset(tiny_world.splits["train"][:2], tags, tokenizer, executor, think="verbose")
+
+
+def test_side_by_side_puts_each_compared_pair_together_and_writes_the_winners_year_first():
+    question = comparison("Which of Ann Lee, Bo Kay and Cy Do was born most recently?", "latest",
+                          ["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970], ["Bo Kay"])
+    assert answer_thought(question, "side_by_side") == (
+        "Ann Lee 1950 , Bo Kay 1990 vs Ann Lee 1950 last 1990 Bo Kay , Cy Do 1970 vs Bo Kay 1990 last 1990 Bo Kay")
+    earliest = comparison("Who was born first, Ann Lee or Bo Kay?", "earliest", ["Ann Lee", "Bo Kay"],
+                          [1990, 1987], ["Bo Kay"])
+    assert answer_thought(earliest, "side_by_side") == "Ann Lee 1990 , Bo Kay 1987 vs Ann Lee 1990 first 1987 Bo Kay"
+    count = comparison("How many of Ann Lee and Bo Kay were born before 1980?", "count", ["Ann Lee", "Bo Kay"],
+                       [1975, 1990], ["1"])
+    assert answer_thought(count, "side_by_side") == answer_thought(count, "compare")  # counts keep their form
+    with pytest.raises(ValueError, match="unknown worked-comparison form 'sideways'"):
+        comparison_thought(question, "sideways")
+
+
+def test_every_generated_side_by_side_thought_ends_on_the_gold_answer(tiny_world):
+    for question in [question for split in tiny_world.splits.values() for question in split
+                     if question.structure == "parallel" and not question.metadata["template"].endswith("count")]:
+        thought = answer_thought(question, "side_by_side")
+        winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
+        assert thought.endswith(f"{winner_year} {question.answers[0]}"), (question.question, thought)
+        for name, year in zip(question.metadata["entities"], question.metadata["sub_answers"]):
+            assert f"{name} {year}" in thought, (question.question, thought)
+
+
+def test_side_by_side_refuses_the_reward_that_scores_the_compare_form():
+    with pytest.raises(ConfigError, match="reward.weights.*worked_comparison scores the 'compare' form"):
+        load_config(None, ["sft.expert_think=side_by_side",
+                           "reward.weights={exact_match: 1.0, worked_comparison: 0.5}"])
