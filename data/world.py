@@ -29,7 +29,8 @@ Everything is seeded (one `random.Random` per stream, never the global RNG): the
 byte-identical files. Questions are generated test split first, then validation, then train, each
 from its own stream, so changing `num_train` leaves the test split unchanged. A question is identified
 by what it asks (relation chain and entities, not its wording), and no two questions in the world share
-that key, so the splits are disjoint by question text and by underlying lookup.
+that key, so the splits are disjoint by question text and by underlying lookup (with `names: shared`, by
+underlying lookup only: a training set's question can read like a test question and have another answer).
 
 What it simplifies on purpose: facts are years, names and regions; documents are 1-3 template
 sentences; comparisons never involve ties (tied samples are drawn again).
