@@ -59,31 +59,32 @@ def comparison_thought(question: Question, form: str = "compare") -> str:
     return ""
 
 
+def running_best(years: list[int], earliest: bool) -> list[tuple[int, int]]:
+    """For each entity after the first: (the index of the best before it, the index of the best after it)."""
+    best, steps = 0, []
+    for index in range(1, len(years)):
+        previous = best
+        if (years[index] < years[best]) if earliest else (years[index] > years[best]):
+            best = index
+        steps.append((previous, best))
+    return steps
+
+
 def running_best_thought(names: list[str], years: list[int], earliest: bool) -> str:
     """Each entity and its year, then after each but the first the best so far: `A 1987 , B 1990 first A 1987`."""
     word = "first" if earliest else "last"
-    best = 0
-    steps = [f"{names[0]} {years[0]}"]
-    for index in range(1, len(names)):
-        if (years[index] < years[best]) if earliest else (years[index] > years[best]):
-            best = index
-        steps.append(f"{names[index]} {years[index]} {word} {names[best]} {years[best]}")
-    return " , ".join(steps)
+    return " , ".join([f"{names[0]} {years[0]}"] + [
+        f"{names[index]} {years[index]} {word} {names[best]} {years[best]}"
+        for index, (_, best) in enumerate(running_best(years, earliest), start=1)])
 
 
 def side_by_side_thought(names: list[str], years: list[int], earliest: bool) -> str:
     """Each entity and its year, then after each but the first that entry against the best so far and the new
     best, year first: `A 1987 , B 1990 vs A 1987 first 1987 A`."""
     word = "first" if earliest else "last"
-    best = 0
-    steps = [f"{names[0]} {years[0]}"]
-    for index in range(1, len(names)):
-        previous = best
-        if (years[index] < years[best]) if earliest else (years[index] > years[best]):
-            best = index
-        steps.append(f"{names[index]} {years[index]} vs {names[previous]} {years[previous]} {word} "
-                     f"{years[best]} {names[best]}")
-    return " , ".join(steps)
+    return " , ".join([f"{names[0]} {years[0]}"] + [
+        f"{names[index]} {years[index]} vs {names[previous]} {years[previous]} {word} {years[best]} {names[best]}"
+        for index, (previous, best) in enumerate(running_best(years, earliest), start=1)])
 
 
 def count_thought(names: list[str], years: list[int], direction: str, threshold: int) -> str:
@@ -99,4 +100,4 @@ def comparison_steps(text: str) -> list[str]:
 
 
 __all__ = ["COUNT_THRESHOLD", "THOUGHT_FORMS", "comparison_steps", "comparison_thought", "count_thought",
-           "running_best_thought", "side_by_side_thought"]
+           "running_best", "running_best_thought", "side_by_side_thought"]

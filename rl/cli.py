@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(= rollout.max_turns=N; default: the config's rollout.max_turns)")
     evaluate.add_argument("--fresh-world", type=int, metavar="SEED",
                           help="evaluate on the test split of a world generated with this seed (facts never seen "
-                               "in training; names too, unless data.world.names=shared), cached in <run_dir>/world-seed<SEED> (QA) and "
-                               "<run_dir>/apps_world-seed<SEED> (apps; both for a mixed run)")
+                               "in training; names too, unless data.world.names=shared), cached in "
+                               "<run_dir>/world-seed<SEED> (QA) and <run_dir>/apps_world-seed<SEED> (apps; both "
+                               "for a mixed run)")
     evaluate.set_defaults(handler=_cmd_eval)
 
     data = commands.add_parser("data", help="data tools")

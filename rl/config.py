@@ -219,7 +219,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_malformed_row": ("error", "skip"),
     "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
     "data.world.names": ("per_set", "shared"),  # data/world.py NAME_MODES
-    "data.apps.names": ("per_set", "shared"),  # data/apps/state.py
+    "data.apps.names": ("per_set", "shared"),  # data/world.py NAME_MODES (data/apps/state.py checks it too)
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
     "rollout.actor_logs": ("errors", "all"),
     "rollout.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),

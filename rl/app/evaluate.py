@@ -387,9 +387,8 @@ def load_eval_questions(config: ExperimentConfig) -> dict[str, list]:
 def use_fresh_world(config: ExperimentConfig, seed: int) -> Path:
     """Point `config` at worlds generated with another seed: entities, names (the same ones with
     data.world.names=shared) and facts that no training question asked about, read through the same
-    checkpoint and tokenizer. Returns the folder the evaluation
-    writes beside (the QA world's, or the apps world's for data.source=apps); the run's own worlds are left as
-    they are.
+    checkpoint and tokenizer. Returns the folder the evaluation writes beside (the QA world's, or the apps
+    world's for data.source=apps); the run's own worlds are left as they are.
 
     The QA world (data.source world or mixed): only its base set is built (the test and validation splits
     depend neither on data.world.train_worlds nor on num_train), cached in <run_dir>/world-seed<N>. The apps
