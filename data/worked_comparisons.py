@@ -16,6 +16,12 @@ Within a question every name has the same number of words, so both years sit at 
 winner's year (a copy by position), the decision is spread over the year's digits instead of falling on one
 name token, and the name follows from the year written. Counts keep the form above.
 
+The "verdict" form of earliest / latest writes, after each step's two entries, their two years next to each
+other and then one verdict token, "that" (the new entry wins) or "old" (the best so far stays), before the
+winner: `Ann Lee 1987 , Bo Kay 1990 vs Ann Lee 1987 : 1990 1987 first old Ann Lee 1987`. The four year tokens
+the decision reads then sit at the same distance from it whatever the names' lengths, the decision is one
+token of two, and writing the winner is a copy of the entry the verdict points at.
+
 The scripted expert writes it in <think> before answering (`sft.expert_think`, rl/app/expert_thoughts.py)
 and the `worked_comparison` reward (rewards/thoughts.py) scores a policy's thought against it. It is built
 from the metadata data/world.py writes (`entities`, `sub_answers`, `template`), so it is only as right as
@@ -35,7 +41,7 @@ COUNT_THRESHOLD = re.compile(r"\b(before|after) (\d+)\?\s*$")  # the count templ
 STEP_SEPARATOR = re.compile(r"\s[,;]\s")
 
 
-THOUGHT_FORMS = ("compare", "side_by_side")
+THOUGHT_FORMS = ("compare", "side_by_side", "verdict")
 
 
 def comparison_thought(question: Question, form: str = "compare") -> str:
@@ -52,6 +58,8 @@ def comparison_thought(question: Question, form: str = "compare") -> str:
     if kind in ("earliest", "latest"):
         if form == "side_by_side":
             return side_by_side_thought(names, years, earliest=kind == "earliest")
+        if form == "verdict":
+            return verdict_thought(names, years, earliest=kind == "earliest")
         return running_best_thought(names, years, earliest=kind == "earliest")
     if kind == "count":
         match = COUNT_THRESHOLD.search(question.question)
@@ -87,6 +95,17 @@ def side_by_side_thought(names: list[str], years: list[int], earliest: bool) -> 
         for index, (previous, best) in enumerate(running_best(years, earliest), start=1)])
 
 
+def verdict_thought(names: list[str], years: list[int], earliest: bool) -> str:
+    """Each entity and its year, then after each but the first that entry against the best so far, the two
+    years side by side, the verdict ("that": the new entry wins, "old": the best so far stays) and the new
+    best: `A 1987 , B 1990 vs A 1987 : 1990 1987 first old A 1987`."""
+    word = "first" if earliest else "last"
+    return " , ".join([f"{names[0]} {years[0]}"] + [
+        f"{names[index]} {years[index]} vs {names[previous]} {years[previous]} : "
+        f"{years[index]} {years[previous]} {word} {'that' if best == index else 'old'} {names[best]} {years[best]}"
+        for index, (previous, best) in enumerate(running_best(years, earliest), start=1)])
+
+
 def count_thought(names: list[str], years: list[int], direction: str, threshold: int) -> str:
     """Each entity, its year and its side of the threshold, then the count: `A 1987 after , B 1975 before ; 1`."""
     sides = ["before" if year < threshold else "after" for year in years]
@@ -100,4 +119,4 @@ def comparison_steps(text: str) -> list[str]:
 
 
 __all__ = ["COUNT_THRESHOLD", "THOUGHT_FORMS", "comparison_steps", "comparison_thought", "count_thought",
-           "running_best", "running_best_thought", "side_by_side_thought"]
+           "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]

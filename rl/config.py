@@ -129,8 +129,9 @@ class SFTConfig:
     parallel_fraction: float = 0.3  # share of parallel questions the expert answers in one fanned-out round
     # what the expert writes in <think>: "none"; "compare" (before answering a parallel question: its fetched
     # years and the comparison step by step); "notes" (compare, and each year noted in the search turn after the
-    # passage that holds it); or "side_by_side" (compare with the two entries of each step next to each other and
-    # the winner's year before its name), rl/app/expert_thoughts.py
+    # passage that holds it); "side_by_side" (compare with the two entries of each step next to each other and
+    # the winner's year before its name); or "verdict" (each step's two years side by side, then a one-token
+    # verdict before the winner), rl/app/expert_thoughts.py
     expert_think: str = "none"
     # share of the demonstrations played with rollout.max_turns = their own search rounds, so their last
     # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
@@ -228,7 +229,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
-    "sft.expert_think": ("none", "compare", "notes", "side_by_side"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
+    "sft.expert_think": ("none", "compare", "notes", "side_by_side", "verdict"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
     "sft.loss_on": ("model_turns", "all"),
 }
 
@@ -507,9 +508,11 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(set(apps_mix) <= {"independent", "chain", "mixed"} and abs(sum(apps_mix.values()) - 1) < 1e-6,
          "data.apps.structure_mix", "keys are independent/chain/mixed and the shares must sum to 1")
     need(config.data.apps.train_worlds >= 0, "data.apps.train_worlds", "must be >= 0 (0: the base world only)")
-    need(not (config.reward.weights.get("worked_comparison") and config.sft.expert_think == "side_by_side"),
+    other_form = config.sft.expert_think in ("side_by_side", "verdict")
+    need(not (config.reward.weights.get("worked_comparison") and other_form),
          "reward.weights", "worked_comparison scores the 'compare' form of the worked comparison, not the "
-         "'side_by_side' one sft.expert_think demonstrates; drop it or use sft.expert_think=compare")
+         f"{config.sft.expert_think!r} one sft.expert_think demonstrates; drop it or use "
+         "sft.expert_think=compare")
     mix = config.data.world.structure_mix
     need(set(mix) <= set(STRUCTURES) and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")

@@ -17,6 +17,10 @@ to each other and the winner's year before its name (data/worked_comparisons.py)
 vs Ann Lee 1987 first 1987 Ann Lee`. Its answer turns are longer (up to ~90 tokens for four people), so give
 it a `rollout.max_new_tokens_per_turn` that holds them; demonstrations that do not fit are dropped.
 
+The "verdict" style puts each step's two years next to each other and a one-token verdict before the winner
+(`... vs Ann Lee 1987 : 1990 1987 first old Ann Lee 1987`, data/worked_comparisons.py); its answer turns are
+longer still (up to ~120 tokens for four entities).
+
 Single-hop and chain questions get no thought (the answer is a value copied from the last passage;
 each chain hop's query already carries the previous hop's answer). "none" (the default) writes no
 thought at all, as before this option existed.
@@ -32,7 +36,7 @@ from __future__ import annotations
 from data.types import Question
 from data.worked_comparisons import comparison_thought
 
-EXPERT_THINK_STYLES = ("none", "compare", "notes", "side_by_side")
+EXPERT_THINK_STYLES = ("none", "compare", "notes", "side_by_side", "verdict")
 
 
 def answer_thought(question: Question, style: str) -> str:
@@ -41,7 +45,7 @@ def answer_thought(question: Question, style: str) -> str:
         raise ValueError(f"sft.expert_think must be one of {EXPERT_THINK_STYLES}, got {style!r}")
     if style == "none" or question.structure != "parallel":
         return ""
-    return comparison_thought(question, "side_by_side" if style == "side_by_side" else "compare")
+    return comparison_thought(question, style if style in ("side_by_side", "verdict") else "compare")
 
 
 def round_thoughts(question: Question, style: str, search_rounds: list[list[str]]) -> list[str]:

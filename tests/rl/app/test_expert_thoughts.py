@@ -179,7 +179,44 @@ def test_every_generated_side_by_side_thought_ends_on_the_gold_answer(tiny_world
             assert f"{name} {year}" in thought, (question.question, thought)
 
 
-def test_side_by_side_refuses_the_reward_that_scores_the_compare_form():
-    with pytest.raises(ConfigError, match="reward.weights.*worked_comparison scores the 'compare' form"):
-        load_config(None, ["sft.expert_think=side_by_side",
+def test_verdict_puts_each_steps_years_together_and_a_one_token_verdict_before_the_winner():
+    question = comparison("Which of Ann Lee, Bo Kay and Cy Do was born most recently?", "latest",
+                          ["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970], ["Bo Kay"])
+    assert answer_thought(question, "verdict") == (
+        "Ann Lee 1950 , Bo Kay 1990 vs Ann Lee 1950 : 1990 1950 last that Bo Kay 1990 , "
+        "Cy Do 1970 vs Bo Kay 1990 : 1970 1990 last old Bo Kay 1990")
+    earliest = comparison("Who was born first, Ann Lee or Bo Kay?", "earliest", ["Ann Lee", "Bo Kay"],
+                          [1987, 1990], ["Ann Lee"])
+    assert answer_thought(earliest, "verdict") == (
+        "Ann Lee 1987 , Bo Kay 1990 vs Ann Lee 1987 : 1990 1987 first old Ann Lee 1987")
+    count = comparison("How many of Ann Lee and Bo Kay were born before 1980?", "count", ["Ann Lee", "Bo Kay"],
+                       [1975, 1990], ["1"])
+    assert answer_thought(count, "verdict") == answer_thought(count, "compare")  # counts keep their form
+
+
+def test_every_generated_verdict_points_at_the_step_winner_and_ends_on_the_gold_answer(tiny_world):
+    questions = [question for split in tiny_world.splits.values() for question in split
+                 if question.structure == "parallel" and not question.metadata["template"].endswith("count")]
+    verdicts = set()
+    for question in questions:
+        thought = answer_thought(question, "verdict")
+        winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
+        assert thought.endswith(f"{question.answers[0]} {winner_year}"), (question.question, thought)
+        for step in thought.split(" , ")[1:]:
+            entries, decision = step.split(" : ")
+            new_year, old_year, word, verdict, *winner = decision.split()
+            earliest = word == "first"
+            new_wins = (int(new_year) < int(old_year)) == earliest
+            assert verdict == ("that" if new_wins else "old"), (question.question, step)
+            new_entry, old_entry = entries.split(" vs ")
+            assert " ".join(winner) == (new_entry if new_wins else old_entry), (question.question, step)
+            verdicts.add(verdict)
+    assert verdicts == {"that", "old"}
+
+
+@pytest.mark.parametrize("form", ["side_by_side", "verdict"])
+def test_the_other_forms_refuse_the_reward_that_scores_the_compare_form(form):
+    refusal = f"reward.weights.*worked_comparison scores the 'compare' form.*'{form}'"
+    with pytest.raises(ConfigError, match=refusal):
+        load_config(None, [f"sft.expert_think={form}",
                            "reward.weights={exact_match: 1.0, worked_comparison: 0.5}"])
