@@ -22,6 +22,10 @@ winner: `Ann Lee 1987 , Bo Kay 1990 vs Ann Lee 1987 : 1990 1987 first old Ann Le
 the decision reads then sit at the same distance from it whatever the names' lengths, the decision is one
 token of two, and writing the winner is a copy of the entry the verdict points at.
 
+A comparison drill (`comparison_drill`, `drill_entries`; `sft.comparison_drills`) is such a thought on its own,
+about a training comparison's names with years drawn anew, cut into pieces so that the SFT loss can fall on
+each step's decision and winner only.
+
 The scripted expert writes it in <think> before answering (`sft.expert_think`, rl/app/expert_thoughts.py)
 and the `worked_comparison` reward (rewards/thoughts.py) scores a policy's thought against it. It is built
 from the metadata data/world.py writes (`entities`, `sub_answers`, `template`), so it is only as right as
@@ -33,6 +37,7 @@ the world; a question without that metadata (e.g. a benchmark row) has none ("")
 
 from __future__ import annotations
 
+import random
 import re
 
 from data.types import Question
@@ -106,6 +111,44 @@ def verdict_thought(names: list[str], years: list[int], earliest: bool) -> str:
         for index, (previous, best) in enumerate(running_best(years, earliest), start=1)])
 
 
+DRILL_FORMS = ("side_by_side", "verdict")
+
+
+def comparison_drill(names: list[str], years: list[int], earliest: bool, form: str) -> list[tuple[str, bool]]:
+    """A worked comparison in `form` (DRILL_FORMS) cut into (text, is_decision) pieces that join into the
+    thought: each step's decision and winner (side_by_side: `1987 A`; verdict: `old A 1987`) is a decision
+    piece, everything else is context. Every piece but the first starts with a space, so the pieces tokenise
+    as the whole thought does."""
+    if form not in DRILL_FORMS:
+        raise ValueError(f"comparison drills are written in {', '.join(DRILL_FORMS)}, not {form!r}")
+    word = "first" if earliest else "last"
+    pieces = [(f"{names[0]} {years[0]}", False)]
+    for index, (previous, best) in enumerate(running_best(years, earliest), start=1):
+        entries = f" , {names[index]} {years[index]} vs {names[previous]} {years[previous]}"
+        if form == "side_by_side":
+            pieces += [(f"{entries} {word}", False), (f" {years[best]} {names[best]}", True)]
+        else:
+            pieces += [(f"{entries} : {years[index]} {years[previous]} {word}", False),
+                       (f" {'that' if best == index else 'old'} {names[best]} {years[best]}", True)]
+    return pieces
+
+
+def drill_entries(questions: list[Question], count: int, rng: random.Random) -> list[tuple[list[str], list[int], bool]]:
+    """`count` comparisons to drill: each takes the names of a random earliest / latest question among
+    `questions` and draws their years anew from every year those questions hold (all different, so every
+    step has one winner), in a random direction."""
+    pool = [question for question in questions if comparison_thought(question)
+            and (question.metadata.get("template", "").endswith(("earliest", "latest")))]
+    if not pool:
+        raise ValueError("comparison drills need earliest / latest comparison questions with their metadata")
+    years = sorted({int(value) for question in pool for value in question.metadata["sub_answers"]})
+    drills = []
+    for _ in range(count):
+        names = list(rng.choice(pool).metadata["entities"])
+        drills.append((names, rng.sample(years, len(names)), rng.random() < 0.5))
+    return drills
+
+
 def count_thought(names: list[str], years: list[int], direction: str, threshold: int) -> str:
     """Each entity, its year and its side of the threshold, then the count: `A 1987 after , B 1975 before ; 1`."""
     sides = ["before" if year < threshold else "after" for year in years]
@@ -118,5 +161,6 @@ def comparison_steps(text: str) -> list[str]:
     return [" ".join(step.split()) for step in STEP_SEPARATOR.split(f" {text.strip()} ") if step.strip()]
 
 
-__all__ = ["COUNT_THRESHOLD", "THOUGHT_FORMS", "comparison_steps", "comparison_thought", "count_thought",
+__all__ = ["COUNT_THRESHOLD", "DRILL_FORMS", "THOUGHT_FORMS", "comparison_drill", "comparison_steps",
+           "comparison_thought", "count_thought", "drill_entries",
            "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]

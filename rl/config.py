@@ -136,6 +136,10 @@ class SFTConfig:
     # share of the demonstrations played with rollout.max_turns = their own search rounds, so their last
     # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
     forced_answer_fraction: float = 0.0
+    # extra SFT rows, each the worked comparison alone (sft.expert_think side_by_side or verdict) about a training
+    # comparison's names with years drawn anew, the loss on each step's decision and winner only (rl/app/expert.py
+    # comparison_drill_dataset); 0: none
+    comparison_drills: int = 0
     # which tokens carry the SFT loss: "model_turns" (what the policy writes) or "all" (also the prompt and every
     # observation: passages repeat the names they are about, so the model also learns to copy from them)
     loss_on: str = "model_turns"
@@ -513,6 +517,10 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          "reward.weights", "worked_comparison scores the 'compare' form of the worked comparison, not the "
          f"{config.sft.expert_think!r} one sft.expert_think demonstrates; drop it or use "
          "sft.expert_think=compare")
+    need(config.sft.comparison_drills >= 0, "sft.comparison_drills", "must be >= 0 (0: none)")
+    need(not config.sft.comparison_drills or config.sft.expert_think in ("side_by_side", "verdict"),
+         "sft.comparison_drills", "drills are written in the side_by_side or verdict thought; set "
+         "sft.expert_think to one of them")
     mix = config.data.world.structure_mix
     need(set(mix) <= set(STRUCTURES) and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")

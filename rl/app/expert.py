@@ -363,3 +363,36 @@ __all__ = [
     "trajectory_to_example",
     "write_expert_dataset",
 ]
+
+
+DRILL_MODE = "drill"  # the mode column of a comparison drill row
+
+
+def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: int, form: str, seed: int = 0) -> Dataset:
+    """`count` comparison drills (`sft.comparison_drills`) in the expert dataset's columns: each row is the
+    answer turn's worked comparison alone, `<think>` and the thought in `form`, about the names of a training
+    comparison with years drawn anew (data/worked_comparisons.py drill_entries), with the loss on each step's
+    decision and winner only. A comparison step is one or two tokens of a 100-token demonstration; a drill
+    is little else."""
+    from data.worked_comparisons import comparison_drill, drill_entries
+
+    rng = random.Random(f"comparison-drills:{seed}")
+    columns: dict[str, list] = {name: [] for name in ("input_ids", "completion_mask", "question_id", "structure",
+                                                      "mode", "model_calls", FORCED_ANSWER_COLUMN)}
+    think = tokenizer("<think>", add_special_tokens=False)["input_ids"]
+    for index, (names, years, earliest) in enumerate(drill_entries(questions, count, rng)):
+        input_ids, completion_mask = list(think), [0] * len(think)
+        for text, is_decision in comparison_drill(names, years, earliest, form):
+            ids = tokenizer(text if text.startswith(" ") else f" {text}", add_special_tokens=False)["input_ids"]
+            input_ids += ids
+            completion_mask += [int(is_decision)] * len(ids)
+        columns["input_ids"].append(input_ids)
+        columns["completion_mask"].append(completion_mask)
+        columns["question_id"].append(f"drill-{index}")
+        columns["structure"].append("parallel")
+        columns["mode"].append(DRILL_MODE)
+        columns["model_calls"].append(0)
+        columns[FORCED_ANSWER_COLUMN].append(False)
+    logger.info("expert: %d comparison drills (%s)", count, form)
+    return Dataset.from_dict(columns)
+

@@ -134,12 +134,21 @@ def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, source: WarmS
                                     corpus_path=source.corpus_path or None)
     protocol, executor = environment.protocol, environment.executor
     try:
-        return write_expert_dataset(
+        dataset = write_expert_dataset(
             source.questions, protocol, tokenizer, executor, config.rollout,
             num_trajectories=config.sft.num_trajectories, parallel_fraction=config.sft.parallel_fraction,
             seed=config.experiment.seed, think=config.sft.expert_think,
             forced_answer_fraction=config.sft.forced_answer_fraction,
         )
+        if config.sft.comparison_drills:
+            from datasets import concatenate_datasets
+
+            from rl.app.expert import comparison_drill_dataset
+
+            drills = comparison_drill_dataset(source.questions, tokenizer, config.sft.comparison_drills,
+                                              config.sft.expert_think, seed=config.experiment.seed)
+            dataset = concatenate_datasets([dataset, drills])
+        return dataset
     finally:
         close = getattr(executor, "close", None)
         if callable(close):

@@ -220,3 +220,61 @@ def test_the_other_forms_refuse_the_reward_that_scores_the_compare_form(form):
     with pytest.raises(ConfigError, match=refusal):
         load_config(None, [f"sft.expert_think={form}",
                            "reward.weights={exact_match: 1.0, worked_comparison: 0.5}"])
+
+
+@pytest.mark.parametrize("form", ["side_by_side", "verdict"])
+def test_a_drills_pieces_join_into_the_thought_and_its_decisions_are_the_step_winners(form):
+    from data.worked_comparisons import comparison_drill
+
+    names, years = ["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970]
+    question = comparison("Which of Ann Lee, Bo Kay and Cy Do was born most recently?", "latest", names, years,
+                          ["Bo Kay"])
+    pieces = comparison_drill(names, years, earliest=False, form=form)
+    assert "".join(text for text, _ in pieces) == answer_thought(question, form)
+    decisions = [text for text, is_decision in pieces if is_decision]
+    assert decisions == ([" 1990 Bo Kay", " 1990 Bo Kay"] if form == "side_by_side"
+                         else [" that Bo Kay 1990", " old Bo Kay 1990"])
+    with pytest.raises(ValueError, match="not 'compare'"):
+        comparison_drill(names, years, earliest=False, form="compare")
+
+
+def test_drill_rows_carry_the_loss_on_the_decisions_only_about_training_names_with_new_years(tiny_world, setup):
+    from rl.app.expert import comparison_drill_dataset
+
+    tokenizer, _, _ = setup
+    train = tiny_world.splits["train"]
+    drills = comparison_drill_dataset(train, tokenizer, 40, "side_by_side", seed=3)
+    assert len(drills) == 40 and set(drills["mode"]) == {"drill"}
+    comparisons = [q for q in train if q.metadata.get("template", "").endswith(("earliest", "latest"))]
+    known_names = {name for q in comparisons for name in q.metadata["entities"]}
+    known_years = {int(value) for q in comparisons for value in q.metadata["sub_answers"]}
+    gold_pairs = {(name, int(year)) for q in comparisons for name, year in zip(q.metadata["entities"],
+                                                                                 q.metadata["sub_answers"])}
+    drawn_pairs = 0
+    for row in drills:
+        text = tokenizer.decode(row["input_ids"])
+        assert text.startswith("<think> ")
+        thought = text[len("<think> "):]
+        entries = [step.split(" vs ")[0] for step in thought.split(" , ")]
+        names = [entry.rsplit(" ", 1)[0] for entry in entries]
+        years = [int(entry.rsplit(" ", 1)[1]) for entry in entries]
+        assert set(names) <= known_names and set(years) <= known_years and len(set(years)) == len(years)
+        drawn_pairs += sum((name, year) not in gold_pairs for name, year in zip(names, years))
+        # the loss tokens are each step's winner, year then name, and nothing else
+        lossy = tokenizer.decode([t for t, m in zip(row["input_ids"], row["completion_mask"]) if m])
+        earliest = " first " in thought
+        winners, best = [], 0
+        for index in range(1, len(years)):
+            if (years[index] < years[best]) if earliest else (years[index] > years[best]):
+                best = index
+            winners.append(f" {years[best]} {names[best]}")
+        assert lossy == "".join(winners), (thought, lossy)
+    assert drawn_pairs > 0  # the years are drawn anew, not the training questions' own
+
+
+def test_comparison_drills_need_a_drill_form_and_a_count_of_at_least_zero():
+    with pytest.raises(ConfigError, match="sft.comparison_drills.*side_by_side or verdict"):
+        load_config(None, ["sft.expert_think=compare", "sft.comparison_drills=10"])
+    with pytest.raises(ConfigError, match="sft.comparison_drills.*>= 0"):
+        load_config(None, ["sft.expert_think=side_by_side", "sft.comparison_drills=-1"])
+    assert load_config(None, ["sft.expert_think=verdict", "sft.comparison_drills=10"]).sft.comparison_drills == 10

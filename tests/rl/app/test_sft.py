@@ -227,3 +227,21 @@ def test_the_tiny_tokenizer_holds_every_name_word_whole_and_splits_a_fresh_world
     texts = set(world_texts(world))
     test_doc_ids = {doc_id for question in world.splits["test"] for doc_id in question.supporting_doc_ids}
     assert not any(document["contents"] in texts for document in world.documents if document["id"] in test_doc_ids)
+
+
+def test_the_warm_start_dataset_appends_the_comparison_drills_to_the_demonstrations(tmp_path, tiny_world,
+                                                                                     tiny_checkpoint):
+    from rl.app.sft import build_expert_dataset
+
+    config = small_config(tmp_path)
+    config.sft.expert_think = "side_by_side"
+    config.rollout.max_new_tokens_per_turn = 96
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    without = build_expert_dataset(config, tokenizer, WarmStartSource.from_world(tiny_world))
+    config.sft.comparison_drills = 6
+    dataset = build_expert_dataset(config, tokenizer, WarmStartSource.from_world(tiny_world))
+    assert len(dataset) == len(without) + 6
+    assert dataset["input_ids"][:len(without)] == without["input_ids"]  # the demonstrations are unchanged
+    drills = [row for row in dataset if row["mode"] == "drill"]
+    assert len(drills) == 6
+    assert all(0 < sum(row["completion_mask"]) < len(row["input_ids"]) for row in drills)
