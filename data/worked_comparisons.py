@@ -94,31 +94,24 @@ def running_best_thought(names: list[str], years: list[int], earliest: bool) -> 
 def side_by_side_thought(names: list[str], years: list[int], earliest: bool) -> str:
     """Each entity and its year, then after each but the first that entry against the best so far and the new
     best, year first: `A 1987 , B 1990 vs A 1987 first 1987 A`."""
-    word = "first" if earliest else "last"
-    return " , ".join([f"{names[0]} {years[0]}"] + [
-        f"{names[index]} {years[index]} vs {names[previous]} {years[previous]} {word} {years[best]} {names[best]}"
-        for index, (previous, best) in enumerate(running_best(years, earliest), start=1)])
+    return "".join(text for text, _ in comparison_drill(names, years, earliest, "side_by_side"))
 
 
 def verdict_thought(names: list[str], years: list[int], earliest: bool) -> str:
     """Each entity and its year, then after each but the first that entry against the best so far, the two
     years side by side, the verdict ("that": the new entry wins, "old": the best so far stays) and the new
     best: `A 1987 , B 1990 vs A 1987 : 1990 1987 first old A 1987`."""
-    word = "first" if earliest else "last"
-    return " , ".join([f"{names[0]} {years[0]}"] + [
-        f"{names[index]} {years[index]} vs {names[previous]} {years[previous]} : "
-        f"{years[index]} {years[previous]} {word} {'that' if best == index else 'old'} {names[best]} {years[best]}"
-        for index, (previous, best) in enumerate(running_best(years, earliest), start=1)])
+    return "".join(text for text, _ in comparison_drill(names, years, earliest, "verdict"))
 
 
 DRILL_FORMS = ("side_by_side", "verdict")
 
 
 def comparison_drill(names: list[str], years: list[int], earliest: bool, form: str) -> list[tuple[str, bool]]:
-    """A worked comparison in `form` (DRILL_FORMS) cut into (text, is_decision) pieces that join into the
-    thought: each step's decision and winner (side_by_side: `1987 A`; verdict: `old A 1987`) is a decision
-    piece, everything else is context. Every piece but the first starts with a space, so the pieces tokenise
-    as the whole thought does."""
+    """The worked comparison in `form` (DRILL_FORMS) as (text, is_decision) pieces that join into its thought
+    (the one place both forms are written): each step's decision and winner (side_by_side: `1987 A`; verdict:
+    `old A 1987`) is a decision piece, everything else is context. Every piece but the first starts with a
+    space, so the pieces tokenise as the whole thought does."""
     if form not in DRILL_FORMS:
         raise ValueError(f"comparison drills are written in {', '.join(DRILL_FORMS)}, not {form!r}")
     word = "first" if earliest else "last"
@@ -133,7 +126,8 @@ def comparison_drill(names: list[str], years: list[int], earliest: bool, form: s
     return pieces
 
 
-def drill_entries(questions: list[Question], count: int, rng: random.Random) -> list[tuple[list[str], list[int], bool]]:
+def drill_entries(questions: list[Question], count: int,
+                  rng: random.Random) -> list[tuple[list[str], list[int], bool]]:
     """`count` comparisons to drill: each takes the names of a random earliest / latest question among
     `questions` and draws their years anew from every year those questions hold (all different, so every
     step has one winner), in a random direction."""

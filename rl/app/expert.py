@@ -343,32 +343,11 @@ def write_expert_dataset(
     return Dataset.from_dict(columns)
 
 
-__all__ = [
-    "EXPERT_MODES",
-    "FORCED_ANSWER_COLUMN",
-    "ExpertError",
-    "ExpertPlan",
-    "choose_forced_answer",
-    "choose_modes",
-    "expert_plan",
-    "expert_queries",
-    "expert_scripts",
-    "expert_trajectories",
-    "expert_trajectories_under_budgets",
-    "expert_trajectory",
-    "expert_turns",
-    "plan_actions",
-    "played_as_scripted",
-    "sample_questions",
-    "trajectory_to_example",
-    "write_expert_dataset",
-]
-
-
 DRILL_MODE = "drill"  # the mode column of a comparison drill row
 
 
-def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: int, form: str, seed: int = 0) -> Dataset:
+def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: int, form: str,
+                             seed: int = 0) -> Dataset:
     """`count` comparison drills (`sft.comparison_drills`) in the expert dataset's columns: each row is the
     answer turn's worked comparison alone, `<think>` and the thought in `form`, about the names of a training
     comparison with years drawn anew (data/worked_comparisons.py drill_entries), with the loss on each step's
@@ -395,4 +374,28 @@ def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: i
         columns[FORCED_ANSWER_COLUMN].append(False)
     logger.info("expert: %d comparison drills (%s)", count, form)
     return Dataset.from_dict(columns)
+
+
+__all__ = [
+    "DRILL_MODE",
+    "EXPERT_MODES",
+    "FORCED_ANSWER_COLUMN",
+    "ExpertError",
+    "ExpertPlan",
+    "choose_forced_answer",
+    "choose_modes",
+    "comparison_drill_dataset",
+    "expert_plan",
+    "expert_queries",
+    "expert_scripts",
+    "expert_trajectories",
+    "expert_trajectories_under_budgets",
+    "expert_trajectory",
+    "expert_turns",
+    "plan_actions",
+    "played_as_scripted",
+    "sample_questions",
+    "trajectory_to_example",
+    "write_expert_dataset",
+]
 
