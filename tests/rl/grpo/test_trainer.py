@@ -215,8 +215,11 @@ def test_zero_stages_run_on_cpu_and_match_stage_0(zero_stage, stage0_update):
     metrics = trainer.step(synthetic_groups())
     weights = trainer.export_weights()
     assert trainer.version == 1 and sorted(weights) == sorted(expected_weights)
+    # Adam's update is about lr * g / (|g| + eps): where a gradient is near eps, the rounding of a differently
+    # ordered reduction moves that weight by up to ~1e-5 (one element of 2048, once, in a full suite run). A
+    # stage that got the update wrong moves weights by about lr = 1e-2, a hundred times the tolerance.
     for name, tensor in weights.items():
-        torch.testing.assert_close(tensor, expected_weights[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(tensor, expected_weights[name], atol=1e-4, rtol=1e-4)
     for key in ("loss/policy", "loss/grad_norm", "loss/clip_fraction"):
         assert metrics[key] == pytest.approx(expected_metrics[key], rel=1e-4, abs=1e-6)
 
