@@ -28,6 +28,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from data.config import DataConfig, RetrieverConfig, WorldConfig
 from data.errors import ConfigError
 from data.types import STRUCTURES
+from data.worked_comparisons import DRILL_FORMS
 from rewards.config import RewardConfig
 from rollouts.config import RolloutConfig, ToolsConfig
 
@@ -512,13 +513,13 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(set(apps_mix) <= {"independent", "chain", "mixed"} and abs(sum(apps_mix.values()) - 1) < 1e-6,
          "data.apps.structure_mix", "keys are independent/chain/mixed and the shares must sum to 1")
     need(config.data.apps.train_worlds >= 0, "data.apps.train_worlds", "must be >= 0 (0: the base world only)")
-    other_form = config.sft.expert_think in ("side_by_side", "verdict")
+    other_form = config.sft.expert_think in DRILL_FORMS  # a worked comparison in another form than "compare"
     need(not (config.reward.weights.get("worked_comparison") and other_form),
          "reward.weights", "worked_comparison scores the 'compare' form of the worked comparison, not the "
          f"{config.sft.expert_think!r} one sft.expert_think demonstrates; drop it or use "
          "sft.expert_think=compare")
     need(config.sft.comparison_drills >= 0, "sft.comparison_drills", "must be >= 0 (0: none)")
-    need(not config.sft.comparison_drills or config.sft.expert_think in ("side_by_side", "verdict"),
+    need(not config.sft.comparison_drills or other_form,
          "sft.comparison_drills", "drills are written in the side_by_side or verdict thought; set "
          "sft.expert_think to one of them")
     mix = config.data.world.structure_mix

@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 EXPERT_MODES = ("parallel", "sequential")
 FORCED_ANSWER_COLUMN = "forced_answer"  # dataset column: the demonstration ends on the forced-answer cue
+# the columns of the expert dataset (write_expert_dataset) and of its comparison drills
+EXPERT_COLUMNS = ("input_ids", "completion_mask", "question_id", "structure", "mode", "model_calls",
+                  FORCED_ANSWER_COLUMN)
 
 
 class ExpertError(ValueError):
@@ -314,8 +317,7 @@ def write_expert_dataset(
     chosen = sample_questions(questions, num_trajectories or len(questions), rng)
     modes = choose_modes(chosen, parallel_fraction, rng)
     forced = choose_forced_answer(len(chosen), forced_answer_fraction, seed)
-    columns: dict[str, list] = {name: [] for name in ("input_ids", "completion_mask", "question_id", "structure",
-                                                      "mode", "model_calls", FORCED_ANSWER_COLUMN)}
+    columns: dict[str, list] = {name: [] for name in EXPERT_COLUMNS}
     dropped = 0
     for start in range(0, len(chosen), batch_size):
         batch_questions, batch_modes = chosen[start:start + batch_size], modes[start:start + batch_size]
@@ -356,8 +358,7 @@ def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: i
     from data.worked_comparisons import comparison_drill, drill_entries
 
     rng = random.Random(f"comparison-drills:{seed}")
-    columns: dict[str, list] = {name: [] for name in ("input_ids", "completion_mask", "question_id", "structure",
-                                                      "mode", "model_calls", FORCED_ANSWER_COLUMN)}
+    columns: dict[str, list] = {name: [] for name in EXPERT_COLUMNS}
     think = tokenizer("<think>", add_special_tokens=False)["input_ids"]
     for index, (names, years, earliest) in enumerate(drill_entries(questions, count, rng)):
         input_ids, completion_mask = list(think), [0] * len(think)
@@ -378,6 +379,7 @@ def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: i
 
 __all__ = [
     "DRILL_MODE",
+    "EXPERT_COLUMNS",
     "EXPERT_MODES",
     "FORCED_ANSWER_COLUMN",
     "ExpertError",
@@ -398,4 +400,3 @@ __all__ = [
     "trajectory_to_example",
     "write_expert_dataset",
 ]
-

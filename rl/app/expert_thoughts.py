@@ -34,7 +34,7 @@ gets no thought rather than a wrong one.
 from __future__ import annotations
 
 from data.types import Question
-from data.worked_comparisons import comparison_thought
+from data.worked_comparisons import DRILL_FORMS, comparison_thought
 
 EXPERT_THINK_STYLES = ("none", "compare", "notes", "side_by_side", "verdict")
 
@@ -45,7 +45,7 @@ def answer_thought(question: Question, style: str) -> str:
         raise ValueError(f"sft.expert_think must be one of {EXPERT_THINK_STYLES}, got {style!r}")
     if style == "none" or question.structure != "parallel":
         return ""
-    return comparison_thought(question, style if style in ("side_by_side", "verdict") else "compare")
+    return comparison_thought(question, style if style in DRILL_FORMS else "compare")
 
 
 def round_thoughts(question: Question, style: str, search_rounds: list[list[str]]) -> list[str]:
