@@ -22,6 +22,13 @@ winner: `Ann Lee 1987 , Bo Kay 1990 vs Ann Lee 1987 : 1990 1987 first old Ann Le
 the decision reads then sit at the same distance from it whatever the names' lengths, the decision is one
 token of two, and writing the winner is a copy of the entry the verdict points at.
 
+The "digits" form spells each step's two years out digit by digit, writes how each digit pair compares up to
+the first that differs ("=", "<": the new entry's digit is smaller, ">"), then the verdict and the winner as
+`verdict` does: `Ann Lee 1987 , Bo Kay 1990 vs Ann Lee 1987 first : 1 9 9 0 , 1 9 8 7 ; = = > old Ann Lee 1987`.
+Every token of it is then a copy from a fixed distance or an order between two of ten digits; the verdict
+reads the last sign and the direction. Trained on drills alone (rl/app/comparison_probe.py), the reader's
+2-layer model leaves `verdict`'s decision a coin flip and learns this form's (docs/RESULTS.md, "Reading").
+
 A comparison drill (`comparison_drill`, `drill_entries`; `sft.comparison_drills`) is such a thought on its own,
 about a training comparison's names with years drawn anew, cut into pieces so that the SFT loss can fall on
 each step's decision and winner only.
@@ -46,7 +53,7 @@ COUNT_THRESHOLD = re.compile(r"\b(before|after) (\d+)\?\s*$")  # the count templ
 STEP_SEPARATOR = re.compile(r"\s[,;]\s")
 
 
-THOUGHT_FORMS = ("compare", "side_by_side", "verdict")
+THOUGHT_FORMS = ("compare", "side_by_side", "verdict", "digits")
 
 
 def comparison_thought(question: Question, form: str = "compare") -> str:
@@ -61,10 +68,8 @@ def comparison_thought(question: Question, form: str = "compare") -> str:
     years = [int(value) for value in values]
     kind = template.rsplit("_", 1)[-1]
     if kind in ("earliest", "latest"):
-        if form == "side_by_side":
-            return side_by_side_thought(names, years, earliest=kind == "earliest")
-        if form == "verdict":
-            return verdict_thought(names, years, earliest=kind == "earliest")
+        if form in DRILL_FORMS:
+            return "".join(text for text, _ in comparison_drill(names, years, kind == "earliest", form))
         return running_best_thought(names, years, earliest=kind == "earliest")
     if kind == "count":
         match = COUNT_THRESHOLD.search(question.question)
@@ -104,13 +109,13 @@ def verdict_thought(names: list[str], years: list[int], earliest: bool) -> str:
     return "".join(text for text, _ in comparison_drill(names, years, earliest, "verdict"))
 
 
-DRILL_FORMS = ("side_by_side", "verdict")
+DRILL_FORMS = ("side_by_side", "verdict", "digits")
 
 
 def comparison_drill(names: list[str], years: list[int], earliest: bool, form: str) -> list[tuple[str, bool]]:
     """The worked comparison in `form` (DRILL_FORMS) as (text, is_decision) pieces that join into its thought
-    (the one place both forms are written): each step's decision and winner (side_by_side: `1987 A`; verdict:
-    `old A 1987`) is a decision piece, everything else is context. Every piece but the first starts with a
+    (the one place these forms are written): each step's decision and winner (side_by_side: `1987 A`; verdict:
+    `old A 1987`; digits: `= = > old A 1987`) is a decision piece, everything else is context. Every piece but the first starts with a
     space, so the pieces tokenise as the whole thought does."""
     if form not in DRILL_FORMS:
         raise ValueError(f"comparison drills are written in {', '.join(DRILL_FORMS)}, not {form!r}")
@@ -120,10 +125,31 @@ def comparison_drill(names: list[str], years: list[int], earliest: bool, form: s
         entries = f" , {names[index]} {years[index]} vs {names[previous]} {years[previous]}"
         if form == "side_by_side":
             pieces += [(f"{entries} {word}", False), (f" {years[best]} {names[best]}", True)]
+        elif form == "digits":
+            new, old = digit_strings(years[index], years[previous])
+            pieces += [(f"{entries} {word} : {' '.join(new)} , {' '.join(old)} ;", False),
+                       (f" {' '.join(digit_signs(new, old))} {'that' if best == index else 'old'} "
+                        f"{names[best]} {years[best]}", True)]
         else:
             pieces += [(f"{entries} : {years[index]} {years[previous]} {word}", False),
                        (f" {'that' if best == index else 'old'} {names[best]} {years[best]}", True)]
     return pieces
+
+
+def digit_strings(new: int, old: int) -> tuple[str, str]:
+    """The two years as digit strings of one length (leading zeros)."""
+    width = max(len(str(new)), len(str(old)))
+    return str(new).zfill(width), str(old).zfill(width)
+
+
+def digit_signs(new: str, old: str) -> list[str]:
+    """How each digit of `new` compares with `old`'s, up to and including the first that differs."""
+    signs = []
+    for new_digit, old_digit in zip(new, old):
+        signs.append("=" if new_digit == old_digit else "<" if new_digit < old_digit else ">")
+        if new_digit != old_digit:
+            break
+    return signs
 
 
 def drill_entries(questions: list[Question], count: int,
@@ -156,5 +182,5 @@ def comparison_steps(text: str) -> list[str]:
 
 
 __all__ = ["COUNT_THRESHOLD", "DRILL_FORMS", "THOUGHT_FORMS", "comparison_drill", "comparison_steps",
-           "comparison_thought", "count_thought", "drill_entries",
+           "comparison_thought", "count_thought", "digit_signs", "digit_strings", "drill_entries",
            "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]

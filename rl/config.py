@@ -131,13 +131,14 @@ class SFTConfig:
     # what the expert writes in <think>: "none"; "compare" (before answering a parallel question: its fetched
     # years and the comparison step by step); "notes" (compare, and each year noted in the search turn after the
     # passage that holds it); "side_by_side" (compare with the two entries of each step next to each other and
-    # the winner's year before its name); or "verdict" (each step's two years side by side, then a one-token
-    # verdict before the winner), rl/app/expert_thoughts.py
+    # the winner's year before its name); "verdict" (each step's two years side by side, then a one-token
+    # verdict before the winner); or "digits" (each step's two years spelt and compared digit by digit, then the
+    # verdict and the winner), rl/app/expert_thoughts.py
     expert_think: str = "none"
     # share of the demonstrations played with rollout.max_turns = their own search rounds, so their last
     # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
     forced_answer_fraction: float = 0.0
-    # extra SFT rows, each the worked comparison alone (sft.expert_think side_by_side or verdict) about a training
+    # extra SFT rows, each the worked comparison alone (sft.expert_think side_by_side, verdict or digits) about a training
     # comparison's names with years drawn anew, the loss on each step's decision and winner only (rl/app/expert.py
     # comparison_drill_dataset); 0: none
     comparison_drills: int = 0
@@ -234,7 +235,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
-    "sft.expert_think": ("none", "compare", "notes", "side_by_side", "verdict"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
+    "sft.expert_think": ("none", "compare", "notes", "side_by_side", "verdict", "digits"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
     "sft.loss_on": ("model_turns", "all"),
 }
 
@@ -520,7 +521,7 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          "sft.expert_think=compare")
     need(config.sft.comparison_drills >= 0, "sft.comparison_drills", "must be >= 0 (0: none)")
     need(not config.sft.comparison_drills or other_form,
-         "sft.comparison_drills", "drills are written in the side_by_side or verdict thought; set "
+         "sft.comparison_drills", "drills are written in the side_by_side, verdict or digits thought; set "
          "sft.expert_think to one of them")
     mix = config.data.world.structure_mix
     need(set(mix) <= set(STRUCTURES) and abs(sum(mix.values()) - 1) < 1e-6,

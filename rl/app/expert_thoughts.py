@@ -21,6 +21,10 @@ The "verdict" style puts each step's two years next to each other and a one-toke
 (`... vs Ann Lee 1987 : 1990 1987 first old Ann Lee 1987`, data/worked_comparisons.py); its answer turns are
 longer still (up to ~120 tokens for four entities).
 
+The "digits" style spells each step's two years digit by digit and compares them digit by digit before the
+verdict (`... vs Ann Lee 1987 first : 1 9 9 0 , 1 9 8 7 ; = = > old Ann Lee 1987`, data/worked_comparisons.py);
+its answer turns reach ~150 tokens for four entities.
+
 Single-hop and chain questions get no thought (the answer is a value copied from the last passage;
 each chain hop's query already carries the previous hop's answer). "none" (the default) writes no
 thought at all, as before this option existed.
@@ -36,7 +40,7 @@ from __future__ import annotations
 from data.types import Question
 from data.worked_comparisons import DRILL_FORMS, comparison_thought
 
-EXPERT_THINK_STYLES = ("none", "compare", "notes", "side_by_side", "verdict")
+EXPERT_THINK_STYLES = ("none", "compare", "notes", "side_by_side", "verdict", "digits")
 
 
 def answer_thought(question: Question, style: str) -> str:

@@ -4,6 +4,8 @@ the "notes" style's year noted in the search turn after each passage)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from data.config import RetrieverConfig
@@ -214,7 +216,46 @@ def test_every_generated_verdict_points_at_the_step_winner_and_ends_on_the_gold_
     assert verdicts == {"that", "old"}
 
 
-@pytest.mark.parametrize("form", ["side_by_side", "verdict"])
+def test_digits_spells_each_steps_years_and_compares_them_digit_by_digit_before_the_verdict():
+    question = comparison("Which of Ann Lee, Bo Kay and Cy Do was born most recently?", "latest",
+                          ["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970], ["Bo Kay"])
+    assert answer_thought(question, "digits") == (
+        "Ann Lee 1950 , Bo Kay 1990 vs Ann Lee 1950 last : 1 9 9 0 , 1 9 5 0 ; = = > that Bo Kay 1990 , "
+        "Cy Do 1970 vs Bo Kay 1990 last : 1 9 7 0 , 1 9 9 0 ; = = < old Bo Kay 1990")
+    earliest = comparison("Who was born first, Ann Lee or Bo Kay?", "earliest", ["Ann Lee", "Bo Kay"],
+                          [987, 1990], ["Ann Lee"])  # years of other lengths are compared at one width
+    assert answer_thought(earliest, "digits") == (
+        "Ann Lee 987 , Bo Kay 1990 vs Ann Lee 987 first : 1 9 9 0 , 0 9 8 7 ; > old Ann Lee 987")
+    count = comparison("How many of Ann Lee and Bo Kay were born before 1980?", "count", ["Ann Lee", "Bo Kay"],
+                       [1975, 1990], ["1"])
+    assert answer_thought(count, "digits") == answer_thought(count, "compare")  # counts keep their form
+
+
+def test_every_generated_digit_comparison_agrees_with_the_years_and_ends_on_the_gold_answer(tiny_world):
+    questions = [question for split in tiny_world.splits.values() for question in split
+                 if question.structure == "parallel" and not question.metadata["template"].endswith("count")]
+    last_signs = set()
+    for question in questions:
+        thought = answer_thought(question, "digits")
+        winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
+        assert thought.endswith(f"{question.answers[0]} {winner_year}"), (question.question, thought)
+        for step in thought.split(" vs ")[1:]:
+            # "<best so far> <word> : <new digits> , <old digits> ; <signs> <verdict> <winner>[ , <next entry>]"
+            head, rest = step.split(" : ")
+            digits, decision = rest.split(" ; ")
+            new_digits, old_digits = (part.split() for part in digits.split(" , "))
+            word, tokens = head.split()[-1], decision.split()
+            signs = list(itertools.takewhile(lambda token: token in ("=", "<", ">"), tokens))
+            verdict = tokens[len(signs)]
+            new_year, old_year = int("".join(new_digits)), int("".join(old_digits))
+            assert signs[:-1] == ["="] * (len(signs) - 1) and signs[-1] == ("<" if new_year < old_year else ">")
+            new_wins = (new_year < old_year) == (word == "first")
+            assert verdict == ("that" if new_wins else "old"), (question.question, step)
+            last_signs.add((signs[-1], verdict))
+    assert last_signs == {("<", "that"), ("<", "old"), (">", "that"), (">", "old")}
+
+
+@pytest.mark.parametrize("form", ["side_by_side", "verdict", "digits"])
 def test_the_other_forms_refuse_the_reward_that_scores_the_compare_form(form):
     refusal = f"reward.weights.*worked_comparison scores the 'compare' form.*'{form}'"
     with pytest.raises(ConfigError, match=refusal):
@@ -222,7 +263,7 @@ def test_the_other_forms_refuse_the_reward_that_scores_the_compare_form(form):
                            "reward.weights={exact_match: 1.0, worked_comparison: 0.5}"])
 
 
-@pytest.mark.parametrize("form", ["side_by_side", "verdict"])
+@pytest.mark.parametrize("form", ["side_by_side", "verdict", "digits"])
 def test_a_drills_pieces_join_into_the_thought_and_its_decisions_are_the_step_winners(form):
     from data.worked_comparisons import comparison_drill
 
@@ -232,8 +273,9 @@ def test_a_drills_pieces_join_into_the_thought_and_its_decisions_are_the_step_wi
     pieces = comparison_drill(names, years, earliest=False, form=form)
     assert "".join(text for text, _ in pieces) == answer_thought(question, form)
     decisions = [text for text, is_decision in pieces if is_decision]
-    assert decisions == ([" 1990 Bo Kay", " 1990 Bo Kay"] if form == "side_by_side"
-                         else [" that Bo Kay 1990", " old Bo Kay 1990"])
+    assert decisions == {"side_by_side": [" 1990 Bo Kay", " 1990 Bo Kay"],
+                         "verdict": [" that Bo Kay 1990", " old Bo Kay 1990"],
+                         "digits": [" = = > that Bo Kay 1990", " = = < old Bo Kay 1990"]}[form]
     with pytest.raises(ValueError, match="not 'compare'"):
         comparison_drill(names, years, earliest=False, form="compare")
 
@@ -273,7 +315,7 @@ def test_drill_rows_carry_the_loss_on_the_decisions_only_about_training_names_wi
 
 
 def test_comparison_drills_need_a_drill_form_and_a_count_of_at_least_zero():
-    with pytest.raises(ConfigError, match="sft.comparison_drills.*side_by_side or verdict"):
+    with pytest.raises(ConfigError, match="sft.comparison_drills.*side_by_side, verdict or digits"):
         load_config(None, ["sft.expert_think=compare", "sft.comparison_drills=10"])
     with pytest.raises(ConfigError, match="sft.comparison_drills.*>= 0"):
         load_config(None, ["sft.expert_think=side_by_side", "sft.comparison_drills=-1"])

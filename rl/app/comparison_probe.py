@@ -1,0 +1,181 @@
+"""Can the policy's architecture learn a worked comparison's decisions on their own? A probe.
+
+It trains a fresh tiny model (the run's model config and tokenizer, nothing of its SFT) on comparison drills
+alone: each row a worked comparison in one form about a training comparison's names with years drawn anew
+(rl/app/expert.py `comparison_drill_dataset`), the loss on each step's decision and winner only. On drills
+about the test questions' names it reports, teacher-forced, how often each decision token is right, by its
+place in the step's decision (for `side_by_side`: the year's two tokens, then the name's), and how often a
+whole drill is. A form the probe does not learn in isolation will not be learnt inside a 100-token
+demonstration either; one it learns tells what to demonstrate.
+
+Forms: the thought forms of data/worked_comparisons.py (DRILL_FORMS) and `year_first`, a probe-only
+variant of side_by_side whose entries put the year before the name (`1987 Ann Lee , 1990 Bo Kay vs 1987 Ann
+Lee first 1987 Ann Lee`), so that the name after the winner's year is a copy of what follows that year.
+
+    python -m rl.app.comparison_probe --run runs/reader --form digits --steps 500 --out probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from data.worked_comparisons import DRILL_FORMS, comparison_drill, drill_entries, running_best
+
+logger = logging.getLogger(__name__)
+
+PROBE_FORMS = (*DRILL_FORMS, "year_first")
+
+
+def year_first_drill(names: list[str], years: list[int], earliest: bool) -> list[tuple[str, bool]]:
+    """side_by_side with every entry written year first; the decision pieces are each step's winner."""
+    word = "first" if earliest else "last"
+
+    def entry(index: int) -> str:
+        return f"{years[index]} {names[index]}"
+
+    pieces = [(entry(0), False)]
+    for index, (previous, best) in enumerate(running_best(years, earliest), start=1):
+        pieces += [(f" , {entry(index)} vs {entry(previous)} {word}", False), (f" {entry(best)}", True)]
+    return pieces
+
+
+def probe_rows(questions: list, tokenizer: Any, count: int, form: str, seed: int) -> list[dict]:
+    """`count` drills in `form`: input_ids, and for each token the index of its place in a decision piece
+    (-1 outside: no loss there)."""
+    if form not in PROBE_FORMS:
+        raise ValueError(f"--form must be one of {', '.join(PROBE_FORMS)}, not {form!r}")
+    rows = []
+    think = tokenizer("<think>", add_special_tokens=False)["input_ids"]
+    for names, years, earliest in drill_entries(questions, count, random.Random(f"comparison-probe:{seed}")):
+        pieces = (year_first_drill(names, years, earliest) if form == "year_first"
+                  else comparison_drill(names, years, earliest, form))
+        input_ids, places = list(think), [-1] * len(think)
+        for text, is_decision in pieces:
+            ids = tokenizer(text if text.startswith(" ") else f" {text}", add_special_tokens=False)["input_ids"]
+            input_ids += ids
+            places += list(range(len(ids))) if is_decision else [-1] * len(ids)
+        rows.append({"input_ids": input_ids, "places": places})
+    return rows
+
+
+def collate(rows: list[dict], pad_id: int) -> tuple[Any, Any, Any]:
+    """Right-padded input_ids, attention mask and labels (-100 outside the decisions)."""
+    import torch
+
+    width = max(len(row["input_ids"]) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id)
+    attention = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for index, row in enumerate(rows):
+        ids, places = torch.tensor(row["input_ids"]), torch.tensor(row["places"])
+        input_ids[index, :len(ids)], attention[index, :len(ids)] = ids, 1
+        labels[index, :len(ids)] = torch.where(places >= 0, ids, torch.tensor(-100))
+    return input_ids, attention, labels
+
+
+def decision_accuracy(model: Any, rows: list[dict], pad_id: int, batch_size: int = 100) -> dict:
+    """Teacher-forced: the share of decision tokens predicted right, by place and overall, and of whole rows."""
+    import torch
+
+    right_by_place: dict[int, list[int]] = {}
+    rows_right = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            input_ids, attention, _ = collate(chunk, pad_id)
+            predicted = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].argmax(-1)
+            for index, row in enumerate(chunk):
+                all_right = True
+                for position, place in enumerate(row["places"][1:]):
+                    if place < 0:
+                        continue
+                    right = int(predicted[index, position] == row["input_ids"][position + 1])
+                    counts = right_by_place.setdefault(place, [0, 0])
+                    counts[0], counts[1] = counts[0] + right, counts[1] + 1
+                    all_right = all_right and bool(right)
+                rows_right += all_right
+    model.train(was_training)
+    total = sum(counts[1] for counts in right_by_place.values())
+    return {
+        "tokens": round(sum(counts[0] for counts in right_by_place.values()) / total, 4),
+        "by_place": {str(place): round(counts[0] / counts[1], 4) for place, counts in sorted(right_by_place.items())},
+        "rows": round(rows_right / len(rows), 4),
+    }
+
+
+def run_probe(train_rows: list[dict], test_rows: list[dict], model: Any, pad_id: int, steps: int,
+              learning_rate: float, batch_size: int = 64, eval_every: int = 250, seed: int = 0) -> list[dict]:
+    """AdamW at a constant learning rate on `train_rows`; the test accuracy every `eval_every` steps."""
+    import torch
+
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    order, cursor, started, history = list(range(len(train_rows))), 0, time.perf_counter(), []
+    random.Random(seed).shuffle(order)
+    model.train()
+    for step in range(1, steps + 1):
+        if cursor + batch_size > len(order):
+            cursor = 0
+        input_ids, attention, labels = collate([train_rows[i] for i in order[cursor:cursor + batch_size]], pad_id)
+        cursor += batch_size
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % eval_every == 0 or step == steps:
+            row = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - started, 1),
+                   **decision_accuracy(model, test_rows, pad_id)}
+            logger.info("probe: %s", row)
+            history.append(row)
+    return history
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a run folder holding world/ and base/ (its tiny model)")
+    parser.add_argument("--form", default="digits", choices=PROBE_FORMS)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-drills", type=int, default=20000)
+    parser.add_argument("--test-drills", type=int, default=300)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="", help="write the settings and the accuracy history here (JSON)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from data.world import load_world
+    from rollouts.model_loading import load_tokenizer
+
+    run = Path(args.run)
+    world = load_world(run / "world")
+    tokenizer = load_tokenizer(run / "base")
+    base_config = Qwen2ForCausalLM.from_pretrained(run / "base").config
+    torch.manual_seed(args.seed)
+    model = Qwen2ForCausalLM(base_config)  # fresh weights: nothing of the run's training
+    comparisons = {split: [q for q in world.splits[split] if q.structure == "parallel"] for split in ("train", "test")}
+    train_rows = probe_rows(comparisons["train"], tokenizer, args.train_drills, args.form, seed=args.seed)
+    test_rows = probe_rows(comparisons["test"], tokenizer, args.test_drills, args.form, seed=args.seed + 1)
+    history = run_probe(train_rows, test_rows, model, tokenizer.pad_token_id, args.steps, args.lr,
+                        args.batch_size, args.eval_every, args.seed)
+    result = {"settings": vars(args), "history": history}
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
