@@ -57,7 +57,8 @@ def probe_rows(questions: list, tokenizer: Any, count: int, form: str, seed: int
                   else comparison_drill(names, years, earliest, form))
         input_ids, places = list(think), [-1] * len(think)
         for text, is_decision in pieces:
-            ids = tokenizer(text if text.startswith(" ") else f" {text}", add_special_tokens=False)["input_ids"]
+            text = text if text.startswith(" ") else f" {text}"
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             input_ids += ids
             places += list(range(len(ids))) if is_decision else [-1] * len(ids)
         rows.append({"input_ids": input_ids, "places": places})
@@ -80,7 +81,8 @@ def collate(rows: list[dict], pad_id: int) -> tuple[Any, Any, Any]:
 
 
 def decision_accuracy(model: Any, rows: list[dict], pad_id: int, batch_size: int = 100) -> dict:
-    """Teacher-forced: the share of decision tokens predicted right, by place and overall, and of whole rows."""
+    """Teacher-forced: the share of decision tokens predicted right, by place and overall, and of whole
+    rows."""
     import torch
 
     right_by_place: dict[int, list[int]] = {}
@@ -106,7 +108,8 @@ def decision_accuracy(model: Any, rows: list[dict], pad_id: int, batch_size: int
     total = sum(counts[1] for counts in right_by_place.values())
     return {
         "tokens": round(sum(counts[0] for counts in right_by_place.values()) / total, 4),
-        "by_place": {str(place): round(counts[0] / counts[1], 4) for place, counts in sorted(right_by_place.items())},
+        "by_place": {str(place): round(right / seen, 4)
+                     for place, (right, seen) in sorted(right_by_place.items())},
         "rows": round(rows_right / len(rows), 4),
     }
 
@@ -124,7 +127,8 @@ def run_probe(train_rows: list[dict], test_rows: list[dict], model: Any, pad_id:
     for step in range(1, steps + 1):
         if cursor + batch_size > len(order):
             cursor = 0
-        input_ids, attention, labels = collate([train_rows[i] for i in order[cursor:cursor + batch_size]], pad_id)
+        batch = [train_rows[index] for index in order[cursor:cursor + batch_size]]
+        input_ids, attention, labels = collate(batch, pad_id)
         cursor += batch_size
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad()
@@ -132,7 +136,8 @@ def run_probe(train_rows: list[dict], test_rows: list[dict], model: Any, pad_id:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % eval_every == 0 or step == steps:
-            row = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - started, 1),
+            seconds = round(time.perf_counter() - started, 1)
+            row = {"step": step, "loss": round(loss.item(), 4), "seconds": seconds,
                    **decision_accuracy(model, test_rows, pad_id)}
             logger.info("probe: %s", row)
             history.append(row)
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     import torch
-    from transformers import Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from data.world import load_world
     from rollouts.model_loading import load_tokenizer
@@ -163,10 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
     run = Path(args.run)
     world = load_world(run / "world")
     tokenizer = load_tokenizer(run / "base")
-    base_config = Qwen2ForCausalLM.from_pretrained(run / "base").config
     torch.manual_seed(args.seed)
-    model = Qwen2ForCausalLM(base_config)  # fresh weights: nothing of the run's training
-    comparisons = {split: [q for q in world.splits[split] if q.structure == "parallel"] for split in ("train", "test")}
+    model = Qwen2ForCausalLM(Qwen2Config.from_pretrained(run / "base"))  # fresh weights: nothing trained
+    comparisons = {split: [question for question in world.splits[split] if question.structure == "parallel"]
+                   for split in ("train", "test")}
     train_rows = probe_rows(comparisons["train"], tokenizer, args.train_drills, args.form, seed=args.seed)
     test_rows = probe_rows(comparisons["test"], tokenizer, args.test_drills, args.form, seed=args.seed + 1)
     history = run_probe(train_rows, test_rows, model, tokenizer.pad_token_id, args.steps, args.lr,

@@ -30,8 +30,8 @@ def test_rows_carry_the_loss_on_each_steps_decision_tokens_only(probe_setup, for
         assert text.startswith("<think> ") and len(row["places"]) == len(row["input_ids"])
         decided = tokenizer.decode([t for t, place in zip(row["input_ids"], row["places"]) if place >= 0])
         winners = [" ".join(step.split()[-3:]) for step in text.split(" vs ")[1:]]
-        assert decided.count(" that ") + decided.count(" old ") == (len(winners) if form in ("verdict", "digits")
-                                                                   else 0)
+        verdicts = decided.count(" that ") + decided.count(" old ")
+        assert verdicts == (len(winners) if form in ("verdict", "digits") else 0)
         # each decision piece's places count 0, 1, 2, ... from its first token
         starts = [i for i, place in enumerate(row["places"]) if place == 0]
         assert len(starts) == text.count(" vs ") and all(row["places"][i - 1] == -1 for i in starts)
@@ -44,9 +44,11 @@ def test_year_first_writes_every_entry_year_first_and_the_winner_as_its_entry():
 
     pieces = year_first_drill(["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970], earliest=False)
     assert "".join(text for text, _ in pieces) == (
-        "1950 Ann Lee , 1990 Bo Kay vs 1950 Ann Lee last 1990 Bo Kay , 1970 Cy Do vs 1990 Bo Kay last 1990 Bo Kay")
+        "1950 Ann Lee , 1990 Bo Kay vs 1950 Ann Lee last 1990 Bo Kay , "
+        "1970 Cy Do vs 1990 Bo Kay last 1990 Bo Kay")
     side_by_side = comparison_drill(["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970], False, "side_by_side")
-    assert [text for text, decided in pieces if decided] == [text for text, decided in side_by_side if decided]
+    decisions = [text for text, decided in pieces if decided]
+    assert decisions == [text for text, decided in side_by_side if decided]
 
 
 def test_accuracy_counts_the_models_predictions_and_training_lowers_the_loss(probe_setup, tiny_checkpoint):
