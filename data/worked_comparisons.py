@@ -53,7 +53,8 @@ COUNT_THRESHOLD = re.compile(r"\b(before|after) (\d+)\?\s*$")  # the count templ
 STEP_SEPARATOR = re.compile(r"\s[,;]\s")
 
 
-THOUGHT_FORMS = ("compare", "side_by_side", "verdict", "digits")
+DRILL_FORMS = ("side_by_side", "verdict", "digits")  # the forms comparison_drill writes
+THOUGHT_FORMS = ("compare", *DRILL_FORMS)
 
 
 def comparison_thought(question: Question, form: str = "compare") -> str:
@@ -109,14 +110,12 @@ def verdict_thought(names: list[str], years: list[int], earliest: bool) -> str:
     return "".join(text for text, _ in comparison_drill(names, years, earliest, "verdict"))
 
 
-DRILL_FORMS = ("side_by_side", "verdict", "digits")
-
 
 def comparison_drill(names: list[str], years: list[int], earliest: bool, form: str) -> list[tuple[str, bool]]:
     """The worked comparison in `form` (DRILL_FORMS) as (text, is_decision) pieces that join into its thought
-    (the one place these forms are written): each step's decision and winner (side_by_side: `1987 A`; verdict:
-    `old A 1987`; digits: `= = > old A 1987`) is a decision piece, everything else is context. Every piece but the first starts with a
-    space, so the pieces tokenise as the whole thought does."""
+    (the one place these forms are written): each step's decision and winner (side_by_side: `1987 A`;
+    verdict: `old A 1987`; digits: `= = > old A 1987`) is a decision piece, everything else is context. Every
+    piece but the first starts with a space, so the pieces tokenise as the whole thought does."""
     if form not in DRILL_FORMS:
         raise ValueError(f"comparison drills are written in {', '.join(DRILL_FORMS)}, not {form!r}")
     word = "first" if earliest else "last"

@@ -235,7 +235,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "async.behaviour_ratio_mode": ("truncate", "mask"),
     "deepspeed.precision": ("fp32", "bf16", "fp16"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
-    "sft.expert_think": ("none", "compare", "notes", "side_by_side", "verdict", "digits"),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
+    "sft.expert_think": ("none", "compare", "notes", *DRILL_FORMS),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
     "sft.loss_on": ("model_turns", "all"),
 }
 

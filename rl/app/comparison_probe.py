@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from data.worked_comparisons import DRILL_FORMS, comparison_drill, drill_entries, running_best
+from rl.app.expert import tokenize_drill
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +52,10 @@ def probe_rows(questions: list, tokenizer: Any, count: int, form: str, seed: int
     if form not in PROBE_FORMS:
         raise ValueError(f"--form must be one of {', '.join(PROBE_FORMS)}, not {form!r}")
     rows = []
-    think = tokenizer("<think>", add_special_tokens=False)["input_ids"]
     for names, years, earliest in drill_entries(questions, count, random.Random(f"comparison-probe:{seed}")):
         pieces = (year_first_drill(names, years, earliest) if form == "year_first"
                   else comparison_drill(names, years, earliest, form))
-        input_ids, places = list(think), [-1] * len(think)
-        for text, is_decision in pieces:
-            text = text if text.startswith(" ") else f" {text}"
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            input_ids += ids
-            places += list(range(len(ids))) if is_decision else [-1] * len(ids)
+        input_ids, places = tokenize_drill(tokenizer, pieces)
         rows.append({"input_ids": input_ids, "places": places})
     return rows
 

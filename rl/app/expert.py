@@ -348,6 +348,18 @@ def write_expert_dataset(
 DRILL_MODE = "drill"  # the mode column of a comparison drill row
 
 
+def tokenize_drill(tokenizer: Any, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """`<think>` and a drill's (text, is_decision) pieces as token ids, with each token's place in its decision
+    piece (0, 1, ... from the piece's first token; -1 outside the decisions, where no loss falls)."""
+    input_ids = tokenizer("<think>", add_special_tokens=False)["input_ids"]
+    places = [-1] * len(input_ids)
+    for text, is_decision in pieces:
+        ids = tokenizer(text if text.startswith(" ") else f" {text}", add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        places += list(range(len(ids))) if is_decision else [-1] * len(ids)
+    return input_ids, places
+
+
 def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: int, form: str,
                              seed: int = 0) -> Dataset:
     """`count` comparison drills (`sft.comparison_drills`) in the expert dataset's columns: each row is the
@@ -359,15 +371,10 @@ def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: i
 
     rng = random.Random(f"comparison-drills:{seed}")
     columns: dict[str, list] = {name: [] for name in EXPERT_COLUMNS}
-    think = tokenizer("<think>", add_special_tokens=False)["input_ids"]
     for index, (names, years, earliest) in enumerate(drill_entries(questions, count, rng)):
-        input_ids, completion_mask = list(think), [0] * len(think)
-        for text, is_decision in comparison_drill(names, years, earliest, form):
-            ids = tokenizer(text if text.startswith(" ") else f" {text}", add_special_tokens=False)["input_ids"]
-            input_ids += ids
-            completion_mask += [int(is_decision)] * len(ids)
+        input_ids, places = tokenize_drill(tokenizer, comparison_drill(names, years, earliest, form))
         columns["input_ids"].append(input_ids)
-        columns["completion_mask"].append(completion_mask)
+        columns["completion_mask"].append([int(place >= 0) for place in places])
         columns["question_id"].append(f"drill-{index}")
         columns["structure"].append("parallel")
         columns["mode"].append(DRILL_MODE)
@@ -397,6 +404,7 @@ __all__ = [
     "plan_actions",
     "played_as_scripted",
     "sample_questions",
+    "tokenize_drill",
     "trajectory_to_example",
     "write_expert_dataset",
 ]

@@ -40,7 +40,7 @@ from __future__ import annotations
 from data.types import Question
 from data.worked_comparisons import DRILL_FORMS, comparison_thought
 
-EXPERT_THINK_STYLES = ("none", "compare", "notes", "side_by_side", "verdict", "digits")
+EXPERT_THINK_STYLES = ("none", "compare", "notes", *DRILL_FORMS)
 
 
 def answer_thought(question: Question, style: str) -> str:

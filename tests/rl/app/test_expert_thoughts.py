@@ -26,6 +26,16 @@ def comparison(text: str, form: str, names: list[str], years: list[int], answers
                               "sub_answers": [str(year) for year in years]})
 
 
+def generated_comparisons(world) -> list[Question]:
+    """Every earliest / latest comparison of the world's splits (counts left out)."""
+    return [question for split in world.splits.values() for question in split
+            if question.structure == "parallel" and not question.metadata["template"].endswith("count")]
+
+
+def winner_year(question: Question) -> str:
+    return question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
+
+
 def test_two_entities_earliest_writes_both_years_and_the_earlier_one():
     question = comparison("Who was born first, Ann Lee or Bo Kay?", "earliest", ["Ann Lee", "Bo Kay"],
                           [1990, 1987], ["Bo Kay"])
@@ -73,8 +83,7 @@ def test_every_generated_comparison_thought_ends_on_the_gold_answer(tiny_world):
         if form == "count":
             assert thought.rsplit("; ", 1)[1] == question.answers[0], (question.question, thought)
         else:
-            winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
-            assert thought.endswith(f"{question.answers[0]} {winner_year}"), (question.question, thought)
+            assert thought.endswith(f"{question.answers[0]} {winner_year(question)}"), (question.question, thought)
     assert forms == {"earliest", "latest", "count"}
 
 
@@ -172,11 +181,9 @@ def test_side_by_side_puts_each_compared_pair_together_and_writes_the_winners_ye
 
 
 def test_every_generated_side_by_side_thought_ends_on_the_gold_answer(tiny_world):
-    for question in [question for split in tiny_world.splits.values() for question in split
-                     if question.structure == "parallel" and not question.metadata["template"].endswith("count")]:
+    for question in generated_comparisons(tiny_world):
         thought = answer_thought(question, "side_by_side")
-        winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
-        assert thought.endswith(f"{winner_year} {question.answers[0]}"), (question.question, thought)
+        assert thought.endswith(f"{winner_year(question)} {question.answers[0]}"), (question.question, thought)
         for name, year in zip(question.metadata["entities"], question.metadata["sub_answers"]):
             assert f"{name} {year}" in thought, (question.question, thought)
 
@@ -197,13 +204,10 @@ def test_verdict_puts_each_steps_years_together_and_a_one_token_verdict_before_t
 
 
 def test_every_generated_verdict_points_at_the_step_winner_and_ends_on_the_gold_answer(tiny_world):
-    questions = [question for split in tiny_world.splits.values() for question in split
-                 if question.structure == "parallel" and not question.metadata["template"].endswith("count")]
     verdicts = set()
-    for question in questions:
+    for question in generated_comparisons(tiny_world):
         thought = answer_thought(question, "verdict")
-        winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
-        assert thought.endswith(f"{question.answers[0]} {winner_year}"), (question.question, thought)
+        assert thought.endswith(f"{question.answers[0]} {winner_year(question)}"), (question.question, thought)
         for step in thought.split(" , ")[1:]:
             entries, decision = step.split(" : ")
             new_year, old_year, word, verdict, *winner = decision.split()
@@ -232,13 +236,10 @@ def test_digits_spells_each_steps_years_and_compares_them_digit_by_digit_before_
 
 
 def test_every_generated_digit_comparison_agrees_with_the_years_and_ends_on_the_gold_answer(tiny_world):
-    questions = [question for split in tiny_world.splits.values() for question in split
-                 if question.structure == "parallel" and not question.metadata["template"].endswith("count")]
     last_signs = set()
-    for question in questions:
+    for question in generated_comparisons(tiny_world):
         thought = answer_thought(question, "digits")
-        winner_year = question.metadata["sub_answers"][question.metadata["entities"].index(question.answers[0])]
-        assert thought.endswith(f"{question.answers[0]} {winner_year}"), (question.question, thought)
+        assert thought.endswith(f"{question.answers[0]} {winner_year(question)}"), (question.question, thought)
         for step in thought.split(" vs ")[1:]:
             # "<best so far> <word> : <new digits> , <old digits> ; <signs> <verdict> <winner>[ , <next entry>]"
             head, rest = step.split(" : ")
