@@ -58,7 +58,8 @@ class TinyModelConfig:
     max_position_embeddings: int = 2048  # longest context the tiny model supports
     vocab_size: int = 8192  # target size of the locally trained tokenizer (room for every name word as one token)
     # How the tokenizer splits numbers: "pairs" (a year is two tokens of about a hundred, " 19" "87", each seen in many
-    # years) or "whole" (every number 0-2099 is one token, " 1987"; the vocabulary grows by the ~2400 tokens it takes)
+    # years), "whole" (every number 0-2099 is one token, " 1987"; the vocabulary grows by the ~2400 tokens it takes)
+    # or "digits" (one token per digit, " 1" "9" "8" "7", as in Qwen2's own tokenizer)
     numbers: str = "pairs"
     # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address,
     # SKU, file path and order id of its base state (rl/app/apps_env.py apps_identifiers), so that the model copies
@@ -222,7 +223,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "experiment.device": ("cpu", "cuda"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("world", "files", "apps", "mixed"),
-    "model.tiny.numbers": ("pairs", "whole"),
+    "model.tiny.numbers": ("pairs", "whole", "digits"),
     "data.on_malformed_row": ("error", "skip"),
     "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
     "data.world.names": ("per_set", "shared"),  # data/world.py NAME_MODES

@@ -54,7 +54,9 @@ CHAT_TEMPLATE = (
 # - "whole": a number is one piece, and every number up to WHOLE_NUMBERS_UP_TO is in the tokenizer's training
 #   texts WHOLE_NUMBER_REPEATS times (with and without a leading space), so each is one token ("Ġ1987") whether
 #   or not the world used it. A year is then copied in one step, and its order must be learnt per token.
-NUMBER_SPLITS = {"pairs": r" ?\d\d", "whole": r" ?\d+"}
+# - "digits": a number is one token per digit ("Ġ1" "9" "8" "7"), as in Qwen2's and Llama 3's own tokenizers. A
+#   year is copied in four steps, and spelling it digit by digit (sft.expert_think=digits) is a copy, not a split.
+NUMBER_SPLITS = {"pairs": r" ?\d\d", "whole": r" ?\d+", "digits": r" ?\d"}
 WHOLE_NUMBERS_UP_TO = 2099
 WHOLE_NUMBER_REPEATS = 20
 WHOLE_NUMBER_VOCABULARY = 2 * (WHOLE_NUMBERS_UP_TO + 1) + 300  # the numbers, spaced and not, and BPE's partial merges
@@ -74,7 +76,7 @@ def number_texts(numbers: str) -> list[str]:
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str = "pairs",
                     whole_tokens: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts`; protocol tags and chat markers are single, unsplittable tokens.
-    `numbers` ("pairs" or "whole", above) says how numbers are cut; "whole" adds its own vocabulary room.
+    `numbers` ("pairs", "whole" or "digits", above) says how numbers are cut; "whole" adds its own vocabulary room.
     `whole_tokens` are strings that become one token each wherever they occur (an environment's identifiers,
     e.g. the apps world's e-mail addresses and SKUs), so the model copies one in one step."""
     extra_texts = number_texts(numbers)

@@ -82,7 +82,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         load_model_and_tokenizer(tmp_path / "nope")
 
 
-def test_numbers_are_digit_pairs_by_default_and_one_token_each_when_whole():
+def test_numbers_are_digit_pairs_by_default_one_token_each_when_whole_and_one_per_digit_when_digits():
     pairs = build_tokenizer(TEXTS, vocab_size=400)
     assert pairs.tokenize(" 1873") == ["Ġ18", "73"] and len(pairs.tokenize(" 1987")) > 1
     whole = build_tokenizer(TEXTS, vocab_size=400, numbers="whole")
@@ -91,8 +91,12 @@ def test_numbers_are_digit_pairs_by_default_and_one_token_each_when_whole():
     assert whole.tokenize(" in 1987")[-1] == "Ġ1987"
     assert len(whole.tokenize(" 12345")) > 1  # beyond the range numbers are pieces, still lossless
     assert whole.decode(whole.encode("born 12345 or 1987.", add_special_tokens=False)) == "born 12345 or 1987."
+    digits = build_tokenizer(TEXTS, vocab_size=400, numbers="digits")
+    assert digits.tokenize(" 1873") == ["Ġ1", "8", "7", "3"] and digits.tokenize(" in 1987")[-3:] == ["9", "8", "7"]
+    assert [len(digits.tokenize(f" {number}")) for number in (7, 42, 1987, 12345)] == [1, 2, 4, 5]
+    assert digits.decode(digits.encode("born 12345 or 1987.", add_special_tokens=False)) == "born 12345 or 1987."
     with pytest.raises(ValueError, match="model.tiny.numbers"):
-        build_tokenizer(TEXTS, vocab_size=400, numbers="digits")
+        build_tokenizer(TEXTS, vocab_size=400, numbers="bytes")
 
 
 def test_whole_tokens_are_one_token_wherever_they_occur_and_decode_losslessly(tmp_path):
