@@ -27,6 +27,7 @@ from typing import Any
 
 from data.worked_comparisons import DRILL_FORMS, comparison_drill, drill_entries, running_best
 from rl.app.expert import tokenize_drill
+from rl.app.sft import CausalPaddingCollator
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +61,13 @@ def probe_rows(questions: list, tokenizer: Any, count: int, form: str, seed: int
     return rows
 
 
-def collate(rows: list[dict], pad_id: int) -> tuple[Any, Any, Any]:
-    """Right-padded input_ids, attention mask and labels (-100 outside the decisions)."""
-    import torch
-
-    width = max(len(row["input_ids"]) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id)
-    attention = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
-    for index, row in enumerate(rows):
-        ids, places = torch.tensor(row["input_ids"]), torch.tensor(row["places"])
-        input_ids[index, :len(ids)], attention[index, :len(ids)] = ids, 1
-        labels[index, :len(ids)] = torch.where(places >= 0, ids, torch.tensor(-100))
-    return input_ids, attention, labels
+def padded_batch(rows: list[dict], pad_id: int) -> dict:
+    """Right-padded input_ids, labels (-100 outside the decisions) and position ids: the SFT's collator
+    (rl/app/sft.CausalPaddingCollator, TRL's without the attention mask, which keeps CPU attention fused)."""
+    return CausalPaddingCollator(pad_id)([
+        {"input_ids": row["input_ids"],
+         "labels": [token if place >= 0 else -100 for token, place in zip(row["input_ids"], row["places"])]}
+        for row in rows])
 
 
 def decision_accuracy(model: Any, rows: list[dict], pad_id: int, batch_size: int = 100) -> dict:
@@ -87,8 +82,9 @@ def decision_accuracy(model: Any, rows: list[dict], pad_id: int, batch_size: int
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            input_ids, attention, _ = collate(chunk, pad_id)
-            predicted = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].argmax(-1)
+            batch = padded_batch(chunk, pad_id)
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+            predicted = logits[:, :-1].argmax(-1)
             for index, row in enumerate(chunk):
                 all_right = True
                 for position, place in enumerate(row["places"][1:]):
@@ -123,9 +119,8 @@ def run_probe(train_rows: list[dict], test_rows: list[dict], model: Any, pad_id:
         if cursor + batch_size > len(order):
             cursor = 0
         batch = [train_rows[index] for index in order[cursor:cursor + batch_size]]
-        input_ids, attention, labels = collate(batch, pad_id)
         cursor += batch_size
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss = model(**padded_batch(batch, pad_id)).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -63,7 +63,7 @@ def test_accuracy_counts_the_models_predictions_and_training_lowers_the_loss(pro
     class Oracle(torch.nn.Module):  # predicts every next token right: every decision counts as right
         training = False
 
-        def forward(self, input_ids, attention_mask):
+        def forward(self, input_ids, position_ids):
             logits = torch.zeros(*input_ids.shape, len(tokenizer))
             logits[:, :-1].scatter_(2, input_ids[:, 1:, None], 1.0)
             return type("Output", (), {"logits": logits})
