@@ -1,0 +1,60 @@
+"""The step audit of `digits` thoughts: every step the expert writes passes all four checks, and each kind of
+mistake fails its own check and no earlier one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data.worked_comparisons import comparison_thought
+from rl.app.thought_audit import CHECKS, audit_episodes, digit_step_checks, main
+
+STEP = "Bo Kay 1990 , Ann Lee 1987 vs Bo Kay 1990 first : 1 9 8 7 , 1 9 9 0 ; = = < that Ann Lee 1987"
+
+
+def test_every_step_of_the_experts_thoughts_passes_every_check(tiny_world):
+    comparisons = [question for split in tiny_world.splits.values() for question in split
+                   if question.structure == "parallel"
+                   and not question.metadata["template"].endswith("count")]
+    thoughts = [comparison_thought(question, "digits") for question in comparisons]
+    steps = [step for thought in thoughts for step in digit_step_checks(thought)]
+    assert len(steps) >= len(thoughts) and all(all(step.values()) for step in steps)
+
+
+@pytest.mark.parametrize("thought, failed", [
+    (STEP, None),
+    (STEP.replace(": 1 9 8 7", ": 1 9 8 8"), "spelt"),            # a digit that is not the year's
+    (STEP.replace("= = < that Ann Lee 1987", "= = > old Bo Kay 1990"), "signs"),  # 8 against 9 as greater
+    (STEP.replace("< that Ann Lee 1987", "< old Bo Kay 1990"), "verdict"),  # the sign says: the new one
+    (STEP.replace("that Ann Lee 1987", "that Bo Kay 1987"), "winner"),  # the verdict's entry, another name
+    (STEP.replace("that Ann Lee 1987", "that Ann Lee 1990"), "winner"),  # ... or another year
+])
+def test_a_mistake_fails_its_own_check_only(thought, failed):
+    (step,) = digit_step_checks(thought)
+    assert {check for check in CHECKS if not step[check]} == ({failed} if failed else set())
+
+
+def test_a_four_digit_step_keeps_the_spelling_when_the_signs_are_wrong():
+    (step,) = digit_step_checks(STEP.replace("; = = <", "; = <"))  # stops at the second digit, which is equal
+    assert step == {"spelt": True, "signs": False, "verdict": True, "winner": True}
+
+
+def test_audit_counts_the_last_turns_of_parallel_episodes(tmp_path, capsys):
+    def episode(structure: str, thought: str) -> dict:
+        answer_turn = f"<think> {thought} </think>\n<answer> a </answer>"
+        return {"structure": structure, "turns": [{"text": "<search> q </search>"}, {"text": answer_turn}]}
+
+    path = tmp_path / "episodes.jsonl"
+    wrong_verdict = STEP.replace("< that Ann Lee 1987", "< old Bo Kay 1990")
+    episodes = [episode("parallel", STEP), episode("parallel", wrong_verdict),
+                episode("sequential", STEP.replace(": 1 9 8 7", ": 0 0 0 0"))]
+    path.write_text("\n".join(json.dumps(row) for row in episodes) + "\n")
+    assert main(["--episodes", str(path)]) == {"steps": 2, "spelt": 1.0, "signs": 1.0, "verdict": 0.5,
+                                               "winner": 1.0, "whole": 0.5}
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    path.write_text(json.dumps(episode("parallel", "Bo Kay 1990 , Ann Lee 1987 first Ann Lee 1987")) + "\n")
+    with pytest.raises(ValueError, match="no digits-form comparison steps"):
+        audit_episodes(path)
+    with pytest.raises(SystemExit, match="thought_audit: .*no digits-form"):
+        main(["--episodes", str(path)])
