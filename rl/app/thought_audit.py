@@ -68,8 +68,11 @@ def digit_step_checks(thought: str) -> list[dict[str, bool]]:
 def audit_episodes(path: str | Path) -> dict:
     """Per-check shares over the steps of every parallel episode's last-turn `digits` thought."""
     steps = []
-    for line in Path(path).read_text().splitlines():
-        episode = json.loads(line)
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            episode = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not a JSON episode ({error})") from error
         if episode.get("structure") != "parallel" or not episode.get("turns"):
             continue
         match = THOUGHT.search(episode["turns"][-1]["text"])

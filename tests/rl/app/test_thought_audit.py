@@ -58,3 +58,6 @@ def test_audit_counts_the_last_turns_of_parallel_episodes(tmp_path, capsys):
         audit_episodes(path)
     with pytest.raises(SystemExit, match="thought_audit: .*no digits-form"):
         main(["--episodes", str(path)])
+    path.write_text(json.dumps(episode("parallel", STEP)) + "\n{not json\n")
+    with pytest.raises(ValueError, match="line 2: not a JSON episode"):
+        audit_episodes(path)
