@@ -6,7 +6,8 @@ A `digits` step (data/worked_comparisons.py, `sft.expert_think=digits`) reads
 
 and makes four decisions in a row. Each is checked against what the step itself wrote before it, so a
 mistake is counted once, where it is made:
-- `spelt`: the two digit strings are the two entries' years (one width, leading zeros);
+- `spelt`: the two digit strings are the two entries' years as the expert spells them (`digit_strings`: one
+  width, leading zeros);
 - `signs`: the signs compare the digits as spelt, up to the first pair that differs;
 - `verdict`: `that` (the new entry wins) exactly when the last sign points the question's way (`<` for
   first, `>` for last);
@@ -27,7 +28,7 @@ import re
 import sys
 from pathlib import Path
 
-from data.worked_comparisons import digit_signs
+from data.worked_comparisons import digit_signs, digit_strings
 
 CHECKS = ("spelt", "signs", "verdict", "winner")
 THOUGHT = re.compile(r"<think>(.*?)</think>", re.S)
@@ -54,10 +55,9 @@ def digit_step_checks(thought: str) -> list[dict[str, bool]]:
             continue
         if word not in WINNING_SIGN or verdict not in ("that", "old"):
             continue
-        width = len(new_digits)
         steps.append({
-            "spelt": new_digits == new_year.zfill(width) and old_digits == old_year.zfill(width)
-            and len(old_digits) == width,
+            "spelt": new_year.isdigit() and old_year.isdigit()
+            and (new_digits, old_digits) == digit_strings(int(new_year), int(old_year)),
             "signs": signs == digit_signs(new_digits, old_digits),
             "verdict": (verdict == "that") == (signs[-1:] == [WINNING_SIGN[word]]),
             "winner": winner == (new_entry if verdict == "that" else old_entry),

@@ -236,10 +236,15 @@ def test_digits_spells_each_steps_years_and_compares_them_digit_by_digit_before_
 
 
 def test_every_generated_digit_comparison_agrees_with_the_years_and_ends_on_the_gold_answer(tiny_world):
+    from rl.app.thought_audit import digit_step_checks
+
     last_signs = set()
     for question in generated_comparisons(tiny_world):
         thought = answer_thought(question, "digits")
         assert thought.endswith(f"{question.answers[0]} {winner_year(question)}"), (question.question, thought)
+        # the step audit (rl/app/thought_audit.py) finds every step of the expert's thought right
+        audited = digit_step_checks(thought)
+        assert len(audited) == thought.count(" vs ") and all(all(step.values()) for step in audited), thought
         for step in thought.split(" vs ")[1:]:
             # "<best so far> <word> : <new digits> , <old digits> ; <signs> <verdict> <winner>[ , <next entry>]"
             head, rest = step.split(" : ")

@@ -1,5 +1,5 @@
-"""The step audit of `digits` thoughts: every step the expert writes passes all four checks, and each kind of
-mistake fails its own check and no earlier one."""
+"""The step audit of `digits` thoughts: each kind of mistake fails its own check and no other. (That every
+step the expert writes passes all four checks is tested with the thoughts, test_expert_thoughts.py.)"""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ import json
 
 import pytest
 
-from data.worked_comparisons import comparison_thought
 from rl.app.thought_audit import CHECKS, audit_episodes, digit_step_checks, main
 
 STEP = "Bo Kay 1990 , Ann Lee 1987 vs Bo Kay 1990 first : 1 9 8 7 , 1 9 9 0 ; = = < that Ann Lee 1987"
-
-
-def test_every_step_of_the_experts_thoughts_passes_every_check(tiny_world):
-    comparisons = [question for split in tiny_world.splits.values() for question in split
-                   if question.structure == "parallel"
-                   and not question.metadata["template"].endswith("count")]
-    thoughts = [comparison_thought(question, "digits") for question in comparisons]
-    steps = [step for thought in thoughts for step in digit_step_checks(thought)]
-    assert len(steps) >= len(thoughts) and all(all(step.values()) for step in steps)
 
 
 @pytest.mark.parametrize("thought, failed", [
