@@ -65,6 +65,10 @@ class TinyModelConfig:
     # SKU, file path and order id of its base state (rl/app/apps_env.py apps_identifiers), so that the model copies
     # an argument in one step instead of 4-7 pieces; the QA world has none (its names are whole words already).
     whole_identifiers: bool = True
+    # Steps of copy pretraining before the warm-start (rl/app/pretrain.py): rows that repeat a span of the
+    # environment's texts, or list its identifiers in the order a text holds them, teach the random model to copy
+    # from its context, as a pretrained LM arrives able to. 0: none.
+    pretrain_steps: int = 0
 
 
 @dataclass
@@ -520,6 +524,7 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          "reward.weights", "worked_comparison scores the 'compare' form of the worked comparison, not the "
          f"{config.sft.expert_think!r} one sft.expert_think demonstrates; drop it or use "
          "sft.expert_think=compare")
+    need(config.model.tiny.pretrain_steps >= 0, "model.tiny.pretrain_steps", "must be >= 0 (0: none)")
     need(config.sft.comparison_drills >= 0, "sft.comparison_drills", "must be >= 0 (0: none)")
     need(not config.sft.comparison_drills or other_form,
          "sft.comparison_drills", "drills are written in the side_by_side, verdict or digits thought; set "

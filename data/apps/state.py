@@ -45,6 +45,10 @@ MAIL_SUBJECTS = ("Budget draft", "Trip photos", "Quarterly numbers", "Venue opti
                  "Design notes", "Invoice question", "Team dinner", "Launch checklist", "Hiring plan")
 AGENDA_TOPICS = ("roadmap", "hiring", "budget", "launch", "offsite", "migration", "security", "pricing")
 CITIES_PER_WORLD = 6
+# Orders in the shop, per product, and the notes that name one. The test split, drawn first, takes about a dozen
+# cancel_from_note tasks (one per note): with 32 notes the training split keeps a dozen or more of its own.
+ORDERS_PER_PRODUCT = 2
+ORDER_NOTES = 32
 BUSY_SHARE = 0.35  # chance that a working hour of a person's day holds an event
 # data.apps.names=shared: the one stream of every world's identities (contact names, e-mail addresses, phones,
 # city names, SKUs, product names); the records around them come from the world's own stream
@@ -101,7 +105,7 @@ def _products(config: AppsWorldConfig, names: NonceNames, ids: random.Random, rn
 
 def _orders(contacts: dict[str, dict], products: dict[str, dict], rng: random.Random) -> dict[str, dict]:
     orders = {}
-    for index in range(max(4, len(products) // 2)):
+    for index in range(max(4, ORDERS_PER_PRODUCT * len(products))):
         product = rng.choice(list(products.values()))
         quantity = rng.randint(1, 3)
         order_id = f"o{index + 1:04d}"
@@ -123,7 +127,7 @@ def _files(products: dict[str, dict], orders: dict[str, dict], rng: random.Rando
         add(f"/docs/{topic}-agenda.txt", f"Agenda ({topic}): {', '.join(points)}.")
     for index, product in enumerate(rng.sample(list(products.values()), min(10, len(products)))):
         add(f"/notes/wishlist-{index + 1}.txt", f"Remember to buy {product['sku']}.")
-    for index, order in enumerate(rng.sample(list(orders.values()), min(8, len(orders)))):
+    for index, order in enumerate(rng.sample(list(orders.values()), min(ORDER_NOTES, len(orders)))):
         add(f"/notes/order-{index + 1}.txt", f"Order {order['id']} is no longer needed.")
     return files
 

@@ -197,11 +197,16 @@ def sample_send_notice(state: dict, rng: random.Random) -> Draft | None:
 # ----------------------------------------------------------------------------------------------
 
 
+# About half the contacts wrote the user one message; the reply's body makes a sender's tasks several, so the
+# training split keeps reply tasks after the test split, drawn first, has taken its own.
+REPLY_BODIES = ("Thanks, I will take a look.", "Thanks, I will read it today.", "Got it, I will reply soon.")
+
+
 @register_family("reply_to_sender", "chain")
 def sample_reply_to_sender(state: dict, rng: random.Random) -> Draft | None:
     message = rng.choice(list(state["inbox"].values()))
     (contact,) = [person for person in state["contacts"].values() if person["email"] == message["from"]]
-    reply_subject, body = f"Re: {message['subject']}", "Thanks, I will take a look."
+    reply_subject, body = f"Re: {message['subject']}", rng.choice(REPLY_BODIES)
     text = (f"Find the email address of {contact['name']}, look up the message they sent you, and reply to them "
             f"with the subject 'Re: <the subject of their message>' and the body '{body}'. Answer with the "
             "subject of their message.")
@@ -209,7 +214,7 @@ def sample_reply_to_sender(state: dict, rng: random.Random) -> Draft | None:
                  [[call("contacts_search", text=contact["name"])],
                   [call("mail_list_inbox", from_email=contact["email"])],
                   [call("mail_send", to=contact["email"], subject=reply_subject, body=body)]])
-    return ("reply_to_sender", contact["id"]), task
+    return ("reply_to_sender", contact["id"], body), task
 
 
 @register_family("order_from_note", "chain")

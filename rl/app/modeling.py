@@ -14,6 +14,7 @@ or a real HF checkpoint.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -58,6 +59,7 @@ CHAT_TEMPLATE = (
 #   year is copied in four steps, and spelling it digit by digit (sft.expert_think=digits) is a copy, not a split.
 NUMBER_SPLITS = {"pairs": r" ?\d\d", "whole": r" ?\d+", "digits": r" ?\d"}
 WHOLE_NUMBERS_UP_TO = 2099
+COPY_PRETRAINING_FILE = "copy_pretraining.json"
 WHOLE_NUMBER_REPEATS = 20
 WHOLE_NUMBER_VOCABULARY = 2 * (WHOLE_NUMBERS_UP_TO + 1) + 300  # the numbers, spaced and not, and BPE's partial merges
 
@@ -142,11 +144,20 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, tiny: TinyModelConfig, 
 
 def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tiny: TinyModelConfig,
                            seed: int = 0, whole_tokens: Iterable[str] = ()) -> Path:
-    """Train the tokenizer, build the model, save both with save_pretrained; returns the folder."""
+    """Train the tokenizer, build the model, copy-pretrain it for `tiny.pretrain_steps` (rl/app/pretrain.py), save
+    both with save_pretrained (and the pretraining's held-out copy accuracy, COPY_PRETRAINING_FILE); returns the
+    folder."""
     out_dir = Path(out_dir)
+    texts, whole_tokens = list(texts), list(whole_tokens)
     tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers, whole_tokens)
     model = build_tiny_model(tokenizer, tiny, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if tiny.pretrain_steps:
+        from rl.app.pretrain import pretrain_tiny_model
+
+        accuracy = pretrain_tiny_model(model, tokenizer, texts, whole_tokens, tiny.pretrain_steps, seed)
+        (out_dir / COPY_PRETRAINING_FILE).write_text(json.dumps(
+            {"steps": tiny.pretrain_steps, "held_out_copy_accuracy": accuracy}, indent=2) + "\n")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

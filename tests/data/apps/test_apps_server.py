@@ -59,12 +59,13 @@ def test_each_episode_gets_its_own_state_and_episode_end_forgets_it():
         state_a = json.loads(text(await call(client, "episode_state", {}, "a")))
         ended = json.loads(text(await call(client, "episode_end", {}, "a")))
         after_end = json.loads(text(await call(client, "shop_get_product", {"sku": sku}, "a")))["stock"]
-        return stock, [json.loads(text(result)) for result in placed], seen, state_a, ended, after_end
+        first_new_id = f"o{len(base_state['orders']) + 1:04d}"
+        return stock, [json.loads(text(result)) for result in placed], seen, state_a, ended, after_end, first_new_id
 
-    stock, placed, seen, state_a, ended, after_end = run_with_client(body)
-    assert [order["id"] for order in placed] == ["o0013", "o0013"]  # the same first new id in each episode
+    stock, placed, seen, state_a, ended, after_end, first_new_id = run_with_client(body)
+    assert [order["id"] for order in placed] == [first_new_id] * 2  # the same first new id in each episode
     assert seen == [stock - 1, stock - 1, stock]  # each episode saw only its own order
-    assert state_a["orders"]["o0013"]["quantity"] == 1
+    assert state_a["orders"][first_new_id]["quantity"] == 1
     assert ended == {"ended": True} and after_end == stock
 
 

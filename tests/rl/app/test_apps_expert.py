@@ -96,7 +96,7 @@ def test_training_world_tasks_play_on_their_own_world_over_the_served_world_dir(
     from data.apps.world import load_apps_world, write_apps_world
     from rl.app.apps_env import apps_server_config
 
-    config = AppsWorldConfig(seed=7, num_train=60, num_validation=15, num_test=30, train_worlds=1)
+    config = AppsWorldConfig(seed=7, num_train=80, num_validation=15, num_test=30, train_worlds=1)
     world = load_apps_world(write_apps_world(tmp_path, config))
     tasks = list({task.family: task for task in world.splits["train"] if task.world == "w1"}.values())
     server = apps_server_config(tmp_path)

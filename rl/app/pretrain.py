@@ -1,0 +1,153 @@
+"""Copy pretraining of the tiny model (`model.tiny.pretrain_steps`): the copying a pretrained LM brings.
+
+A real checkpoint arrives able to copy from its context: its induction heads repeat what followed a token the
+last time it occurred. The tiny model starts from random weights, and the apps warm-start alone teaches it
+to copy only late, after it has learnt the training tasks by heart (docs/RESULTS.md, "Apps"). Pretraining
+first teaches copying on rows built from the environment's own texts, with the loss on each row's second
+part only:
+
+- **repeat**: a span of the texts, the end-of-turn token, the same span again (what followed this token
+  the last time);
+- **list**: a span of the texts with 2-5 of the environment's items put in at random places, the end-of-turn
+  token, then those items in their order, each followed by a comma (which item comes after the one just
+  written). The items are the identifiers the tokenizer keeps whole (the apps world's addresses and SKUs);
+  an environment without them (the QA world) gets repeat rows only.
+
+The rows are random draws, so copying is the only way to predict a row's second part. The model learns
+both kinds in about a thousand steps (`pretrain_tiny_model` logs the share of second-part tokens predicted
+right on fixed held-out rows of each kind, and returns it).
+
+    accuracy = pretrain_tiny_model(model, tokenizer, texts, items, steps=1000, seed=0)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any, Iterable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ROW_KINDS = ("repeat", "list")
+LEARNING_RATE = 3e-3
+WARMUP_STEPS = 100
+BATCH_SIZE = 32
+SPAN_TOKENS = (8, 40)  # a repeat row's span; a list row's filler span
+LIST_ITEMS = (2, 5)
+EVAL_ROWS = 128
+LOG_EVERY = 200
+MAX_TEXT_TOKENS = 200_000  # the texts rows are cut from: a sample of the environment's, enough for random spans
+
+
+class CopyRows:
+    """Draws pretraining rows (token ids, and where the loss starts) from a token stream and a set of items."""
+
+    def __init__(self, token_ids: list[int], items: list[int], separator: int, comma: int, seed: int):
+        if len(token_ids) <= SPAN_TOKENS[1]:
+            raise ValueError(f"copy pretraining needs more than {SPAN_TOKENS[1]} tokens of text, got {len(token_ids)}")
+        if items and len(items) < LIST_ITEMS[1]:
+            raise ValueError(f"copy pretraining needs no items or at least {LIST_ITEMS[1]}, got {len(items)}")
+        self.token_ids, self.items, self.item_set = token_ids, items, set(items)
+        self.separator, self.comma = separator, comma
+        self.rng = random.Random(seed)
+
+    def span(self, length: int) -> list[int]:
+        start = self.rng.randrange(len(self.token_ids) - length)
+        return self.token_ids[start:start + length]
+
+    def repeat_row(self) -> tuple[list[int], int]:
+        span = self.span(self.rng.randint(*SPAN_TOKENS))
+        return span + [self.separator] + span, len(span) + 1
+
+    def list_row(self) -> tuple[list[int], int]:
+        chosen = self.rng.sample(self.items, self.rng.randint(*LIST_ITEMS))
+        source = [token for token in self.span(self.rng.randint(*SPAN_TOKENS)) if token not in self.item_set]
+        for position, item in sorted(zip(self.rng.sample(range(len(source) + 1), len(chosen)), chosen),
+                                     reverse=True):
+            source.insert(position, item)
+        target = [token for item in source if item in self.item_set for token in (item, self.comma)]
+        return source + [self.separator] + target, len(source) + 1
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return ROW_KINDS if self.items else ROW_KINDS[:1]
+
+    def row(self, kind: str | None = None) -> tuple[list[int], int]:
+        kind = kind or self.rng.choice(self.kinds)
+        return self.repeat_row() if kind == "repeat" else self.list_row()
+
+
+def sample_tokens(tokenizer: Any, texts: list[str], seed: int) -> list[int]:
+    """The token ids of texts drawn at random (one pass, no repeats) until MAX_TEXT_TOKENS are collected."""
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    token_ids: list[int] = []
+    for index in order:
+        token_ids.extend(tokenizer(texts[index], add_special_tokens=False)["input_ids"])
+        if len(token_ids) >= MAX_TEXT_TOKENS:
+            break
+    return token_ids
+
+
+def collate(rows: list[tuple[list[int], int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input ids and labels (-100 before each row's second part and on the padding)."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for index, (ids, start) in enumerate(rows):
+        input_ids[index, :len(ids)] = torch.tensor(ids)
+        labels[index, start:len(ids)] = torch.tensor(ids[start:])
+    return input_ids, labels
+
+
+@torch.no_grad()
+def copy_accuracy(model: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of second-part tokens the model predicts right (greedy, teacher-forced)."""
+    was_training = model.training
+    model.eval()
+    predicted = model(input_ids=input_ids).logits[:, :-1].argmax(-1)
+    targets = labels[:, 1:]
+    scored = targets != -100
+    model.train(was_training)
+    return ((predicted == targets) & scored).sum().item() / scored.sum().item()
+
+
+def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Iterable[str], items: Iterable[str], steps: int,
+                        seed: int = 0) -> dict[str, float]:
+    """Train `model` in place on `steps` batches of copy rows; returns the held-out accuracy per row kind.
+    `items` are strings the tokenizer keeps as one token (others are left out); with none, only repeat rows."""
+    if steps < 0:
+        raise ValueError(f"model.tiny.pretrain_steps must be >= 0, got {steps}")
+    token_ids = sample_tokens(tokenizer, list(texts), seed)
+    item_ids = sorted({ids[0] for ids in (tokenizer(item, add_special_tokens=False)["input_ids"] for item in items)
+                       if len(ids) == 1})
+    separator = tokenizer.eos_token_id
+    comma = tokenizer(",", add_special_tokens=False)["input_ids"][0]
+    rows = CopyRows(token_ids, item_ids, separator, comma, seed)
+    held_out_rows = CopyRows(token_ids, item_ids, separator, comma, seed + 1)
+    held_out = {kind: collate([held_out_rows.row(kind) for _ in range(EVAL_ROWS)], tokenizer.pad_token_id)
+                for kind in rows.kinds}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
+    model.train()
+    started = time.monotonic()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in range(1, steps + 1):
+            input_ids, labels = collate([rows.row() for _ in range(BATCH_SIZE)], tokenizer.pad_token_id)
+            loss = model(input_ids=input_ids, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step % LOG_EVERY == 0 or step == steps:
+                accuracy = {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}
+                logger.info("copy pretraining: step %d/%d, loss %.3f, held-out copy accuracy %s (%.0f s)", step,
+                            steps, loss.item(), ", ".join(f"{kind} {value:.3f}" for kind, value in accuracy.items()),
+                            time.monotonic() - started)
+    model.eval()
+    return {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}
