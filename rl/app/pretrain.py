@@ -39,15 +39,16 @@ SPAN_TOKENS = (8, 40)  # a repeat row's span; a list row's filler span
 LIST_ITEMS = (2, 5)
 EVAL_ROWS = 128
 LOG_EVERY = 200
-MAX_TEXT_TOKENS = 200_000  # the texts rows are cut from: a sample of the environment's, enough for random spans
+MAX_TEXT_TOKENS = 200_000  # the rows are cut from a sample of the environment's texts this long
 
 
 class CopyRows:
-    """Draws pretraining rows (token ids, and where the loss starts) from a token stream and a set of items."""
+    """Draws pretraining rows (token ids, and where the loss starts) from a token stream and items."""
 
     def __init__(self, token_ids: list[int], items: list[int], separator: int, comma: int, seed: int):
         if len(token_ids) <= SPAN_TOKENS[1]:
-            raise ValueError(f"copy pretraining needs more than {SPAN_TOKENS[1]} tokens of text, got {len(token_ids)}")
+            raise ValueError(f"copy pretraining needs more than {SPAN_TOKENS[1]} tokens of text, "
+                             f"got {len(token_ids)}")
         if items and len(items) < LIST_ITEMS[1]:
             raise ValueError(f"copy pretraining needs no items or at least {LIST_ITEMS[1]}, got {len(items)}")
         self.token_ids, self.items, self.item_set = token_ids, items, set(items)
@@ -118,12 +119,13 @@ def copy_accuracy(model: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> 
 def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Iterable[str], items: Iterable[str], steps: int,
                         seed: int = 0) -> dict[str, float]:
     """Train `model` in place on `steps` batches of copy rows; returns the held-out accuracy per row kind.
-    `items` are strings the tokenizer keeps as one token (others are left out); with none, only repeat rows."""
+    `items` are strings the tokenizer keeps as one token (others are left out); with none, repeat rows only.
+    """
     if steps < 0:
         raise ValueError(f"model.tiny.pretrain_steps must be >= 0, got {steps}")
     token_ids = sample_tokens(tokenizer, list(texts), seed)
-    item_ids = sorted({ids[0] for ids in (tokenizer(item, add_special_tokens=False)["input_ids"] for item in items)
-                       if len(ids) == 1})
+    encoded = (tokenizer(item, add_special_tokens=False)["input_ids"] for item in items)
+    item_ids = sorted({ids[0] for ids in encoded if len(ids) == 1})
     separator = tokenizer.eos_token_id
     comma = tokenizer(",", add_special_tokens=False)["input_ids"][0]
     rows = CopyRows(token_ids, item_ids, separator, comma, seed)
@@ -146,8 +148,8 @@ def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Iterable[str], items:
             optimizer.zero_grad(set_to_none=True)
             if step % LOG_EVERY == 0 or step == steps:
                 accuracy = {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}
-                logger.info("copy pretraining: step %d/%d, loss %.3f, held-out copy accuracy %s (%.0f s)", step,
-                            steps, loss.item(), ", ".join(f"{kind} {value:.3f}" for kind, value in accuracy.items()),
-                            time.monotonic() - started)
+                shares = ", ".join(f"{kind} {value:.3f}" for kind, value in accuracy.items())
+                logger.info("copy pretraining: step %d/%d, loss %.3f, held-out copy accuracy %s (%.0f s)",
+                            step, steps, loss.item(), shares, time.monotonic() - started)
     model.eval()
     return {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}

@@ -51,7 +51,8 @@ def test_whole_identifiers_off_builds_the_plain_tokenizer(tmp_path):
     sizes = {}
     for flag in (True, False):
         config = load_config("configs/apps_quickstart.yaml", [f"experiment.output_dir={tmp_path / str(flag)}",
-                                                              "sft.enabled=false", f"model.tiny.whole_identifiers={flag}"])
+                                                              "sft.enabled=false", "model.tiny.pretrain_steps=0",
+                                                              f"model.tiny.whole_identifiers={flag}"])
         model, tokenizer = load_model_and_tokenizer(str(ensure_warm_start(config, source)))
         sizes[flag] = len(tokenizer)
         assert model.config.vocab_size == len(tokenizer)

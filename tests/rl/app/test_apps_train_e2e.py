@@ -23,9 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 STEPS = 2
 NUM_TEST = 8
 NUM_SFT = 40
+PRETRAIN_STEPS = 5
 TINY_APPS_RUN = [
     "data.apps.num_train=30", "data.apps.num_validation=6", f"data.apps.num_test={NUM_TEST}",
     "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.vocab_size=1024",
+    f"model.tiny.pretrain_steps={PRETRAIN_STEPS}",
     # every task with a round of several calls in the parallel style (at most 3 tool turns), chains one call per
     # turn (at most 3 calls): every solver episode fits max_turns=3, so none is dropped
     f"sft.num_trajectories={NUM_SFT}", "sft.parallel_fraction=1.0", "sft.max_steps=12", "sft.batch_size=8",
@@ -46,6 +48,8 @@ def test_the_warm_start_learned_from_every_solver_episode_verified(run_dir):
     assert summary["steps"] == 12 and summary["final_loss"] < summary["train_loss"]
     config = (run_dir / "config.yaml").read_text()
     assert "data.apps.server" in config and "--world-dir" in config  # the apps server joined tools.mcp_servers
+    pretraining = json.loads((run_dir / "base" / "copy_pretraining.json").read_text())
+    assert pretraining["steps"] == PRETRAIN_STEPS and set(pretraining["held_out_copy_accuracy"]) == {"repeat", "list"}
 
 
 def test_every_step_logs_the_apps_rewards_in_range(run_dir):

@@ -20,6 +20,11 @@ def texts(count: int = 300, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS + ITEMS) for _ in range(rng.randint(6, 14))) for _ in range(count)]
 
 
+def token_stream(tokenizer, seed: int = 0) -> list[int]:
+    encoded = (tokenizer(text, add_special_tokens=False).input_ids for text in texts(seed=seed))
+    return [token for ids in encoded for token in ids]
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_tokenizer(texts(), vocab_size=300, whole_tokens=ITEMS)
@@ -27,7 +32,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def rows(tokenizer):
-    token_ids = [token for text in texts() for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    token_ids = token_stream(tokenizer)
     item_ids = [tokenizer.convert_tokens_to_ids(item) for item in ITEMS]
     comma = tokenizer(",", add_special_tokens=False)["input_ids"][0]
     return CopyRows(token_ids, item_ids, tokenizer.eos_token_id, comma, seed=0)
@@ -79,9 +84,8 @@ def test_pretraining_teaches_a_random_model_to_copy(tokenizer):
     config = TinyModelConfig(hidden_size=64, intermediate_size=128)
     model = build_tiny_model(tokenizer, config, seed=0)
     comma = tokenizer(",", add_special_tokens=False)["input_ids"][0]
-    token_ids = [token for text in texts(seed=9) for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
-    probe = CopyRows(token_ids, [tokenizer.convert_tokens_to_ids(item) for item in ITEMS], tokenizer.eos_token_id,
-                     comma, seed=7)
+    item_ids = [tokenizer.convert_tokens_to_ids(item) for item in ITEMS]
+    probe = CopyRows(token_stream(tokenizer, seed=9), item_ids, tokenizer.eos_token_id, comma, seed=7)
     repeats = collate([probe.row("repeat") for _ in range(64)], tokenizer.pad_token_id)
     before = copy_accuracy(model, *repeats)
     accuracy = pretrain_tiny_model(model, tokenizer, texts(), ITEMS, steps=120, seed=0)
