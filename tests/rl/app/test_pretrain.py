@@ -56,6 +56,13 @@ def test_a_list_row_lists_the_items_of_its_text_in_order_each_with_a_comma(rows,
         assert ids[start - 1] == tokenizer.eos_token_id
 
 
+def test_a_text_of_items_alone_still_gives_list_rows(rows):
+    dense = CopyRows(rows.items * 20, rows.items, rows.separator, rows.comma, seed=2)
+    for _ in range(20):
+        ids, start = dense.row("list")
+        assert ids[start - 1] == rows.separator and ids[start:][0::2] == ids[:start - 1]
+
+
 def test_without_items_only_repeat_rows_are_drawn(rows):
     plain = CopyRows(rows.token_ids, [], rows.separator, rows.comma, seed=1)
     assert plain.kinds == ("repeat",)
