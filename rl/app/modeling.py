@@ -59,9 +59,9 @@ CHAT_TEMPLATE = (
 #   year is copied in four steps, and spelling it digit by digit (sft.expert_think=digits) is a copy, not a split.
 NUMBER_SPLITS = {"pairs": r" ?\d\d", "whole": r" ?\d+", "digits": r" ?\d"}
 WHOLE_NUMBERS_UP_TO = 2099
-COPY_PRETRAINING_FILE = "copy_pretraining.json"
 WHOLE_NUMBER_REPEATS = 20
 WHOLE_NUMBER_VOCABULARY = 2 * (WHOLE_NUMBERS_UP_TO + 1) + 300  # the numbers, spaced and not, and BPE's partial merges
+COPY_PRETRAINING_FILE = "copy_pretraining.json"  # create_tiny_checkpoint's record of the copy pretraining
 
 
 def number_texts(numbers: str) -> list[str]:
@@ -148,7 +148,8 @@ def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tin
     both with save_pretrained (and the pretraining's held-out copy accuracy, COPY_PRETRAINING_FILE); returns the
     folder."""
     out_dir = Path(out_dir)
-    texts, whole_tokens = list(texts), list(whole_tokens)
+    if tiny.pretrain_steps:  # the tokenizer's training reads both once, and the pretraining again
+        texts, whole_tokens = list(texts), list(whole_tokens)
     tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers, whole_tokens)
     model = build_tiny_model(tokenizer, tiny, seed)
     out_dir.mkdir(parents=True, exist_ok=True)

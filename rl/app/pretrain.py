@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ class CopyRows:
         return self.repeat_row() if kind == "repeat" else self.list_row()
 
 
-def sample_tokens(tokenizer: Any, texts: list[str], seed: int) -> list[int]:
+def sample_tokens(tokenizer: Any, texts: Sequence[str], seed: int) -> list[int]:
     """The token ids of texts drawn at random (one pass, no repeats) until MAX_TEXT_TOKENS are collected."""
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
@@ -117,14 +117,14 @@ def copy_accuracy(model: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> 
     return ((predicted == targets) & scored).sum().item() / scored.sum().item()
 
 
-def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Iterable[str], items: Iterable[str], steps: int,
+def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Sequence[str], items: Iterable[str], steps: int,
                         seed: int = 0) -> dict[str, float]:
     """Train `model` in place on `steps` batches of copy rows; returns the held-out accuracy per row kind.
     `items` are strings the tokenizer keeps as one token (others are left out); with none, repeat rows only.
     """
     if steps < 0:
         raise ValueError(f"model.tiny.pretrain_steps must be >= 0, got {steps}")
-    token_ids = sample_tokens(tokenizer, list(texts), seed)
+    token_ids = sample_tokens(tokenizer, texts, seed)
     encoded = (tokenizer(item, add_special_tokens=False)["input_ids"] for item in items)
     item_ids = sorted({ids[0] for ids in encoded if len(ids) == 1})
     separator = tokenizer.eos_token_id
@@ -133,6 +133,11 @@ def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Iterable[str], items:
     held_out_rows = CopyRows(token_ids, item_ids, separator, comma, seed + 1)
     held_out = {kind: collate([held_out_rows.row(kind) for _ in range(EVAL_ROWS)], tokenizer.pad_token_id)
                 for kind in rows.kinds}
+
+    def held_out_accuracy() -> dict[str, float]:
+        return {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}
+
+    accuracy = held_out_accuracy() if steps == 0 else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
     model.train()
@@ -148,9 +153,9 @@ def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Iterable[str], items:
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             if step % LOG_EVERY == 0 or step == steps:
-                accuracy = {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}
+                accuracy = held_out_accuracy()
                 shares = ", ".join(f"{kind} {value:.3f}" for kind, value in accuracy.items())
                 logger.info("copy pretraining: step %d/%d, loss %.3f, held-out copy accuracy %s (%.0f s)",
                             step, steps, loss.item(), shares, time.monotonic() - started)
     model.eval()
-    return {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}
+    return accuracy

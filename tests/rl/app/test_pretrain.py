@@ -87,12 +87,10 @@ def test_collate_scores_only_each_rows_second_part():
     assert labels.tolist() == [[-100, -100, -100, -100, 5, 6], [-100, -100, 3, -100, -100, -100]]
 
 
-def test_pretraining_teaches_a_random_model_to_copy(tokenizer):
+def test_pretraining_teaches_a_random_model_to_copy(tokenizer, rows):
     config = TinyModelConfig(hidden_size=64, intermediate_size=128)
     model = build_tiny_model(tokenizer, config, seed=0)
-    comma = tokenizer(",", add_special_tokens=False)["input_ids"][0]
-    item_ids = [tokenizer.convert_tokens_to_ids(item) for item in ITEMS]
-    probe = CopyRows(token_stream(tokenizer, seed=9), item_ids, tokenizer.eos_token_id, comma, seed=7)
+    probe = CopyRows(token_stream(tokenizer, seed=9), rows.items, rows.separator, rows.comma, seed=7)
     repeats = collate([probe.row("repeat") for _ in range(64)], tokenizer.pad_token_id)
     before = copy_accuracy(model, *repeats)
     accuracy = pretrain_tiny_model(model, tokenizer, texts(), ITEMS, steps=120, seed=0)
