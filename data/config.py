@@ -55,8 +55,10 @@ class AppsWorldConfig:
     num_test: int = 150  # test tasks
     # Share of each dependency structure in every split: "independent" (one round of parallel calls),
     # "chain" (one call per round, each needing the last) and "mixed" (parallel rounds that depend on each other).
+    # A structure's tasks are drawn from its families evenly; the default gives each of the ten families (2
+    # independent, 4 chain, 4 mixed: data/apps/tasks.py) about a tenth of every split.
     structure_mix: dict[str, float] = field(
-        default_factory=lambda: {"independent": 0.35, "chain": 0.3, "mixed": 0.35}
+        default_factory=lambda: {"independent": 0.2, "chain": 0.4, "mixed": 0.4}
     )
 
 

@@ -1,4 +1,4 @@
-"""The apps' MCP server: the 19 app tools over stdio, built with the `mcp` SDK, one app state per episode.
+"""The apps' MCP server: the 20 app tools over stdio, built with the `mcp` SDK, one app state per episode.
 
     python -m data.apps.server --seed 0                    # what tools.mcp_servers starts (docs/APPS.md)
     python -m data.apps.server --world-dir apps_world/     # the base states of a written world

@@ -156,16 +156,6 @@ def _num_days(state: dict) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-@register_family("stock_total", "independent")
-def sample_stock_total(state: dict, rng: random.Random) -> Draft | None:
-    products = rng.sample(list(state["products"].values()), rng.choice((2, 3, 4)))
-    skus = [product["sku"] for product in products]
-    text = f"How many units of {_join(skus)} are in stock in total? Answer with the number."
-    task = _task("stock_total", text, [str(sum(product["stock"] for product in products))],
-                 [[call("shop_get_product", sku=sku) for sku in skus]])
-    return ("stock_total", tuple(sorted(skus))), task
-
-
 @register_family("busiest_person", "independent")
 def sample_busiest_person(state: dict, rng: random.Random) -> Draft | None:
     people = rng.sample(list(state["contacts"].values()), rng.choice((2, 3)))
@@ -264,6 +254,16 @@ def sample_cancel_from_note(state: dict, rng: random.Random) -> Draft | None:
 # ----------------------------------------------------------------------------------------------
 # mixed: parallel rounds that depend on earlier rounds
 # ----------------------------------------------------------------------------------------------
+
+
+@register_family("stock_total", "mixed")
+def sample_stock_total(state: dict, rng: random.Random) -> Draft | None:
+    products = rng.sample(list(state["products"].values()), rng.choice((2, 3, 4)))
+    skus, stocks = [product["sku"] for product in products], [product["stock"] for product in products]
+    text = f"How many units of {_join(skus)} are in stock in total? Answer with the number."
+    task = _task("stock_total", text, [str(sum(stocks))],
+                 [[call("shop_get_product", sku=sku) for sku in skus], [call("calculator_sum", numbers=stocks)]])
+    return ("stock_total", tuple(sorted(skus))), task
 
 
 @register_family("schedule_meeting", "mixed")

@@ -1,12 +1,13 @@
 """The apps' tools: plain functions over one episode's state dict, each with a JSON schema of its arguments.
 
-Nineteen typed tools over five apps (data/apps/state.py describes the state):
+Twenty typed tools over six apps (data/apps/state.py describes the state):
 
 - contacts: contacts_search, contacts_get, contacts_update
 - calendar: calendar_list_events, calendar_free_hours, calendar_create_event, calendar_delete_event
 - mail: mail_list_inbox, mail_read, mail_send
 - files: files_list, files_read, files_write, files_delete
 - shop: shop_search, shop_get_product, shop_place_order, shop_get_order, shop_cancel_order
+- calculator: calculator_sum (stateless: the arithmetic an agent hands to a tool rather than do in its head)
 
 A tool is `function(state, **arguments) -> JSON value`; the read-only ones never change the state, the
 others (`mutates=True`) change it in place. A request the app cannot honour (an unknown id, a busy hour,
@@ -285,6 +286,17 @@ def shop_cancel_order(state: dict, order_id: str) -> dict:
     order["status"] = "cancelled"
     state["products"][order["sku"]]["stock"] += order["quantity"]
     return {"cancelled": order_id, "refund": order["total"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# calculator
+# ----------------------------------------------------------------------------------------------
+
+
+@app_tool("calculator_sum", "The sum of a list of integers.",
+          {"numbers": {"type": "array", "items": {"type": "integer"}, "minItems": 1}})
+def calculator_sum(state: dict, numbers: list[int]) -> dict:
+    return {"sum": sum(numbers)}
 
 
 __all__ = ["APP_TOOLS", "AppError", "AppTool", "app_tool", "app_tool_schemas", "call_app_tool"]

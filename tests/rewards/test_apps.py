@@ -52,7 +52,7 @@ def test_apps_efficiency_score(success, model_calls, min_rounds, expected):
 @pytest.fixture(scope="module")
 def world_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("apps_world")
-    write_apps_world(folder, AppsWorldConfig(seed=7, num_train=20, num_validation=10, num_test=30))
+    write_apps_world(folder, AppsWorldConfig(seed=7, num_train=20, num_validation=10, num_test=45))
     return folder
 
 

@@ -93,7 +93,7 @@ def calls_of(episode_id: str, rounds_calls: list[dict]) -> list[ToolCall]:
 
 
 def test_the_apps_server_lists_its_tools_with_schemas_and_keeps_control_tools_from_the_model(apps_executor):
-    assert len(apps_executor.tools) == 19 and "episode_state" not in apps_executor.tools
+    assert len(apps_executor.tools) == 20 and "episode_state" not in apps_executor.tools
     schema = next(s for s in apps_executor.tool_schemas() if s["function"]["name"] == "calendar_create_event")
     assert schema["function"]["parameters"]["required"] == ["title", "day", "hour", "attendees"]
 

@@ -37,9 +37,10 @@ def test_the_same_config_gives_the_same_world_and_another_seed_another(world):
     assert other.base_state["contacts"] != world.base_state["contacts"]
 
 
-def test_there_are_15_to_30_typed_tools_over_five_apps_each_with_a_valid_object_schema():
+def test_there_are_15_to_30_typed_tools_over_six_apps_each_with_a_valid_object_schema():
     assert 15 <= len(APP_TOOLS) <= 30
-    assert {name.split("_")[0] for name in APP_TOOLS} == {"contacts", "calendar", "mail", "files", "shop"}
+    assert {name.split("_")[0] for name in APP_TOOLS} == {"contacts", "calendar", "mail", "files", "shop",
+                                                           "calculator"}
     for tool in APP_TOOLS.values():
         jsonschema.Draft202012Validator.check_schema(tool.parameters)
         assert tool.parameters["type"] == "object" and tool.parameters["additionalProperties"] is False
@@ -52,6 +53,9 @@ def test_tools_refuse_bad_arguments_and_impossible_requests_with_app_errors(worl
         call_app_tool(state, "calendar_free_hours", {"email": "x@y", "day": "two"})
     with pytest.raises(AppError, match="unknown tool 'calendar_teleport'"):
         call_app_tool(state, "calendar_teleport", {})
+    assert call_app_tool(state, "calculator_sum", {"numbers": [12, 30, 5]}) == {"sum": 47}
+    with pytest.raises(AppError, match="bad arguments for calculator_sum"):
+        call_app_tool(state, "calculator_sum", {"numbers": []})
     with pytest.raises(AppError, match="no contact with email"):
         call_app_tool(state, "mail_send", {"to": "nobody@nowhere", "subject": "s", "body": "b"})
     email = next(iter(state["contacts"].values()))["email"]
@@ -71,8 +75,10 @@ def test_mutating_tools_change_the_state_and_reads_do_not(world):
     assert state["products"][sku]["stock"] == world.base_state["products"][sku]["stock"]
     before = json.dumps(state, sort_keys=True)
     for tool in APP_TOOLS.values():
-        assert tool.mutates or tool.name.split("_", 1)[1].startswith(("search", "get", "list", "read", "free"))
+        assert tool.mutates or tool.name.split("_", 1)[1].startswith(("search", "get", "list", "read", "free",
+                                                                                       "sum"))
     call_app_tool(state, "shop_search", {"query": product["name"].split()[0]})
+    call_app_tool(state, "calculator_sum", {"numbers": [1, 2]})
     call_app_tool(state, "files_list", {"folder": "/docs"})
     assert json.dumps(state, sort_keys=True) == before
 
