@@ -29,6 +29,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from rl.grpo.lm_head import install_compact_lm_head
+
 logger = logging.getLogger(__name__)
 
 ROW_KINDS = ("repeat", "list")
@@ -105,6 +107,18 @@ def collate(rows: list[tuple[list[int], int]], pad_token_id: int) -> tuple[torch
     return input_ids, labels
 
 
+def row_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, compact: bool) -> torch.Tensor:
+    """Mean next-token loss over the labelled positions; with a compact LM head (rl/grpo/lm_head.py) only those
+    positions are projected to the vocabulary."""
+    if not compact:
+        return model(input_ids=input_ids, labels=labels).loss
+    targets = labels[:, 1:]
+    at_positions = torch.zeros_like(labels, dtype=torch.bool)
+    at_positions[:, :-1] = targets != -100
+    logits = model(input_ids=input_ids, logits_at_BS=at_positions).logits
+    return torch.nn.functional.cross_entropy(logits.float(), targets[targets != -100])
+
+
 @torch.no_grad()
 def copy_accuracy(model: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
     """The share of second-part tokens the model predicts right (greedy, teacher-forced)."""
@@ -138,6 +152,7 @@ def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Sequence[str], items:
         return {kind: copy_accuracy(model, *batch) for kind, batch in held_out.items()}
 
     accuracy = held_out_accuracy() if steps == 0 else {}
+    compact = install_compact_lm_head(model)  # the vocabulary projection at the second parts only
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
     model.train()
@@ -146,7 +161,7 @@ def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Sequence[str], items:
         torch.manual_seed(seed)
         for step in range(1, steps + 1):
             input_ids, labels = collate([rows.row() for _ in range(BATCH_SIZE)], tokenizer.pad_token_id)
-            loss = model(input_ids=input_ids, labels=labels).loss
+            loss = row_loss(model, input_ids, labels, compact)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rl.app.modeling import COPY_PRETRAINING_FILE, build_tiny_model, build_tokenizer, create_tiny_checkpoint
-from rl.app.pretrain import CopyRows, collate, copy_accuracy, pretrain_tiny_model
+from rl.app.pretrain import CopyRows, collate, copy_accuracy, pretrain_tiny_model, row_loss
+from rl.grpo.lm_head import install_compact_lm_head
 from rl.config import TinyModelConfig
 from rollouts.model_loading import load_model_and_tokenizer
 
@@ -85,6 +86,20 @@ def test_collate_scores_only_each_rows_second_part():
     input_ids, labels = collate([([5, 6, 7, 9, 5, 6], 4), ([8, 9, 3], 2)], pad_token_id=0)
     assert input_ids.tolist() == [[5, 6, 7, 9, 5, 6], [8, 9, 3, 0, 0, 0]]
     assert labels.tolist() == [[-100, -100, -100, -100, 5, 6], [-100, -100, 3, -100, -100, -100]]
+
+
+def test_the_compact_head_gives_the_full_heads_loss_and_gradients(tokenizer, rows):
+    model = build_tiny_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64), seed=0)
+    input_ids, labels = collate([rows.row() for _ in range(8)], tokenizer.pad_token_id)
+    full = row_loss(model, input_ids, labels, compact=False)
+    full.backward()
+    full_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    assert install_compact_lm_head(model)
+    compact = row_loss(model, input_ids, labels, compact=True)
+    compact.backward()
+    assert compact.item() == pytest.approx(full.item(), rel=1e-5)
+    assert torch.allclose(model.lm_head.weight.grad, full_grad, atol=1e-6)
 
 
 def test_pretraining_teaches_a_random_model_to_copy(tokenizer, rows):
