@@ -138,7 +138,9 @@ class SFTConfig:
     # passage that holds it); "side_by_side" (compare with the two entries of each step next to each other and
     # the winner's year before its name); "verdict" (each step's two years side by side, then a one-token
     # verdict before the winner); or "digits" (each step's two years spelt and compared digit by digit, then the
-    # verdict and the winner), rl/app/expert_thoughts.py
+    # verdict and the winner), rl/app/expert_thoughts.py. The apps solver knows "none" and "notes" (each round
+    # after the first starts with the values it reads from earlier results, each after the argument that
+    # fetched it: rl/app/apps_expert.py round_notes)
     expert_think: str = "none"
     # share of the demonstrations played with rollout.max_turns = their own search rounds, so their last
     # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
@@ -519,6 +521,8 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(set(apps_mix) <= {"independent", "chain", "mixed"} and abs(sum(apps_mix.values()) - 1) < 1e-6,
          "data.apps.structure_mix", "keys are independent/chain/mixed and the shares must sum to 1")
     need(config.data.apps.train_worlds >= 0, "data.apps.train_worlds", "must be >= 0 (0: the base world only)")
+    need(config.data.source != "apps" or config.sft.expert_think in ("none", "notes"), "sft.expert_think",
+         f"is {config.sft.expert_think!r}; the apps solver writes 'none' or 'notes' (rl/app/apps_expert.py)")
     other_form = config.sft.expert_think in DRILL_FORMS  # a worked comparison in another form than "compare"
     need(not (config.reward.weights.get("worked_comparison") and other_form),
          "reward.weights", "worked_comparison scores the 'compare' form of the worked comparison, not the "

@@ -143,7 +143,8 @@ def solver_dataset(config: ExperimentConfig, tokenizer: Any, environment: Any, w
     for tasks in (batch for tasks in passes for batch in distinct_instruction_batches(tasks)):
         modes = choose_solver_modes(tasks, config.sft.parallel_fraction, rng)
         for episode, mode in zip(solve_apps_tasks(tasks, modes, environment.protocol, tokenizer,
-                                                  environment.executor, world, config.rollout), modes):
+                                                  environment.executor, world, config.rollout,
+                                                  notes=config.sft.expert_think == "notes"), modes):
             if not episode.verdict.success or episode.trajectory.truncated:
                 rejected += 1
                 continue

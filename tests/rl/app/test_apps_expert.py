@@ -13,7 +13,7 @@ import pytest
 from data.apps.server import server_arguments
 from data.apps.world import generate_apps_world
 from data.config import AppsWorldConfig, RetrieverConfig
-from rl.app.apps_expert import play_apps_tasks, solve_apps_tasks, solver_actions
+from rl.app.apps_expert import play_apps_tasks, round_notes, solve_apps_tasks, solver_actions
 from rollouts.config import McpServerConfig, RolloutConfig, ToolsConfig
 from rollouts.protocols import build_protocol
 from rollouts.tools import build_tools
@@ -57,6 +57,10 @@ def protocol(executor):
     return build_protocol("function_call", prompt_style="full", tool_schemas=executor.tool_schemas())
 
 
+def all_test_and_validation(world):
+    return world.splits["test"] + world.splits["validation"]
+
+
 def one_task_per_family(world):
     tasks = {}
     for task in world.splits["test"] + world.splits["validation"]:
@@ -80,6 +84,41 @@ def test_the_solvers_episodes_pass_their_verifiers_with_the_expected_model_calls
         assert all(call.error is None for turn in trajectory.turns for call in turn.calls), task.family
         assert {call.episode_id for turn in trajectory.turns for call in turn.calls} == {trajectory.episode_id}
     assert len({episode.trajectory.episode_id for episode in episodes}) == len(episodes)
+
+
+def test_round_notes_pair_each_value_a_round_reads_with_the_argument_that_fetched_it(world):
+    state, tasks = world.base_state, all_test_and_validation(world)
+    stock = next(task for task in tasks if task.family == "stock_total")
+    skus = [call["arguments"]["sku"] for call in stock.gold_rounds[0]]
+    assert round_notes(stock, state) == ["", " , ".join(f"{sku} {state['products'][sku]['stock']}" for sku in skus)]
+    cancel = next(task for task in tasks if task.family == "cancel_from_note")
+    path, order_id = cancel.gold_rounds[0][0]["arguments"]["path"], cancel.gold_rounds[1][0]["arguments"]["order_id"]
+    assert round_notes(cancel, state) == ["", f"{path} {order_id}"]
+    meeting = next(task for task in tasks if task.family == "schedule_meeting")
+    names = [call["arguments"]["text"] for call in meeting.gold_rounds[0]]
+    emails = [call["arguments"]["email"] for call in meeting.gold_rounds[1]]
+    by_name = " , ".join(f"{name} {email}" for name, email in zip(names, emails))
+    hour = meeting.gold_rounds[2][0]["arguments"]["hour"]
+    # the common free hour is in every person's free hours: no single source, no note; the day is in the instruction
+    assert round_notes(meeting, state) == ["", by_name, by_name] and f" {hour}" not in by_name
+    reply = next(task for task in tasks if task.family == "reply_to_sender")
+    # the reply's address is in two results (the contact and their message); the body is in the instruction
+    assert round_notes(reply, state)[2] == ""
+
+
+def test_the_solver_with_notes_writes_them_before_the_rounds_and_still_passes(world, tokenizer, executor, protocol):
+    tasks = one_task_per_family(world)
+    for mode in ("parallel", "sequential"):
+        episodes = solve_apps_tasks(tasks, [mode] * len(tasks), protocol, tokenizer, executor, world, ROLLOUT,
+                                    notes=True)
+        for episode in episodes:
+            assert episode.verdict.success, (mode, episode.task.family, episode.verdict.problems)
+            written = "".join(turn.text for turn in episode.trajectory.turns)
+            notes = [note for note in round_notes(episode.task, world.base_state) if note]
+            assert [note for note in notes if f"<think> {note} </think>" in written] == notes
+        stock = next(episode for episode in episodes if episode.task.family == "stock_total")
+        assert stock.trajectory.turns[-2].text.startswith("<think> SKU-") and \
+            stock.trajectory.turns[-2].calls[0].name == "calculator_sum"
 
 
 def test_a_script_that_skips_the_final_write_fails_its_verifier(world, tokenizer, executor, protocol):
@@ -113,3 +152,11 @@ def test_training_world_tasks_play_on_their_own_world_over_the_served_world_dir(
         assert episode.verdict.success, (episode.task.family, episode.verdict.problems)
         assert all(call.error is None for turn in episode.trajectory.turns for call in turn.calls)
         assert episode.final_state["contacts"] == world.world_states["w1"]["contacts"] != world.base_state["contacts"]
+
+
+def test_the_apps_solver_takes_notes_or_none_and_refuses_the_comparison_styles_by_name():
+    from rl.config import ConfigError, load_config
+
+    assert load_config("configs/apps_quickstart.yaml", ["sft.expert_think=notes"]).sft.expert_think == "notes"
+    with pytest.raises(ConfigError, match="sft.expert_think.*'compare'.*apps solver"):
+        load_config("configs/apps_quickstart.yaml", ["sft.expert_think=compare"])
