@@ -123,11 +123,11 @@ def solver_actions(task: AppTask, mode: str, notes: list[str] | None = None) -> 
 
 
 def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[tuple[Action, str]]], protocol: AgentProtocol,
-                    tokenizer: Any,
-                    executor: Any, world: AppsWorld, rollout_config: RolloutConfig,
+                    tokenizer: Any, executor: Any, world: AppsWorld, rollout_config: RolloutConfig,
                     source_name: str = "apps") -> list[SolvedEpisode]:
-    """Play the given turns of each task ((action, thought) pairs; concurrently, one episode each) and verify each end state against the
-    base state the task starts from (`world.state_of`: its training world's, or the base world's).
+    """Play the given turns of each task ((action, thought) pairs; concurrently, one episode each) and verify each
+    end state against the base state the task starts from (`world.state_of`: its training world's, or the base
+    world's).
 
     executor: a rollouts.tools.ToolExecutor whose MCP source `source_name` serves the apps of `world`.
     """
