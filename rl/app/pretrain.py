@@ -108,15 +108,9 @@ def collate(rows: list[tuple[list[int], int]], pad_token_id: int) -> tuple[torch
 
 
 def row_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, compact: bool) -> torch.Tensor:
-    """Mean next-token loss over the labelled positions; with a compact LM head (rl/grpo/lm_head.py) only those
-    positions are projected to the vocabulary."""
-    if not compact:
-        return model(input_ids=input_ids, labels=labels).loss
-    targets = labels[:, 1:]
-    at_positions = torch.zeros_like(labels, dtype=torch.bool)
-    at_positions[:, :-1] = targets != -100
-    logits = model(input_ids=input_ids, logits_at_BS=at_positions).logits
-    return torch.nn.functional.cross_entropy(logits.float(), targets[targets != -100])
+    """Mean next-token loss over the labelled positions; with a compact LM head (rl/grpo/lm_head.py, its fused-head
+    call) only those positions are projected to the vocabulary."""
+    return model(input_ids=input_ids, labels=labels, **({"fused_lm_head": True} if compact else {})).loss
 
 
 @torch.no_grad()
