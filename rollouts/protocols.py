@@ -156,13 +156,14 @@ class AgentProtocol(ABC):
             return self.render_observation(turn.calls, final=final)
         return self.corrective_observation(final=final)
 
-    def action_token_ids(self, action: Action, tokenizer: Any) -> list[int]:
-        """The tokens of one model turn that performs `action` (what the SFT expert writes).
+    def action_token_ids(self, action: Action, tokenizer: Any, thought: str = "") -> list[int]:
+        """The tokens of one model turn that performs `action`, after `thought` in <think> if any (what the SFT
+        expert writes).
 
         render_action's text tokenised on its own (as a model may generate it), then the tokenizer's
         end-of-turn token when the text ends on none of the stop strings: the engine ends such a turn there.
         """
-        return self.turn_token_ids(self.render_action(action), tokenizer)
+        return self.turn_token_ids(self.render_action(action, thought), tokenizer)
 
     def turn_token_ids(self, text: str, tokenizer: Any) -> list[int]:
         token_ids = tokenizer.encode(text, add_special_tokens=False)
@@ -403,14 +404,15 @@ class FunctionCallProtocol(AgentProtocol):
         blocks = [f"<tool_call>{json.dumps(record)}</tool_call>" for record in call_records(action.calls)]
         return think + "\n".join(blocks)
 
-    def action_token_ids(self, action: Action, tokenizer: Any) -> list[int]:
-        """Tool calls as the chat template writes an assistant's `tool_calls` when it does (the model's native
-        format, Qwen2.5: `<tool_call>\\n{...}\\n</tool_call>`) and this protocol reads them back; else render_action."""
-        if action.kind == "search":
+    def action_token_ids(self, action: Action, tokenizer: Any, thought: str = "") -> list[int]:
+        """Tool calls without a thought as the chat template writes an assistant's `tool_calls` when it does (the
+        model's native format, Qwen2.5: `<tool_call>\\n{...}\\n</tool_call>`) and this protocol reads them back;
+        else render_action."""
+        if action.kind == "search" and not thought:
             native = ChatFormat.of(tokenizer).tool_call_text(call_records(action.calls))
             if native is not None and call_records(self.parse(native).calls) == call_records(action.calls):
                 return self.turn_token_ids(native, tokenizer)
-        return super().action_token_ids(action, tokenizer)
+        return super().action_token_ids(action, tokenizer, thought)
 
     def render_observation(self, calls: list[ToolCall], final: bool = False) -> str:
         """The user message holding the results, for a chat template that defines no tool messages."""

@@ -135,8 +135,7 @@ def play_apps_tasks(tasks: list[AppTask], action_lists: list[list[tuple[Action, 
     prompts = [tuple(protocol.render_prompt(question, tokenizer)) for question in questions]
     if len(set(prompts)) < len(prompts):
         raise ValueError("play_apps_tasks: a task comes twice; play repeats in separate calls")
-    scripts = TurnScripts({prompt: [protocol.turn_token_ids(protocol.render_action(action, thought), tokenizer)
-                                    if thought else protocol.action_token_ids(action, tokenizer)
+    scripts = TurnScripts({prompt: [protocol.action_token_ids(action, tokenizer, thought)
                                     for action, thought in actions]
                            for prompt, actions in zip(prompts, action_lists)})
     groups = run_episodes(ScriptedEngine(tokenizer, scripts), protocol, executor, questions, group_size=1,

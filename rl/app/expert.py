@@ -112,11 +112,8 @@ def expert_turns(plan: ExpertPlan, protocol: AgentProtocol, tokenizer: Any) -> l
     when no stop string ends it), as the loop records a turn the model generated."""
     actions = plan_actions(plan)
     thoughts = plan.round_thoughts or [""] * len(plan.search_rounds)
-    turns = [protocol.turn_token_ids(protocol.render_action(action, thought), tokenizer) if thought
-             else protocol.action_token_ids(action, tokenizer) for action, thought in zip(actions[:-1], thoughts)]
-    if not plan.thought:
-        return turns + [protocol.action_token_ids(actions[-1], tokenizer)]
-    return turns + [protocol.turn_token_ids(protocol.render_action(actions[-1], plan.thought), tokenizer)]
+    return [protocol.action_token_ids(action, tokenizer, thought)
+            for action, thought in zip(actions, thoughts + [plan.thought])]
 
 
 def expert_scripts(questions: list[Question], modes: list[str], protocol: AgentProtocol,
