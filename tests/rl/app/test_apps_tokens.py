@@ -1,6 +1,7 @@
-"""model.tiny.whole_identifiers on the apps world: every identifier a task's gold calls copy (a contact's name or
-e-mail address, a SKU, a file path of the base state, an order id) is one token of the tiny tokenizer, in the
-instruction and in the call alike; with the key off the tokenizer has no such tokens."""
+"""model.tiny.whole_identifiers on the apps world: every name a task's gold calls copy (a contact's name or e-mail
+address, a SKU) is one token of the tiny tokenizer, in the instruction and in the call alike; file paths and order
+ids are pieces whose varying part (the number) is the same tokens wherever they stand; with the key off the
+tokenizer has no such tokens."""
 
 from __future__ import annotations
 
@@ -24,13 +25,18 @@ def copied_arguments(task) -> list[str]:
         for call in calls:
             for name, value in call["arguments"].items():
                 for item in value if isinstance(value, list) else [value]:
-                    if name in ("sku", "email", "to", "from_email", "ship_to", "attendees", "order_id", "text") or \
-                            (name == "path" and item in WORLD.base_state["files"]):
+                    if name in ("sku", "email", "to", "from_email", "ship_to", "attendees", "text"):
                         values.append(item)
     return values
 
 
-def test_every_copied_argument_is_one_token_in_the_instruction_and_in_the_call():
+def numbered_arguments(task) -> list[str]:
+    """The gold calls' file paths of the base state and order ids."""
+    return [value for calls in task.gold_rounds for call in calls for name, value in call["arguments"].items()
+            if name == "order_id" or (name == "path" and value in WORLD.base_state["files"])]
+
+
+def test_every_copied_name_is_one_token_in_the_instruction_and_in_the_call():
     identifiers = set(apps_identifiers(WORLD))
     tokenizer = build_tokenizer(apps_tokenizer_texts(WORLD), vocab_size=2048, whole_tokens=identifiers)
     checked = 0
@@ -43,6 +49,26 @@ def test_every_copied_argument_is_one_token_in_the_instruction_and_in_the_call()
                 assert value in tokenizer.tokenize(task.instruction), (task.family, value)
             checked += 1
     assert checked > 100
+
+
+def test_paths_and_order_ids_are_pieces_whose_number_is_the_same_tokens_in_the_text_and_in_the_call():
+    identifiers = set(apps_identifiers(WORLD))
+    tokenizer = build_tokenizer(apps_tokenizer_texts(WORLD), vocab_size=2048, whole_tokens=identifiers,
+                                number_space="apart")
+    checked = 0
+    for task in WORLD.splits["train"] + WORLD.splits["test"]:
+        for value in numbered_arguments(task):
+            assert value not in identifiers
+            number = "".join(character for character in value if character.isdigit())  # "0084", "74"
+            number_tokens = tokenizer.tokenize(number)
+            call_tokens = tokenizer.tokenize(json.dumps({"arguments": {"x": value}}))
+            where = task.instruction if value in task.instruction else f"Order {value} is no longer needed."
+            text_tokens = tokenizer.tokenize(where)
+            for tokens in (call_tokens, text_tokens):
+                assert any(tokens[start:start + len(number_tokens)] == number_tokens for start in range(len(tokens))), \
+                    (value, tokens, number_tokens)
+            checked += 1
+    assert checked >= 5
 
 
 def test_whole_identifiers_off_builds_the_plain_tokenizer(tmp_path):
@@ -69,6 +95,6 @@ def test_with_training_worlds_every_worlds_identifiers_and_tasks_feed_the_tokeni
     task = next(task for task in world.splits["train"] if task.world == "w2" and task.family == "order_from_note")
     note = world.world_states["w2"]["files"][task.gold_rounds[0][0]["arguments"]["path"]]["content"]
     assert task.instruction in texts and note in texts  # its call's result read in its own world
-    # each training world adds its own contacts' names and addresses and its own SKUs (paths and order ids recur)
+    # each training world adds its own contacts' names and addresses and its own SKUs
     config = AppsWorldConfig()
     assert len(identifiers) - len(apps_identifiers(WORLD)) >= 2 * (2 * config.num_people + config.num_products)
