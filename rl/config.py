@@ -61,6 +61,11 @@ class TinyModelConfig:
     # years), "whole" (every number 0-2099 is one token, " 1987"; the vocabulary grows by the ~2400 tokens it takes)
     # or "digits" (one token per digit, " 1" "9" "8" "7", as in Qwen2's own tokenizer)
     numbers: str = "pairs"
+    # Whether the space before a number belongs to its first token: "joined" (" 25" is one token, "25" another, as
+    # in GPT-2's tokenizer) or "apart" (the space is a token of its own and a number's tokens are the same wherever
+    # it stands, as in Qwen2's and Llama 3's tokenizers). Copying a number to a place where no space precedes it
+    # ('"numbers": [25, ...') is a copy of the same tokens only when "apart".
+    number_space: str = "joined"
     # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address,
     # SKU, file path and order id of its base state (rl/app/apps_env.py apps_identifiers), so that the model copies
     # an argument in one step instead of 4-7 pieces; the QA world has none (its names are whole words already).
@@ -230,6 +235,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("world", "files", "apps", "mixed"),
     "model.tiny.numbers": ("pairs", "whole", "digits"),
+    "model.tiny.number_space": ("joined", "apart"),
     "data.on_malformed_row": ("error", "skip"),
     "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
     "data.world.names": ("per_set", "shared"),  # data/world.py NAME_MODES

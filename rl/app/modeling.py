@@ -57,7 +57,10 @@ CHAT_TEMPLATE = (
 #   or not the world used it. A year is then copied in one step, and its order must be learnt per token.
 # - "digits": a number is one token per digit ("Ġ1" "9" "8" "7"), as in Qwen2's and Llama 3's own tokenizers. A
 #   year is copied in four steps, and spelling it digit by digit (sft.expert_think=digits) is a copy, not a split.
-NUMBER_SPLITS = {"pairs": r" ?\d\d", "whole": r" ?\d+", "digits": r" ?\d"}
+NUMBER_SPLITS = {"pairs": r"\d\d", "whole": r"\d+", "digits": r"\d"}
+# model.tiny.number_space: "joined" puts the space before a number into its first piece (" 19" "87"); "apart" leaves
+# it to the text before, so a number is the same tokens after a space, a bracket or a quote.
+NUMBER_SPACES = {"joined": " ?", "apart": ""}
 WHOLE_NUMBERS_UP_TO = 2099
 WHOLE_NUMBER_REPEATS = 20
 WHOLE_NUMBER_VOCABULARY = 2 * (WHOLE_NUMBERS_UP_TO + 1) + 300  # the numbers, spaced and not, and BPE's partial merges
@@ -76,17 +79,20 @@ def number_texts(numbers: str) -> list[str]:
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str = "pairs",
-                    whole_tokens: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+                    whole_tokens: Iterable[str] = (), number_space: str = "joined") -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts`; protocol tags and chat markers are single, unsplittable tokens.
     `numbers` ("pairs", "whole" or "digits", above) says how numbers are cut; "whole" adds its own vocabulary room.
+    `number_space` ("joined" or "apart", above) says whether the space before a number is part of it.
     `whole_tokens` are strings that become one token each wherever they occur (an environment's identifiers,
     e.g. the apps world's e-mail addresses and SKUs), so the model copies one in one step."""
     extra_texts = number_texts(numbers)
+    if number_space not in NUMBER_SPACES:
+        raise ValueError(f"model.tiny.number_space must be one of {tuple(NUMBER_SPACES)}, got {number_space!r}")
     if extra_texts:
         texts, vocab_size = itertools.chain(texts, extra_texts), vocab_size + WHOLE_NUMBER_VOCABULARY
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(NUMBER_SPLITS[numbers]), behavior="isolated"),
+        pre_tokenizers.Split(Regex(NUMBER_SPACES[number_space] + NUMBER_SPLITS[numbers]), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
@@ -150,7 +156,7 @@ def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tin
     out_dir = Path(out_dir)
     if tiny.pretrain_steps:  # the tokenizer's training reads both once, and the pretraining again
         texts, whole_tokens = list(texts), list(whole_tokens)
-    tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers, whole_tokens)
+    tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers, whole_tokens, tiny.number_space)
     model = build_tiny_model(tokenizer, tiny, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tiny.pretrain_steps:

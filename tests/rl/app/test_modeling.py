@@ -118,3 +118,14 @@ def test_whole_tokens_are_one_token_wherever_they_occur_and_decode_losslessly(tm
                                             num_key_value_heads=1, intermediate_size=64)).save_pretrained(tmp_path)
     _, loaded = load_model_and_tokenizer(str(tmp_path))
     assert "SKU-7230" in loaded.tokenize('{"sku": "SKU-7230"}')
+
+
+def test_with_number_space_apart_a_number_is_the_same_tokens_after_a_space_a_bracket_or_a_quote():
+    joined = build_tokenizer(TEXTS, vocab_size=400)
+    assert joined.tokenize(" 1873")[0] != joined.tokenize("[1873")[1]  # " 18" and "18" differ
+    apart = build_tokenizer(TEXTS, vocab_size=400, number_space="apart")
+    assert apart.tokenize(" 1873") == ["Ġ", "18", "73"]
+    assert apart.tokenize("[1873, 1873]") == ["[", "18", "73", ",", "Ġ", "18", "73", "]"]
+    assert apart.decode(apart.encode("born 12345 or [1987].", add_special_tokens=False)) == "born 12345 or [1987]."
+    with pytest.raises(ValueError, match="model.tiny.number_space"):
+        build_tokenizer(TEXTS, vocab_size=400, number_space="glued")
