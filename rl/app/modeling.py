@@ -48,7 +48,7 @@ CHAT_TEMPLATE = (
 )
 
 
-# model.tiny.numbers: how numbers are cut before byte-level BPE.
+# model.tiny.numbers: how numbers are cut before byte-level BPE (the examples are with number_space "joined").
 # - "pairs": into pairs of digits; a year is two tokens from a set of about a hundred ("Ġ18" "43"), each seen in
 #   many years, so the order of years is learnable, and a year the tokenizer never saw is split the same way as
 #   one it did.
