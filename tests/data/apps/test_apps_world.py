@@ -225,3 +225,17 @@ def test_shared_names_keep_every_identity_across_worlds_and_seeds_and_redraw_the
 def test_an_unknown_apps_names_mode_is_refused_by_name():
     with pytest.raises(DataError, match="data.apps.names is 'global'"):
         generate_apps_world(AppsWorldConfig(seed=3, num_train=30, num_validation=10, num_test=15, names="global"))
+
+
+def test_the_default_world_gives_every_family_at_least_half_its_even_share_of_the_training_tasks():
+    # A family's distinct tasks are bounded by the world (one cancel_from_note task per order note, one
+    # reply_to_sender task per sender and body); the test and validation splits are drawn first.
+    config = AppsWorldConfig(num_validation=50)
+    train = generate_apps_world(config).splits["train"]
+    counts = {name: sum(task.family == name for task in train) for name in TASK_FAMILIES.names()}
+    families = {structure: [name for name in counts if TASK_FAMILIES[name].structure == structure]
+                for structure in APP_STRUCTURES}
+    for name, count in counts.items():
+        structure = TASK_FAMILIES[name].structure
+        even_share = config.num_train * config.structure_mix[structure] / len(families[structure])
+        assert count >= even_share / 2, (name, count, even_share)
