@@ -66,9 +66,10 @@ class TinyModelConfig:
     # it stands, as in Qwen2's and Llama 3's tokenizers). Copying a number to a place where no space precedes it
     # ('"numbers": [25, ...') is a copy of the same tokens only when "apart".
     number_space: str = "joined"
-    # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address,
-    # SKU, file path and order id of its base state (rl/app/apps_env.py apps_identifiers), so that the model copies
-    # an argument in one step instead of 4-7 pieces; the QA world has none (its names are whole words already).
+    # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address
+    # and SKU of its base state (rl/app/apps_env.py apps_identifiers; file paths and order ids stay pieces), so that
+    # the model copies an argument in one step instead of 4-7 pieces; the QA world has none (its names are whole
+    # words already).
     whole_identifiers: bool = True
     # Steps of copy pretraining before the warm-start (rl/app/pretrain.py): rows that repeat a span of the
     # environment's texts, or list its identifiers in the order a text holds them, teach the random model to copy
