@@ -66,6 +66,12 @@ class TinyModelConfig:
     # it stands, as in Qwen2's and Llama 3's tokenizers). Copying a number to a place where no space precedes it
     # ('"numbers": [25, ...') is a copy of the same tokens only when "apart".
     number_space: str = "joined"
+    # With numbers "pairs": every pair of digits is one token, spaced and not (" 44", "44"), whether or not the
+    # texts the tokenizer is fitted on held it. Without it, BPE merges only the pairs its texts held, and a number
+    # holding another pair is cut finer (" 4" "4" where " 27" is one token): on the apps world a third of the
+    # spaced pairs, so many of the sums and refunds a test task answers with. Copy pretraining (pretrain_steps) then
+    # lists the pair tokens among its items, so that the model learns to write the ones no training text holds.
+    every_pair: bool = False
     # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address
     # and SKU of its base state (rl/app/apps_env.py apps_identifiers; file paths and order ids stay pieces), so that
     # the model copies an argument in one step instead of 4-7 pieces; the QA world has none (its names are whole
@@ -536,6 +542,8 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          f"{config.sft.expert_think!r} one sft.expert_think demonstrates; drop it or use "
          "sft.expert_think=compare")
     need(config.model.tiny.pretrain_steps >= 0, "model.tiny.pretrain_steps", "must be >= 0 (0: none)")
+    need(not config.model.tiny.every_pair or config.model.tiny.numbers == "pairs", "model.tiny.every_pair",
+         f"needs model.tiny.numbers=pairs (got {config.model.tiny.numbers!r})")
     need(config.sft.comparison_drills >= 0, "sft.comparison_drills", "must be >= 0 (0: none)")
     need(not config.sft.comparison_drills or other_form,
          "sft.comparison_drills", "drills are written in the side_by_side, verdict or digits thought; set "

@@ -50,8 +50,10 @@ CHAT_TEMPLATE = (
 
 # model.tiny.numbers: how numbers are cut before byte-level BPE (the examples are with number_space "joined").
 # - "pairs": into pairs of digits; a year is two tokens from a set of about a hundred ("Ġ18" "43"), each seen in
-#   many years, so the order of years is learnable, and a year the tokenizer never saw is split the same way as
-#   one it did.
+#   many years, so the order of years is learnable. BPE merges only the pairs its texts held: on the apps world a
+#   third of the spaced pairs (" 44", " 80") never occur, and a number holding one is cut finer ("Ġ4" "4") than
+#   one the texts held (" 27"). With model.tiny.every_pair (complete_pairs) every pair is one token, spaced and
+#   not, so a number the tokenizer never saw is split the same way as one it did.
 # - "whole": a number is one piece, and every number up to WHOLE_NUMBERS_UP_TO is in the tokenizer's training
 #   texts WHOLE_NUMBER_REPEATS times (with and without a leading space), so each is one token ("Ġ1987") whether
 #   or not the world used it. A year is then copied in one step, and its order must be learnt per token.
@@ -78,11 +80,50 @@ def number_texts(numbers: str) -> list[str]:
     return [spaced, glued] * WHOLE_NUMBER_REPEATS
 
 
+def pair_strings(number_space: str) -> list[str]:
+    """The number pieces "pairs" cuts, as byte-level strings: every two digits ("07", "44"), a space and one digit
+    ("Ġ7": a lone digit after a space is one piece either way), and with "joined" a space and two digits ("Ġ44")."""
+    glued = [f"{number:02d}" for number in range(100)]
+    spaced = [f"Ġ{number}" for number in range(100 if number_space == "joined" else 10)]
+    return glued + spaced
+
+
+def complete_pairs(tokenizer: Tokenizer, number_space: str) -> Tokenizer:
+    """`tokenizer` (a fitted "pairs" BPE) with every pair_strings piece one token: each missing piece gets merges
+    after all the fitted ones, joining the pieces it was cut into left to right. The fitted merges and their ids
+    are unchanged (no piece missing: the same tokenizer), and only number pieces gain merges."""
+    state = json.loads(tokenizer.to_str())
+    vocab, merges = state["model"]["vocab"], state["model"]["merges"]
+    pairs_as_lists = bool(merges) and isinstance(merges[0], list)
+    added = 0
+    for piece in pair_strings(number_space):
+        if piece in vocab:
+            continue
+        text = piece.replace("Ġ", " ")
+        parts = [token for token in Tokenizer.from_str(json.dumps(state)).encode(text).tokens]
+        while len(parts) > 1:
+            left, right = parts[0], parts[1]
+            merges.append([left, right] if pairs_as_lists else f"{left} {right}")
+            vocab.setdefault(left + right, max(vocab.values()) + 1)
+            parts = [left + right] + parts[2:]
+            added += 1
+    if not added:
+        return tokenizer
+    completed = Tokenizer.from_str(json.dumps(state))
+    missing = [piece for piece in pair_strings(number_space)
+               if len(completed.encode(piece.replace("Ġ", " ")).tokens) != 1]
+    if missing:
+        raise RuntimeError(f"complete_pairs: pieces still split after adding merges: {missing[:10]}")
+    return completed
+
+
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str = "pairs",
-                    whole_tokens: Iterable[str] = (), number_space: str = "joined") -> PreTrainedTokenizerFast:
+                    whole_tokens: Iterable[str] = (), number_space: str = "joined",
+                    every_pair: bool = False) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts`; protocol tags and chat markers are single, unsplittable tokens.
     `numbers` ("pairs", "whole" or "digits", above) says how numbers are cut; "whole" adds its own vocabulary room.
     `number_space` ("joined" or "apart", above) says whether the space before a number is part of it.
+    `every_pair` (with "pairs" only) makes every pair of digits one token, spaced and not (complete_pairs).
     `whole_tokens` are strings that become one token each wherever they occur (an environment's identifiers,
     e.g. the apps world's e-mail addresses and SKUs), so the model copies one in one step."""
     extra_texts = number_texts(numbers)
@@ -105,6 +146,10 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str =
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    if every_pair:
+        if numbers != "pairs":
+            raise ValueError(f"model.tiny.every_pair needs model.tiny.numbers=pairs, got {numbers!r}")
+        tokenizer = complete_pairs(tokenizer, number_space)
     # Added (not special) tokens: matched before BPE, kept when decoding with skip_special_tokens.
     tokenizer.add_tokens(PROTOCOL_TAGS + [SUBQUERY_SEPARATOR])
     identifiers = sorted(set(whole_tokens) - set(PROTOCOL_TAGS) - {SUBQUERY_SEPARATOR})
@@ -156,13 +201,18 @@ def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tin
     out_dir = Path(out_dir)
     if tiny.pretrain_steps:  # the tokenizer's training reads both once, and the pretraining again
         texts, whole_tokens = list(texts), list(whole_tokens)
-    tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers, whole_tokens, tiny.number_space)
+    tokenizer = build_tokenizer(texts, tiny.vocab_size, tiny.numbers, whole_tokens, tiny.number_space,
+                                tiny.every_pair)
     model = build_tiny_model(tokenizer, tiny, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tiny.pretrain_steps:
         from rl.app.pretrain import pretrain_tiny_model
 
-        accuracy = pretrain_tiny_model(model, tokenizer, texts, whole_tokens, tiny.pretrain_steps, seed)
+        # With every_pair the pair tokens join the list rows' items: a pair the texts never held is a token that no
+        # training text writes, and the pretraining is then where the model learns to write it.
+        items = whole_tokens + ([piece.replace("Ġ", " ") for piece in pair_strings(tiny.number_space)]
+                                if tiny.every_pair else [])
+        accuracy = pretrain_tiny_model(model, tokenizer, texts, items, tiny.pretrain_steps, seed)
         (out_dir / COPY_PRETRAINING_FILE).write_text(json.dumps(
             {"steps": tiny.pretrain_steps, "held_out_copy_accuracy": accuracy}, indent=2) + "\n")
     model.save_pretrained(out_dir)

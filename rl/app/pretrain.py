@@ -10,8 +10,9 @@ part only:
   the last time);
 - **list**: a span of the texts with 2-5 of the environment's items put in at random places, the end-of-turn
   token, then those items in their order, each followed by a comma (which item comes after the one just
-  written). The items are the identifiers the tokenizer keeps whole (the apps world's addresses and SKUs);
-  an environment without them (the QA world) gets repeat rows only.
+  written). The items are the identifiers the tokenizer keeps whole (the apps world's addresses and SKUs),
+  and with `model.tiny.every_pair` the pair-of-digit tokens; with no items (the QA world by default) the rows
+  are repeat rows only.
 
 The rows are random draws, so copying is the only way to predict a row's second part. On the apps world the
 quickstart's model gets 91% of the repeat rows' second-part tokens right after 500 steps, and 73-76% of the

@@ -129,3 +129,32 @@ def test_with_number_space_apart_a_number_is_the_same_tokens_after_a_space_a_bra
     assert apart.decode(apart.encode("born 12345 or [1987].", add_special_tokens=False)) == "born 12345 or [1987]."
     with pytest.raises(ValueError, match="model.tiny.number_space"):
         build_tokenizer(TEXTS, vocab_size=400, number_space="glued")
+
+
+def test_every_pair_makes_each_pair_of_digits_one_token_whether_or_not_the_texts_held_it():
+    texts = ['{"stock": 27, "price": 31}', "Order 3 units; the total is 93."] * 20
+    fitted = build_tokenizer(texts, vocab_size=400)
+    assert fitted.tokenize(" 44") == ["Ġ", "4", "4"] and fitted.tokenize(" 27") == ["Ġ27"]  # cut unlike " 27"
+    for number_space, spaced in (("joined", ["Ġ44"]), ("apart", ["Ġ", "44"])):
+        plain = build_tokenizer(texts, vocab_size=400, number_space=number_space)
+        every = build_tokenizer(texts, vocab_size=400, number_space=number_space, every_pair=True)
+        assert every.tokenize(" 44") == spaced and every.tokenize("[44")[1:] == ["44"]
+        for number in range(100):
+            assert len(every.tokenize(f"[{number:02d}")) == 2 and len(every.tokenize(f"x {number}")) == (
+                2 if number_space == "joined" or number < 10 else 3), number
+        assert every.tokenize(" 119") == (["Ġ11", "9"] if number_space == "joined" else ["Ġ", "11", "9"])
+        # The fitted merges keep their ids; only number pieces are new, and text round-trips.
+        fitted_vocab, every_vocab = plain.get_vocab(), every.get_vocab()
+        kept = {token: index for token, index in fitted_vocab.items() if token not in plain.get_added_vocab()}
+        assert all(every_vocab[token] == index for token, index in kept.items())
+        assert all(token.lstrip("Ġ").isdigit() for token in set(every_vocab) - set(fitted_vocab))
+        assert sorted(every_vocab.values()) == list(range(len(every)))
+        text = 'Order 44 units of SKU 7 for [81, 6]; total 1980.'
+        assert every.decode(every.encode(text, add_special_tokens=False)) == text
+    held = ["x " + " ".join(str(number) for number in range(100)), "[" + ",".join(f"{n:02d}" for n in range(100))] * 3
+    assert build_tokenizer(held, 2000, every_pair=True).get_vocab() == build_tokenizer(held, 2000).get_vocab()
+    with pytest.raises(ValueError, match="model.tiny.every_pair"):
+        build_tokenizer(texts, vocab_size=400, numbers="digits", every_pair=True)
+    with pytest.raises(ConfigError, match="model.tiny.every_pair"):
+        from rl.config import load_config
+        load_config(None, ["model.tiny.every_pair=true", "model.tiny.numbers=whole"])

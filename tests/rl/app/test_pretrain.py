@@ -134,3 +134,23 @@ def test_a_negative_step_count_is_refused_by_name():
 
     with pytest.raises(ConfigError, match="model.tiny.pretrain_steps"):
         load_config(None, ["model.tiny.pretrain_steps=-5"])
+
+
+def test_with_every_pair_the_pretraining_lists_the_pair_tokens_among_its_items(tmp_path, monkeypatch):
+    import rl.app.pretrain
+
+    seen = {}
+
+    def record(model, tokenizer, texts, items, steps, seed=0):
+        seen["items"], seen["tokenizer"] = list(items), tokenizer
+        return {"repeat": 0.0}
+
+    monkeypatch.setattr(rl.app.pretrain, "pretrain_tiny_model", record)
+    config = TinyModelConfig(hidden_size=32, intermediate_size=64, vocab_size=300, pretrain_steps=5)
+    create_tiny_checkpoint(tmp_path / "plain", texts(), config, seed=0, whole_tokens=ITEMS)
+    assert seen["items"] == ITEMS
+    config.every_pair = True
+    create_tiny_checkpoint(tmp_path / "pairs", texts(), config, seed=0, whole_tokens=ITEMS)
+    numbers = seen["items"][len(ITEMS):]
+    assert seen["items"][:len(ITEMS)] == ITEMS and {" 44", "44", " 7", "07"} <= set(numbers) and len(numbers) == 200
+    assert all(len(seen["tokenizer"](number, add_special_tokens=False)["input_ids"]) == 1 for number in numbers)
