@@ -80,27 +80,27 @@ def number_texts(numbers: str) -> list[str]:
     return [spaced, glued] * WHOLE_NUMBER_REPEATS
 
 
-def pair_strings(number_space: str) -> list[str]:
-    """The number pieces "pairs" cuts, as byte-level strings: every two digits ("07", "44"), a space and one digit
-    ("Ġ7": a lone digit after a space is one piece either way), and with "joined" a space and two digits ("Ġ44")."""
+def pair_texts(number_space: str) -> list[str]:
+    """The number pieces "pairs" cuts, as text: every two digits ("07", "44"), a space and one digit (" 7": a lone
+    digit after a space is one piece either way), and with "joined" a space and two digits (" 44")."""
     glued = [f"{number:02d}" for number in range(100)]
-    spaced = [f"Ġ{number}" for number in range(100 if number_space == "joined" else 10)]
+    spaced = [f" {number}" for number in range(100 if number_space == "joined" else 10)]
     return glued + spaced
 
 
 def complete_pairs(tokenizer: Tokenizer, number_space: str) -> Tokenizer:
-    """`tokenizer` (a fitted "pairs" BPE) with every pair_strings piece one token: each missing piece gets merges
+    """`tokenizer` (a fitted "pairs" BPE) with every pair_texts piece one token: each missing piece gets merges
     after all the fitted ones, joining the pieces it was cut into left to right. The fitted merges and their ids
     are unchanged (no piece missing: the same tokenizer), and only number pieces gain merges."""
     state = json.loads(tokenizer.to_str())
     vocab, merges = state["model"]["vocab"], state["model"]["merges"]
     pairs_as_lists = bool(merges) and isinstance(merges[0], list)
     added = 0
-    for piece in pair_strings(number_space):
-        if piece in vocab:
+    for text in pair_texts(number_space):
+        if text.replace(" ", "Ġ") in vocab:  # the byte-level form of the piece
             continue
-        text = piece.replace("Ġ", " ")
-        parts = [token for token in Tokenizer.from_str(json.dumps(state)).encode(text).tokens]
+        # cut by the merges so far (those added for earlier pieces included), so no merge is added twice
+        parts = Tokenizer.from_str(json.dumps(state)).encode(text).tokens
         while len(parts) > 1:
             left, right = parts[0], parts[1]
             merges.append([left, right] if pairs_as_lists else f"{left} {right}")
@@ -110,8 +110,7 @@ def complete_pairs(tokenizer: Tokenizer, number_space: str) -> Tokenizer:
     if not added:
         return tokenizer
     completed = Tokenizer.from_str(json.dumps(state))
-    missing = [piece for piece in pair_strings(number_space)
-               if len(completed.encode(piece.replace("Ġ", " ")).tokens) != 1]
+    missing = [text for text in pair_texts(number_space) if len(completed.encode(text).tokens) != 1]
     if missing:
         raise RuntimeError(f"complete_pairs: pieces still split after adding merges: {missing[:10]}")
     return completed
@@ -129,6 +128,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str =
     extra_texts = number_texts(numbers)
     if number_space not in NUMBER_SPACES:
         raise ValueError(f"model.tiny.number_space must be one of {tuple(NUMBER_SPACES)}, got {number_space!r}")
+    if every_pair and numbers != "pairs":
+        raise ValueError(f"model.tiny.every_pair needs model.tiny.numbers=pairs, got {numbers!r}")
     if extra_texts:
         texts, vocab_size = itertools.chain(texts, extra_texts), vocab_size + WHOLE_NUMBER_VOCABULARY
     tokenizer = Tokenizer(models.BPE())
@@ -147,8 +148,6 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str =
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     if every_pair:
-        if numbers != "pairs":
-            raise ValueError(f"model.tiny.every_pair needs model.tiny.numbers=pairs, got {numbers!r}")
         tokenizer = complete_pairs(tokenizer, number_space)
     # Added (not special) tokens: matched before BPE, kept when decoding with skip_special_tokens.
     tokenizer.add_tokens(PROTOCOL_TAGS + [SUBQUERY_SEPARATOR])
@@ -210,8 +209,7 @@ def create_tiny_checkpoint(out_dir: str | os.PathLike, texts: Iterable[str], tin
 
         # With every_pair the pair tokens join the list rows' items: a pair the texts never held is a token that no
         # training text writes, and the pretraining is then where the model learns to write it.
-        items = whole_tokens + ([piece.replace("Ġ", " ") for piece in pair_strings(tiny.number_space)]
-                                if tiny.every_pair else [])
+        items = whole_tokens + (pair_texts(tiny.number_space) if tiny.every_pair else [])
         accuracy = pretrain_tiny_model(model, tokenizer, texts, items, tiny.pretrain_steps, seed)
         (out_dir / COPY_PRETRAINING_FILE).write_text(json.dumps(
             {"steps": tiny.pretrain_steps, "held_out_copy_accuracy": accuracy}, indent=2) + "\n")
