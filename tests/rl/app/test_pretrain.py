@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rl.app.modeling import COPY_PRETRAINING_FILE, build_tiny_model, build_tokenizer, create_tiny_checkpoint
-from rl.app.pretrain import CopyRows, collate, copy_accuracy, pretrain_tiny_model, row_loss
+from rl.app.pretrain import CopyRows, collate, copy_accuracy, list_item_accuracy, pretrain_tiny_model, row_loss
 from rl.grpo.lm_head import install_compact_lm_head
 from rl.config import TinyModelConfig
 from rollouts.model_loading import load_model_and_tokenizer
@@ -112,7 +112,8 @@ def test_pretraining_teaches_a_random_model_to_copy(tokenizer, rows):
     # The texts are random draws of 28 words, so without copying no model predicts more than about 1 in 28.
     assert before < 0.05
     assert copy_accuracy(model, *repeats) > 0.25 and accuracy["repeat"] > 0.25
-    assert set(accuracy) == {"repeat", "list"} and 0.0 <= accuracy["list"] <= 1.0
+    assert set(accuracy) == {"repeat", "list", "list_first_item", "list_next_items"}
+    assert all(0.0 <= value <= 1.0 for value in accuracy.values())
 
 
 def test_the_checkpoint_is_pretrained_and_says_how_well_it_copies(tmp_path):
@@ -121,12 +122,46 @@ def test_the_checkpoint_is_pretrained_and_says_how_well_it_copies(tmp_path):
     plain = create_tiny_checkpoint(tmp_path / "plain", texts(), TinyModelConfig(
         hidden_size=32, intermediate_size=64, vocab_size=300), seed=0, whole_tokens=ITEMS)
     summary = json.loads((path / COPY_PRETRAINING_FILE).read_text())
-    assert summary["steps"] == 20 and set(summary["held_out_copy_accuracy"]) == {"repeat", "list"}
+    assert summary["steps"] == 20 and set(summary["held_out_copy_accuracy"]) == {
+        "repeat", "list", "list_first_item", "list_next_items"}
     assert not (plain / COPY_PRETRAINING_FILE).exists()
     model, _ = load_model_and_tokenizer(path)
     plain_model, _ = load_model_and_tokenizer(plain)
     weight = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(model.state_dict()[weight], plain_model.state_dict()[weight])
+
+
+class Writes:
+    """A stand-in model whose greedy prediction at every position is a fixed token id per row and position."""
+
+    training = False
+
+    def __init__(self, predictions: torch.Tensor, vocab: int):
+        self.predictions, self.vocab = predictions, vocab
+
+    def eval(self):
+        pass
+
+    def train(self, mode=True):
+        pass
+
+    def __call__(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits.scatter_(2, self.predictions.unsqueeze(-1), 1.0)
+        return type("Output", (), {"logits": logits})()
+
+
+def test_list_item_accuracy_splits_the_first_item_from_the_later_ones():
+    # Two list rows, items 10, 11, 12 (and 13, 14) with comma 5 after each, separator 2.
+    first_row, second_row = [7, 10, 8, 11, 12, 2, 10, 5, 11, 5, 12, 5], [13, 9, 14, 2, 13, 5, 14, 5, 0, 0, 0, 0]
+    input_ids, labels = collate([(first_row, 6), (second_row[:8], 4)], pad_token_id=0)
+    # Predicting the next token everywhere is right; then spoil the first row's third item (12) and one comma.
+    predictions = torch.cat([input_ids[:, 1:], torch.zeros(2, 1, dtype=torch.long)], dim=1)
+    predictions[0, 9] = 11  # where 12 comes: the item before it again
+    predictions[1, 4] = 14  # where a comma comes
+    accuracy = list_item_accuracy(Writes(predictions, vocab=16), input_ids, labels, [10, 11, 12, 13, 14])
+    assert accuracy == {"list_first_item": 1.0, "list_next_items": pytest.approx(2 / 3)}
+    assert copy_accuracy(Writes(predictions, vocab=16), input_ids, labels) == pytest.approx(8 / 10)
 
 
 def test_a_negative_step_count_is_refused_by_name():
