@@ -71,6 +71,8 @@ class TinyModelConfig:
     # holding another pair is cut finer (" 4" "4" where " 27" is one token): on the apps world a third of the
     # spaced pairs, so many of the sums and refunds a test task answers with. Copy pretraining (pretrain_steps) then
     # lists the pair tokens among its items, so that the model learns to write the ones no training text holds.
+    # It also makes each spaced digit one token (" 9"), so a year spelt out by sft.expert_think=digits is one token
+    # per digit: on the reader, the spelling is then learnt on every seed (docs/RESULTS.md, "Reading").
     every_pair: bool = False
     # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address
     # and SKU of its base state (rl/app/apps_env.py apps_identifiers; file paths and order ids stay pieces), so that
