@@ -18,8 +18,9 @@ The rows are random draws, so copying is the only way to predict a row's second 
 quickstart's model gets 91% of the repeat rows' second-part tokens right after 500 steps, and 71-76% of the
 list rows' (`pretrain_tiny_model` logs these shares on fixed held-out rows of each kind, and returns them).
 Those list shares count the commas; of the items themselves, the first is right in 79% and the later ones in
-29% (`list_first_item`, `list_next_items`; 85% and 38% after 1500 steps): the 2-layer model learns where a list
-starts far sooner than which item follows the one it just wrote (docs/RESULTS.md, "Apps").
+29% (`list_first_item`, `list_next_items`; 85% and 38% after 1500 steps): at this learning rate the 2-layer model
+learns where a list starts far sooner than which item follows the one it just wrote (at 1e-3 the later items
+reach 70% in 1000 steps; docs/RESULTS.md, "Apps").
 
     accuracy = pretrain_tiny_model(model, tokenizer, texts, items, steps=500, seed=0)
 """
