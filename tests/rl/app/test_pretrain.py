@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rl.app.modeling import COPY_PRETRAINING_FILE, build_tiny_model, build_tokenizer, create_tiny_checkpoint
-from rl.app.pretrain import CopyRows, collate, copy_accuracy, list_item_accuracy, pretrain_tiny_model, row_loss
+from rl.app.pretrain import (CopyRows, collate, copy_accuracy, greedy_hits, list_item_shares, pretrain_tiny_model,
+                             row_loss)
 from rl.grpo.lm_head import install_compact_lm_head
 from rl.config import TinyModelConfig
 from rollouts.model_loading import load_model_and_tokenizer
@@ -151,7 +152,7 @@ class Writes:
         return type("Output", (), {"logits": logits})()
 
 
-def test_list_item_accuracy_splits_the_first_item_from_the_later_ones():
+def test_list_item_shares_split_the_first_item_from_the_later_ones():
     # Two list rows, items 10, 11, 12 (and 13, 14) with comma 5 after each, separator 2.
     first_row, second_row = [7, 10, 8, 11, 12, 2, 10, 5, 11, 5, 12, 5], [13, 9, 14, 2, 13, 5, 14, 5, 0, 0, 0, 0]
     input_ids, labels = collate([(first_row, 6), (second_row[:8], 4)], pad_token_id=0)
@@ -159,7 +160,8 @@ def test_list_item_accuracy_splits_the_first_item_from_the_later_ones():
     predictions = torch.cat([input_ids[:, 1:], torch.zeros(2, 1, dtype=torch.long)], dim=1)
     predictions[0, 9] = 11  # where 12 comes: the item before it again
     predictions[1, 4] = 14  # where a comma comes
-    accuracy = list_item_accuracy(Writes(predictions, vocab=16), input_ids, labels, [10, 11, 12, 13, 14])
+    hit, _ = greedy_hits(Writes(predictions, vocab=16), input_ids, labels)
+    accuracy = list_item_shares(hit, labels, [10, 11, 12, 13, 14])
     assert accuracy == {"list_first_item": 1.0, "list_next_items": pytest.approx(2 / 3)}
     assert copy_accuracy(Writes(predictions, vocab=16), input_ids, labels) == pytest.approx(8 / 10)
 
