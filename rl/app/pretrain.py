@@ -18,9 +18,9 @@ The rows are random draws, so copying is the only way to predict a row's second 
 quickstart's model gets 91% of the repeat rows' second-part tokens right after 500 steps, and 71-76% of the
 list rows' (`pretrain_tiny_model` logs these shares on fixed held-out rows of each kind, and returns them).
 Those list shares count the commas; of the items themselves, the first is right in 79% and the later ones in
-29% (`list_first_item`, `list_next_items`; 85% and 38% after 1500 steps): at this learning rate the 2-layer model
-learns where a list starts far sooner than which item follows the one it just wrote (at 1e-3 the later items
-reach 70% in 1000 steps; docs/RESULTS.md, "Apps").
+29% (`list_first_item`, `list_next_items`; 85% and 38% after 1500 steps): at this learning rate the 2-layer
+model learns where a list starts far sooner than which item follows the one it just wrote (at 1e-3 the later
+items reach 70% in 1000 steps; docs/RESULTS.md, "Apps").
 
     accuracy = pretrain_tiny_model(model, tokenizer, texts, items, steps=500, seed=0)
 """
@@ -119,7 +119,8 @@ def row_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, compact:
 
 
 @torch.no_grad()
-def greedy_hits(model: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_hits(model: Any, input_ids: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced greedy predictions against the next tokens: (hit, scored), each batch x (width - 1)."""
     was_training = model.training
     model.eval()
@@ -137,8 +138,9 @@ def copy_accuracy(model: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> 
 
 
 def list_item_shares(hit: torch.Tensor, labels: torch.Tensor, item_ids: Iterable[int]) -> dict[str, float]:
-    """From greedy_hits on list rows: the share of first items right, and of the items after the first (each the
-    item that follows, in the text, the one just written). The commas, always right, are left out of both."""
+    """From greedy_hits on list rows: the share of first items right, and of the items after the first (each
+    the item that follows, in the text, the one just written). The commas, always right, are left out of
+    both."""
     is_item = torch.isin(labels[:, 1:], torch.tensor(sorted(item_ids)))  # -100 (unscored) is no item
     first = is_item & (is_item.cumsum(dim=1) == 1)
     later = is_item & ~first

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rl.app.modeling import COPY_PRETRAINING_FILE, build_tiny_model, build_tokenizer, create_tiny_checkpoint
-from rl.app.pretrain import (CopyRows, collate, copy_accuracy, greedy_hits, list_item_shares, pretrain_tiny_model,
-                             row_loss)
+from rl.app.pretrain import (CopyRows, collate, copy_accuracy, greedy_hits, list_item_shares,
+                             pretrain_tiny_model, row_loss)
 from rl.grpo.lm_head import install_compact_lm_head
 from rl.config import TinyModelConfig
 from rollouts.model_loading import load_model_and_tokenizer
@@ -154,8 +154,9 @@ class Writes:
 
 def test_list_item_shares_split_the_first_item_from_the_later_ones():
     # Two list rows, items 10, 11, 12 (and 13, 14) with comma 5 after each, separator 2.
-    first_row, second_row = [7, 10, 8, 11, 12, 2, 10, 5, 11, 5, 12, 5], [13, 9, 14, 2, 13, 5, 14, 5, 0, 0, 0, 0]
-    input_ids, labels = collate([(first_row, 6), (second_row[:8], 4)], pad_token_id=0)
+    first_row = [7, 10, 8, 11, 12, 2, 10, 5, 11, 5, 12, 5]
+    second_row = [13, 9, 14, 2, 13, 5, 14, 5]
+    input_ids, labels = collate([(first_row, 6), (second_row, 4)], pad_token_id=0)
     # Predicting the next token everywhere is right; then spoil the first row's third item (12) and one comma.
     predictions = torch.cat([input_ids[:, 1:], torch.zeros(2, 1, dtype=torch.long)], dim=1)
     predictions[0, 9] = 11  # where 12 comes: the item before it again
@@ -189,5 +190,7 @@ def test_with_every_pair_the_pretraining_lists_the_pair_tokens_among_its_items(t
     config.every_pair = True
     create_tiny_checkpoint(tmp_path / "pairs", texts(), config, seed=0, whole_tokens=ITEMS)
     numbers = seen["items"][len(ITEMS):]
-    assert seen["items"][:len(ITEMS)] == ITEMS and {" 44", "44", " 7", "07"} <= set(numbers) and len(numbers) == 200
-    assert all(len(seen["tokenizer"](number, add_special_tokens=False)["input_ids"]) == 1 for number in numbers)
+    assert seen["items"][:len(ITEMS)] == ITEMS and len(numbers) == 200
+    assert {" 44", "44", " 7", "07"} <= set(numbers)
+    tokenizer = seen["tokenizer"]
+    assert all(len(tokenizer(number, add_special_tokens=False)["input_ids"]) == 1 for number in numbers)
