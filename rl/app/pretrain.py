@@ -113,8 +113,8 @@ def collate(rows: list[tuple[list[int], int]], pad_token_id: int) -> tuple[torch
 
 
 def row_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, compact: bool) -> torch.Tensor:
-    """Mean next-token loss over the labelled positions; with a compact LM head (rl/grpo/lm_head.py, its fused-head
-    call) only those positions are projected to the vocabulary."""
+    """Mean next-token loss over the labelled positions; with a compact LM head (rl/grpo/lm_head.py, its
+    fused-head call) only those positions are projected to the vocabulary."""
     return model(input_ids=input_ids, labels=labels, **({"fused_lm_head": True} if compact else {})).loss
 
 
@@ -131,10 +131,14 @@ def greedy_hits(model: Any, input_ids: torch.Tensor,
     return (predicted == targets) & scored, scored
 
 
+def hit_share(hit: torch.Tensor, scored: torch.Tensor) -> float:
+    """The share of the scored positions greedy_hits found right."""
+    return hit.sum().item() / scored.sum().item()
+
+
 def copy_accuracy(model: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
     """The share of second-part tokens the model predicts right (greedy, teacher-forced)."""
-    hit, scored = greedy_hits(model, input_ids, labels)
-    return hit.sum().item() / scored.sum().item()
+    return hit_share(*greedy_hits(model, input_ids, labels))
 
 
 def list_item_shares(hit: torch.Tensor, labels: torch.Tensor, item_ids: Iterable[int]) -> dict[str, float]:
@@ -169,7 +173,7 @@ def pretrain_tiny_model(model: Any, tokenizer: Any, texts: Sequence[str], items:
         accuracy = {}
         for kind, (input_ids, labels) in held_out.items():
             hit, scored = greedy_hits(model, input_ids, labels)  # one forward pass per kind
-            accuracy[kind] = hit.sum().item() / scored.sum().item()
+            accuracy[kind] = hit_share(hit, scored)
             if kind == "list":
                 accuracy.update(list_item_shares(hit, labels, item_ids))
         return accuracy
