@@ -81,7 +81,8 @@ class TinyModelConfig:
     whole_identifiers: bool = True
     # Steps of copy pretraining before the warm-start (rl/app/pretrain.py): rows that repeat a span of the
     # environment's texts, or list its identifiers in the order a text holds them, teach the random model to copy
-    # from its context, as a pretrained LM arrives able to. 0: none.
+    # from its context, as a pretrained LM arrives able to. 0: none. The apps quickstart and the reader set 500:
+    # on the reader it is what makes the warm-start read within its SFT steps (docs/RESULTS.md, "Reading").
     pretrain_steps: int = 0
 
 
