@@ -221,6 +221,21 @@ def test_sequential_baseline_rewards_correctness_and_format_only():
     assert config.tools.max_calls_per_turn == 1
 
 
+def test_sequential_baseline_is_the_quickstart_but_for_its_rewards_and_one_call_per_turn():
+    """The comparison trains both from one warm-start on one world: any other difference is drift."""
+    from rl.config import to_dict
+
+    quickstart, sequential = (to_dict(load_config(CONFIGS / name)) for name in ("quickstart.yaml",
+                                                                               "sequential_baseline.yaml"))
+    differences = {
+        f"{section}.{key}"
+        for section in quickstart
+        for key in set(quickstart[section]) | set(sequential[section])
+        if quickstart[section].get(key) != sequential[section].get(key)
+    }
+    assert differences == {"experiment.name", "reward.weights", "tools.max_calls_per_turn"}
+
+
 @pytest.mark.parametrize(
     ("dotted", "built_in"),
     [

@@ -400,7 +400,7 @@ TINY_GRID = [
     "data.world.num_entities_per_kind=12", "data.world.num_train=60", "data.world.num_validation=6",
     "data.world.num_test=12", "model.tiny.hidden_size=32", "model.tiny.num_hidden_layers=1",
     "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1", "model.tiny.intermediate_size=64",
-    "model.tiny.vocab_size=512", "sft.num_trajectories=40", "sft.max_steps=10", "sft.batch_size=8",
+    "model.tiny.vocab_size=512", "model.tiny.pretrain_steps=0", "sft.num_trajectories=40", "sft.max_steps=10", "sft.batch_size=8",
     "grpo.total_steps=1", "rollout.questions_per_step=2", "rollout.group_size=2",
     "rollout.max_new_tokens_per_turn=48", "rollout.max_context_tokens=1024", "eval.num_questions=8",
     "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.plots=false",

@@ -1,6 +1,6 @@
 """Benchmark: the GRPO trainer on 1 and 2 data-parallel ranks (torchrun, gloo on CPU), and ZeRO-3's weight sync.
 
-    fanout bench dp            # quickstart batch (16 groups x 8), ZeRO-2 and ZeRO-3, median of 5 steps
+    fanout bench dp            # the reader's batch (16 groups x 8), ZeRO-2 and ZeRO-3, median of 5 steps
     fanout bench dp --quick    # micro model and batch, median of 2 steps (test-suite setting)
 
 One real batch is generated once in this process (warm-started tiny model, agent loop, real search,
@@ -56,7 +56,8 @@ MIB = 2**20
 
 
 def dp_overrides(quick: bool) -> list[str]:
-    """The quickstart's batch shape (16 questions x 8) in the full setting; one idle rollout actor for the push."""
+    """The reader's batch shape (16 questions x 8) in the full setting; one idle rollout actor for the push
+    (the weight sync)."""
     shape = [] if quick else ["rollout.questions_per_step=16", "rollout.group_size=8", "rollout.max_turns=4"]
     return [*shape, "rollout.num_workers=1", "rollout.worker_num_cpus=0.5", "tools.latency_s=0.0",
             "experiment.name=bench-dp"]

@@ -1,6 +1,6 @@
 """Benchmark: peak memory of a short quickstart-shaped run (driver + Ray processes) and of one trainer step.
 
-    fanout bench memory            # 3 GRPO steps of the quickstart shape (16 questions x 8, 4 turns)
+    fanout bench memory            # 3 GRPO steps of the reader's shape (16 questions x 8, 4 turns)
     fanout bench memory --quick    # micro model, 2 tiny steps (test-suite setting)
 
 1. Run: `python -m rl train configs/quickstart.yaml ...` in a child process, with the quickstart's
@@ -48,7 +48,8 @@ GIB = 2**30
 
 
 def run_overrides(quick: bool) -> list[str]:
-    """The quickstart's rollout shape (full) or the micro one (quick); a few steps, one actor."""
+    """The reader's rollout shape (full: 16 questions x 8) or the micro one (quick); a few steps, one
+    actor."""
     shape = (
         []
         if quick

@@ -1,6 +1,6 @@
 """Benchmark: weight sync (trainer → rollout actors) as a fraction of the training step, full vs LoRA.
 
-    fanout bench sync            # quickstart batch (16 groups x 8), 2 idle rollout actors, 5 repeats
+    fanout bench sync            # the reader's batch (16 groups x 8), 2 idle rollout actors, 5 repeats
     fanout bench sync --quick    # micro model and batch, 1 actor, 2 repeats (test-suite setting)
 
 A real batch is generated once in this process (warm-started tiny model, agent loop, real search,
@@ -61,7 +61,7 @@ class SyncTimes:
 
 
 def sync_overrides(quick: bool) -> list[str]:
-    """The quickstart's batch shape (16 questions x 8) in the full setting; the actors stay idle."""
+    """The reader's batch shape (16 questions x 8) in the full setting; the actors stay idle."""
     shape = [] if quick else ["rollout.questions_per_step=16", "rollout.group_size=8", "rollout.max_turns=4"]
     return [
         *shape,

@@ -19,6 +19,7 @@ TINY_TRAINING_OVERRIDES = [
     "data.world.num_validation=10",
     "data.world.num_test=30",
     "sft.enabled=false",
+    "model.tiny.pretrain_steps=0",
     "rollout.questions_per_step=2",
     "rollout.group_size=2",
     "rollout.max_turns=1",

@@ -16,14 +16,15 @@ import torch
 from safetensors.torch import load_file
 
 from cli_runs import metrics_rows, step_rows, train_run
+from rl.app.modeling import COPY_PRETRAINING_FILE
 
 STEPS = 3
 MAX_STALENESS = 1
 TINY_RUN = [
     "data.world.num_entities_per_kind=20", "data.world.num_train=100", "data.world.num_validation=10",
     "data.world.num_test=24", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
-    "model.tiny.vocab_size=1024", "sft.num_trajectories=200", "sft.max_steps=100", "sft.batch_size=8",
-    "sft.learning_rate=5e-3",
+    "model.tiny.vocab_size=1024", "model.tiny.pretrain_steps=20", "sft.num_trajectories=200",
+    "sft.max_steps=100", "sft.batch_size=8", "sft.learning_rate=5e-3",
     f"grpo.total_steps={STEPS}", "rollout.questions_per_step=4", "rollout.group_size=4",
     "rollout.max_new_tokens_per_turn=24", "rollout.max_turns=3", f"async.max_staleness={MAX_STALENESS}",
     "eval.num_questions=12", "checkpoint.every_steps=2", "logging.wandb_mode=disabled",
@@ -73,6 +74,16 @@ def test_grpo_changed_the_warm_start_weights(run_dir):
     assert not torch.equal(trained[name], warm_start[name]), "GRPO did not change the warm-start"
     state = json.loads((latest / "trainer_state.json").read_text())
     assert state["version"] == STEPS
+
+
+def test_the_base_model_was_copy_pretrained_on_the_quickstart_world(run_dir):
+    """The quickstart's reader world (training sets with the test names, facts drawn anew), pretrained."""
+    pretraining = json.loads((run_dir / "base" / COPY_PRETRAINING_FILE).read_text())
+    assert pretraining["steps"] == 20
+    assert set(pretraining["held_out_copy_accuracy"]) == {"repeat"}  # the QA world has no list items
+    assert 0 <= pretraining["held_out_copy_accuracy"]["repeat"] <= 1
+    config = (run_dir / "config.yaml").read_text()
+    assert "train_worlds: 40" in config and "names: shared" in config
 
 
 def test_sft_loss_went_down(run_dir):

@@ -124,7 +124,7 @@ def files_run(tmp_path_factory):
         f"data.eval_files.my_qa={test}", f"data.corpus_path={corpus}", f"data.columns.my_qa={COLUMNS}",
         "tools.enabled=[search,logged_search]", "rollout.protocol=tags_logged", "reward.weights.answer_brevity=0.05",
         "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.vocab_size=1024",
-        "sft.num_trajectories=200", "sft.max_steps=100", "sft.batch_size=8", "sft.learning_rate=5e-3",
+        "model.tiny.pretrain_steps=0", "sft.num_trajectories=200", "sft.max_steps=100", "sft.batch_size=8", "sft.learning_rate=5e-3",
         f"grpo.total_steps={STEPS}", "rollout.questions_per_step=4", "rollout.group_size=4",
         "rollout.max_new_tokens_per_turn=24", "rollout.max_turns=3", f"eval.every_steps={STEPS}",
         f"eval.num_questions={EVAL_QUESTIONS}", "logging.wandb_mode=disabled", "logging.progress_bar=false",
