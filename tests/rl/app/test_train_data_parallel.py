@@ -25,7 +25,8 @@ from rl.grpo.faults import FAULT_ENV
 
 TINY_RUN = [
     "data.world.num_entities_per_kind=20", "data.world.num_train=100", "data.world.num_validation=10",
-    "data.world.num_test=30", "sft.enabled=false", "model.tiny.pretrain_steps=0", "rollout.questions_per_step=2", "rollout.group_size=2",
+    "data.world.num_test=30", "sft.enabled=false", "model.tiny.pretrain_steps=0", "rollout.questions_per_step=2",
+    "rollout.group_size=2",
     "rollout.max_turns=1", "rollout.max_new_tokens_per_turn=16", "async.max_staleness=0",
     "deepspeed.zero_stage=3", "grpo.total_steps=2", "checkpoint.every_steps=1", "eval.at_end=false",
     "logging.plots=false", "logging.progress_bar=false", "logging.wandb_mode=disabled",
