@@ -89,7 +89,7 @@ OVERVIEW_PANELS = (
 STRUCTURES = ("parallel", "sequential", "single")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +138,7 @@ def _save_panels(curves: dict[str, list[tuple[str, list[int], list[float]]]], pa
     """One figure, a panel per key (left to right), each with its (label, steps, values) curves; None if empty."""
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes_list = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), dpi=100, squeeze=False)
     for axes, (key, panel_curves) in zip(axes_list[0], curves.items()):
         for label, steps, values in panel_curves:
@@ -162,7 +162,7 @@ def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str]
     rows = read_metrics(metrics_jsonl)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     if keys is None:
         overview = plot_overview(rows, out_dir / "overview.png")

@@ -26,6 +26,9 @@ Definitions, from each run's metrics.jsonl (rows with `reward/total` and `perf/s
                           sooner);
   em                      the final evaluation's EM over all test questions, with its Wilson interval.
 
+The curves go to bench-learn.png beside the two runs (its path is printed and in the JSON line): each run's
+reward against wall time, its trailing mean, the target and where each run reached it.
+
 What it simplifies on purpose: one seed and one run per setting (the ratio moves between repeats; rerun
 to see by how much); the target is only meaningful when the synchronous reward actually rises over the
 run, so the table prints each run's first-window and last-window mean reward next to it.
@@ -115,6 +118,42 @@ def learn_figures(curves: dict[int, list[tuple[float, float]]], window: int) -> 
     }
 
 
+def plot_learn_curves(curves: dict[int, list[tuple[float, float]]], window: int, path: str | Path,
+                      title: str = "") -> Path:
+    """Reward against wall time, one curve per staleness: each step's reward (faint) and its trailing mean,
+    the target as a dashed line and each run's time to target as a dot on it."""
+    from rl.app.plots import pyplot
+
+    plt = pyplot()
+    target = final_reward(curves[0], window)
+    figure, axes = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for staleness, curve in sorted(curves.items()):
+        times = [elapsed for elapsed, _ in curve]
+        rewards = [reward for _, reward in curve]
+        raw = axes.plot(times, rewards, linewidth=0.8, alpha=0.3)
+        color = raw[0].get_color()
+        means = trailing_means(rewards, window)
+        label = f"max_staleness {staleness} (trailing {window}-step mean)"
+        axes.plot([t for t, m in zip(times, means) if m is not None], [m for m in means if m is not None],
+                  linewidth=2.0, color=color, label=label)
+        reached = time_to_reward(curve, target, window)
+        if reached is not None:
+            axes.plot([reached], [target], marker="o", color=color)
+    axes.axhline(target, linestyle="--", color="grey", linewidth=1.0, label=f"target {target:.3f}")
+    axes.set_xlabel("wall time of the training loop, s")
+    axes.set_ylabel(REWARD_KEY)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="x-small")
+    if title:
+        axes.set_title(title, fontsize="medium")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------
 # The runs
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +204,7 @@ def setting_config(quick: bool, max_staleness: int, overrides: Sequence[str], as
 
 
 def run_setting(config: ExperimentConfig) -> dict:
-    """One training run with its final eval: {"curve", "em", "em_ci95", "steps", "staleness_mean"}."""
+    """One training run with its final eval: {"curve", "em", "em_ci95", "n", "staleness_mean", "run_dir"}."""
     from rl.app.train import train
 
     run_dir = train(config)
@@ -174,7 +213,7 @@ def run_setting(config: ExperimentConfig) -> dict:
     overall = next(iter(overall.values()))["all"]
     staleness = [row["async/staleness_mean"] for row in rows if "async/staleness_mean" in row]
     return {"curve": training_curve(rows), "em": overall["em"], "em_ci95": overall["em_ci95"], "n": overall["n"],
-            "staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0}
+            "staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0, "run_dir": run_dir}
 
 
 def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None) -> dict:
@@ -194,6 +233,9 @@ def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None)
     window = reward_window(steps)
     figures = learn_figures({staleness: result["curve"] for staleness, result in results.items()}, window)
     print_learn_table(results, figures, window, load_before)
+    plot = plot_learn_curves({staleness: result["curve"] for staleness, result in results.items()}, window,
+                             Path(results[0]["run_dir"]).parent / "bench-learn.png")
+    print(f"curves: {plot}")
     return {
         "time_to_sync_reward_ratio": _rounded(figures["time_to_sync_reward_ratio"]),
         "em": {str(s): round(result["em"], 4) for s, result in results.items()},
@@ -208,6 +250,7 @@ def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None)
         "window": window,
         "load_average": load_before,
         "from_run": str(run_folder) if run_folder is not None else None,
+        "plot": str(plot),
     }
 
 

@@ -151,6 +151,19 @@ def test_time_to_the_synchronous_final_reward_by_hand(tmp_path):
     assert never["time_to_sync_reward_s"]["2"] is None and never["time_to_sync_reward_ratio"] is None
 
 
+def test_the_curves_figure_is_written(tmp_path):
+    from rl.bench.learn import plot_learn_curves
+
+    sync = [(5, 0.2), (6, 0.4), (7, 0.6), (8, 0.8)]
+    stale = [(4, 0.3), (4.5, 0.5), (5, 0.9)]
+    path = plot_learn_curves({0: sync, 2: stale}, 2, tmp_path / "figs" / "learn.png")
+    assert path == tmp_path / "figs" / "learn.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no full window"):  # a run too short for its window draws nothing
+        plot_learn_curves({0: sync[:1], 2: sync}, 2, tmp_path / "short.png")
+    assert not (tmp_path / "short.png").exists()
+
+
 def test_trailing_means_and_the_window():
     assert trailing_means([1, 2, 3, 4], 3) == [None, None, 2, 3]
     assert trailing_means([1, 2], 1) == [1, 2]
@@ -271,6 +284,7 @@ def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
         assert set(figures["em"]) == {"0", "2"} and all(0 <= value <= 1 for value in figures["em"].values())
         assert figures["steps"] == 2 and figures["window"] == 1 and figures["time_to_sync_reward_s"]["0"] > 0
         assert figures["time_to_sync_reward_ratio"] is None or figures["time_to_sync_reward_ratio"] > 0
+        assert Path(figures["plot"]).is_file() and Path(figures["plot"]).name == "bench-learn.png"
     elif suite == "dp":  # step time on 1 and 2 ranks; ZeRO-3 halves the parameters each rank holds
         assert set(figures["step_s"]) == {"1", "2"} and all(value > 0 for value in figures["step_s"].values())
         assert figures["sync_s_zero3"] > 0
