@@ -8,11 +8,16 @@ place in the step's decision (for `side_by_side`: the year's two tokens, then th
 whole drill is. A form the probe does not learn in isolation will not be learnt inside a 100-token
 demonstration either; one it learns tells what to demonstrate.
 
+`--init base` starts instead from the run's base model as saved (after its copy pretraining, when the run
+pretrained: `model.tiny.pretrain_steps`), so the probe tells whether the copying learnt there makes a form's
+decisions learnable.
+
 Forms: the thought forms of data/worked_comparisons.py (DRILL_FORMS) and `year_first`, a probe-only
 variant of side_by_side whose entries put the year before the name (`1987 Ann Lee , 1990 Bo Kay vs 1987 Ann
 Lee first 1987 Ann Lee`), so that the name after the winner's year is a copy of what follows that year.
 
     python -m rl.app.comparison_probe --run runs/reader --form digits --steps 500 --out probe.json
+    python -m rl.app.comparison_probe --run runs/reader --form side_by_side --init base
 """
 
 from __future__ import annotations
@@ -144,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-drills", type=int, default=20000)
     parser.add_argument("--test-drills", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--init", default="fresh", choices=("fresh", "base"),
+                        help="fresh weights (the run's model config), or the run's base model as saved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="write the settings and the accuracy history here (JSON)")
     args = parser.parse_args(argv)
@@ -159,7 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
     world = load_world(run / "world")
     tokenizer = load_tokenizer(run / "base")
     torch.manual_seed(args.seed)
-    model = Qwen2ForCausalLM(Qwen2Config.from_pretrained(run / "base"))  # fresh weights: nothing trained
+    if args.init == "base":  # the run's tiny model as built, copy pretraining included
+        model = Qwen2ForCausalLM.from_pretrained(run / "base")
+    else:  # fresh weights: nothing trained
+        model = Qwen2ForCausalLM(Qwen2Config.from_pretrained(run / "base"))
     comparisons = {split: [question for question in world.splits[split] if question.structure == "parallel"]
                    for split in ("train", "test")}
     train_rows = probe_rows(comparisons["train"], tokenizer, args.train_drills, args.form, seed=args.seed)

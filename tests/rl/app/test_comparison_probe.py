@@ -95,3 +95,29 @@ def test_main_trains_a_fresh_model_and_writes_its_history(tmp_path, tiny_checkpo
                    "--train-drills", "40", "--test-drills", "10", "--batch-size", "4", "--out", str(out)])
     assert json.loads(out.read_text()) == result
     assert [row["step"] for row in result["history"]] == [2, 4] and result["settings"]["form"] == "verdict"
+
+
+def test_main_can_start_from_the_runs_base_model(tmp_path, tiny_checkpoint, monkeypatch):
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from data.config import WorldConfig
+    from data.world import write_world
+    from rl.app import comparison_probe
+
+    write_world(tmp_path / "run" / "world", WorldConfig(seed=0, num_entities_per_kind=20, num_train=120,
+                                                         num_validation=20, num_test=40))
+    shutil.copytree(tiny_checkpoint, tmp_path / "run" / "base")
+    saved = Qwen2ForCausalLM.from_pretrained(tmp_path / "run" / "base").state_dict()
+    started = []  # the weights each probe starts from
+
+    def record_start(train_rows, test_rows, model, *args, **kwargs):
+        started.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+        return []
+
+    monkeypatch.setattr(comparison_probe, "run_probe", record_start)
+    arguments = ["--run", str(tmp_path / "run"), "--steps", "1", "--train-drills", "4", "--test-drills", "2"]
+    comparison_probe.main([*arguments, "--init", "base"])
+    comparison_probe.main([*arguments, "--seed", "3"])  # fresh, the default
+    assert all(torch.equal(started[0][name], tensor) for name, tensor in saved.items())
+    assert not torch.equal(started[1]["model.embed_tokens.weight"], saved["model.embed_tokens.weight"])
