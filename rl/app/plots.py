@@ -98,6 +98,16 @@ def pyplot():
     return plt
 
 
+def save_figure(figure, path: str | Path) -> Path:
+    """Lay the figure out, write it to `path` (its folder made if missing) and free it; returns the path."""
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    pyplot().close(figure)
+    return path
+
+
 def _draw_series(axes, steps: list[int], values: list[float], label: str) -> None:
     """Raw values (markers when few), plus a moving average once there are enough points."""
     from matplotlib.ticker import MaxNLocator
@@ -146,12 +156,7 @@ def _save_panels(curves: dict[str, list[tuple[str, list[int], list[float]]]], pa
                 _draw_series(axes, steps, values, label)
         axes.set_title(key, fontsize=title_size)
         axes.legend(fontsize="x-small")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str] | None = None) -> list[Path]:
@@ -175,11 +180,7 @@ def plot_metrics(metrics_jsonl: str | Path, out_dir: str | Path, keys: list[str]
         _draw_series(axes, steps, values, key)
         axes.set_title(key)
         axes.legend(fontsize="small")
-        figure.tight_layout()
-        path = out_dir / f"{key.replace('/', '__')}.png"
-        figure.savefig(path)
-        plt.close(figure)
-        written.append(path)
+        written.append(save_figure(figure, out_dir / f"{key.replace('/', '__')}.png"))
     return written
 
 

@@ -122,11 +122,10 @@ def plot_learn_curves(curves: dict[int, list[tuple[float, float]]], window: int,
                       title: str = "") -> Path:
     """Reward against wall time, one curve per staleness: each step's reward (faint) and its trailing mean,
     the target as a dashed line and each run's time to target as a dot on it."""
-    from rl.app.plots import pyplot
+    from rl.app.plots import pyplot, save_figure
 
-    plt = pyplot()
     target = final_reward(curves[0], window)
-    figure, axes = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    figure, axes = pyplot().subplots(figsize=(6.4, 3.8), dpi=100)
     for staleness, curve in sorted(curves.items()):
         times = [elapsed for elapsed, _ in curve]
         rewards = [reward for _, reward in curve]
@@ -146,12 +145,7 @@ def plot_learn_curves(curves: dict[int, list[tuple[float, float]]], window: int,
     axes.legend(fontsize="x-small")
     if title:
         axes.set_title(title, fontsize="medium")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,10 +225,10 @@ def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None)
                for staleness in STALENESS_VALUES}
     steps = len(results[0]["curve"])
     window = reward_window(steps)
-    figures = learn_figures({staleness: result["curve"] for staleness, result in results.items()}, window)
+    curves = {staleness: result["curve"] for staleness, result in results.items()}
+    figures = learn_figures(curves, window)
     print_learn_table(results, figures, window, load_before)
-    plot = plot_learn_curves({staleness: result["curve"] for staleness, result in results.items()}, window,
-                             Path(results[0]["run_dir"]).parent / "bench-learn.png")
+    plot = plot_learn_curves(curves, window, Path(results[0]["run_dir"]).parent / "bench-learn.png")
     print(f"curves: {plot}")
     return {
         "time_to_sync_reward_ratio": _rounded(figures["time_to_sync_reward_ratio"]),
