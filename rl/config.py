@@ -82,8 +82,8 @@ class TinyModelConfig:
     # Steps of copy pretraining before the warm-start (rl/app/pretrain.py): rows that repeat a span of the
     # environment's texts, or list its identifiers in the order a text holds them, teach the random model to copy
     # from its context, as a pretrained LM arrives able to. 0: none. The apps quickstart and the reader set 500,
-    # the quickstart 400: on the reader it lifts the warm-start's held-out EM from 0.667 to 0.742 over 3 seeds (docs/RESULTS.md,
-    # "Reading").
+    # the quickstart 400: on the reader it lifts the warm-start's held-out EM from 0.667 to 0.742 over 3 seeds
+    # (docs/RESULTS.md, "Reading").
     pretrain_steps: int = 0
 
 
