@@ -42,6 +42,7 @@ TINY_RUN = [
     "data.world.num_entities_per_kind=20", "data.world.num_train=100", "data.world.num_validation=10",
     "data.world.num_test=24", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
     "model.tiny.vocab_size=1024", "model.tiny.pretrain_steps=0", "sft.num_trajectories=40", "sft.max_steps=20",
+    "sft.comparison_drills=12",
     "sft.batch_size=8", f"grpo.total_steps={STEPS}", "rollout.questions_per_step=2", "rollout.group_size=2",
     "rollout.max_new_tokens_per_turn=24", "rollout.max_turns=2", "eval.num_questions=8",
     "logging.wandb_mode=disabled", "logging.progress_bar=false",

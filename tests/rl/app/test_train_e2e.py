@@ -24,6 +24,7 @@ TINY_RUN = [
     "data.world.num_entities_per_kind=20", "data.world.num_train=100", "data.world.num_validation=10",
     "data.world.num_test=24", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
     "model.tiny.vocab_size=1024", "model.tiny.pretrain_steps=20", "sft.num_trajectories=200",
+    "sft.comparison_drills=64",  # the quickstart's share of drills (4000 to 12000 demonstrations)
     "sft.max_steps=100", "sft.batch_size=8", "sft.learning_rate=5e-3",
     f"grpo.total_steps={STEPS}", "rollout.questions_per_step=4", "rollout.group_size=4",
     "rollout.max_new_tokens_per_turn=24", "rollout.max_turns=3", f"async.max_staleness={MAX_STALENESS}",
