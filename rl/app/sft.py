@@ -141,13 +141,7 @@ def build_expert_dataset(config: ExperimentConfig, tokenizer: Any, source: WarmS
             forced_answer_fraction=config.sft.forced_answer_fraction,
         )
         if config.sft.comparison_drills:
-            from datasets import concatenate_datasets
-
-            from rl.app.expert import comparison_drill_dataset
-
-            drills = comparison_drill_dataset(source.questions, tokenizer, config.sft.comparison_drills,
-                                              config.sft.expert_think, seed=config.experiment.seed)
-            dataset = concatenate_datasets([dataset, drills])
+            dataset = with_comparison_drills(config, tokenizer, source.questions, dataset)
         return dataset
     finally:
         close = getattr(executor, "close", None)
@@ -178,6 +172,25 @@ class CausalPaddingCollator:
         batch_size, length = attention_mask_BL.shape
         batch["position_ids"] = torch.arange(length).unsqueeze(0).expand(batch_size, length)
         return batch
+
+
+def with_comparison_drills(config: ExperimentConfig, tokenizer: Any, questions: list, dataset: Any) -> Any:
+    """`dataset` and sft.comparison_drills drills after it. Drills take their names from the world's
+    earliest / latest comparisons; when the training questions hold none (the user's own files, a benchmark),
+    the demonstrations are used alone and a warning says so, as sft.expert_think writes no thought there."""
+    from datasets import concatenate_datasets
+
+    from data.worked_comparisons import drill_pool
+    from rl.app.expert import comparison_drill_dataset
+
+    if not drill_pool(questions):
+        logger.warning("sft.comparison_drills=%d: none of the %d training questions is an earliest / latest "
+                       "comparison with the generated world's metadata, so no drills are written (set "
+                       "sft.comparison_drills=0 to silence this)", config.sft.comparison_drills, len(questions))
+        return dataset
+    drills = comparison_drill_dataset(questions, tokenizer, config.sft.comparison_drills, config.sft.expert_think,
+                                      seed=config.experiment.seed)
+    return concatenate_datasets([dataset, drills])
 
 
 def trainer_arguments(config: ExperimentConfig, out_dir: Path) -> Any:

@@ -40,14 +40,15 @@ CACHE_ENV = "FANOUT_BENCH_CACHE"
 QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 # What the benchmarks measured before configs/quickstart.yaml became the reader's recipe: one world, no copy
-# pretraining, no written-out comparisons. Reading changes what a policy answers, not what a step costs, and
-# these keep the suites' figures in docs/BENCHMARKS.md reproducible and their warm-starts short.
+# pretraining, no written-out comparisons or drills. Reading changes what a policy answers, not what a step
+# costs, and these keep the suites' figures in docs/BENCHMARKS.md reproducible and their warm-starts short.
 MEMORY_WORLD_OVERRIDES = [
     "data.world.train_worlds=0",
     "data.world.names=per_set",
     "model.tiny.pretrain_steps=0",
     "sft.expert_think=none",
     "sft.forced_answer_fraction=0",
+    "sft.comparison_drills=0",
 ]
 # The world, model and SFT settings of each setting (they decide what is cached).
 ASSET_OVERRIDES = {

@@ -245,3 +245,27 @@ def test_the_warm_start_dataset_appends_the_comparison_drills_to_the_demonstrati
     drills = [row for row in dataset if row["mode"] == "drill"]
     assert len(drills) == 6
     assert all(0 < sum(row["completion_mask"]) < len(row["input_ids"]) for row in drills)
+
+
+def test_drills_without_world_comparisons_leave_the_demonstrations_alone_and_say_so(tmp_path, tiny_world,
+                                                                                   tiny_checkpoint, caplog):
+    """The user's own files (no world metadata): the quickstart's drills must not stop the run."""
+    import dataclasses
+    import logging
+
+    from rl.app.sft import build_expert_dataset
+
+    config = small_config(tmp_path)
+    config.sft.expert_think = "side_by_side"
+    config.rollout.max_new_tokens_per_turn = 96
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    source = WarmStartSource.from_world(tiny_world)
+    source = dataclasses.replace(source, questions=[dataclasses.replace(question, metadata={})
+                                                    for question in source.questions])
+    without = build_expert_dataset(config, tokenizer, source)
+    config.sft.comparison_drills = 6
+    with caplog.at_level(logging.WARNING, logger="rl.app.sft"):
+        dataset = build_expert_dataset(config, tokenizer, source)
+    assert dataset["input_ids"] == without["input_ids"]
+    assert "drill" not in set(dataset["mode"])
+    assert "sft.comparison_drills=6: none of the" in caplog.text
