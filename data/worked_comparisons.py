@@ -161,8 +161,8 @@ def drill_pool(questions: list[Question]) -> list[Question]:
 def drill_entries(questions: list[Question], count: int,
                   rng: random.Random) -> list[tuple[list[str], list[int], bool]]:
     """`count` comparisons to drill: each takes the names of a random earliest / latest question among
-    `questions` (drill_pool) and draws their years anew from every year those questions hold (all different, so
-    every step has one winner), in a random direction."""
+    `questions` (drill_pool) and draws their years anew from every year those questions hold (all different,
+    so every step has one winner), in a random direction."""
     pool = drill_pool(questions)
     if not pool:
         raise ValueError("comparison drills need earliest / latest comparison questions with their metadata")
@@ -187,5 +187,5 @@ def comparison_steps(text: str) -> list[str]:
 
 
 __all__ = ["COUNT_THRESHOLD", "DRILL_FORMS", "THOUGHT_FORMS", "comparison_drill", "comparison_steps",
-           "comparison_thought", "count_thought", "digit_signs", "digit_strings", "drill_entries", "drill_pool",
-           "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]
+           "comparison_thought", "count_thought", "digit_signs", "digit_strings", "drill_entries",
+           "drill_pool", "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]

@@ -186,10 +186,11 @@ def with_comparison_drills(config: ExperimentConfig, tokenizer: Any, questions: 
     if not drill_pool(questions):
         logger.warning("sft.comparison_drills=%d: none of the %d training questions is an earliest / latest "
                        "comparison with the generated world's metadata, so no drills are written (set "
-                       "sft.comparison_drills=0 to silence this)", config.sft.comparison_drills, len(questions))
+                       "sft.comparison_drills=0 to silence this)",
+                       config.sft.comparison_drills, len(questions))
         return dataset
-    drills = comparison_drill_dataset(questions, tokenizer, config.sft.comparison_drills, config.sft.expert_think,
-                                      seed=config.experiment.seed)
+    drills = comparison_drill_dataset(questions, tokenizer, config.sft.comparison_drills,
+                                      config.sft.expert_think, seed=config.experiment.seed)
     return concatenate_datasets([dataset, drills])
 
 
