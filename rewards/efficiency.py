@@ -22,8 +22,8 @@ out more sub-queries in one round is free here (decomposition judges it).
 Only correct answers earn efficiency, on purpose: otherwise answering at once, without searching,
 would be the cheapest way to collect it, and the policy would learn to guess fast and wrong.
 
-`episode_counts` gives the raw numbers (model calls, search rounds, sub-queries, sub-queries per round)
-that the reward breakdown logs alongside the components.
+`episode_counts` gives the raw numbers (model calls, search rounds, sub-queries, sub-queries per round,
+sub-queries written twice) that the reward breakdown logs alongside the components.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def episode_counts(episode: ParsedEpisode) -> dict[str, float]:
         "search_rounds": float(episode.search_rounds),
         "subqueries": float(episode.subqueries),
         "subqueries_per_round": float(episode.subqueries_per_round),
+        "repeated_subqueries": float(episode.repeated_subqueries),
         "format_valid": float(episode.valid),
         "has_answer": float(episode.answer is not None),
     }

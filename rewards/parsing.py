@@ -74,9 +74,20 @@ class ParsedEpisode:
         return len(self.turns)
 
     @property
+    def query_rounds(self) -> list[tuple[str, ...]]:
+        """The sub-queries of each round that issued at least one."""
+        return [turn.queries for turn in self.turns if turn.queries]
+
+    @property
     def queries_per_round(self) -> list[int]:
         """Number of sub-queries of each round that issued at least one."""
-        return [len(turn.queries) for turn in self.turns if turn.queries]
+        return [len(queries) for queries in self.query_rounds]
+
+    @property
+    def repeated_subqueries(self) -> int:
+        """Sub-queries that repeat one the episode issued before, in their round or an earlier one (case and
+        whitespace folded): lookups written twice."""
+        return sum(repeats_per_round(self.query_rounds))
 
     @property
     def search_rounds(self) -> int:
@@ -89,6 +100,25 @@ class ParsedEpisode:
     @property
     def subqueries_per_round(self) -> float:
         return self.subqueries / self.search_rounds if self.search_rounds else 0.0
+
+
+def fold_query(query: str) -> str:
+    """A sub-query compared as a lookup: case and whitespace folded."""
+    return " ".join(query.lower().split())
+
+
+def repeats_per_round(query_rounds: Sequence[Sequence[str]]) -> list[int]:
+    """For each round, how many of its sub-queries repeat one issued before (fold_query), in the round or earlier."""
+    seen: set[str] = set()
+    repeats = []
+    for queries in query_rounds:
+        count = 0
+        for query in queries:
+            folded = fold_query(query)
+            count += folded in seen
+            seen.add(folded)
+        repeats.append(count)
+    return repeats
 
 
 @dataclass(frozen=True)

@@ -10,24 +10,29 @@ from rewards.config import RewardConfig
 
 
 @pytest.mark.parametrize(
-    "queries_per_round, structure, expected",
+    "query_rounds, structure, expected",
     [
-        ([2], "parallel", 1.0),
-        ([1], "parallel", 0.0),
-        ([2, 1], "parallel", 0.5),  # a later one-query round counts against it
-        ([3, 2], "parallel", 1.0),
+        ([["a", "b"]], "parallel", 1.0),
+        ([["a"]], "parallel", 0.0),
+        ([["a", "b"], ["c"]], "parallel", 0.5),  # a later one-query round counts against it
+        ([["a", "b", "c"], ["d", "e"]], "parallel", 1.0),
         ([], "parallel", 0.0),
-        ([1, 1], "sequential", 1.0),
-        ([2], "sequential", 0.0),  # dependent hops merged into one round
-        ([1, 2], "sequential", 0.5),  # merging in a later round is penalised too
-        ([1, 1, 3], "sequential", 2 / 3),
-        ([1], "single", 1.0),
-        ([2], "single", 0.0),
+        ([["a"], ["b"]], "sequential", 1.0),
+        ([["a", "b"]], "sequential", 0.0),  # dependent hops merged into one round
+        ([["a"], ["b", "c"]], "sequential", 0.5),  # merging in a later round is penalised too
+        ([["a"], ["b"], ["c", "d", "e"]], "sequential", 2 / 3),
+        ([["a"]], "single", 1.0),
+        ([["a", "b"]], "single", 0.0),
         ([], "single", 0.0),
+        # a lookup written twice is no fan-out, in its round or a later one, whatever the case and spacing
+        ([["when was A born?", "When was  A born?", "when was B born?"]], "parallel", 0.0),
+        ([["a", "b"], ["c", "A"]], "parallel", 0.5),
+        ([["a"], ["a"]], "sequential", 0.5),
+        ([["a"], ["b"], ["a"]], "sequential", 2 / 3),
     ],
 )
-def test_round_shape_score(queries_per_round, structure, expected):
-    assert round_shape_score(queries_per_round, structure) == pytest.approx(expected)
+def test_round_shape_score(query_rounds, structure, expected):
+    assert round_shape_score(query_rounds, structure) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,7 @@ def test_episode_counts():
         "search_rounds": 2.0,
         "subqueries": 4.0,
         "subqueries_per_round": 2.0,
+        "repeated_subqueries": 0.0,
         "format_valid": 1.0,
         "has_answer": 1.0,
     }

@@ -12,6 +12,7 @@ from rewards.parsing import (
     parse_function_call_turn,
     parse_tags_turn,
     parse_trajectory,
+    repeats_per_round,
     split_model_segments,
     strip_end_of_message,
 )
@@ -169,6 +170,15 @@ def test_episode_counts():
     assert (episode.search_rounds, episode.subqueries, episode.model_calls) == (2, 3, 4)
     assert episode.subqueries_per_round == 1.5
     assert parse_episode(["<answer>x</answer>"]).subqueries_per_round == 0.0
+
+
+def test_repeated_subqueries_count_lookups_written_twice_in_a_round_or_later():
+    episode = parse_episode(["<search>A born ## a  BORN ## b born</search>", "<search>b born ## c</search>",
+                             "<answer>x</answer>"])
+    assert episode.query_rounds == [("A born", "a  BORN", "b born"), ("b born", "c")]
+    assert repeats_per_round(episode.query_rounds) == [1, 1]
+    assert episode.repeated_subqueries == 2
+    assert parse_episode(["<search>a ## b</search>", "<answer>x</answer>"]).repeated_subqueries == 0
 
 
 def test_unknown_protocol_names_the_registered_ones():
