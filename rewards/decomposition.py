@@ -38,7 +38,8 @@ _ROUND_IS_WELL_SHAPED: dict[str, Callable[[int], bool]] = {
 
 
 def round_shape_score(query_rounds: Sequence[Sequence[str]], structure: str) -> float:
-    """Share of search rounds whose number of sub-queries suits the structure and that repeat no lookup (above)."""
+    """Share of search rounds whose number of sub-queries suits the structure and that repeat no lookup
+    (the table above)."""
     if not query_rounds:
         return 0.0
     is_well_shaped = _ROUND_IS_WELL_SHAPED[structure]

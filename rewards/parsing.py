@@ -108,7 +108,8 @@ def fold_query(query: str) -> str:
 
 
 def repeats_per_round(query_rounds: Sequence[Sequence[str]]) -> list[int]:
-    """For each round, how many of its sub-queries repeat one issued before (fold_query), in the round or earlier."""
+    """For each round, how many of its sub-queries repeat one issued before it (fold_query), in the round or
+    an earlier one."""
     seen: set[str] = set()
     repeats = []
     for queries in query_rounds:

@@ -30,6 +30,7 @@ on rank 0 alone, in a spawned process outside the process group (TRL would other
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -162,6 +163,22 @@ def load_training_data(config: ExperimentConfig) -> TrainingData:
 ENVIRONMENT_SPLIT_KEYS = ("rollout/model_calls", "rollout/subqueries_per_round")  # and every reward/* key
 
 
+def repeated_calls(trajectory) -> int:
+    """Tool calls that repeat one the episode already made: the same tool with the same arguments, text folded
+    as the decomposition reward folds sub-queries (rewards.parsing.fold_query). A lookup written twice fetches
+    nothing new (`A ## A ## B` for three entities)."""
+    from rewards.parsing import fold_query
+
+    seen: set[tuple[str, str]] = set()
+    repeats = 0
+    for turn in trajectory.turns:
+        for call in turn.calls:
+            key = (call.name, fold_query(json.dumps(call.arguments, sort_keys=True, ensure_ascii=False)))
+            repeats += key in seen
+            seen.add(key)
+    return repeats
+
+
 def rollout_metrics(groups: list[Group], by_environment: bool = False) -> dict[str, float]:
     """Means over the step's trajectories: rewards, model calls, sub-queries per round, per structure.
 
@@ -193,6 +210,7 @@ def rollout_metrics(groups: list[Group], by_environment: bool = False) -> dict[s
                 "rollout/truncated": float(trajectory.truncated),
                 "rollout/answered": float(trajectory.final_answer is not None),
                 "rollout/tool_errors": sum(1 for turn in trajectory.turns for call in turn.calls if call.error),
+                "rollout/repeated_calls": repeated_calls(trajectory),
             }
             batch_rows = [turn.batch_rows for turn in trajectory.turns if turn.batch_rows]
             if batch_rows:  # how full the engine batches were (continuous batching merges calls)

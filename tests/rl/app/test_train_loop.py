@@ -132,3 +132,23 @@ def test_merge_owned_metrics_keeps_every_key_and_names_both_owners_of_a_clash():
     assert merged == {"x/one": 1.0, "x/two": 2.0}
     with pytest.raises(ValueError, match=r"'x/one' is reported by both a and c"):
         merge_owned_metrics({"a": {"x/one": 1.0}, "b": {}, "c": {"x/one": 3.0}})
+
+
+def test_repeated_calls_counts_a_call_written_again_in_its_round_or_later():
+    from data.trajectory import ToolCall, Turn
+    from rl.app.train import repeated_calls, rollout_metrics
+
+    def search(query):
+        return ToolCall(name="search", arguments={"query": query})
+
+    a_born, b_born = "When was A born?", "When was B born?"
+    repeating = Trajectory(question=QUESTION, prompt_ids=[1], turns=[
+        Turn(text="", calls=[search(a_born), search("when was  a born?"), search(b_born)]),
+        Turn(text="", calls=[search(b_born), ToolCall(name="lookup", arguments={"query": b_born})]),
+        Turn(text="", answer="A")])
+    distinct = Trajectory(question=QUESTION, prompt_ids=[1], turns=[
+        Turn(text="", calls=[search(a_born), search(b_born)]), Turn(text="", answer="A")])
+    assert repeated_calls(repeating) == 2  # the folded repeat of A and B again; the other tool's call is new
+    assert repeated_calls(distinct) == 0
+    metrics = rollout_metrics([Group("g", QUESTION, [repeating, distinct], policy_version=0)])
+    assert metrics["rollout/repeated_calls"] == pytest.approx(1.0)
