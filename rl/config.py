@@ -165,6 +165,9 @@ class SFTConfig:
     # comparison's names with years drawn anew, the loss on each step's decision and winner only (rl/app/expert.py
     # comparison_drill_dataset); 0: none
     comparison_drills: int = 0
+    # where a drill's loss falls: "decisions" (each step's decision and winner) or "thought" (every token after
+    # the first entry: also the entries each step copies and, in the digits form, the spelt years)
+    drill_loss: str = "decisions"
     # which tokens carry the SFT loss: "model_turns" (what the policy writes) or "all" (also the prompt and every
     # observation: passages repeat the names they are about, so the model also learns to copy from them)
     loss_on: str = "model_turns"
@@ -261,6 +264,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "sft.expert_think": ("none", "compare", "notes", *DRILL_FORMS),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
     "sft.loss_on": ("model_turns", "all"),
+    "sft.drill_loss": ("decisions", "thought"),  # rl/app/expert.py comparison_drill_dataset
 }
 
 

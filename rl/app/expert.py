@@ -358,18 +358,24 @@ def tokenize_drill(tokenizer: Any, pieces: list[tuple[str, bool]]) -> tuple[list
 
 
 def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: int, form: str,
-                             seed: int = 0) -> Dataset:
+                             seed: int = 0, loss: str = "decisions") -> Dataset:
     """`count` comparison drills (`sft.comparison_drills`) in the expert dataset's columns: each row is the
     answer turn's worked comparison alone, `<think>` and the thought in `form`, about the names of a training
     comparison with years drawn anew (data/worked_comparisons.py drill_entries), with the loss on each step's
-    decision and winner only. A comparison step is one or two tokens of a 100-token demonstration; a drill
-    is little else."""
+    decision and winner only (`loss` "decisions") or on every token after the first entry ("thought": also
+    the entries each step copies and, in the digits form, the spelt years). A comparison step is one or two
+    tokens of a 100-token demonstration; a drill is little else."""
+    if loss not in ("decisions", "thought"):
+        raise ValueError(f"sft.drill_loss must be 'decisions' or 'thought', got {loss!r}")
     from data.worked_comparisons import comparison_drill, drill_entries
 
     rng = random.Random(f"comparison-drills:{seed}")
     columns: dict[str, list] = {name: [] for name in EXPERT_COLUMNS}
     for index, (names, years, earliest) in enumerate(drill_entries(questions, count, rng)):
-        input_ids, places = tokenize_drill(tokenizer, comparison_drill(names, years, earliest, form))
+        pieces = comparison_drill(names, years, earliest, form)
+        if loss == "thought":  # every piece after the first entry carries the loss
+            pieces = pieces[:1] + [(text, True) for text, _ in pieces[1:]]
+        input_ids, places = tokenize_drill(tokenizer, pieces)
         columns["input_ids"].append(input_ids)
         columns["completion_mask"].append([int(place >= 0) for place in places])
         columns["question_id"].append(f"drill-{index}")
@@ -377,7 +383,7 @@ def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: i
         columns["mode"].append(DRILL_MODE)
         columns["model_calls"].append(0)
         columns[FORCED_ANSWER_COLUMN].append(False)
-    logger.info("expert: %d comparison drills (%s)", count, form)
+    logger.info("expert: %d comparison drills (%s, loss on the %s)", count, form, loss)
     return Dataset.from_dict(columns)
 
 

@@ -190,7 +190,8 @@ def with_comparison_drills(config: ExperimentConfig, tokenizer: Any, questions: 
                        config.sft.comparison_drills, len(questions))
         return dataset
     drills = comparison_drill_dataset(questions, tokenizer, config.sft.comparison_drills,
-                                      config.sft.expert_think, seed=config.experiment.seed)
+                                      config.sft.expert_think, seed=config.experiment.seed,
+                                      loss=config.sft.drill_loss)
     return concatenate_datasets([dataset, drills])
 
 

@@ -320,6 +320,30 @@ def test_drill_rows_carry_the_loss_on_the_decisions_only_about_training_names_wi
     assert drawn_pairs > 0  # the years are drawn anew, not the training questions' own
 
 
+def test_drill_loss_thought_puts_the_loss_on_everything_after_the_first_entry(tiny_world, setup):
+    from rl.app.expert import comparison_drill_dataset
+
+    tokenizer, _, _ = setup
+    train = tiny_world.splits["train"]
+    decisions = comparison_drill_dataset(train, tokenizer, 20, "digits", seed=3)
+    thought = comparison_drill_dataset(train, tokenizer, 20, "digits", seed=3, loss="thought")
+    assert decisions["input_ids"] == thought["input_ids"]  # the same drills, the loss elsewhere
+    for row_d, row_t in zip(decisions, thought):
+        text = tokenizer.decode(row_t["input_ids"])
+        first_entry = text.split(" , ")[0]  # "<think> Ann Lee 1987"
+        lossless = tokenizer.decode([t for t, m in zip(row_t["input_ids"], row_t["completion_mask"]) if not m])
+        assert lossless.strip() == first_entry.strip()
+        # the spelt years carry the loss now, and did not before
+        spelt = text.split(" : ")[1].split(" ;")[0]  # "1 9 9 0 , 1 9 8 7"
+        lossy_d = tokenizer.decode([t for t, m in zip(row_d["input_ids"], row_d["completion_mask"]) if m])
+        lossy_t = tokenizer.decode([t for t, m in zip(row_t["input_ids"], row_t["completion_mask"]) if m])
+        assert spelt not in lossy_d and spelt in lossy_t
+    with pytest.raises(ValueError, match="sft.drill_loss"):
+        comparison_drill_dataset(train, tokenizer, 2, "digits", loss="all")
+    with pytest.raises(ConfigError, match="sft.drill_loss"):
+        load_config(None, ["sft.drill_loss=all"])
+
+
 def test_comparison_drills_need_a_drill_form_and_a_count_of_at_least_zero():
     with pytest.raises(ConfigError, match="sft.comparison_drills.*side_by_side, verdict or digits"):
         load_config(None, ["sft.expert_think=compare", "sft.comparison_drills=10"])
