@@ -162,11 +162,11 @@ class SFTConfig:
     # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
     forced_answer_fraction: float = 0.0
     # extra SFT rows, each the worked comparison alone (sft.expert_think side_by_side, verdict or digits) about a training
-    # comparison's names with years drawn anew, the loss on each step's decision and winner only (rl/app/expert.py
+    # comparison's names with years drawn anew, the loss where sft.drill_loss says (rl/app/expert.py
     # comparison_drill_dataset); 0: none
     comparison_drills: int = 0
-    # where a drill's loss falls: "decisions" (each step's decision and winner) or "thought" (every token after
-    # the first entry: also the entries each step copies and, in the digits form, the spelt years)
+    # where a drill's loss falls: "decisions" (each step's decision and winner) or "thought" (every token
+    # after the first entry: also the entries each step copies and, in the digits form, the spelt years)
     drill_loss: str = "decisions"
     # which tokens carry the SFT loss: "model_turns" (what the policy writes) or "all" (also the prompt and every
     # observation: passages repeat the names they are about, so the model also learns to copy from them)

@@ -331,7 +331,8 @@ def test_drill_loss_thought_puts_the_loss_on_everything_after_the_first_entry(ti
     for row_d, row_t in zip(decisions, thought):
         text = tokenizer.decode(row_t["input_ids"])
         first_entry = text.split(" , ")[0]  # "<think> Ann Lee 1987"
-        lossless = tokenizer.decode([t for t, m in zip(row_t["input_ids"], row_t["completion_mask"]) if not m])
+        ids, mask = row_t["input_ids"], row_t["completion_mask"]
+        lossless = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
         assert lossless.strip() == first_entry.strip()
         # the spelt years carry the loss now, and did not before
         spelt = text.split(" : ")[1].split(" ;")[0]  # "1 9 9 0 , 1 9 8 7"
