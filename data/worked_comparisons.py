@@ -55,6 +55,7 @@ STEP_SEPARATOR = re.compile(r"\s[,;]\s")
 
 DRILL_FORMS = ("side_by_side", "verdict", "digits")  # the forms comparison_drill writes
 THOUGHT_FORMS = ("compare", *DRILL_FORMS)
+DRILL_LOSSES = ("decisions", "thought")  # where a drill's SFT loss falls (sft.drill_loss)
 
 
 def comparison_thought(question: Question, form: str = "compare") -> str:
@@ -186,6 +187,6 @@ def comparison_steps(text: str) -> list[str]:
     return [" ".join(step.split()) for step in STEP_SEPARATOR.split(f" {text.strip()} ") if step.strip()]
 
 
-__all__ = ["COUNT_THRESHOLD", "DRILL_FORMS", "THOUGHT_FORMS", "comparison_drill", "comparison_steps",
-           "comparison_thought", "count_thought", "digit_signs", "digit_strings", "drill_entries",
-           "drill_pool", "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]
+__all__ = ["COUNT_THRESHOLD", "DRILL_FORMS", "DRILL_LOSSES", "THOUGHT_FORMS", "comparison_drill",
+           "comparison_steps", "comparison_thought", "count_thought", "digit_signs", "digit_strings",
+           "drill_entries", "drill_pool", "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]

@@ -28,7 +28,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from data.config import DataConfig, RetrieverConfig, WorldConfig
 from data.errors import ConfigError
 from data.types import STRUCTURES
-from data.worked_comparisons import DRILL_FORMS
+from data.worked_comparisons import DRILL_FORMS, DRILL_LOSSES
 from rewards.config import RewardConfig
 from rollouts.config import RolloutConfig, ToolsConfig
 
@@ -264,7 +264,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "sft.expert_think": ("none", "compare", "notes", *DRILL_FORMS),  # rl/app/expert_thoughts.py EXPERT_THINK_STYLES
     "sft.loss_on": ("model_turns", "all"),
-    "sft.drill_loss": ("decisions", "thought"),  # rl/app/expert.py comparison_drill_dataset
+    "sft.drill_loss": DRILL_LOSSES,  # rl/app/expert.py comparison_drill_dataset
 }
 
 

@@ -365,9 +365,10 @@ def comparison_drill_dataset(questions: list[Question], tokenizer: Any, count: i
     decision and winner only (`loss` "decisions") or on every token after the first entry ("thought": also
     the entries each step copies and, in the digits form, the spelt years). A comparison step is one or two
     tokens of a 100-token demonstration; a drill is little else."""
-    if loss not in ("decisions", "thought"):
-        raise ValueError(f"sft.drill_loss must be 'decisions' or 'thought', got {loss!r}")
-    from data.worked_comparisons import comparison_drill, drill_entries
+    from data.worked_comparisons import DRILL_LOSSES, comparison_drill, drill_entries
+
+    if loss not in DRILL_LOSSES:
+        raise ValueError(f"sft.drill_loss must be one of {', '.join(DRILL_LOSSES)}, got {loss!r}")
 
     rng = random.Random(f"comparison-drills:{seed}")
     columns: dict[str, list] = {name: [] for name in EXPERT_COLUMNS}
