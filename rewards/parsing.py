@@ -37,7 +37,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from data.registry import Registry
 
@@ -107,15 +107,16 @@ def fold_query(query: str) -> str:
     return " ".join(query.lower().split())
 
 
-def repeats_per_round(query_rounds: Sequence[Sequence[str]]) -> list[int]:
-    """For each round, how many of its sub-queries repeat one issued before it (fold_query), in the round or
-    an earlier one."""
-    seen: set[str] = set()
+def repeats_per_round(query_rounds: Sequence[Sequence[Any]], key: Callable[[Any], Hashable] = fold_query
+                      ) -> list[int]:
+    """For each round, how many of its sub-queries repeat one issued before it, in the round or an earlier
+    one; two are the same when their `key` is (by default fold_query: case and whitespace folded)."""
+    seen: set[Hashable] = set()
     repeats = []
     for queries in query_rounds:
         count = 0
         for query in queries:
-            folded = fold_query(query)
+            folded = key(query)
             count += folded in seen
             seen.add(folded)
         repeats.append(count)

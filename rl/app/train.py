@@ -164,19 +164,15 @@ ENVIRONMENT_SPLIT_KEYS = ("rollout/model_calls", "rollout/subqueries_per_round")
 
 
 def repeated_calls(trajectory) -> int:
-    """Tool calls that repeat one the episode already made: the same tool with the same arguments, text folded
-    as the decomposition reward folds sub-queries (rewards.parsing.fold_query). A lookup written twice fetches
-    nothing new (`A ## A ## B` for three entities)."""
-    from rewards.parsing import fold_query
+    """Tool calls that repeat one the episode already made: the same tool with the same arguments (their text
+    folded as the decomposition reward folds sub-queries), counted by rewards.parsing.repeats_per_round. A
+    lookup written twice fetches nothing new (`A ## A ## B` for three entities)."""
+    from rewards.parsing import fold_query, repeats_per_round
 
-    seen: set[tuple[str, str]] = set()
-    repeats = 0
-    for turn in trajectory.turns:
-        for call in turn.calls:
-            key = (call.name, fold_query(json.dumps(call.arguments, sort_keys=True, ensure_ascii=False)))
-            repeats += key in seen
-            seen.add(key)
-    return repeats
+    def call_key(call) -> tuple[str, str]:
+        return call.name, fold_query(json.dumps(call.arguments, sort_keys=True, ensure_ascii=False))
+
+    return sum(repeats_per_round([turn.calls for turn in trajectory.turns], key=call_key))
 
 
 def rollout_metrics(groups: list[Group], by_environment: bool = False) -> dict[str, float]:
