@@ -41,12 +41,19 @@ class AppsWorldConfig:
     num_people: int = 24  # contacts (each with a calendar and maybe mail in the inbox)
     num_products: int = 24  # products in the shop
     num_days: int = 5  # calendar days 1..num_days (working hours 9 to 17)
-    num_train: int = 1000  # training tasks (over the base world and the training worlds, split evenly)
+    num_train: int = 1000  # training tasks of the base world and the training worlds (split: see world_tasks)
     # Training tasks also come from this many extra apps worlds (w1, w2, ...), each with its own names and
     # re-drawn records (contacts, calendars, mail, files, shop); validation and test act on the base world
     # only, so a policy cannot solve a test task from arguments it learnt by heart: it has to copy them from the
     # instruction and read them from what the tools return. 0: every task acts on the base world.
     train_worlds: int = 0
+    # Tasks per training world; 0: num_train is split evenly over the base world and the training worlds.
+    # Otherwise the base world keeps num_train tasks and every training world adds this many.
+    world_tasks: int = 0
+    # The task families the training worlds' tasks are drawn from, evenly (empty: every family, in
+    # structure_mix). ["cancel_from_note"]: the test tasks' note paths, each naming another order in each
+    # world, so that a policy learns to write every path and to read the order from the note.
+    world_families: list[str] = field(default_factory=list)
     # Who gets which identities: "per_set" (every world draws its own contact names, addresses, SKUs and product
     # names) or "shared" (every world of every seed holds the same ones, with its records drawn anew: the same
     # instruction then needs other arguments and gets other results in each world)

@@ -121,6 +121,8 @@ def _cmd_build_apps(args: argparse.Namespace) -> int:
     if args.num_train is not None:
         apps_config.num_train = args.num_train
     apps_config.train_worlds = args.train_worlds
+    apps_config.world_tasks = args.world_tasks
+    apps_config.world_families = [name for name in args.world_families.split(",") if name]
     write_apps_world(args.out, apps_config)
     states = "base_state.json" + (f", base_state-w1..w{args.train_worlds}.json" if args.train_worlds else "")
     print(f"wrote the apps world ({states}, train/validation/test.jsonl) to {args.out}; serve it with "
@@ -193,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     build_apps.add_argument("--num-train", type=int, default=None, help="training tasks (default 1000)")
     build_apps.add_argument("--train-worlds", type=int, default=0,
                             help="re-drawn worlds the training tasks also act on (default 0: the base world only)")
+    build_apps.add_argument("--world-tasks", type=int, default=0,
+                            help="tasks per re-drawn world, on top of --num-train "
+                                 "(default 0: --num-train split evenly)")
+    build_apps.add_argument("--world-families", default="",
+                            help="comma-separated task families the re-drawn worlds' tasks come from "
+                                 "(default: all)")
     build_apps.set_defaults(handler=_cmd_build_apps)
 
     serve = commands.add_parser("serve-retriever", help="HTTP retrieval server (Search-R1 compatible /retrieve)")

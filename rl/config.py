@@ -542,6 +542,11 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(set(apps_mix) <= {"independent", "chain", "mixed"} and abs(sum(apps_mix.values()) - 1) < 1e-6,
          "data.apps.structure_mix", "keys are independent/chain/mixed and the shares must sum to 1")
     need(config.data.apps.train_worlds >= 0, "data.apps.train_worlds", "must be >= 0 (0: the base world only)")
+    need(config.data.apps.world_tasks >= 0, "data.apps.world_tasks",
+         "must be >= 0 (0: num_train split evenly)")
+    for name in ("world_tasks", "world_families"):
+        need(not getattr(config.data.apps, name) or config.data.apps.train_worlds > 0, f"data.apps.{name}",
+             "shapes the training worlds' tasks; set data.apps.train_worlds > 0")
     need(config.data.source != "apps" or config.sft.expert_think in ("none", "notes"), "sft.expert_think",
          f"is {config.sft.expert_think!r}; the apps solver writes 'none' or 'notes' (rl/app/apps_expert.py)")
     other_form = config.sft.expert_think in DRILL_FORMS  # a worked comparison in another form than "compare"

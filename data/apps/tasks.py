@@ -335,15 +335,20 @@ def structure_counts(total: int, mix: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def _sample_structure(state: dict, structure: str, count: int, rng: random.Random, seen: set) -> list[AppTask]:
-    families = [name for name in TASK_FAMILIES.names() if TASK_FAMILIES[name].structure == structure]
+def _sample_structure(state: dict, structure: str, count: int, rng: random.Random, seen: set,
+                      families: list[str] | None = None,
+                      what: str = "AppsWorldConfig.num_train") -> list[AppTask]:
+    """`count` distinct tasks from `families` (default: the families of `structure`); `what` names the setting
+    to lower when the world holds fewer."""
+    if families is None:
+        families = [name for name in TASK_FAMILIES.names() if TASK_FAMILIES[name].structure == structure]
     tasks: list[AppTask] = []
     draws = 0
     while len(tasks) < count:
         draws += 1
         if draws > MAX_DRAWS_PER_TASK * max(count, 1):
             raise DataError(f"could not draw {count} distinct {structure} tasks from this apps world (got "
-                            f"{len(tasks)}); lower AppsWorldConfig.num_train or raise num_people / num_products")
+                            f"{len(tasks)}); lower {what} or raise num_people / num_products")
         draft = TASK_FAMILIES[rng.choice(families)].sampler(state, rng)
         if draft is None or draft[0] in seen:
             continue
@@ -359,6 +364,11 @@ def _draw_tasks(state: dict, config: AppsWorldConfig, count: int, rng: random.Ra
     tasks = []
     for structure, structure_count in structure_counts(count, config.structure_mix).items():
         tasks.extend(_sample_structure(state, structure, structure_count, rng, seen))
+    return _numbered(tasks, rng, id_prefix)
+
+
+def _numbered(tasks: list[AppTask], rng: random.Random, id_prefix: str) -> list[AppTask]:
+    """`tasks` shuffled, with ids `<id_prefix>-<n>` in their new order."""
     rng.shuffle(tasks)
     for index, task in enumerate(tasks):
         task.id = f"{id_prefix}-{index:05d}"
@@ -379,9 +389,19 @@ def generate_tasks(base_state: dict, config: AppsWorldConfig,
 
 def generate_world_tasks(state: dict, config: AppsWorldConfig, world: str, count: int) -> list[AppTask]:
     """`count` training tasks over the state of training world `world` ("w1", ...), ids `apps-train-<world>-<n>`;
-    each names its world (AppTask.world)."""
-    tasks = _draw_tasks(state, config, count, random.Random(f"apps-tasks-{config.seed}-train-{world}"), set(),
-                        f"apps-train-{world}")
+    each names its world (AppTask.world). They come from config.world_families, evenly, when it names some,
+    else from every family in config.structure_mix."""
+    rng = random.Random(f"apps-tasks-{config.seed}-train-{world}")
+    if not config.world_families:
+        tasks = _draw_tasks(state, config, count, rng, set(), f"apps-train-{world}")
+    else:
+        unknown = sorted(set(config.world_families) - set(TASK_FAMILIES.names()))
+        if unknown:
+            raise DataError(f"data.apps.world_families names {unknown}, which are no apps task families; "
+                            f"valid: {', '.join(TASK_FAMILIES.names())}")
+        families = sorted(set(config.world_families))
+        tasks = _numbered(_sample_structure(state, "/".join(families), count, rng, set(), families=families,
+                                            what="data.apps.world_tasks"), rng, f"apps-train-{world}")
     for task in tasks:
         task.metadata[WORLD_KEY] = world
     return tasks

@@ -6,10 +6,12 @@ round replays on the base state (a generator bug fails here, not in training). `
 saves it as `base_state.json` and `<split>.jsonl` (one AppTask row each); `load_apps_world` reads it back.
 
 With `train_worlds: K`, training tasks also act on K re-drawn worlds `w1`..`wK` (own names and records,
-saved as `base_state-w<k>.json`); `num_train` is split evenly over the base world and them, and validation
-and test act on the base world only. A training world's task names its world (`AppTask.world`), its
-question names it as its partition (`metadata["corpus_partition"]`, which its calls carry to the apps server)
-and its base state's path, so the server and the verifier both start from that world's state.
+saved as `base_state-w<k>.json`); `num_train` is split evenly over the base world and them (or, with
+`world_tasks: N`, the base world keeps `num_train` and each training world adds N, drawn from
+`world_families` when it names some), and validation and test act on the base world only. A training
+world's task names its world (`AppTask.world`), its question names it as its partition
+(`metadata["corpus_partition"]`, which its calls carry to the apps server) and its base state's path, so the
+server and the verifier both start from that world's state.
 
     world = generate_apps_world(AppsWorldConfig(seed=0))
     write_apps_world("apps_world/", AppsWorldConfig(seed=0))
@@ -75,9 +77,15 @@ def world_name(index: int) -> str:
 
 
 def train_counts(config: AppsWorldConfig) -> list[int]:
-    """Training tasks of the base world, then of each training world: num_train split evenly."""
+    """Training tasks of the base world, then of each training world: num_train split evenly, or with
+    world_tasks > 0, num_train in the base world and world_tasks in each training world."""
     if config.train_worlds < 0:
         raise DataError(f"data.apps.train_worlds is {config.train_worlds}; use 0 or more")
+    if config.world_tasks < 0:
+        raise DataError(f"data.apps.world_tasks is {config.world_tasks}; use 0 or more "
+                        "(0: num_train split evenly)")
+    if config.world_tasks:
+        return [config.num_train] + [config.world_tasks] * config.train_worlds
     parts = config.train_worlds + 1
     return [config.num_train // parts + (index < config.num_train % parts) for index in range(parts)]
 

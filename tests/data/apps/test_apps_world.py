@@ -222,6 +222,48 @@ def test_shared_names_keep_every_identity_across_worlds_and_seeds_and_redraw_the
         assert verify_task(task, state, gold_end_state(task, state), task.answers[0]).success
 
 
+def test_world_tasks_from_named_families_add_to_the_base_worlds_and_cover_the_test_note_paths(world):
+    config = AppsWorldConfig(seed=3, num_train=90, num_validation=30, num_test=45, train_worlds=2,
+                             world_tasks=40, world_families=["cancel_from_note"])
+    redrawn = generate_apps_world(config)
+    base_train = [task for task in redrawn.splits["train"] if not task.world]
+    assert [task.to_row() for task in base_train] == [task.to_row() for task in world.splits["train"]]
+    for split in ("validation", "test"):
+        assert [task.to_row() for task in redrawn.splits[split]] == [task.to_row()
+                                                                    for task in world.splits[split]]
+    for name in ("w1", "w2"):
+        tasks = [task for task in redrawn.splits["train"] if task.world == name]
+        assert len(tasks) == 40 and {task.family for task in tasks} == {"cancel_from_note"}
+        assert [task.id for task in tasks] == [f"apps-train-{name}-{index:05d}" for index in range(40)]
+        state = redrawn.state_of(task := tasks[0])
+        assert verify_task(task, state, gold_end_state(task, state), task.answers[0]).success
+
+    def note_paths(tasks):
+        return {task.gold_rounds[0][0]["arguments"]["path"]
+                for task in tasks if task.family == "cancel_from_note"}
+
+    test_paths = note_paths(world.splits["test"])
+    assert test_paths and not test_paths & note_paths(base_train)  # held out of the base world's training
+    covered = test_paths & note_paths([task for task in redrawn.splits["train"] if task.world])
+    assert len(covered) >= len(test_paths) // 2  # 40 of 96 notes per world: most test paths recur
+    files = world.base_state["files"]
+    notes = [(redrawn.world_states[name]["files"][path]["content"], files[path]["content"])
+             for name in ("w1", "w2") for path in sorted(covered)]
+    assert sum(mine != base for mine, base in notes) >= len(notes) - 1  # the same path names another order
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"world_families": ["cancel_from_notes"]}, r"data.apps.world_families names \['cancel_from_notes'\]"),
+    ({"world_families": ["cancel_from_note"], "world_tasks": 97}, "lower data.apps.world_tasks"),  # 96 notes
+    ({"world_tasks": -1}, "data.apps.world_tasks is -1"),
+])
+def test_training_world_tasks_that_cannot_be_drawn_are_refused_by_name(overrides, message):
+    config = AppsWorldConfig(seed=3, num_train=30, num_validation=10, num_test=15, train_worlds=1,
+                             **{"world_tasks": 10, **overrides})
+    with pytest.raises(DataError, match=message):
+        generate_apps_world(config)
+
+
 def test_an_unknown_apps_names_mode_is_refused_by_name():
     with pytest.raises(DataError, match="data.apps.names is 'global'"):
         generate_apps_world(AppsWorldConfig(seed=3, num_train=30, num_validation=10, num_test=15, names="global"))
