@@ -54,6 +54,10 @@ class AppsWorldConfig:
     # structure_mix). ["cancel_from_note"]: the test tasks' note paths, each naming another order in each
     # world, so that a policy learns to write every path and to read the order from the note.
     world_families: list[str] = field(default_factory=list)
+    # What a training world draws anew: "all" (a state of its own: records, and names as `names` says) or
+    # "notes" (the base world's state, with the product each wishlist note names and the order each order note
+    # names drawn anew: no name or record the base world lacks, so only reading a note tells what it names)
+    world_redraw: str = "all"
     # Who gets which identities: "per_set" (every world draws its own contact names, addresses, SKUs and product
     # names) or "shared" (every world of every seed holds the same ones, with its records drawn anew: the same
     # instruction then needs other arguments and gets other results in each world)

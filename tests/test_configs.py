@@ -160,6 +160,8 @@ def test_batch_not_divisible_by_minibatches_exits_2(capsys):
         (["data.apps.world_tasks=96"], "data.apps.world_tasks"),  # no training worlds to give them to
         (["data.apps.world_families=[cancel_from_note]"], "data.apps.world_families"),
         (["data.apps.train_worlds=1", "data.apps.world_tasks=-1"], "data.apps.world_tasks"),
+        (["data.apps.world_redraw=notes"], "data.apps.world_redraw"),
+        (["data.apps.train_worlds=1", "data.apps.world_redraw=records"], "data.apps.world_redraw"),
     ],
 )
 def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, monkeypatch):

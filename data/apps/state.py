@@ -127,10 +127,33 @@ def _files(products: dict[str, dict], orders: dict[str, dict], rng: random.Rando
         points = rng.sample(("goals", "risks", "owners", "dates", "costs", "open questions"), 3)
         add(f"/docs/{topic}-agenda.txt", f"Agenda ({topic}): {', '.join(points)}.")
     for index, product in enumerate(rng.sample(list(products.values()), min(10, len(products)))):
-        add(f"/notes/wishlist-{index + 1}.txt", f"Remember to buy {product['sku']}.")
+        add(f"/notes/wishlist-{index + 1}.txt", wishlist_note(product["sku"]))
     for index, order in enumerate(rng.sample(list(orders.values()), min(ORDER_NOTES, len(orders)))):
-        add(f"/notes/order-{index + 1}.txt", f"Order {order['id']} is no longer needed.")
+        add(f"/notes/order-{index + 1}.txt", order_note(order["id"]))
     return files
+
+
+def wishlist_note(sku: str) -> str:
+    return f"Remember to buy {sku}."
+
+
+def order_note(order_id: str) -> str:
+    return f"Order {order_id} is no longer needed."
+
+
+def redraw_notes(base_state: dict, seed: int, world_index: int) -> dict:
+    """A copy of `base_state` in which every wishlist note names another product and every order note another
+    order, drawn from the stream of training world `w<world_index>` (AppsWorldConfig.world_redraw "notes"):
+    the same paths, records and names, so that only reading a note tells what it names."""
+    state = fresh_state(base_state)
+    rng = random.Random(f"apps-notes-{seed}-w{world_index}")
+    files = state["files"]
+    for prefix, records, note in (("/notes/wishlist-", state["products"], wishlist_note),
+                                  ("/notes/order-", state["orders"], order_note)):
+        paths = sorted(path for path in files if path.startswith(prefix))
+        for path, key in zip(paths, rng.sample(sorted(records), len(paths))):
+            files[path]["content"] = note(key)
+    return state
 
 
 def generate_base_state(config: AppsWorldConfig, world_index: int = 0) -> dict:
@@ -165,4 +188,4 @@ def fresh_state(base_state: dict) -> dict:
     return json.loads(json.dumps(base_state))
 
 
-__all__ = ["USER_EMAIL", "WORK_HOURS", "fresh_state", "generate_base_state"]
+__all__ = ["USER_EMAIL", "WORK_HOURS", "fresh_state", "generate_base_state", "redraw_notes"]

@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.apps.state import generate_base_state
+from data.apps.state import generate_base_state, redraw_notes
 from data.apps.tasks import AppTask, generate_tasks, generate_world_tasks
 from data.apps.verify import replay_rounds
 from data.config import AppsWorldConfig
@@ -90,6 +90,20 @@ def train_counts(config: AppsWorldConfig) -> list[int]:
     return [config.num_train // parts + (index < config.num_train % parts) for index in range(parts)]
 
 
+WORLD_REDRAWS = ("all", "notes")  # what a training world draws anew (AppsWorldConfig.world_redraw)
+
+
+def training_world_state(base_state: dict, config: AppsWorldConfig, index: int) -> dict:
+    """The base state of training world `w<index>`: a state of its own ("all"), or the base world's with the
+    notes re-drawn ("notes")."""
+    if config.world_redraw not in WORLD_REDRAWS:
+        raise DataError(f"data.apps.world_redraw is {config.world_redraw!r}; "
+                        f"valid: {', '.join(WORLD_REDRAWS)}")
+    if config.world_redraw == "notes":
+        return redraw_notes(base_state, config.seed, index)
+    return generate_base_state(config, world_index=index)
+
+
 def generate_apps_world(config: AppsWorldConfig) -> AppsWorld:
     counts = train_counts(config)
     base_state = generate_base_state(config)
@@ -97,7 +111,7 @@ def generate_apps_world(config: AppsWorldConfig) -> AppsWorld:
     world_states = {}
     for index, count in enumerate(counts[1:], start=1):
         name = world_name(index)
-        world_states[name] = generate_base_state(config, world_index=index)
+        world_states[name] = training_world_state(base_state, config, index)
         splits["train"].extend(generate_world_tasks(world_states[name], config, name, count))
     world = AppsWorld(base_state=base_state, splits=splits, world_states=world_states)
     for tasks in splits.values():

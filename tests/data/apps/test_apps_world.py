@@ -252,10 +252,32 @@ def test_world_tasks_from_named_families_add_to_the_base_worlds_and_cover_the_te
     assert sum(mine != base for mine, base in notes) >= len(notes) - 1  # the same path names another order
 
 
+def test_a_notes_redraw_keeps_the_base_world_but_for_what_each_note_names(world):
+    config = AppsWorldConfig(seed=3, num_train=90, num_validation=30, num_test=45, train_worlds=2,
+                             world_tasks=20, world_families=["cancel_from_note"], world_redraw="notes")
+    redrawn = generate_apps_world(config)
+    base = world.base_state
+    assert redrawn.base_state == base
+    for name in ("w1", "w2"):
+        state = redrawn.world_states[name]
+        assert {key: value for key, value in state.items() if key != "files"} == {
+            key: value for key, value in base.items() if key != "files"}
+        assert state["files"].keys() == base["files"].keys()
+        changed = {path for path in base["files"] if state["files"][path] != base["files"][path]}
+        notes = {path for path in base["files"] if path.startswith("/notes/")}
+        assert changed <= notes and len(changed) >= len(notes) - 3
+        named = [state["files"][path]["content"].split()[1] for path in notes if "/order-" in path]
+        assert len(set(named)) == len(named) and set(named) <= set(base["orders"])  # distinct base orders
+        for task in (task for task in redrawn.splits["train"] if task.world == name):
+            assert verify_task(task, state, gold_end_state(task, state), task.answers[0]).success
+    assert redrawn.world_states["w1"]["files"] != redrawn.world_states["w2"]["files"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"world_families": ["cancel_from_notes"]}, r"data.apps.world_families names \['cancel_from_notes'\]"),
     ({"world_families": ["cancel_from_note"], "world_tasks": 97}, "lower data.apps.world_tasks"),  # 96 notes
     ({"world_tasks": -1}, "data.apps.world_tasks is -1"),
+    ({"world_redraw": "records"}, "data.apps.world_redraw is 'records'; valid: all, notes"),
 ])
 def test_training_world_tasks_that_cannot_be_drawn_are_refused_by_name(overrides, message):
     config = AppsWorldConfig(seed=3, num_train=30, num_validation=10, num_test=15, train_worlds=1,
