@@ -545,11 +545,6 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(config.data.apps.train_worlds >= 0, "data.apps.train_worlds", "must be >= 0 (0: the base world only)")
     need(config.data.apps.world_tasks >= 0, "data.apps.world_tasks",
          "must be >= 0 (0: num_train split evenly)")
-    apps = config.data.apps
-    for name, shaped in (("world_tasks", apps.world_tasks), ("world_families", apps.world_families),
-                         ("world_redraw", apps.world_redraw != "all")):
-        need(not shaped or apps.train_worlds > 0, f"data.apps.{name}",
-             "shapes the training worlds; set data.apps.train_worlds > 0")
     need(config.data.source != "apps" or config.sft.expert_think in ("none", "notes"), "sft.expert_think",
          f"is {config.sft.expert_think!r}; the apps solver writes 'none' or 'notes' (rl/app/apps_expert.py)")
     other_form = config.sft.expert_think in DRILL_FORMS  # a worked comparison in another form than "compare"

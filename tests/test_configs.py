@@ -157,10 +157,7 @@ def test_batch_not_divisible_by_minibatches_exits_2(capsys):
         (["sft.forced_answer_fraction=1.5"], "sft.forced_answer_fraction"),
         (["sft.parallel_fraction=-0.1"], "sft.parallel_fraction"),
         (["sft.loss_on=observations"], "sft.loss_on"),
-        (["data.apps.world_tasks=96"], "data.apps.world_tasks"),  # no training worlds to give them to
-        (["data.apps.world_families=[cancel_from_note]"], "data.apps.world_families"),
         (["data.apps.train_worlds=1", "data.apps.world_tasks=-1"], "data.apps.world_tasks"),
-        (["data.apps.world_redraw=notes"], "data.apps.world_redraw"),
         (["data.apps.train_worlds=1", "data.apps.world_redraw=records"], "data.apps.world_redraw"),
     ],
 )
