@@ -47,9 +47,8 @@ class AppsWorldConfig:
     # only, so a policy cannot solve a test task from arguments it learnt by heart: it has to copy them from the
     # instruction and read them from what the tools return. 0: every task acts on the base world.
     train_worlds: int = 0
-    # Tasks per training world (none without training worlds); 0: num_train is split evenly over the base
-    # world and the training worlds.
-    # Otherwise the base world keeps num_train tasks and every training world adds this many.
+    # Tasks per training world: 0 splits num_train evenly over the base world and the training worlds;
+    # otherwise the base world keeps num_train tasks and every training world adds this many.
     world_tasks: int = 0
     # The task families the training worlds' tasks are drawn from, evenly (empty: every family, in
     # structure_mix). ["cancel_from_note"]: the test tasks' note paths, each naming another order in each

@@ -123,6 +123,7 @@ def _cmd_build_apps(args: argparse.Namespace) -> int:
     apps_config.train_worlds = args.train_worlds
     apps_config.world_tasks = args.world_tasks
     apps_config.world_families = [name for name in args.world_families.split(",") if name]
+    apps_config.world_redraw = args.world_redraw
     write_apps_world(args.out, apps_config)
     states = "base_state.json" + (f", base_state-w1..w{args.train_worlds}.json" if args.train_worlds else "")
     print(f"wrote the apps world ({states}, train/validation/test.jsonl) to {args.out}; serve it with "
@@ -201,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     build_apps.add_argument("--world-families", default="",
                             help="comma-separated task families the re-drawn worlds' tasks come from "
                                  "(default: all)")
+    build_apps.add_argument("--world-redraw", default="all",  # checked by data/apps/world.py WORLD_REDRAWS
+                            help="what a re-drawn world draws anew: all (its own state, the default) or "
+                                 "notes (the base world's state, each note naming another product or order)")
     build_apps.set_defaults(handler=_cmd_build_apps)
 
     serve = commands.add_parser("serve-retriever", help="HTTP retrieval server (Search-R1 compatible /retrieve)")

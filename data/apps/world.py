@@ -11,7 +11,8 @@ saved as `base_state-w<k>.json`); `num_train` is split evenly over the base worl
 `world_families` when it names some), and validation and test act on the base world only. A training
 world's task names its world (`AppTask.world`), its question names it as its partition
 (`metadata["corpus_partition"]`, which its calls carry to the apps server) and its base state's path, so the
-server and the verifier both start from that world's state.
+server and the verifier both start from that world's state. With `world_redraw: notes` a training world is the
+base world's state with what each note names drawn anew (data/apps/state.py `redraw_notes`).
 
     world = generate_apps_world(AppsWorldConfig(seed=0))
     write_apps_world("apps_world/", AppsWorldConfig(seed=0))

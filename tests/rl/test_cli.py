@@ -68,9 +68,12 @@ def test_data_build_apps_writes_a_world_that_loads_and_the_server_can_serve(tmp_
     assert states_from_arguments(parse_arguments(["--world-dir", str(tmp_path)])) == (world.base_state,
                                                                                       world.world_states)
     assert main(["data", "build-apps", "--out", str(tmp_path / "notes"), "--num-train", "20",
-                 "--train-worlds", "1", "--world-tasks", "6", "--world-families", "cancel_from_note"]) == 0
-    train = load_apps_world(tmp_path / "notes").splits["train"]
+                 "--train-worlds", "1", "--world-tasks", "6", "--world-families", "cancel_from_note",
+                 "--world-redraw", "notes"]) == 0
+    notes = load_apps_world(tmp_path / "notes")
+    train = notes.splits["train"]
     assert len(train) == 26 and {task.family for task in train if task.world == "w1"} == {"cancel_from_note"}
+    assert notes.world_states["w1"]["contacts"] == notes.base_state["contacts"]  # only the notes re-drawn
 
 
 def test_overrides_after_options_join_the_command_overrides():
