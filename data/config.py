@@ -42,10 +42,10 @@ class AppsWorldConfig:
     num_products: int = 24  # products in the shop
     num_days: int = 5  # calendar days 1..num_days (working hours 9 to 17)
     num_train: int = 1000  # training tasks of the base world and the training worlds (split: see world_tasks)
-    # Training tasks also come from this many extra apps worlds (w1, w2, ...), each with its own names and
-    # re-drawn records (contacts, calendars, mail, files, shop); validation and test act on the base world
-    # only, so a policy cannot solve a test task from arguments it learnt by heart: it has to copy them from the
-    # instruction and read them from what the tools return. 0: every task acts on the base world.
+    # Training tasks also come from this many extra apps worlds (w1, w2, ...), each with re-drawn records
+    # (contacts, calendars, mail, files, shop; which ones: world_redraw); validation and test act on the base
+    # world only, so a policy cannot solve a test task from arguments it learnt by heart: it has to copy them
+    # from the instruction and read them from what the tools return. 0: every task acts on the base world.
     train_worlds: int = 0
     # Tasks per training world: 0 splits num_train evenly over the base world and the training worlds;
     # otherwise the base world keeps num_train tasks and every training world adds this many.
