@@ -35,6 +35,9 @@ class WorldConfig:
     )
 
 
+WORLD_REDRAWS = ("all", "notes")  # what a training world draws anew (AppsWorldConfig.world_redraw)
+
+
 @dataclass
 class AppsWorldConfig:
     seed: int = 0  # seed of the generated apps world (contacts, calendars, mail, files, shop and the tasks)

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_apps.add_argument("--world-families", default="",
                             help="comma-separated task families the re-drawn worlds' tasks come from "
                                  "(default: all)")
-    build_apps.add_argument("--world-redraw", default="all",  # checked by data/apps/world.py WORLD_REDRAWS
+    build_apps.add_argument("--world-redraw", default="all",  # checked by data/apps/world.py (WORLD_REDRAWS)
                             help="what a re-drawn world draws anew: all (its own state, the default) or "
                                  "notes (the base world's state, each note naming another product or order)")
     build_apps.set_defaults(handler=_cmd_build_apps)

@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from data.config import DataConfig, RetrieverConfig, WorldConfig
+from data.config import WORLD_REDRAWS, DataConfig, RetrieverConfig, WorldConfig
 from data.errors import ConfigError
 from data.types import STRUCTURES
 from data.worked_comparisons import DRILL_FORMS, DRILL_LOSSES
@@ -254,7 +254,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
     "data.world.names": ("per_set", "shared"),  # data/world.py NAME_MODES
     "data.apps.names": ("per_set", "shared"),  # data/world.py NAME_MODES (data/apps/state.py checks it too)
-    "data.apps.world_redraw": ("all", "notes"),  # data/apps/world.py WORLD_REDRAWS (checked there too)
+    "data.apps.world_redraw": WORLD_REDRAWS,  # data/config.py (data/apps/world.py checks it too)
     "rollout.prompt_style": ("auto", "minimal", "compact", "full"),
     "rollout.actor_logs": ("errors", "all"),
     "rollout.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),

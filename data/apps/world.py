@@ -35,7 +35,7 @@ from pathlib import Path
 from data.apps.state import generate_base_state, redraw_notes
 from data.apps.tasks import AppTask, generate_tasks, generate_world_tasks
 from data.apps.verify import replay_rounds
-from data.config import AppsWorldConfig
+from data.config import WORLD_REDRAWS, AppsWorldConfig
 from data.corpus import iter_jsonl, write_jsonl
 from data.errors import DataError
 from data.types import Question
@@ -89,9 +89,6 @@ def train_counts(config: AppsWorldConfig) -> list[int]:
         return [config.num_train] + [config.world_tasks] * config.train_worlds
     parts = config.train_worlds + 1
     return [config.num_train // parts + (index < config.num_train % parts) for index in range(parts)]
-
-
-WORLD_REDRAWS = ("all", "notes")  # what a training world draws anew (AppsWorldConfig.world_redraw)
 
 
 def training_world_state(base_state: dict, config: AppsWorldConfig, index: int) -> dict:
