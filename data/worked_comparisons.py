@@ -189,4 +189,5 @@ def comparison_steps(text: str) -> list[str]:
 
 __all__ = ["COUNT_THRESHOLD", "DRILL_FORMS", "DRILL_LOSSES", "THOUGHT_FORMS", "comparison_drill",
            "comparison_steps", "comparison_thought", "count_thought", "digit_signs", "digit_strings",
-           "drill_entries", "drill_pool", "running_best", "running_best_thought", "side_by_side_thought", "verdict_thought"]
+           "drill_entries", "drill_pool", "running_best", "running_best_thought", "side_by_side_thought",
+           "verdict_thought"]
