@@ -67,6 +67,10 @@ class AppsWorldConfig:
     names: str = "per_set"
     num_validation: int = 100  # validation tasks
     num_test: int = 150  # test tasks
+    # Weights of the task families among the base world's training tasks ({family: weight}; a family not named
+    # weighs 1): {"stock_total": 2.5} draws two and a half times as many stock_total tasks as of any other
+    # family. Empty: by structure_mix, as validation and test always are.
+    train_families: dict[str, float] = field(default_factory=dict)
     # Share of each dependency structure in every split: "independent" (one round of parallel calls),
     # "chain" (one call per round, each needing the last) and "mixed" (parallel rounds that depend on each other).
     # A structure's tasks are drawn from its families evenly; the default gives each of the ten families (2

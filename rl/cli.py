@@ -113,6 +113,22 @@ def _cmd_build_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def family_weights(text: str) -> dict[str, float]:
+    """`--train-families` text, "name=weight,name=weight", as {name: weight}; empty text: {}."""
+    weights = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, weight = item.partition("=")
+        try:
+            weights[name.strip()] = float(weight)  # no "=": float("") fails too
+        except ValueError:
+            name = ""
+        if not name.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not family=weight (e.g. stock_total=2.5)")
+    return weights
+
+
 def _cmd_build_apps(args: argparse.Namespace) -> int:
     from data.apps.world import write_apps_world
     from data.config import AppsWorldConfig
@@ -124,6 +140,7 @@ def _cmd_build_apps(args: argparse.Namespace) -> int:
     apps_config.world_tasks = args.world_tasks
     apps_config.world_families = [name for name in args.world_families.split(",") if name]
     apps_config.world_redraw = args.world_redraw
+    apps_config.train_families = args.train_families
     write_apps_world(args.out, apps_config)
     states = "base_state.json" + (f", base_state-w1..w{args.train_worlds}.json" if args.train_worlds else "")
     print(f"wrote the apps world ({states}, train/validation/test.jsonl) to {args.out}; serve it with "
@@ -205,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     build_apps.add_argument("--world-redraw", default="all",  # checked by data/apps/world.py (WORLD_REDRAWS)
                             help="what a re-drawn world draws anew: all (its own state, the default) or "
                                  "notes (the base world's state, each note naming another product or order)")
+    build_apps.add_argument("--train-families", type=family_weights, default={},
+                            help="weights of the task families among the base world's training tasks, e.g. "
+                                 "stock_total=2.5,schedule_meeting=2 (a family not named weighs 1; default: "
+                                 "by structure)")
     build_apps.set_defaults(handler=_cmd_build_apps)
 
     serve = commands.add_parser("serve-retriever", help="HTTP retrieval server (Search-R1 compatible /retrieve)")

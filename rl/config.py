@@ -545,6 +545,9 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
     need(config.data.apps.train_worlds >= 0, "data.apps.train_worlds", "must be >= 0 (0: the base world only)")
     need(config.data.apps.world_tasks >= 0, "data.apps.world_tasks",
          "must be >= 0 (0: num_train split evenly)")
+    train_families = config.data.apps.train_families
+    need(all(isinstance(weight, (int, float)) and weight >= 0 for weight in train_families.values()),
+         "data.apps.train_families", f"weights must be numbers >= 0, got {train_families}")
     need(config.data.source != "apps" or config.sft.expert_think in ("none", "notes"), "sft.expert_think",
          f"is {config.sft.expert_think!r}; the apps solver writes 'none' or 'notes' (rl/app/apps_expert.py)")
     other_form = config.sft.expert_think in DRILL_FORMS  # a worked comparison in another form than "compare"

@@ -159,6 +159,7 @@ def test_batch_not_divisible_by_minibatches_exits_2(capsys):
         (["sft.loss_on=observations"], "sft.loss_on"),
         (["data.apps.train_worlds=1", "data.apps.world_tasks=-1"], "data.apps.world_tasks"),
         (["data.apps.train_worlds=1", "data.apps.world_redraw=records"], "data.apps.world_redraw"),
+        (["data.apps.train_families={stock_total: -2}"], "data.apps.train_families"),
     ],
 )
 def test_impossible_combinations_exit_2_naming_the_key(overrides, key, capsys, monkeypatch):

@@ -367,6 +367,37 @@ def _draw_tasks(state: dict, config: AppsWorldConfig, count: int, rng: random.Ra
     return _numbered(tasks, rng, id_prefix)
 
 
+def family_counts(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Tasks of each registered family in a split of `total` in proportion to `weights` (a family not named
+    weighs 1; rounding leftovers go to the largest remainders, ties to the family registered first)."""
+    unknown = sorted(set(weights) - set(TASK_FAMILIES.names()))
+    if unknown:
+        raise DataError(f"data.apps.train_families names {unknown}, which are no apps task families; "
+                        f"valid: {', '.join(TASK_FAMILIES.names())}")
+    negative = sorted(name for name, weight in weights.items() if weight < 0)
+    full = {name: float(weights.get(name, 1.0)) for name in TASK_FAMILIES.names()}
+    if negative or sum(full.values()) <= 0:
+        raise DataError(f"data.apps.train_families weights must be >= 0 with a positive sum, got {weights}")
+    shares = {name: total * weight / sum(full.values()) for name, weight in full.items()}
+    counts = {name: int(share) for name, share in shares.items()}
+    remainders = {name: round(share - counts[name], 9) for name, share in shares.items()}  # equal shares tie
+    leftovers = sorted(shares, key=lambda name: -remainders[name])[: total - sum(counts.values())]
+    for name in leftovers:
+        counts[name] += 1
+    return counts
+
+
+def _draw_family_tasks(state: dict, weights: dict[str, float], count: int, rng: random.Random, seen: set,
+                       id_prefix: str) -> list[AppTask]:
+    """`count` tasks over `state`, each family's share by `weights` (family_counts), distinct by uniqueness
+    key, shuffled, ids `<id_prefix>-<n>`."""
+    tasks = []
+    for family, family_count in family_counts(count, weights).items():
+        tasks.extend(_sample_structure(state, family, family_count, rng, seen, families=[family],
+                                       what="data.apps.train_families or num_train"))
+    return _numbered(tasks, rng, id_prefix)
+
+
 def _numbered(tasks: list[AppTask], rng: random.Random, id_prefix: str) -> list[AppTask]:
     """`tasks` shuffled, with ids `<id_prefix>-<n>` in their new order."""
     rng.shuffle(tasks)
@@ -382,8 +413,14 @@ def generate_tasks(base_state: dict, config: AppsWorldConfig,
     sizes = {"train": config.num_train if num_train is None else num_train, "validation": config.num_validation,
              "test": config.num_test}
     seen: set = set()
-    splits = {split: _draw_tasks(base_state, config, sizes[split], random.Random(f"apps-tasks-{config.seed}-{split}"),
-                                 seen, f"apps-{split}") for split in SPLIT_ORDER}
+    splits = {}
+    for split in SPLIT_ORDER:  # test, validation, then train: train_families leaves the held-out splits alone
+        rng = random.Random(f"apps-tasks-{config.seed}-{split}")
+        if split == "train" and config.train_families:
+            splits[split] = _draw_family_tasks(base_state, config.train_families, sizes[split], rng, seen,
+                                               f"apps-{split}")
+        else:
+            splits[split] = _draw_tasks(base_state, config, sizes[split], rng, seen, f"apps-{split}")
     return {split: splits[split] for split in ("train", "validation", "test")}
 
 
@@ -407,5 +444,5 @@ def generate_world_tasks(state: dict, config: AppsWorldConfig, world: str, count
     return tasks
 
 
-__all__ = ["APPS_ENVIRONMENT", "APP_STRUCTURES", "AppTask", "TASK_FAMILIES", "generate_tasks", "generate_world_tasks",
-           "register_family", "structure_counts"]
+__all__ = ["APPS_ENVIRONMENT", "APP_STRUCTURES", "AppTask", "TASK_FAMILIES", "family_counts",
+           "generate_tasks", "generate_world_tasks", "register_family", "structure_counts"]

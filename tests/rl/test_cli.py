@@ -74,6 +74,18 @@ def test_data_build_apps_writes_a_world_that_loads_and_the_server_can_serve(tmp_
     train = notes.splits["train"]
     assert len(train) == 26 and {task.family for task in train if task.world == "w1"} == {"cancel_from_note"}
     assert notes.world_states["w1"]["contacts"] == notes.base_state["contacts"]  # only the notes re-drawn
+    assert main(["data", "build-apps", "--out", str(tmp_path / "weighted"), "--num-train", "20",
+                 "--train-families", "stock_total=9, send_notice=0"]) == 0
+    train = load_apps_world(tmp_path / "weighted").splits["train"]
+    assert sum(task.family == "stock_total" for task in train) == 11  # 20 x 9 / 17 = 10.6, rounded up
+    assert not any(task.family == "send_notice" for task in train)
+
+
+@pytest.mark.parametrize("text", ["stock_total", "stock_total=lots", "=2"])
+def test_build_apps_refuses_a_family_weight_it_cannot_read(text, capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "build-apps", "--out", "unused", "--train-families", text])
+    assert f"{text!r} is not family=weight" in capsys.readouterr().err
 
 
 def test_overrides_after_options_join_the_command_overrides():

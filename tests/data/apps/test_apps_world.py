@@ -286,6 +286,49 @@ def test_training_world_tasks_that_cannot_be_drawn_are_refused_by_name(overrides
         generate_apps_world(config)
 
 
+def test_family_weights_shape_the_training_tasks_and_leave_the_held_out_splits_as_they_were(world):
+    weights = {"stock_total": 30, "schedule_meeting": 20, "order_from_note": 0}
+    weighted = generate_apps_world(AppsWorldConfig(seed=3, num_train=90, num_validation=30, num_test=45,
+                                                   train_families=weights))
+    for split in ("validation", "test"):
+        assert [task.to_row() for task in weighted.splits[split]] == [task.to_row()
+                                                                     for task in world.splits[split]]
+    train = weighted.splits["train"]
+    counts = {name: sum(task.family == name for task in train) for name in TASK_FAMILIES.names()}
+    # 90 x weight / 57 (30 + 20 + 0 + seven families weighing 1), largest remainders first
+    assert counts["stock_total"] == 47 and counts["schedule_meeting"] == 31 and counts["order_from_note"] == 0
+    others = sorted(counts[name] for name in counts if name not in weights)
+    assert others == [1, 1, 2, 2, 2, 2, 2]  # equal remainders: the families registered first
+    assert [task.id for task in train] == [f"apps-train-{index:05d}" for index in range(90)]
+    held_out = {task.instruction for split in ("validation", "test") for task in weighted.splits[split]}
+    assert not held_out & {task.instruction for task in train}
+    for task in train[:20]:
+        state = weighted.state_of(task)
+        assert verify_task(task, state, gold_end_state(task, state), task.answers[0]).success
+
+
+def test_family_counts_round_to_the_total():
+    from data.apps.tasks import family_counts
+
+    assert family_counts(10, {}) == dict.fromkeys(TASK_FAMILIES.names(), 1)
+    counts = family_counts(1000, {"stock_total": 2.5, "send_notice": 0})
+    assert sum(counts.values()) == 1000 and counts["send_notice"] == 0
+    others = sorted(counts[name] for name in counts if name not in ("stock_total", "send_notice"))
+    assert counts["stock_total"] == 238 and others == [95] * 6 + [96] * 2  # 1000 / 10.5 = 95.2 each
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"stock_totals": 2}, r"data.apps.train_families names \['stock_totals'\]"),
+    ({"stock_total": -1}, "weights must be >= 0"),
+    (dict.fromkeys(TASK_FAMILIES.names(), 0), "with a positive sum"),
+    ({"cancel_from_note": 1000}, "lower data.apps.train_families"),  # 199 asked, 96 order notes in the world
+])
+def test_family_weights_that_cannot_be_drawn_are_refused_by_name(weights, message):
+    config = AppsWorldConfig(seed=3, num_train=200, num_validation=10, num_test=15, train_families=weights)
+    with pytest.raises(DataError, match=message):
+        generate_apps_world(config)
+
+
 def test_an_unknown_apps_names_mode_is_refused_by_name():
     with pytest.raises(DataError, match="data.apps.names is 'global'"):
         generate_apps_world(AppsWorldConfig(seed=3, num_train=30, num_validation=10, num_test=15, names="global"))
