@@ -158,7 +158,8 @@ def _cmd_serve_retriever(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from rl.bench import run_suite
 
-    run_suite(args.suite, quick=args.quick, overrides=args.overrides, from_run=args.from_run)
+    run_suite(args.suite, quick=args.quick, overrides=args.overrides, from_run=args.from_run,
+              async_steps=args.async_steps)
     return 0
 
 
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a tiny setting (used by the test suite)")
     bench.add_argument("--from-run", default=None, metavar="RUN_DIR",
                        help="learn: start from a finished run's config.yaml, world and SFT warm-start")
+    bench.add_argument("--async-steps", type=int, default=None, metavar="N",
+                       help="learn: the staleness-2 run trains N steps (default: as many as the "
+                            "synchronous run)")
     bench.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides for the suites that take them (learn), after the suite's own")
     bench.set_defaults(handler=_cmd_bench)

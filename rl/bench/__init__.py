@@ -3,7 +3,7 @@
 Each suite is a module in this package exposing `run(quick: bool) -> dict` and registered in SUITES; a
 suite whose `run` also takes `overrides` accepts `key=value` config overrides on the command line
 (`fanout bench learn grpo.total_steps=120`), the others refuse them; `--from-run RUN_DIR` (learn only)
-starts from a finished training run.
+starts from a finished training run and `--async-steps N` (learn only) gives its asynchronous run N steps.
 It prints a human-readable table while it runs; `run_suite` prints, as the last line, one JSON object
 `{"suite": NAME, ...figures}` (the contract in docs/BENCHMARKS.md). `--quick` is a tiny setting used by
 the test suite to check that the suite runs and its figures are well formed; real figures come from a
@@ -40,7 +40,8 @@ register_suite("learn", "rl.bench.learn")
 register_suite("weight_group", "rl.bench.weight_group")
 
 
-def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = (), from_run: str | None = None) -> dict:
+def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = (), from_run: str | None = None,
+              async_steps: int | None = None) -> dict:
     if name not in SUITES:
         from rl.config import ConfigError
 
@@ -56,8 +57,14 @@ def run_suite(name: str, quick: bool = False, overrides: Sequence[str] = (), fro
         from rl.config import ConfigError
 
         raise ConfigError(f"benchmark suite {name!r} does not start from a run (--from-run is for: learn)")
+    if async_steps is not None and "async_steps" not in parameters:
+        from rl.config import ConfigError
+
+        raise ConfigError(f"benchmark suite {name!r} has no asynchronous run to lengthen "
+                          "(--async-steps is for: learn)")
     if "overrides" in parameters:
-        extra = {"from_run": from_run} if "from_run" in parameters else {}
+        extra = {key: value for key, value in (("from_run", from_run), ("async_steps", async_steps))
+                 if key in parameters}
         figures = module.run(quick=quick, overrides=list(overrides), **extra)
     elif overrides:
         from rl.config import ConfigError

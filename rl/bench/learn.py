@@ -4,6 +4,7 @@
     fanout bench learn grpo.total_steps=120         # key=value overrides, applied after the suite's own
     fanout bench learn --quick                      # 2 steps on the micro model (test-suite setting)
     fanout bench learn --from-run runs/reader       # a finished run's config, world and SFT warm-start
+    fanout bench learn --async-steps 100            # staleness 2 trains 100 steps (about the sync run's wall)
 
 Two real `fanout train` runs (`rl.app.train.train`, in this process, one after the other) of the same
 config, seed and number of steps, from the cached SFT warm-start (rl/bench/common.py):
@@ -11,6 +12,9 @@ config, seed and number of steps, from the cached SFT warm-start (rl/bench/commo
 the final evaluation on the test split of the benchmark world (greedy, every test question). With
 `--from-run RUN_DIR` both runs start instead from that run's saved config.yaml, its world and its SFT
 warm-start (RUN_DIR/sft), with its rollout settings: a setting in which GRPO is known to raise the reward.
+`--async-steps N` gives the staleness-2 run N steps instead of the synchronous run's number: with N about
+the synchronous steps ÷ the asynchronous run's step-time ratio, both runs get about the same wall budget
+(the question "same policy sooner?" then compares the policies reached at equal time, not at equal steps).
 
 Definitions, from each run's metrics.jsonl (rows with `reward/total` and `perf/step_s`, in step order):
   wall time of step i     Σ perf/step_s of steps 1..i: the training loop's time since its start (the first
@@ -24,6 +28,8 @@ Definitions, from each run's metrics.jsonl (rows with `reward/total` and `perf/s
                           never does has none (null), and the ratio is then null too;
   time_to_sync_reward_ratio  staleness 2's time to target ÷ staleness 0's (below 1: asynchronous got there
                           sooner);
+  reward at sync wall     each run's trailing mean at its last step that ended within the synchronous run's
+                          wall time (with --async-steps, the two runs' rewards at equal time);
   em                      the final evaluation's EM over all test questions, with its Wilson interval.
 
 The curves go to bench-learn.png beside the two runs (its path is printed and in the JSON line): each run's
@@ -115,7 +121,16 @@ def learn_figures(curves: dict[int, list[tuple[float, float]]], window: int) -> 
         "reward_first_window": {str(s): trailing_means([r for _, r in curve], window)[window - 1]
                                 for s, curve in curves.items()},
         "reward_last_window": {str(s): final_reward(curve, window) for s, curve in curves.items()},
+        "reward_at_sync_wall": {str(s): reward_at_time(curve, curves[0][-1][0], window)
+                                for s, curve in curves.items()},
     }
+
+
+def reward_at_time(curve: Sequence[tuple[float, float]], elapsed: float, window: int) -> float | None:
+    """The trailing mean at the last step that ended by wall time `elapsed`; None before a full window."""
+    means = trailing_means([reward for _, reward in curve], window)
+    reached = [mean for (step_elapsed, _), mean in zip(curve, means) if step_elapsed <= elapsed + 1e-9]
+    return reached[-1] if reached else None
 
 
 def plot_learn_curves(curves: dict[int, list[tuple[float, float]]], window: int, path: str | Path,
@@ -210,19 +225,25 @@ def run_setting(config: ExperimentConfig) -> dict:
             "staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0, "run_dir": run_dir}
 
 
-def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None) -> dict:
+def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None,
+        async_steps: int | None = None) -> dict:
+    from rl.config import ConfigError
+
     torch.set_num_threads(1)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     for override in overrides:
         if override.split("=", 1)[0].strip() == "async.max_staleness":
-            from rl.config import ConfigError
-
             raise ConfigError("bench learn sets async.max_staleness itself (0 and 2); drop that override")
+    if async_steps is not None and async_steps < 1:
+        raise ConfigError(f"--async-steps must be at least 1, got {async_steps}")
     run_folder = Path(from_run) if from_run else None
     asset_overrides = [] if run_folder is not None else prepare_assets(quick).run_overrides()
     load_before = load_average()
-    results = {staleness: run_setting(setting_config(quick, staleness, overrides, asset_overrides, run_folder))
-               for staleness in STALENESS_VALUES}
+    results = {}
+    for staleness in STALENESS_VALUES:
+        steps_override = [f"grpo.total_steps={async_steps}"] if staleness and async_steps is not None else []
+        results[staleness] = run_setting(setting_config(quick, staleness, [*overrides, *steps_override],
+                                                        asset_overrides, run_folder))
     steps = len(results[0]["curve"])
     window = reward_window(steps)
     curves = {staleness: result["curve"] for staleness, result in results.items()}
@@ -240,7 +261,9 @@ def run(quick: bool, overrides: Sequence[str] = (), from_run: str | None = None)
         "target_reward": _rounded(figures["target_reward"]),
         "reward_first_window": {s: _rounded(r) for s, r in figures["reward_first_window"].items()},
         "reward_last_window": {s: _rounded(r) for s, r in figures["reward_last_window"].items()},
+        "reward_at_sync_wall": {s: _rounded(r) for s, r in figures["reward_at_sync_wall"].items()},
         "steps": steps,
+        "steps_async": len(results[max(results)]["curve"]),
         "window": window,
         "load_average": load_before,
         "from_run": str(run_folder) if run_folder is not None else None,
@@ -256,6 +279,9 @@ def print_learn_table(results: dict, figures: dict, window: int, load_before: fl
     def seconds(value: float | None) -> str:
         return "not reached" if value is None else f"{value:.1f}"
 
+    def reward(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
     rows = []
     for staleness, result in results.items():
         key = str(staleness)
@@ -264,6 +290,7 @@ def print_learn_table(results: dict, figures: dict, window: int, load_before: fl
         rows.append((
             staleness, len(result["curve"]), f"{figures['total_s'][key]:.1f}",
             f"{figures['reward_first_window'][key]:.3f}", f"{figures['reward_last_window'][key]:.3f}",
+            reward(figures["reward_at_sync_wall"][key]),
             seconds(time_to_target),
             "—" if time_to_target is None or not base else f"{time_to_target / base:.2f}x",
             f"{result['em']:.3f} [{result['em_ci95'][0]:.3f}–{result['em_ci95'][1]:.3f}]",
@@ -272,7 +299,8 @@ def print_learn_table(results: dict, figures: dict, window: int, load_before: fl
     print_table(
         f"learn: time to the synchronous run's final mean reward ({figures['target_reward']:.3f}, trailing "
         f"{window}-step mean), final greedy EM on {results[0]['n']} test questions; load {load_before}",
-        ["max_staleness", "steps", "wall s", f"reward first {window}", f"reward last {window}", "time to target s",
+        ["max_staleness", "steps", "wall s", f"reward first {window}", f"reward last {window}",
+         "reward at sync wall", "time to target s",
          "vs sync", "EM [95% CI]", "mean staleness"],
         rows,
     )

@@ -145,6 +145,12 @@ def test_time_to_the_synchronous_final_reward_by_hand(tmp_path):
     assert figures["total_s"] == {"0": 8, "2": 6}
     assert figures["reward_first_window"] == pytest.approx({"0": 0.3, "2": 0.4})
     assert figures["reward_last_window"] == pytest.approx({"0": 0.7, "2": 0.45})
+    assert figures["reward_at_sync_wall"] == pytest.approx({"0": 0.7, "2": 0.45})  # staleness 2 ended first
+    # a longer asynchronous run (--async-steps): its reward at the synchronous run's 8 s, and after it
+    longer = learn_figures({0: sync, 2: [(4, 0.3), (6, 0.5), (8, 0.8), (10, 0.9), (12, 0.1)]}, window=2)
+    assert longer["reward_at_sync_wall"] == pytest.approx({"0": 0.7, "2": 0.65})
+    assert longer["time_to_sync_reward_s"]["2"] == 10
+    assert longer["reward_last_window"]["2"] == pytest.approx(0.5)
     # a single lucky step does not count: the window has to average up to the target
     assert time_to_reward([(1, 0.0), (2, 0.9), (3, 0.0), (4, 0.0)], target=0.7, window=2) is None
     never = learn_figures({0: sync, 2: [(1, 0.1), (2, 0.1), (3, 0.2)]}, window=2)
@@ -188,6 +194,10 @@ def test_only_the_learn_suite_starts_from_a_run(tmp_path):
 
     with pytest.raises(ConfigError, match="'tools' does not start from a run"):
         run_suite("tools", quick=True, from_run=str(tmp_path))
+    with pytest.raises(ConfigError, match="'tools' has no asynchronous run to lengthen"):
+        run_suite("tools", quick=True, async_steps=5)
+    with pytest.raises(ConfigError, match="--async-steps must be at least 1, got 0"):
+        run_suite("learn", quick=True, async_steps=0)
     with pytest.raises(ConfigError, match="no config.yaml there"):
         run_suite("learn", from_run=str(tmp_path))
 
@@ -267,7 +277,7 @@ CONTRACT_KEYS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", MY_SUITES)
 def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
-    run_suite(suite, quick=True)
+    run_suite(suite, quick=True, **({"async_steps": 3} if suite == "learn" else {}))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     figures = json.loads(lines[-1])
     assert figures["suite"] == suite
@@ -283,6 +293,7 @@ def test_quick_run_ends_with_the_contract_json_line(suite, bench_cache, capsys):
     elif suite == "learn":  # 2 steps, window 1: the synchronous run reaches its own last reward
         assert set(figures["em"]) == {"0", "2"} and all(0 <= value <= 1 for value in figures["em"].values())
         assert figures["steps"] == 2 and figures["window"] == 1 and figures["time_to_sync_reward_s"]["0"] > 0
+        assert figures["steps_async"] == 3  # --async-steps 3
         assert figures["time_to_sync_reward_ratio"] is None or figures["time_to_sync_reward_ratio"] > 0
         assert Path(figures["plot"]).is_file() and Path(figures["plot"]).name == "bench-learn.png"
     elif suite == "dp":  # step time on 1 and 2 ranks; ZeRO-3 halves the parameters each rank holds
