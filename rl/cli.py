@@ -121,11 +121,12 @@ def family_weights(text: str) -> dict[str, float]:
             continue
         name, _, weight = item.partition("=")
         try:
-            weights[name.strip()] = float(weight)  # no "=": float("") fails too
+            value = float(weight)  # no "=": float("") fails too
         except ValueError:
-            name = ""
-        if not name.strip():
+            value = None
+        if value is None or not name.strip():
             raise argparse.ArgumentTypeError(f"{item!r} is not family=weight (e.g. stock_total=2.5)")
+        weights[name.strip()] = value
     return weights
 
 

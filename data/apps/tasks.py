@@ -374,11 +374,11 @@ def family_counts(total: int, weights: dict[str, float]) -> dict[str, int]:
     if unknown:
         raise DataError(f"data.apps.train_families names {unknown}, which are no apps task families; "
                         f"valid: {', '.join(TASK_FAMILIES.names())}")
-    negative = sorted(name for name, weight in weights.items() if weight < 0)
     full = {name: float(weights.get(name, 1.0)) for name in TASK_FAMILIES.names()}
-    if negative or sum(full.values()) <= 0:
+    total_weight = sum(full.values())
+    if any(weight < 0 for weight in full.values()) or total_weight <= 0:
         raise DataError(f"data.apps.train_families weights must be >= 0 with a positive sum, got {weights}")
-    shares = {name: total * weight / sum(full.values()) for name, weight in full.items()}
+    shares = {name: total * weight / total_weight for name, weight in full.items()}
     counts = {name: int(share) for name, share in shares.items()}
     remainders = {name: round(share - counts[name], 9) for name, share in shares.items()}  # equal shares tie
     leftovers = sorted(shares, key=lambda name: -remainders[name])[: total - sum(counts.values())]
