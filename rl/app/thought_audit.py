@@ -1,4 +1,4 @@
-"""Audit the steps of `digits` comparison thoughts in an episodes file: which part of a step goes wrong.
+"""Audit the steps of comparison thoughts in an episodes file: which part of a step goes wrong.
 
 A `digits` step (data/worked_comparisons.py, `sft.expert_think=digits`) reads
 
@@ -13,10 +13,17 @@ mistake is counted once, where it is made:
   first, `>` for last);
 - `winner`: the entry written after the verdict is the one it names, name and year.
 
+A `side_by_side` step (or an `echo` one, each entry's name again after its year)
+
+    , Bo Kay 1990 vs Ann Lee 1987 first 1987 Ann Lee
+
+makes two: `year`, the winner's year is the one of the two entries' years the question's direction picks,
+and `name`, the name after it is the name of the entry that holds that year (whichever year was written).
+
     python -m rl.app.thought_audit --episodes <run>/test_eps.jsonl   # written by fanout eval --episodes
 
-prints the share of steps right at each decision and whole, over the comparison episodes whose last turn
-thinks in this form.
+prints the form, the share of steps right at each decision and whole, over the comparison episodes whose last
+turn thinks in a form it knows (`digits` when its steps hold " ; ", else side_by_side or echo).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from pathlib import Path
 from data.worked_comparisons import digit_signs, digit_strings
 
 CHECKS = ("spelt", "signs", "verdict", "winner")
+SIDE_BY_SIDE_CHECKS = ("year", "name")
+ENTRY = re.compile(r"(.+?) (\d+)(?: (.+))?")  # "Ann Lee 1987", or with echo "Ann Lee 1987 Ann Lee"
 THOUGHT = re.compile(r"<think>(.*?)</think>", re.S)
 WINNING_SIGN = {"first": "<", "last": ">"}
 
@@ -65,9 +74,29 @@ def digit_step_checks(thought: str) -> list[dict[str, bool]]:
     return steps
 
 
-def audit_episodes(path: str | Path) -> dict:
-    """Per-check shares over the steps of every parallel episode's last-turn `digits` thought."""
+def side_by_side_step_checks(thought: str) -> list[dict[str, bool]]:
+    """The two checks (SIDE_BY_SIDE_CHECKS) of every step of a `side_by_side` or `echo` thought whose entries
+    hold different years; steps that do not parse are skipped."""
+    parts = thought.strip().split(" vs ")
     steps = []
+    for previous, part in zip(parts, parts[1:]):
+        new = ENTRY.fullmatch(previous.rsplit(" , ", 1)[-1].strip())
+        decided = re.fullmatch(r"(.+) (first|last) (\d+) (.+?)", part.split(" , ", 1)[0].strip())
+        old = ENTRY.fullmatch(decided.group(1)) if decided else None
+        if not (new and old) or new.group(2) == old.group(2):
+            continue
+        years = {int(new.group(2)): new.group(1), int(old.group(2)): old.group(1)}
+        picked = (min if decided.group(2) == "first" else max)(years)
+        written = int(decided.group(3))
+        named = written in years and decided.group(4) == years[written]
+        steps.append({"year": written == picked, "name": named})
+    return steps
+
+
+def audit_episodes(path: str | Path) -> dict:
+    """Per-check shares over the steps of every parallel episode's last-turn comparison thought: `digits`
+    steps when any step holds " ; " (after its spelt years), else side_by_side or echo steps."""
+    thoughts = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         try:
             episode = json.loads(line)
@@ -75,14 +104,19 @@ def audit_episodes(path: str | Path) -> dict:
             raise ValueError(f"{path}, line {number}: not a JSON episode ({error})") from error
         if episode.get("structure") != "parallel" or not episode.get("turns"):
             continue
-        match = THOUGHT.search(episode["turns"][-1]["text"])
-        if match and " ; " in match.group(1):
-            steps += digit_step_checks(match.group(1))
+        match = THOUGHT.search(episode["turns"][-1]["text"] or "")
+        if match:
+            thoughts.append(match.group(1))
+    digits = [thought for thought in thoughts if " vs " in thought and " ; " in thought]  # counts: no " vs "
+    form, checks = ("digits", CHECKS) if digits else ("side_by_side", SIDE_BY_SIDE_CHECKS)
+    steps = [step for thought in (digits or thoughts)
+             for step in (digit_step_checks(thought) if digits else side_by_side_step_checks(thought))]
     if not steps:
-        raise ValueError(f"{path}: no digits-form comparison steps (sft.expert_think=digits) in its episodes")
-    shares = {check: round(sum(step[check] for step in steps) / len(steps), 3) for check in CHECKS}
+        raise ValueError(f"{path}: no comparison steps (sft.expert_think digits, side_by_side or echo) in "
+                         "its episodes")
+    shares = {check: round(sum(step[check] for step in steps) / len(steps), 3) for check in checks}
     shares["whole"] = round(sum(all(step.values()) for step in steps) / len(steps), 3)
-    return {"steps": len(steps), **shares}
+    return {"form": form, "steps": len(steps), **shares}
 
 
 def main(argv: list[str] | None = None) -> dict:
