@@ -10,7 +10,9 @@ demonstration either; one it learns tells what to demonstrate.
 
 `--init base` starts instead from the run's base model as saved (after its copy pretraining, when the run
 pretrained: `model.tiny.pretrain_steps`), so the probe tells whether the copying learnt there makes a form's
-decisions learnable.
+decisions learnable. `--init sft --steps 0` only measures the run's warm-start on drills, teacher-forced: what
+its SFT kept of each decision. `--save DIR` writes the probed model and the run's tokenizer (save_pretrained),
+so a run can start from it (`model.path=DIR`).
 
 Forms: the thought forms of data/worked_comparisons.py (DRILL_FORMS) and `year_first`, a probe-only
 variant of side_by_side whose entries put the year before the name (`1987 Ann Lee , 1990 Bo Kay vs 1987 Ann
@@ -18,6 +20,7 @@ Lee first 1987 Ann Lee`), so that the name after the winner's year is a copy of 
 
     python -m rl.app.comparison_probe --run runs/reader --form digits --steps 500 --out probe.json
     python -m rl.app.comparison_probe --run runs/reader --form side_by_side --init base
+    python -m rl.app.comparison_probe --run runs/quickstart --form side_by_side --init sft --steps 0
 """
 
 from __future__ import annotations
@@ -112,8 +115,12 @@ def decision_accuracy(model: Any, rows: list[dict], pad_id: int, batch_size: int
 
 def run_probe(train_rows: list[dict], test_rows: list[dict], model: Any, pad_id: int, steps: int,
               learning_rate: float, batch_size: int = 64, eval_every: int = 250, seed: int = 0) -> list[dict]:
-    """AdamW at a constant learning rate on `train_rows`; the test accuracy every `eval_every` steps."""
+    """AdamW at a constant learning rate on `train_rows`; the test accuracy every `eval_every` steps (with no
+    steps, once, of the model as it is)."""
     import torch
+
+    if steps == 0:
+        return [{"step": 0, "loss": None, "seconds": 0.0, **decision_accuracy(model, test_rows, pad_id)}]
 
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
@@ -149,33 +156,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-drills", type=int, default=20000)
     parser.add_argument("--test-drills", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--init", default="fresh", choices=("fresh", "base"),
-                        help="fresh weights (the run's model config), or the run's base model as saved")
+    parser.add_argument("--init", default="fresh", choices=("fresh", "base", "sft"),
+                        help="fresh weights (the run's model config), the run's base model as saved, or its "
+                             "SFT warm-start (<run>/sft)")
+    parser.add_argument("--number-embedding", default="random", choices=("random", "ordered"),
+                        help="with --init fresh: model.tiny.number_embedding")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="write the settings and the accuracy history here (JSON)")
+    parser.add_argument("--save", default="", help="write the probed model and the run's tokenizer here")
     args = parser.parse_args(argv)
+    if args.number_embedding != "random" and args.init != "fresh":
+        parser.error("--number-embedding applies to --init fresh (a base model keeps its own embeddings)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from data.world import load_world
+    from rl.app.modeling import order_number_embeddings
     from rollouts.model_loading import load_tokenizer
 
     run = Path(args.run)
     world = load_world(run / "world")
     tokenizer = load_tokenizer(run / "base")
     torch.manual_seed(args.seed)
-    if args.init == "base":  # the run's tiny model as built, copy pretraining included
-        model = Qwen2ForCausalLM.from_pretrained(run / "base")
+    if args.init != "fresh":  # the run's tiny model as built, copy pretraining included, or its warm-start
+        if not (run / args.init / "config.json").is_file():
+            parser.error(f"--init {args.init}: {run / args.init} holds no saved model")
+        model = Qwen2ForCausalLM.from_pretrained(run / args.init)
     else:  # fresh weights: nothing trained
         model = Qwen2ForCausalLM(Qwen2Config.from_pretrained(run / "base"))
+        if args.number_embedding == "ordered":
+            order_number_embeddings(model, tokenizer)
     comparisons = {split: [question for question in world.splits[split] if question.structure == "parallel"]
                    for split in ("train", "test")}
     train_rows = probe_rows(comparisons["train"], tokenizer, args.train_drills, args.form, seed=args.seed)
     test_rows = probe_rows(comparisons["test"], tokenizer, args.test_drills, args.form, seed=args.seed + 1)
     history = run_probe(train_rows, test_rows, model, tokenizer.pad_token_id, args.steps, args.lr,
                         args.batch_size, args.eval_every, args.seed)
+    if args.save:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
     result = {"settings": vars(args), "history": history}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -121,3 +121,33 @@ def test_main_can_start_from_the_runs_base_model(tmp_path, tiny_checkpoint, monk
     comparison_probe.main([*arguments, "--seed", "3"])  # fresh, the default
     assert all(torch.equal(started[0][name], tensor) for name, tensor in saved.items())
     assert not torch.equal(started[1]["model.embed_tokens.weight"], saved["model.embed_tokens.weight"])
+
+
+def test_main_measures_a_warm_start_without_training_and_saves_what_it_probed(tmp_path, tiny_checkpoint):
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from data.config import WorldConfig
+    from data.world import write_world
+    from rl.app.comparison_probe import main
+
+    run = tmp_path / "run"
+    write_world(run / "world", WorldConfig(seed=0, num_entities_per_kind=20, num_train=120, num_validation=20,
+                                           num_test=40))
+    shutil.copytree(tiny_checkpoint, run / "base")
+    arguments = ["--run", str(run), "--form", "side_by_side", "--train-drills", "8", "--test-drills", "6"]
+    with pytest.raises(SystemExit):  # no warm-start yet
+        main([*arguments, "--init", "sft", "--steps", "0"])
+    shutil.copytree(tiny_checkpoint, run / "sft")
+    measured = main([*arguments, "--init", "sft", "--steps", "0", "--save", str(tmp_path / "kept")])
+    (only,) = measured["history"]
+    assert only["step"] == 0 and 0.0 <= only["rows"] <= only["tokens"] <= 1.0
+    kept = Qwen2ForCausalLM.from_pretrained(tmp_path / "kept")
+    saved = Qwen2ForCausalLM.from_pretrained(run / "sft")
+    assert all(torch.equal(tensor, saved.state_dict()[name]) for name, tensor in kept.state_dict().items())
+    trained = main([*arguments, "--init", "sft", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
+                    "--save", str(tmp_path / "trained")])
+    assert [row["step"] for row in trained["history"]] == [2]
+    moved = Qwen2ForCausalLM.from_pretrained(tmp_path / "trained")
+    assert not torch.equal(moved.model.embed_tokens.weight, saved.model.embed_tokens.weight)
+    assert (tmp_path / "trained" / "tokenizer.json").is_file()
