@@ -74,6 +74,11 @@ class TinyModelConfig:
     # It also makes each spaced digit one token (" 9"), so a year spelt out by sft.expert_think=digits is one token
     # per digit: on the reader, the spelling is then learnt on every seed (docs/RESULTS.md, "Reading").
     every_pair: bool = False
+    # How number tokens' embeddings start: "random" (as every other token) or "ordered" (rl/app/modeling.py
+    # order_number_embeddings: the first 7 dimensions hold the value's place in its range and its phase at
+    # periods 10, 100 and 1000, as a pretrained LM's number embeddings do), so the order of two years is in
+    # the embeddings from the first step instead of learnt for each of a hundred tokens.
+    number_embedding: str = "random"
     # The environment's identifiers as one token each: on the apps world, every contact name and e-mail address
     # and SKU of its base state (rl/app/apps_env.py apps_identifiers; file paths and order ids stay pieces), so that
     # the model copies an argument in one step instead of 4-7 pieces; the QA world has none (its names are whole
@@ -153,17 +158,18 @@ class SFTConfig:
     # years and the comparison step by step); "notes" (compare, and each year noted in the search turn after the
     # passage that holds it); "side_by_side" (compare with the two entries of each step next to each other and
     # the winner's year before its name); "verdict" (each step's two years side by side, then a one-token
-    # verdict before the winner); or "digits" (each step's two years spelt and compared digit by digit, then the
-    # verdict and the winner), rl/app/expert_thoughts.py. The apps solver knows "none" and "notes" (each round
-    # after the first starts with the values it reads from earlier results, each after the argument that
-    # fetched it: rl/app/apps_expert.py round_notes)
+    # verdict before the winner); "digits" (each step's two years spelt and compared digit by digit, then the
+    # verdict and the winner); or "echo" (side_by_side with each entry's name again after its year, so the
+    # winner's name is a copy of what followed its year), rl/app/expert_thoughts.py. The apps solver knows
+    # "none" and "notes" (each round after the first starts with the values it reads from earlier results,
+    # each after the argument that fetched it: rl/app/apps_expert.py round_notes)
     expert_think: str = "none"
     # share of the demonstrations played with rollout.max_turns = their own search rounds, so their last
     # observation ends with the forced-answer cue, as an evaluation under a binding search budget shows it
     forced_answer_fraction: float = 0.0
-    # extra SFT rows, each the worked comparison alone (sft.expert_think side_by_side, verdict or digits) about a training
-    # comparison's names with years drawn anew, the loss where sft.drill_loss says (rl/app/expert.py
-    # comparison_drill_dataset); 0: none
+    # extra SFT rows, each the worked comparison alone (sft.expert_think side_by_side, verdict, digits or
+    # echo) about a training comparison's names with years drawn anew, the loss where sft.drill_loss says
+    # (rl/app/expert.py comparison_drill_dataset); 0: none
     comparison_drills: int = 0
     # where a drill's loss falls: "decisions" (each step's decision and winner) or "thought" (every token
     # after the first entry: also the entries each step copies and, in the digits form, the spelt years)
@@ -249,6 +255,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("world", "files", "apps", "mixed"),
     "model.tiny.numbers": ("pairs", "whole", "digits"),
+    "model.tiny.number_embedding": ("random", "ordered"),
     "model.tiny.number_space": ("joined", "apart"),
     "data.on_malformed_row": ("error", "skip"),
     "data.world.passage_style": ("prose", "facts"),  # data/world_templates.py PASSAGE_STYLES
@@ -560,8 +567,8 @@ def validate(config: ExperimentConfig, where: str | ValueSources = "config") -> 
          f"needs model.tiny.numbers=pairs (got {config.model.tiny.numbers!r})")
     need(config.sft.comparison_drills >= 0, "sft.comparison_drills", "must be >= 0 (0: none)")
     need(not config.sft.comparison_drills or other_form,
-         "sft.comparison_drills", "drills are written in the side_by_side, verdict or digits thought; set "
-         "sft.expert_think to one of them")
+         "sft.comparison_drills", "drills are written in the side_by_side, verdict, digits or echo thought; "
+         "set sft.expert_think to one of them")
     mix = config.data.world.structure_mix
     need(set(mix) <= set(STRUCTURES) and abs(sum(mix.values()) - 1) < 1e-6,
          "data.world.structure_mix", "keys are parallel/sequential/single and the shares must sum to 1")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -168,6 +170,65 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096, numbers: str =
     return wrapped
 
 
+# model.tiny.number_embedding "ordered": a number token's embedding starts on a curve its value orders, as a
+# pretrained LM's number embeddings lie on a line and on circles of periods 10 and 100 (Kantamneni and Tegmark
+# 2025, "Language models use trigonometry to do addition"). The first NUMBER_FEATURES dimensions of a number
+# token's row hold its value's place in the range of the tokens with as many digits (-1 to 1), and the cosine
+# and sine of its value at each of NUMBER_PERIODS; the rest of the row keeps its random values, so every token
+# stays distinct.
+NUMBER_PERIODS = (10, 100, 1000)
+NUMBER_FEATURES = 1 + 2 * len(NUMBER_PERIODS)
+NUMBER_TOKEN = re.compile(r"Ġ?(\d+)")  # byte-level BPE writes a leading space as "Ġ"
+
+
+def number_token_values(tokenizer: PreTrainedTokenizerFast) -> dict[int, tuple[int, int]]:
+    """Every token that is a number (digits, with or without a leading space): id -> (value, digit count)."""
+    values = {}
+    for token_id, text in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        match = NUMBER_TOKEN.fullmatch(text or "")
+        if match:
+            values[token_id] = (int(match.group(1)), len(match.group(1)))
+    return values
+
+
+def number_features(values: dict[int, tuple[int, int]]) -> dict[int, list[float]]:
+    """The ordered features of each number token (see NUMBER_PERIODS): the linear one spans -1 to 1 over the
+    tokens of each digit count, so " 11" ... " 20" and "00" ... "99" each fill the range."""
+    spans: dict[int, tuple[int, int]] = {}
+    for value, digits in values.values():
+        low, high = spans.get(digits, (value, value))
+        spans[digits] = (min(low, value), max(high, value))
+    features = {}
+    for token_id, (value, digits) in values.items():
+        low, high = spans[digits]
+        row = [2 * (value - low) / (high - low) - 1 if high > low else 0.0]
+        for period in NUMBER_PERIODS:
+            angle = 2 * math.pi * value / period
+            row += [math.cos(angle), math.sin(angle)]
+        features[token_id] = row
+    return features
+
+
+def order_number_embeddings(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> int:
+    """Write the ordered features into the number tokens' embedding rows (tied to the output layer), scaled
+    so the features carry about as much of a row's norm as its random part; returns the rows written."""
+    features = number_features(number_token_values(tokenizer))
+    if not features:
+        return 0
+    weight = model.get_input_embeddings().weight
+    hidden = weight.shape[1]
+    if hidden < 2 * NUMBER_FEATURES:
+        raise ValueError(f"model.tiny.number_embedding=ordered needs hidden_size >= {2 * NUMBER_FEATURES}, "
+                         f"got {hidden}")
+    ids = torch.tensor(sorted(features))
+    rows = torch.tensor([features[token_id] for token_id in sorted(features)], dtype=weight.dtype)
+    with torch.no_grad():
+        random_norm = weight[ids, NUMBER_FEATURES:].norm(dim=1).mean()
+        scale = random_norm / rows.norm(dim=1).mean()
+        weight[ids, :NUMBER_FEATURES] = rows * scale
+    return len(features)
+
+
 def build_tiny_model(tokenizer: PreTrainedTokenizerFast, tiny: TinyModelConfig, seed: int = 0) -> Qwen2ForCausalLM:
     """A small Qwen2 initialised from a config (deterministic for a seed)."""
     config = Qwen2Config(
@@ -187,6 +248,8 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, tiny: TinyModelConfig, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
+    if tiny.number_embedding == "ordered":
+        order_number_embeddings(model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

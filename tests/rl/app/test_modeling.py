@@ -158,3 +158,45 @@ def test_every_pair_makes_each_pair_of_digits_one_token_whether_or_not_the_texts
     with pytest.raises(ConfigError, match="model.tiny.every_pair"):
         from rl.config import load_config
         load_config(None, ["model.tiny.every_pair=true", "model.tiny.numbers=whole"])
+
+
+def test_ordered_number_embeddings_start_number_tokens_on_a_curve_their_value_orders():
+    from rl.app.modeling import NUMBER_FEATURES, number_token_values
+
+    texts = ["Born in 1873, founded in 1990; 7 films."] * 20
+    every = build_tokenizer(texts, vocab_size=400, every_pair=True)
+    random_model = build_tiny_model(every, TinyModelConfig(hidden_size=32, intermediate_size=64), seed=3)
+    ordered = build_tiny_model(every, TinyModelConfig(hidden_size=32, intermediate_size=64,
+                                                      number_embedding="ordered"), seed=3)
+    values = number_token_values(every)
+    assert values[every.convert_tokens_to_ids("Ġ19")] == (19, 2)
+    assert values[every.convert_tokens_to_ids("7")] == (7, 1)
+    assert len(values) == 100 + 100 + 10  # "00"-"99", " 00"-" 99" and the single digits
+    before, after = random_model.get_input_embeddings().weight, ordered.get_input_embeddings().weight
+    numbers = sorted(values)
+    others = [token_id for token_id in range(len(every)) if token_id not in values]
+    # Only the number rows' first NUMBER_FEATURES dimensions change; the output layer is tied to them.
+    assert torch.equal(before[others], after[others])
+    assert torch.equal(before[numbers, NUMBER_FEATURES:], after[numbers, NUMBER_FEATURES:])
+    assert not torch.equal(before[numbers, :NUMBER_FEATURES], after[numbers, :NUMBER_FEATURES])
+    assert ordered.get_output_embeddings().weight is after
+    # The first dimension orders each digit count's tokens by value, end to end (" 19" and "19" alike).
+    for digits in (1, 2):
+        by_value: dict[int, set[float]] = {}
+        for token_id, (value, count) in values.items():
+            if count == digits:
+                by_value.setdefault(value, set()).add(round(after[token_id, 0].item(), 6))
+        assert all(len(linear) == 1 for linear in by_value.values())
+        linear = [by_value[value].pop() for value in sorted(by_value)]
+        assert all(low < high for low, high in zip(linear, linear[1:]))
+        assert linear[0] == pytest.approx(-linear[-1])
+    # The features carry about as much of a row's norm as its random part, and every row stays distinct.
+    feature_norm = after[numbers, :NUMBER_FEATURES].norm(dim=1).mean().item()
+    assert feature_norm == pytest.approx(after[numbers, NUMBER_FEATURES:].norm(dim=1).mean().item(), rel=1e-4)
+    assert len({tuple(row.tolist()) for row in after[numbers]}) == len(numbers)
+    with pytest.raises(ValueError, match="hidden_size >= 14"):
+        build_tiny_model(every, TinyModelConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2,
+                                                num_key_value_heads=1, number_embedding="ordered"))
+    with pytest.raises(ConfigError, match="model.tiny.number_embedding"):
+        from rl.config import load_config
+        load_config(None, ["model.tiny.number_embedding=sorted"])
