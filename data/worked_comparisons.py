@@ -29,6 +29,11 @@ Every token of it is then a copy from a fixed distance or an order between two o
 reads the last sign and the direction. Trained on drills alone (rl/app/comparison_probe.py), the reader's
 2-layer model leaves `verdict`'s decision a coin flip and learns this form's (docs/RESULTS.md, "Reading").
 
+The "echo" form is side_by_side with each entry's name written again after its year: `Ann Lee 1987 Ann Lee ,
+Bo Kay 1990 Bo Kay vs Ann Lee 1987 Ann Lee first 1987 Ann Lee`. Writing the winner's name after its year is
+then a copy of what followed that year before (what a copy-pretrained model does), where side_by_side needs
+the name *before* the year, which the quickstart's warm-start writes right in half of its steps.
+
 A comparison drill (`comparison_drill`, `drill_entries`; `sft.comparison_drills`) is such a thought on its own,
 about a training comparison's names with years drawn anew, cut into pieces so that the SFT loss can fall on
 each step's decision and winner only.
@@ -53,7 +58,7 @@ COUNT_THRESHOLD = re.compile(r"\b(before|after) (\d+)\?\s*$")  # the count templ
 STEP_SEPARATOR = re.compile(r"\s[,;]\s")
 
 
-DRILL_FORMS = ("side_by_side", "verdict", "digits")  # the forms comparison_drill writes
+DRILL_FORMS = ("side_by_side", "verdict", "digits", "echo")  # the forms comparison_drill writes
 THOUGHT_FORMS = ("compare", *DRILL_FORMS)
 DRILL_LOSSES = ("decisions", "thought")  # where a drill's SFT loss falls (sft.drill_loss)
 
@@ -114,16 +119,20 @@ def verdict_thought(names: list[str], years: list[int], earliest: bool) -> str:
 
 def comparison_drill(names: list[str], years: list[int], earliest: bool, form: str) -> list[tuple[str, bool]]:
     """The worked comparison in `form` (DRILL_FORMS) as (text, is_decision) pieces that join into its thought
-    (the one place these forms are written): each step's decision and winner (side_by_side: `1987 A`;
+    (the one place these forms are written): each step's decision and winner (side_by_side and echo: `1987 A`;
     verdict: `old A 1987`; digits: `= = > old A 1987`) is a decision piece, everything else is context. Every
     piece but the first starts with a space, so the pieces tokenise as the whole thought does."""
     if form not in DRILL_FORMS:
         raise ValueError(f"comparison drills are written in {', '.join(DRILL_FORMS)}, not {form!r}")
     word = "first" if earliest else "last"
-    pieces = [(f"{names[0]} {years[0]}", False)]
+
+    def entry(index: int) -> str:
+        return f"{names[index]} {years[index]}" + (f" {names[index]}" if form == "echo" else "")
+
+    pieces = [(entry(0), False)]
     for index, (previous, best) in enumerate(running_best(years, earliest), start=1):
-        entries = f" , {names[index]} {years[index]} vs {names[previous]} {years[previous]}"
-        if form == "side_by_side":
+        entries = f" , {entry(index)} vs {entry(previous)}"
+        if form in ("side_by_side", "echo"):
             pieces += [(f"{entries} {word}", False), (f" {years[best]} {names[best]}", True)]
         elif form == "digits":
             new, old = digit_strings(years[index], years[previous])

@@ -25,6 +25,10 @@ The "digits" style spells each step's two years digit by digit and compares them
 verdict (`... vs Ann Lee 1987 first : 1 9 9 0 , 1 9 8 7 ; = = > old Ann Lee 1987`, data/worked_comparisons.py);
 its answer turns reach ~150 tokens for four entities.
 
+The "echo" style is side_by_side with each entry's name again after its year (`Ann Lee 1987 Ann Lee , Bo Kay
+1990 Bo Kay vs Ann Lee 1987 Ann Lee first 1987 Ann Lee`), so the winner's name is a copy of what followed its
+year; its answer turns reach ~80 tokens for four entities on the quickstart's world.
+
 Single-hop and chain questions get no thought (the answer is a value copied from the last passage;
 each chain hop's query already carries the previous hop's answer). "none" (the default) writes no
 thought at all, as before this option existed.

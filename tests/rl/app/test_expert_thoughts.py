@@ -188,6 +188,25 @@ def test_every_generated_side_by_side_thought_ends_on_the_gold_answer(tiny_world
             assert f"{name} {year}" in thought, (question.question, thought)
 
 
+def test_echo_writes_each_name_again_after_its_year_so_the_winners_name_follows_its_year_as_before():
+    question = comparison("Which of Ann Lee, Bo Kay and Cy Do was born most recently?", "latest",
+                          ["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970], ["Bo Kay"])
+    thought = answer_thought(question, "echo")
+    assert thought == (
+        "Ann Lee 1950 Ann Lee , Bo Kay 1990 Bo Kay vs Ann Lee 1950 Ann Lee last 1990 Bo Kay , "
+        "Cy Do 1970 Cy Do vs Bo Kay 1990 Bo Kay last 1990 Bo Kay")
+    # Every winner's year was written before, each time followed by the winner's name.
+    words = thought.split()
+    for index, word in enumerate(words):
+        if word in ("first", "last"):
+            year, name = words[index + 1], " ".join(words[index + 2:index + 4])
+            earlier = [i for i, w in enumerate(words[:index]) if w == year]
+            assert earlier and all(" ".join(words[i + 1:i + 3]) == name for i in earlier)
+    count = comparison("How many of Ann Lee and Bo Kay were born before 1980?", "count",
+                       ["Ann Lee", "Bo Kay"], [1975, 1990], ["1"])
+    assert answer_thought(count, "echo") == answer_thought(count, "compare")
+
+
 def test_verdict_puts_each_steps_years_together_and_a_one_token_verdict_before_the_winner():
     question = comparison("Which of Ann Lee, Bo Kay and Cy Do was born most recently?", "latest",
                           ["Ann Lee", "Bo Kay", "Cy Do"], [1950, 1990, 1970], ["Bo Kay"])
@@ -261,7 +280,7 @@ def test_every_generated_digit_comparison_agrees_with_the_years_and_ends_on_the_
     assert last_signs == {("<", "that"), ("<", "old"), (">", "that"), (">", "old")}
 
 
-@pytest.mark.parametrize("form", ["side_by_side", "verdict", "digits"])
+@pytest.mark.parametrize("form", ["side_by_side", "verdict", "digits", "echo"])
 def test_the_other_forms_refuse_the_reward_that_scores_the_compare_form(form):
     refusal = f"reward.weights.*worked_comparison scores the 'compare' form.*'{form}'"
     with pytest.raises(ConfigError, match=refusal):
@@ -269,7 +288,7 @@ def test_the_other_forms_refuse_the_reward_that_scores_the_compare_form(form):
                            "reward.weights={exact_match: 1.0, worked_comparison: 0.5}"])
 
 
-@pytest.mark.parametrize("form", ["side_by_side", "verdict", "digits"])
+@pytest.mark.parametrize("form", ["side_by_side", "verdict", "digits", "echo"])
 def test_a_drills_pieces_join_into_the_thought_and_its_decisions_are_the_step_winners(form):
     from data.worked_comparisons import comparison_drill
 
@@ -280,6 +299,7 @@ def test_a_drills_pieces_join_into_the_thought_and_its_decisions_are_the_step_wi
     assert "".join(text for text, _ in pieces) == answer_thought(question, form)
     decisions = [text for text, is_decision in pieces if is_decision]
     assert decisions == {"side_by_side": [" 1990 Bo Kay", " 1990 Bo Kay"],
+                         "echo": [" 1990 Bo Kay", " 1990 Bo Kay"],
                          "verdict": [" that Bo Kay 1990", " old Bo Kay 1990"],
                          "digits": [" = = > that Bo Kay 1990", " = = < old Bo Kay 1990"]}[form]
     with pytest.raises(ValueError, match="not 'compare'"):
@@ -346,7 +366,7 @@ def test_drill_loss_thought_puts_the_loss_on_everything_after_the_first_entry(ti
 
 
 def test_comparison_drills_need_a_drill_form_and_a_count_of_at_least_zero():
-    with pytest.raises(ConfigError, match="sft.comparison_drills.*side_by_side, verdict or digits"):
+    with pytest.raises(ConfigError, match="sft.comparison_drills.*side_by_side, verdict, digits or echo"):
         load_config(None, ["sft.expert_think=compare", "sft.comparison_drills=10"])
     with pytest.raises(ConfigError, match="sft.comparison_drills.*>= 0"):
         load_config(None, ["sft.expert_think=side_by_side", "sft.comparison_drills=-1"])
