@@ -220,8 +220,9 @@ def order_number_embeddings(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokeni
     if hidden < 2 * NUMBER_FEATURES:
         raise ValueError(f"model.tiny.number_embedding=ordered needs hidden_size >= {2 * NUMBER_FEATURES}, "
                          f"got {hidden}")
-    ids = torch.tensor(sorted(features))
-    rows = torch.tensor([features[token_id] for token_id in sorted(features)], dtype=weight.dtype)
+    token_ids = sorted(features)
+    ids = torch.tensor(token_ids)
+    rows = torch.tensor([features[token_id] for token_id in token_ids], dtype=weight.dtype)
     with torch.no_grad():
         random_norm = weight[ids, NUMBER_FEATURES:].norm(dim=1).mean()
         scale = random_norm / rows.norm(dim=1).mean()

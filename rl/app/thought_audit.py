@@ -40,6 +40,7 @@ from data.worked_comparisons import digit_signs, digit_strings
 CHECKS = ("spelt", "signs", "verdict", "winner")
 SIDE_BY_SIDE_CHECKS = ("year", "name")
 ENTRY = re.compile(r"(.+?) (\d+)(?: (.+))?")  # "Ann Lee 1987", or with echo "Ann Lee 1987 Ann Lee"
+DECISION = re.compile(r"(.+) (first|last) (\d+) (.+?)")  # "Ann Lee 1987 first 1987 Ann Lee"
 THOUGHT = re.compile(r"<think>(.*?)</think>", re.S)
 WINNING_SIGN = {"first": "<", "last": ">"}
 
@@ -81,7 +82,7 @@ def side_by_side_step_checks(thought: str) -> list[dict[str, bool]]:
     steps = []
     for previous, part in zip(parts, parts[1:]):
         new = ENTRY.fullmatch(previous.rsplit(" , ", 1)[-1].strip())
-        decided = re.fullmatch(r"(.+) (first|last) (\d+) (.+?)", part.split(" , ", 1)[0].strip())
+        decided = DECISION.fullmatch(part.split(" , ", 1)[0].strip())
         old = ENTRY.fullmatch(decided.group(1)) if decided else None
         if not (new and old) or new.group(2) == old.group(2):
             continue
@@ -108,9 +109,9 @@ def audit_episodes(path: str | Path) -> dict:
         if match:
             thoughts.append(match.group(1))
     digits = [thought for thought in thoughts if " vs " in thought and " ; " in thought]  # counts: no " vs "
-    form, checks = ("digits", CHECKS) if digits else ("side_by_side", SIDE_BY_SIDE_CHECKS)
-    steps = [step for thought in (digits or thoughts)
-             for step in (digit_step_checks(thought) if digits else side_by_side_step_checks(thought))]
+    form, checks, step_checks = (("digits", CHECKS, digit_step_checks) if digits
+                                 else ("side_by_side", SIDE_BY_SIDE_CHECKS, side_by_side_step_checks))
+    steps = [step for thought in (digits or thoughts) for step in step_checks(thought)]
     if not steps:
         raise ValueError(f"{path}: no comparison steps (sft.expert_think digits, side_by_side or echo) in "
                          "its episodes")
